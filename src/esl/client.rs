@@ -1,0 +1,1 @@
+//! The inbound ESL client.
