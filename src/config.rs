@@ -1,1 +1,565 @@
-//! Config.
+//! Configuration: every variable of the contract, read from the environment (and `.env`),
+//! validated once at start-up into plain typed values.
+//!
+//! Each variable is read as a string and parsed by hand (rather than deserialized with `envy`)
+//! so that a bad value is reported with its variable name, the value given and what was
+//! expected: a [`ConfigError`], which `main` turns into exit code 2.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+/// A configuration problem: which variable, what it held, what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: String,
+    pub value: String,
+    pub expected: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}={:?}: expected {}", self.variable, self.value, self.expected)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses a duration such as `250ms`, `3s`, `10m`, `1h` (also `1.5s`, `500us`; a bare `0`).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "us" | "µs" => number / 1_000_000.0,
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+/// Parses a byte size: `1073741824`, `512MiB`, `1GiB`, `64KB`, `10M`.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// Reference variables that our design does not need, with the reason shown at start-up.
+const IGNORED: &[(&str, &str)] = &[
+    ("REDIS_REMOTE_POOL_SIZE", "each writer owns one pipelined connection (WRITER_WORKERS)"),
+    ("REDIS_REMOTE_MIN_IDLE_CONNS", "each writer owns one pipelined connection (WRITER_WORKERS)"),
+    ("REDIS_REMOTE_POOL_TIMEOUT", "there is no connection pool to wait for"),
+    ("REDIS_REMOTE_MAX_RETRIES", "writes are retried by WRITER_RETRY_TTL / WRITER_MAX_RETRIES, then spooled"),
+    ("READER_BLOCK_TIME", "the socket reader never blocks on the pipeline"),
+    ("READER_PROCESSING_WORKERS", "events are decoded by the writer threads"),
+    ("READER_WORKERS", "events are decoded by the writer threads"),
+    (
+        "WRITER_RETRY_QUEUE_SIZE",
+        "a failing batch is retried in place and then spooled to disk; BUFFER_SIZE bounds memory",
+    ),
+    ("METRICS_UPDATE_INTERVAL", "metrics are updated as events flow"),
+];
+
+/// Which fields a stream entry carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryFormat {
+    /// `event` plus the index fields `event_name`, `unique_id`, `core_uuid`, `event_sequence`.
+    Full,
+    /// The reference service's layout: `event` alone.
+    Reference,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where and how to reach the event socket.
+#[derive(Debug, Clone)]
+pub struct EslConfig {
+    pub host: String,
+    pub port: u16,
+    pub password: String,
+    pub reconnect_delay: Duration,
+    pub max_reconnect_delay: Duration,
+    /// How long an `api status` probe may take before the connection is declared dead.
+    pub health_check_timeout: Duration,
+    /// How long the socket may be silent before it is probed.
+    pub silence_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Where and how to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// A `redis://` or `rediss://` URL (built from `REDIS_REMOTE_*` when `REDIS_URL` is unset).
+    pub url: String,
+    pub dial_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+/// Stream keys, caps and retention.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub events_key: String,
+    pub jobs_key: String,
+    pub events_max_len: u64,
+    pub jobs_max_len: u64,
+    pub events_expire: Duration,
+    pub jobs_expire: Duration,
+    pub trim_interval: Duration,
+    pub entry_format: EntryFormat,
+}
+
+/// Writer threads, batching and retry.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub workers: usize,
+    pub batch_size: usize,
+    /// How long a batch may keep collecting while events keep arriving.
+    pub pipeline_timeout: Duration,
+    pub max_retries: u32,
+    pub retry_pause: Duration,
+    pub retry_ttl: Duration,
+    /// Events held in memory across all lanes before the spool takes over.
+    pub buffer_size: usize,
+}
+
+/// Latency thresholds that produce warnings.
+#[derive(Debug, Clone)]
+pub struct LatencyThresholds {
+    pub reader: Duration,
+    pub writer: Duration,
+    pub total: Duration,
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub esl: EslConfig,
+    pub redis: RedisConfig,
+    pub streams: StreamConfig,
+    pub writer: WriterConfig,
+    pub latency: LatencyThresholds,
+    pub events_to_publish: Vec<String>,
+    pub events_to_push: Vec<String>,
+    pub health_interval: Duration,
+    pub health_max_retries: u32,
+    pub health_bind: String,
+    pub health_port: u16,
+    pub metrics_print_interval: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub spool_dir: String,
+    pub spool_max_bytes: u64,
+    pub shutdown_timeout: Duration,
+    pub http_token: Option<String>,
+    /// Reference variables that were set but mean nothing here, with the reason.
+    pub ignored: Vec<(String, String)>,
+}
+
+/// Reads one variable through a parser, naming it in the error.
+struct Reader<'a> {
+    vars: &'a HashMap<String, String>,
+}
+
+impl Reader<'_> {
+    fn raw(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(|s| s.as_str()).filter(|s| !s.trim().is_empty())
+    }
+
+    fn get<T>(
+        &self,
+        name: &str,
+        default: T,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(text) => parse(text).ok_or_else(|| ConfigError {
+                variable: name.to_owned(),
+                value: text.to_owned(),
+                expected: expected.to_owned(),
+            }),
+        }
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.raw(name).map(str::trim).unwrap_or(default).to_owned()
+    }
+
+    fn duration(&self, name: &str, default: &str) -> Result<Duration, ConfigError> {
+        let default = parse_duration(default).expect("built-in default durations parse");
+        self.get(name, default, "a duration such as 250ms, 3s, 10m or 1h", parse_duration)
+    }
+
+    fn positive_duration(&self, name: &str, default: &str) -> Result<Duration, ConfigError> {
+        let d = self.duration(name, default)?;
+        if d.is_zero() {
+            return Err(self.error(name, "a duration greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn number<T>(&self, name: &str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + Copy + fmt::Display,
+    {
+        let expected = format!("a whole number from {min} to {max}");
+        self.get(name, default, &expected, |s| s.trim().parse::<T>().ok().filter(|v| *v >= min && *v <= max))
+    }
+
+    fn error(&self, name: &str, expected: &str) -> ConfigError {
+        ConfigError {
+            variable: name.to_owned(),
+            value: self.raw(name).unwrap_or_default().to_owned(),
+            expected: expected.to_owned(),
+        }
+    }
+}
+
+/// Splits an event list: comma- or space-separated, trimmed, upper-cased except subclasses.
+pub fn parse_event_list(text: &str) -> Vec<String> {
+    text.split([',', ' ', '\t', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.split_once("::") {
+            Some((head, sub)) if head.eq_ignore_ascii_case("CUSTOM") => format!("CUSTOM::{sub}"),
+            _ => s.to_ascii_uppercase(),
+        })
+        .collect()
+}
+
+const DEFAULT_PUBLISH: &str = "BACKGROUND_JOB,CHANNEL_EXECUTE,CHANNEL_EXECUTE_COMPLETE,DTMF,DETECTED_SPEECH";
+const DEFAULT_PUSH: &str = "CHANNEL_ANSWER,CHANNEL_HANGUP,DTMF,CUSTOM";
+
+impl Config {
+    /// Loads `.env` (if present; the real environment wins) and the environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::from_vars(std::env::vars().collect())
+    }
+
+    /// Builds the configuration from a set of variables (tests pass their own).
+    pub fn from_vars(vars: HashMap<String, String>) -> Result<Config, ConfigError> {
+        let r = Reader { vars: &vars };
+
+        let esl = EslConfig {
+            host: r.string("ESL_HOST", "127.0.0.1"),
+            port: r.number("ESL_PORT", 8021u16, 1, u16::MAX)?,
+            password: r.vars.get("ESL_PASSWORD").cloned().unwrap_or_else(|| "ClueCon".into()),
+            reconnect_delay: r.positive_duration("ESL_RECONNECT_DELAY", "1s")?,
+            max_reconnect_delay: r.positive_duration("ESL_MAX_RECONNECT_DELAY", "10s")?,
+            health_check_timeout: r.positive_duration("ESL_HEALTH_CHECK_TIMEOUT", "3s")?,
+            silence_timeout: r.positive_duration("ESL_SILENCE_TIMEOUT", "25s")?,
+            connect_timeout: r.positive_duration("ESL_CONNECT_TIMEOUT", "3s")?,
+        };
+        if esl.max_reconnect_delay < esl.reconnect_delay {
+            return Err(r.error("ESL_MAX_RECONNECT_DELAY", "a duration not below ESL_RECONNECT_DELAY"));
+        }
+
+        let redis = RedisConfig {
+            url: redis_url(&r)?,
+            dial_timeout: r.positive_duration("REDIS_REMOTE_DIAL_TIMEOUT", "3s")?,
+            write_timeout: r.positive_duration("REDIS_REMOTE_WRITE_TIMEOUT", "2s")?,
+        };
+
+        let entry_format = match r.string("STREAM_ENTRY_FORMAT", "full").to_ascii_lowercase().as_str() {
+            "full" => EntryFormat::Full,
+            "reference" => EntryFormat::Reference,
+            _ => return Err(r.error("STREAM_ENTRY_FORMAT", "full or reference")),
+        };
+        let streams = StreamConfig {
+            events_key: r.string("STREAM_EVENTS", "freeswitch:telephony:events"),
+            jobs_key: r.string("STREAM_JOBS", "freeswitch:telephony:background-jobs"),
+            events_max_len: r.number("EVENTS_MAX_LEN", 1_000_000u64, 0, u64::MAX)?,
+            jobs_max_len: r.number("JOBS_MAX_LEN", 100_000u64, 0, u64::MAX)?,
+            events_expire: r.duration("EVENTS_EXPIRE_TIME", "10m")?,
+            jobs_expire: r.duration("JOBS_EXPIRE_TIME", "10m")?,
+            trim_interval: r.positive_duration("TRIM_INTERVAL", "10s")?,
+            entry_format,
+        };
+        if streams.events_key == streams.jobs_key {
+            return Err(r.error("STREAM_JOBS", "a key different from STREAM_EVENTS"));
+        }
+
+        let writer = WriterConfig {
+            workers: r.number("WRITER_WORKERS", 4usize, 1, 256)?,
+            batch_size: r.number("WRITER_BATCH_SIZE", 256usize, 1, 100_000)?,
+            pipeline_timeout: r.duration("WRITER_PIPELINE_TIMEOUT", "1ms")?,
+            max_retries: r.number("WRITER_MAX_RETRIES", 10u32, 0, u32::MAX)?,
+            retry_pause: r.positive_duration("WRITER_RETRY_PAUSE_AFTER", "100ms")?,
+            retry_ttl: r.positive_duration("WRITER_RETRY_TTL", "5s")?,
+            buffer_size: r.number("BUFFER_SIZE", 50_000usize, 16, 100_000_000)?,
+        };
+        let latency = LatencyThresholds {
+            reader: r.positive_duration("READER_MAX_LATENCY", "300ms")?,
+            writer: r.positive_duration("WRITER_MAX_LATENCY", "300ms")?,
+            total: r.positive_duration("TOTAL_MAX_LATENCY", "500ms")?,
+        };
+
+        let events_to_publish = parse_event_list(&r.string("EVENTS_TO_PUBLISH", DEFAULT_PUBLISH));
+        let events_to_push = parse_event_list(&r.string("EVENTS_TO_PUSH", DEFAULT_PUSH));
+        if events_to_publish.is_empty() && events_to_push.is_empty() {
+            return Err(r.error("EVENTS_TO_PUSH", "at least one event name in EVENTS_TO_PUSH or EVENTS_TO_PUBLISH"));
+        }
+        for (name, list) in [("EVENTS_TO_PUBLISH", &events_to_publish), ("EVENTS_TO_PUSH", &events_to_push)] {
+            if let Some(bad) = list.iter().find(|e| !e.chars().all(|c| c.is_ascii_alphanumeric() || "_:-.".contains(c)))
+            {
+                return Err(ConfigError {
+                    variable: name.into(),
+                    value: bad.clone(),
+                    expected: "event names such as CHANNEL_ANSWER, CUSTOM or CUSTOM::sofia::register".into(),
+                });
+            }
+        }
+
+        let log_format = match r.string("LOG_FORMAT", "text").to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(r.error("LOG_FORMAT", "text or json")),
+        };
+        let log_level = r.string("LOG_LEVEL", "info").to_ascii_lowercase();
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(r.error("LOG_LEVEL", "error, warn, info, debug or trace (or a tracing filter)"));
+        }
+
+        let ignored = IGNORED
+            .iter()
+            .filter(|(name, _)| r.raw(name).is_some())
+            .map(|(name, why)| (name.to_string(), why.to_string()))
+            .collect();
+
+        Ok(Config {
+            esl,
+            redis,
+            streams,
+            writer,
+            latency,
+            events_to_publish,
+            events_to_push,
+            health_interval: r.positive_duration("HEALTH_CHECK_INTERVAL", "5s")?,
+            health_max_retries: r.number("HEALTH_MAX_RETRIES", 3u32, 1, u32::MAX)?,
+            health_bind: r.string("HEALTH_BIND", "0.0.0.0"),
+            health_port: r.number("HEALTH_PORT", 9876u16, 0, u16::MAX)?,
+            metrics_print_interval: r.duration("METRICS_PRINT_INTERVAL", "60s")?,
+            log_level,
+            log_format,
+            spool_dir: r.string("SPOOL_DIR", "./spool"),
+            spool_max_bytes: r.get(
+                "SPOOL_MAX_BYTES",
+                1 << 30,
+                "a size such as 1073741824, 512MiB or 1GiB",
+                parse_bytes,
+            )?,
+            shutdown_timeout: r.positive_duration("SHUTDOWN_TIMEOUT", "10s")?,
+            http_token: r.raw("HTTP_TOKEN").map(str::to_owned),
+            ignored,
+        })
+    }
+
+    /// The effective configuration as `NAME=value` lines, secrets masked.
+    pub fn describe(&self) -> String {
+        let d = |d: Duration| format!("{d:?}");
+        let lines: Vec<(&str, String)> = vec![
+            ("ESL_HOST", self.esl.host.clone()),
+            ("ESL_PORT", self.esl.port.to_string()),
+            ("ESL_PASSWORD", mask(&self.esl.password)),
+            ("ESL_RECONNECT_DELAY", d(self.esl.reconnect_delay)),
+            ("ESL_MAX_RECONNECT_DELAY", d(self.esl.max_reconnect_delay)),
+            ("ESL_HEALTH_CHECK_TIMEOUT", d(self.esl.health_check_timeout)),
+            ("ESL_SILENCE_TIMEOUT", d(self.esl.silence_timeout)),
+            ("ESL_CONNECT_TIMEOUT", d(self.esl.connect_timeout)),
+            ("REDIS_URL", mask_url(&self.redis.url)),
+            ("REDIS_REMOTE_DIAL_TIMEOUT", d(self.redis.dial_timeout)),
+            ("REDIS_REMOTE_WRITE_TIMEOUT", d(self.redis.write_timeout)),
+            ("STREAM_EVENTS", self.streams.events_key.clone()),
+            ("STREAM_JOBS", self.streams.jobs_key.clone()),
+            ("STREAM_ENTRY_FORMAT", format!("{:?}", self.streams.entry_format).to_lowercase()),
+            ("EVENTS_MAX_LEN", self.streams.events_max_len.to_string()),
+            ("JOBS_MAX_LEN", self.streams.jobs_max_len.to_string()),
+            ("EVENTS_EXPIRE_TIME", d(self.streams.events_expire)),
+            ("JOBS_EXPIRE_TIME", d(self.streams.jobs_expire)),
+            ("TRIM_INTERVAL", d(self.streams.trim_interval)),
+            ("READER_MAX_LATENCY", d(self.latency.reader)),
+            ("WRITER_MAX_LATENCY", d(self.latency.writer)),
+            ("TOTAL_MAX_LATENCY", d(self.latency.total)),
+            ("WRITER_WORKERS", self.writer.workers.to_string()),
+            ("WRITER_BATCH_SIZE", self.writer.batch_size.to_string()),
+            ("WRITER_PIPELINE_TIMEOUT", d(self.writer.pipeline_timeout)),
+            ("WRITER_MAX_RETRIES", self.writer.max_retries.to_string()),
+            ("WRITER_RETRY_PAUSE_AFTER", d(self.writer.retry_pause)),
+            ("WRITER_RETRY_TTL", d(self.writer.retry_ttl)),
+            ("BUFFER_SIZE", self.writer.buffer_size.to_string()),
+            ("EVENTS_TO_PUBLISH", self.events_to_publish.join(",")),
+            ("EVENTS_TO_PUSH", self.events_to_push.join(",")),
+            ("HEALTH_CHECK_INTERVAL", d(self.health_interval)),
+            ("HEALTH_MAX_RETRIES", self.health_max_retries.to_string()),
+            ("HEALTH_BIND", self.health_bind.clone()),
+            ("HEALTH_PORT", self.health_port.to_string()),
+            ("METRICS_PRINT_INTERVAL", d(self.metrics_print_interval)),
+            ("LOG_LEVEL", self.log_level.clone()),
+            ("LOG_FORMAT", format!("{:?}", self.log_format).to_lowercase()),
+            ("SPOOL_DIR", self.spool_dir.clone()),
+            ("SPOOL_MAX_BYTES", self.spool_max_bytes.to_string()),
+            ("SHUTDOWN_TIMEOUT", d(self.shutdown_timeout)),
+            ("HTTP_TOKEN", self.http_token.as_deref().map(mask).unwrap_or_default()),
+        ];
+        let mut out = String::new();
+        for (name, value) in lines {
+            out.push_str(&format!("{name}={value}\n"));
+        }
+        for (name, why) in &self.ignored {
+            out.push_str(&format!("# {name} is accepted and ignored: {why}\n"));
+        }
+        out
+    }
+}
+
+fn mask(secret: &str) -> String {
+    if secret.is_empty() {
+        String::new()
+    } else {
+        "********".into()
+    }
+}
+
+/// Hides the password part of a Redis URL.
+pub fn mask_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split_once(':').map(|(u, _)| u).unwrap_or("");
+            format!("{}{}:********{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn redis_url(r: &Reader<'_>) -> Result<String, ConfigError> {
+    if let Some(url) = r.raw("REDIS_URL") {
+        let url = url.trim();
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis+unix://")
+            || url.starts_with("unix://"))
+        {
+            return Err(r.error("REDIS_URL", "a URL such as redis://[user:password@]host:6379/0 or rediss://..."));
+        }
+        if redis::Client::open(url).is_err() {
+            return Err(r.error("REDIS_URL", "a valid redis:// or rediss:// URL"));
+        }
+        return Ok(url.to_owned());
+    }
+    let addr = r.string("REDIS_REMOTE_ADDR", "127.0.0.1:6379");
+    if !addr.contains(':') || addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        return Err(r.error("REDIS_REMOTE_ADDR", "host:port, such as 127.0.0.1:6379"));
+    }
+    let db: u32 = r.number("REDIS_REMOTE_DB", 0u32, 0, 1_000_000)?;
+    let password = r.vars.get("REDIS_REMOTE_PASSWORD").map(|s| s.as_str()).unwrap_or("");
+    let auth = if password.is_empty() { String::new() } else { format!(":{}@", percent_encode_userinfo(password)) };
+    Ok(format!("redis://{auth}{addr}/{db}"))
+}
+
+fn percent_encode_userinfo(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn durations_take_the_reference_suffixes() {
+        assert_eq!(parse_duration("25ms"), Some(Duration::from_millis(25)));
+        assert_eq!(parse_duration("3s"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("3"), None);
+        assert_eq!(parse_duration("fast"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_bytes("1GiB"), Some(1 << 30));
+        assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
+        assert_eq!(parse_bytes("4096"), Some(4096));
+        assert_eq!(parse_bytes("lots"), None);
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_vars(HashMap::new()).unwrap();
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(c.streams.events_key, "freeswitch:telephony:events");
+        assert_eq!(c.health_port, 9876);
+        assert!(c.ignored.is_empty());
+    }
+
+    #[test]
+    fn reference_env_is_accepted() {
+        let c = Config::from_vars(vars(&[
+            ("REDIS_REMOTE_ADDR", "redis.example.com:6380"),
+            ("REDIS_REMOTE_PASSWORD", "p@ss:word"),
+            ("REDIS_REMOTE_DB", "2"),
+            ("REDIS_REMOTE_POOL_SIZE", "100"),
+            ("WRITER_PIPELINE_TIMEOUT", "25ms"),
+            ("EVENTS_TO_PUSH", "CHANNEL_ANSWER, CHANNEL_HANGUP ,custom::sofia::register"),
+        ]))
+        .unwrap();
+        assert_eq!(c.redis.url, "redis://:p%40ss%3Aword@redis.example.com:6380/2");
+        assert_eq!(c.events_to_push, vec!["CHANNEL_ANSWER", "CHANNEL_HANGUP", "CUSTOM::sofia::register"]);
+        assert_eq!(c.ignored.len(), 1);
+        assert!(c.describe().contains("REDIS_URL=redis://:********@redis.example.com:6380/2"));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = Config::from_vars(vars(&[("WRITER_WORKERS", "many")])).unwrap_err();
+        assert_eq!(e.variable, "WRITER_WORKERS");
+        assert_eq!(e.value, "many");
+        assert!(e.to_string().contains("whole number"));
+        let e = Config::from_vars(vars(&[("ESL_RECONNECT_DELAY", "3")])).unwrap_err();
+        assert_eq!(e.variable, "ESL_RECONNECT_DELAY");
+        let e = Config::from_vars(vars(&[("REDIS_URL", "http://x")])).unwrap_err();
+        assert_eq!(e.variable, "REDIS_URL");
+        let e =
+            Config::from_vars(vars(&[("ESL_RECONNECT_DELAY", "20s"), ("ESL_MAX_RECONNECT_DELAY", "10s")])).unwrap_err();
+        assert_eq!(e.variable, "ESL_MAX_RECONNECT_DELAY");
+    }
+}

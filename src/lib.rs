@@ -1,15 +1,19 @@
 //! eslstream: reads FreeSWITCH's event socket and writes every event to Redis Streams.
 //!
-//! Data flows one way: a **source** (the ESL client, later HTTP or an outbox) turns bytes into
+//! Data flows one way: a **source** (the ESL client in [`esl::client`]) turns bytes into
 //! [`envelope::Envelope`]s, the [`pipeline`] routes them by call onto lanes that never block the
-//! source, and the [`sink`] writers turn them into pipelined `XADD`s.
+//! source, and the [`sink`] writers turn them into idempotent, pipelined `XADD`s.
 
+pub mod app;
 pub mod config;
 pub mod entry;
 pub mod envelope;
 pub mod esl;
+pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod routing;
 pub mod shutdown;
 pub mod simulate;
 pub mod sink;
+pub mod state;

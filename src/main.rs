@@ -1,1 +1,87 @@
-fn main() {}
+//! `eslstream`: the agent and its companion commands.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use eslstream::app::Agent;
+use eslstream::config::Config;
+
+#[derive(Parser)]
+#[command(name = "eslstream", version, about = "FreeSWITCH event socket to Redis Streams, without losing an event")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// A fake FreeSWITCH event socket that plays realistic call traffic.
+    Simulate(eslstream::simulate::SimulateArgs),
+    /// Load and validate the configuration, print the effective values.
+    CheckConfig,
+}
+
+fn load_config() -> Result<Config, ExitCode> {
+    Config::from_env().map_err(|e| {
+        eprintln!("eslstream: configuration error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn run_agent() -> ExitCode {
+    let config = match load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    eslstream::logging::init(&config.log_level, config.log_format);
+    for (name, why) in &config.ignored {
+        tracing::warn!(variable = %name, "{name} is accepted for compatibility and ignored: {why}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("eslstream: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let agent = match Agent::start(config) {
+        Ok(agent) => agent,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "eslstream started");
+    runtime.block_on(wait_for_signal());
+    tracing::info!("signal received; shutting down");
+    agent.stop();
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run_agent(),
+        Command::Simulate(args) => ExitCode::from(eslstream::simulate::run_cli(args) as u8),
+        Command::CheckConfig => match load_config() {
+            Ok(config) => {
+                print!("{}", config.describe());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+    }
+}

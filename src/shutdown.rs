@@ -1,1 +1,103 @@
-//! Shutdown.
+//! Shutdown signalling shared by threads and async tasks.
+//!
+//! One [`Shutdown`] is cloned into every component. `trigger()` (from SIGINT/SIGTERM or a test)
+//! flips it once; threads notice through [`Shutdown::is_triggered`] or wake early from
+//! [`Shutdown::sleep`], async tasks await [`Shutdown::wait`]. A second, later stage,
+//! [`Shutdown::force`], tells writers that the drain deadline has passed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
+
+struct Inner {
+    triggered: AtomicBool,
+    forced: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+    watch: watch::Sender<bool>,
+}
+
+/// A cloneable shutdown signal.
+#[derive(Clone)]
+pub struct Shutdown {
+    inner: Arc<Inner>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        let (watch, _) = watch::channel(false);
+        Shutdown {
+            inner: Arc::new(Inner {
+                triggered: AtomicBool::new(false),
+                forced: AtomicBool::new(false),
+                lock: Mutex::new(()),
+                wake: Condvar::new(),
+                watch,
+            }),
+        }
+    }
+
+    /// Starts the shutdown: sources stop reading, writers drain.
+    pub fn trigger(&self) {
+        if !self.inner.triggered.swap(true, Ordering::AcqRel) {
+            self.inner.watch.send_replace(true);
+        }
+        let _guard = self.inner.lock.lock();
+        self.inner.wake.notify_all();
+    }
+
+    /// The drain deadline has passed: writers stop retrying and hand off what they hold.
+    pub fn force(&self) {
+        self.inner.forced.store(true, Ordering::Release);
+        self.trigger();
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.inner.triggered.load(Ordering::Acquire)
+    }
+
+    pub fn is_forced(&self) -> bool {
+        self.inner.forced.load(Ordering::Acquire)
+    }
+
+    /// Sleeps up to `duration`; returns `false` early if shutdown was triggered.
+    pub fn sleep(&self, duration: Duration) -> bool {
+        let mut guard = self.inner.lock.lock();
+        if self.is_triggered() {
+            return false;
+        }
+        self.inner.wake.wait_for(&mut guard, duration);
+        !self.is_triggered()
+    }
+
+    /// Resolves once shutdown is triggered.
+    pub async fn wait(&self) {
+        let mut rx = self.inner.watch.subscribe();
+        let _ = rx.wait_for(|t| *t).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleep_wakes_on_trigger() {
+        let s = Shutdown::new();
+        let t = s.clone();
+        let h = std::thread::spawn(move || t.sleep(Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(20));
+        s.trigger();
+        assert!(!h.join().unwrap());
+        assert!(s.is_triggered() && !s.is_forced());
+    }
+}

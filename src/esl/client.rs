@@ -1,1 +1,321 @@
-//! The inbound ESL client.
+//! The inbound event-socket client: connect, authenticate, subscribe, and read events at line
+//! rate into the pipeline, forever, reconnecting with capped exponential backoff.
+//!
+//! The reader runs on its own thread and never waits for Redis: each event is framed, its
+//! index fields scanned, and it is handed to [`Pipeline::submit`], which never blocks. Events
+//! are decoded fully by the writers. A connection that goes silent is probed with
+//! `api status`; one that does not answer within `ESL_HEALTH_CHECK_TIMEOUT` is re-made.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tracing::{debug, error, info, info_span, warn};
+
+use crate::config::EslConfig;
+use crate::envelope::{now_us, Envelope};
+use crate::esl::event::{scan_meta, EventFormat};
+use crate::esl::frame::{Frame, FrameDecoder, FrameError};
+use crate::logging::RateLimit;
+use crate::metrics::{metrics, seconds_between};
+use crate::routing::Router;
+use crate::shutdown::Shutdown;
+use crate::state::AgentState;
+
+/// How often a blocked read wakes to check for shutdown and silence.
+const READ_TICK: Duration = Duration::from_millis(200);
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("FreeSWITCH rejected the ESL password (-ERR invalid); check ESL_PASSWORD")]
+    AuthRejected,
+    #[error(
+        "FreeSWITCH refused the connection (text/rude-rejection): {0}; check the event_socket ACL (apply-inbound-acl)"
+    )]
+    RudeRejection(String),
+    #[error("FreeSWITCH refused the subscription: {0}")]
+    SubscribeRejected(String),
+    #[error("FreeSWITCH closed the connection (text/disconnect-notice): {0}")]
+    DisconnectNotice(String),
+    #[error("connection closed by FreeSWITCH")]
+    Closed,
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    #[error("unparseable ESL input: {0}")]
+    Protocol(#[from] FrameError),
+    #[error("no data for {silent:?} and no answer to `api status` within {timeout:?}")]
+    Silent { silent: Duration, timeout: Duration },
+    #[error("unexpected {0} during the handshake")]
+    Handshake(String),
+}
+
+/// Where events go once read.
+pub struct EventSink {
+    pub router: Router,
+    pub pipeline: Arc<crate::pipeline::Pipeline>,
+    pub overflow: Arc<dyn Fn(Envelope) + Send + Sync>,
+}
+
+/// The ESL client; [`EslClient::run`] owns the reconnect loop.
+pub struct EslClient {
+    config: EslConfig,
+    sink: EventSink,
+    state: Arc<AgentState>,
+    shutdown: Shutdown,
+}
+
+static FILTER_DEBUG: RateLimit = RateLimit::new(Duration::from_secs(60));
+
+impl EslClient {
+    pub fn new(config: EslConfig, sink: EventSink, state: Arc<AgentState>, shutdown: Shutdown) -> EslClient {
+        EslClient { config, sink, state, shutdown }
+    }
+
+    /// Connects and reads until shutdown, reconnecting after every failure.
+    pub fn run(self) {
+        let _span = info_span!("esl", host = %self.config.host, port = self.config.port).entered();
+        let mut delay = self.config.reconnect_delay;
+        let mut connections = 0u64;
+        while !self.shutdown.is_triggered() {
+            let mut subscribed = false;
+            let result = self.session(&mut subscribed);
+            let was_connected = self.state.esl_connected.swap(false, Ordering::AcqRel);
+            metrics().esl_connected.set(0);
+            if subscribed {
+                connections += 1;
+                delay = self.config.reconnect_delay;
+            }
+            if self.shutdown.is_triggered() {
+                break;
+            }
+            let reason = match &result {
+                Ok(()) => "session ended".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            if let Err(SessionError::Protocol(_)) = &result {
+                metrics().esl_protocol_errors.inc();
+            }
+            self.state.record_error(format!("ESL: {reason}"));
+            if was_connected {
+                warn!(reason = %reason, retry_in = ?delay, "ESL disconnected");
+            } else {
+                error!(reason = %reason, retry_in = ?delay, "ESL connection failed");
+            }
+            if !self.shutdown.sleep(delay) {
+                break;
+            }
+            delay = (delay * 2).min(self.config.max_reconnect_delay);
+            if connections > 0 {
+                metrics().esl_reconnections.inc();
+                self.state.esl_reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        info!("ESL reader stopped");
+    }
+
+    fn connect(&self) -> Result<TcpStream, SessionError> {
+        let addr = format!("{}:{}", self.config.host, self.config.port);
+        let connect_err = |source| SessionError::Connect { addr: addr.clone(), source };
+        let addrs: Vec<_> = addr.to_socket_addrs().map_err(connect_err)?.collect();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, self.config.connect_timeout) {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    stream.set_read_timeout(Some(READ_TICK))?;
+                    stream.set_write_timeout(Some(self.config.health_check_timeout))?;
+                    return Ok(stream);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(connect_err(last))
+    }
+
+    /// One connection: handshake, subscribe, then read events until it ends.
+    fn session(&self, subscribed: &mut bool) -> Result<(), SessionError> {
+        let mut stream = self.connect()?;
+        let mut conn = Connection {
+            stream: &mut stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            decoder: FrameDecoder::new(),
+            chunk: vec![0; READ_CHUNK],
+        };
+
+        let first = conn.read_frame(&self.shutdown, self.config.health_check_timeout)?;
+        match first.as_ref().and_then(|f| f.content_type()) {
+            Some("auth/request") => {}
+            Some("text/rude-rejection") => {
+                return Err(SessionError::RudeRejection(body_text(first.as_ref().expect("frame matched"))))
+            }
+            other => return Err(SessionError::Handshake(format!("{other:?} instead of auth/request"))),
+        }
+        conn.send(&format!("auth {}\n\n", self.config.password))?;
+        let reply = conn.command_reply(&self.shutdown, self.config.health_check_timeout)?;
+        if !reply.starts_with("+OK") {
+            return Err(SessionError::AuthRejected);
+        }
+        let command = format!("event plain {}\n\n", self.sink.router.subscription());
+        conn.send(&command)?;
+        let reply = conn.command_reply(&self.shutdown, self.config.health_check_timeout)?;
+        if !reply.starts_with("+OK") {
+            return Err(SessionError::SubscribeRejected(reply));
+        }
+        *subscribed = true;
+        self.state.esl_connected.store(true, Ordering::Release);
+        metrics().esl_connected.set(1);
+        info!(subscription = %self.sink.router.subscription(), "ESL connected and subscribed");
+
+        let mut last_data = Instant::now();
+        let mut probe_sent: Option<Instant> = None;
+        while !self.shutdown.is_triggered() {
+            match conn.fill()? {
+                0 => {}
+                _ => {
+                    last_data = Instant::now();
+                    probe_sent = None;
+                    self.state.last_esl_read_us.store(now_us(), Ordering::Relaxed);
+                    while let Some(frame) = conn.decoder.decode(&mut conn.buf)? {
+                        self.handle(frame)?;
+                    }
+                }
+            }
+            let silent = last_data.elapsed();
+            match probe_sent {
+                None if silent >= self.config.silence_timeout => {
+                    debug!(silent = ?silent, "socket silent; probing with api status");
+                    conn.send("api status\n\n")?;
+                    probe_sent = Some(Instant::now());
+                }
+                Some(at) if at.elapsed() >= self.config.health_check_timeout => {
+                    return Err(SessionError::Silent { silent, timeout: self.config.health_check_timeout });
+                }
+                _ => {}
+            }
+        }
+        let _ = conn.send("exit\n\n");
+        Ok(())
+    }
+
+    fn handle(&self, frame: Frame) -> Result<(), SessionError> {
+        let content_type = frame.content_type().unwrap_or("");
+        let format = match EventFormat::from_content_type(content_type) {
+            Some(format) => format,
+            None => {
+                return match content_type {
+                    "text/disconnect-notice" => Err(SessionError::DisconnectNotice(body_text(&frame))),
+                    "text/rude-rejection" => Err(SessionError::RudeRejection(body_text(&frame))),
+                    _ => Ok(()), // api/response, command/reply, log/data: nothing to store
+                };
+            }
+        };
+        metrics().events_received.with_label_values(&["esl"]).inc();
+        let parsed_at_us = now_us();
+        let body = frame.body().clone();
+        let meta = match scan_meta(format, &body) {
+            Ok(meta) => meta,
+            Err(e) => {
+                metrics().events_dropped.with_label_values(&["none", "malformed"]).inc();
+                self.state.add_dropped(1);
+                error!(error = %e, bytes = body.len(), "malformed event dropped");
+                return Ok(());
+            }
+        };
+        if let Some(ts) = meta.timestamp_us {
+            metrics().reader_latency.observe(seconds_between(ts, parsed_at_us));
+        }
+        if meta.name == "HEARTBEAT" {
+            self.state.last_heartbeat_us.store(parsed_at_us, Ordering::Relaxed);
+        }
+        let Some(stream) = self.sink.router.route(&meta) else {
+            metrics().events_filtered.inc();
+            if FILTER_DEBUG.check().is_some() {
+                debug!(event = %meta.name, "event not in EVENTS_TO_PUBLISH/EVENTS_TO_PUSH; not written");
+            }
+            return Ok(());
+        };
+        let envelope = Envelope { stream, format, body, meta, parsed_at_us };
+        if let crate::pipeline::Submitted::Full(envelope) = self.sink.pipeline.submit(envelope) {
+            (self.sink.overflow)(*envelope);
+        }
+        Ok(())
+    }
+}
+
+/// The byte side of one connection.
+struct Connection<'a> {
+    stream: &'a mut TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    chunk: Vec<u8>,
+}
+
+impl Connection<'_> {
+    fn send(&mut self, command: &str) -> io::Result<()> {
+        self.stream.write_all(command.as_bytes())
+    }
+
+    /// Reads what is available (waiting at most one tick); 0 when nothing came.
+    fn fill(&mut self) -> Result<usize, SessionError> {
+        match self.stream.read(&mut self.chunk) {
+            Ok(0) => Err(SessionError::Closed),
+            Ok(n) => {
+                self.buf.extend_from_slice(&self.chunk[..n]);
+                Ok(n)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The next frame, or `None` on shutdown; an error if none arrives within `timeout`.
+    fn read_frame(&mut self, shutdown: &Shutdown, timeout: Duration) -> Result<Option<Frame>, SessionError> {
+        let started = Instant::now();
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if shutdown.is_triggered() {
+                return Ok(None);
+            }
+            if started.elapsed() >= timeout {
+                return Err(SessionError::Handshake(format!("silence for {timeout:?}")));
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Waits for the `command/reply` to a command and returns its `Reply-Text`, skipping
+    /// frames that may come first (events of an earlier subscription, logs).
+    fn command_reply(&mut self, shutdown: &Shutdown, timeout: Duration) -> Result<String, SessionError> {
+        loop {
+            let Some(frame) = self.read_frame(shutdown, timeout)? else {
+                return Err(SessionError::Closed);
+            };
+            match frame.content_type() {
+                Some("command/reply") => return Ok(frame.header("Reply-Text").unwrap_or("").to_owned()),
+                Some("text/rude-rejection") => return Err(SessionError::RudeRejection(body_text(&frame))),
+                Some("text/disconnect-notice") => return Err(SessionError::DisconnectNotice(body_text(&frame))),
+                _ => continue,
+            }
+        }
+    }
+}
+
+fn body_text(frame: &Frame) -> String {
+    String::from_utf8_lossy(frame.body()).trim().replace('\n', " ")
+}

@@ -144,11 +144,7 @@ mod tests {
     #[test]
     fn plain_event_with_body_announces_its_length() {
         let mut out = Vec::new();
-        encode_plain(
-            &[("Event-Name", HeaderValue::Array(vec!["a", "b"]))],
-            Some(b"+OK\n\nx"),
-            &mut out,
-        );
+        encode_plain(&[("Event-Name", HeaderValue::Array(vec!["a", "b"]))], Some(b"+OK\n\nx"), &mut out);
         assert_eq!(out, b"Event-Name: ARRAY%3A%3Aa%7C%3Ab\nContent-Length: 6\n\n+OK\n\nx");
     }
 }

@@ -6,3 +6,16 @@ pub enum EventFormat {
     Plain,
     Json,
 }
+impl EventFormat {
+    pub fn from_content_type(_c: &str) -> Option<Self> {
+        None
+    }
+}
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("x")]
+    X,
+}
+pub fn scan_meta(_f: EventFormat, _b: &[u8]) -> Result<crate::envelope::EventMeta, EventError> {
+    Err(EventError::X)
+}

@@ -1,1 +1,322 @@
-//! Redis writer.
+//! The Redis side of a writer: one connection, and one idempotent, pipelined write of a batch.
+//!
+//! [`RedisSink::write`] sends a whole batch in one round trip and reports, per entry, whether
+//! it was written (or was already there), refused for good, or not processed (to retry). Every
+//! entry carries its idempotency key `(Core-UUID, Event-Sequence)`, so re-sending a batch after
+//! an ambiguous failure (timeout, connection cut after sending) never creates a second entry:
+//! - on Redis 8.6+ with `XADD ... IDMP <producer> <sequence>`, producer = `<core-uuid>:<lane>`;
+//! - on older servers with one Lua script per batch (`idempotent.lua`) that keeps the written
+//!   sequences of each Core-UUID in a capped sorted set next to the stream.
+
+use std::time::Duration;
+
+use redis::{Connection, ErrorKind, RedisError, Value};
+
+use crate::config::{EntryFormat, RedisConfig};
+
+/// The Lua script used where `XADD IDMP` is not available.
+pub const IDEMPOTENT_SCRIPT: &str = include_str!("idempotent.lua");
+
+/// Sequences remembered per Core-UUID by the script path; far above anything in flight.
+pub const SCRIPT_DEDUP_WINDOW: u64 = 200_000;
+/// How long the script path remembers a Core-UUID after its last write.
+pub const SCRIPT_DEDUP_TTL_SECS: u64 = 24 * 3600;
+/// IDMP entries kept per producer on 8.6+ (the server's maximum).
+pub const IDMP_MAXSIZE: u64 = 10_000;
+/// How long 8.6+ remembers an idempotency key.
+pub const IDMP_DURATION_SECS: u64 = 3600;
+
+/// How writes are made idempotent on the connected server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Redis 8.6+: `XADD key IDMP producer iid ...` in a pipeline.
+    Idmp,
+    /// Older servers: the Lua script, one call per batch.
+    Script,
+}
+
+/// One entry ready to be written.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub stream_key: String,
+    /// `MAXLEN ~` cap, 0 for none.
+    pub max_len: u64,
+    /// Producer for the idempotency key (Core-UUID, plus the lane on IDMP).
+    pub core_uuid: String,
+    /// Idempotent ID within the producer (the Event-Sequence), empty for none.
+    pub sequence: String,
+    /// Field/value pairs, in order.
+    pub fields: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Entry {
+    /// Builds the contract's fields: `event` then the index fields (or `event` alone).
+    pub fn fields(
+        format: EntryFormat,
+        event_json: Vec<u8>,
+        name: &str,
+        unique_id: &str,
+        core_uuid: &str,
+        sequence: &str,
+    ) -> Vec<(&'static str, Vec<u8>)> {
+        let mut fields = vec![("event", event_json)];
+        if format == EntryFormat::Full {
+            fields.push(("event_name", name.as_bytes().to_vec()));
+            fields.push(("unique_id", unique_id.as_bytes().to_vec()));
+            fields.push(("core_uuid", core_uuid.as_bytes().to_vec()));
+            fields.push(("event_sequence", sequence.as_bytes().to_vec()));
+        }
+        fields
+    }
+}
+
+/// The fate of one entry of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryOutcome {
+    /// Written now, with this ID.
+    Written(String),
+    /// Its idempotency key was already written: nothing added.
+    Duplicate,
+    /// Redis refused it for good (e.g. `WRONGTYPE`): retrying cannot help.
+    Rejected(String),
+    /// Not processed (a transient error stopped the batch before it): retry it.
+    Pending,
+}
+
+/// Why a whole write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Nothing is known about what happened (connection lost, timeout): retry everything;
+    /// idempotency makes that safe.
+    #[error("connection to Redis failed: {0}")]
+    Connection(String),
+    /// Redis answered with an error that may pass (OOM, LOADING, BUSY, paused ...).
+    #[error("Redis is refusing writes for now: {0}")]
+    Transient(String),
+}
+
+impl WriteError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WriteError::Connection(_) => "connection",
+            WriteError::Transient(_) => "transient",
+        }
+    }
+}
+
+fn classify(e: RedisError) -> WriteError {
+    let text = e.to_string();
+    if e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.kind() == ErrorKind::Io
+    {
+        WriteError::Connection(text)
+    } else {
+        WriteError::Transient(text)
+    }
+}
+
+/// A connection to Redis and the way to write idempotently on it.
+pub struct RedisSink {
+    conn: Connection,
+    mode: WriteMode,
+    script_sha: String,
+    lane: usize,
+}
+
+impl RedisSink {
+    /// Connects, sets timeouts, and detects the server's version to pick the write mode.
+    pub fn connect(config: &RedisConfig, lane: usize) -> Result<RedisSink, WriteError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| WriteError::Connection(e.to_string()))?;
+        let mut conn = client.get_connection_with_timeout(config.dial_timeout).map_err(classify)?;
+        conn.set_read_timeout(Some(config.write_timeout)).map_err(classify)?;
+        conn.set_write_timeout(Some(config.write_timeout)).map_err(classify)?;
+        let info: String = redis::cmd("INFO").arg("server").query(&mut conn).map_err(classify)?;
+        let mode = if supports_idmp(&info) { WriteMode::Idmp } else { WriteMode::Script };
+        let script_sha: String =
+            redis::cmd("SCRIPT").arg("LOAD").arg(IDEMPOTENT_SCRIPT).query(&mut conn).map_err(classify)?;
+        Ok(RedisSink { conn, mode, script_sha, lane })
+    }
+
+    pub fn mode(&self) -> WriteMode {
+        self.mode
+    }
+
+    /// A raw connection for other commands (health checks, tests).
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Writes `entries` in one round trip; the outcome list is parallel to `entries`.
+    pub fn write(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
+        match self.mode {
+            WriteMode::Script => self.write_script(entries),
+            WriteMode::Idmp => self.write_idmp(entries),
+        }
+    }
+
+    fn write_script(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.script_sha).arg(entries.len() * 2);
+        for e in entries {
+            cmd.arg(&e.stream_key).arg(dedup_key(&e.stream_key, &e.core_uuid));
+        }
+        cmd.arg(SCRIPT_DEDUP_WINDOW).arg(SCRIPT_DEDUP_TTL_SECS);
+        for e in entries {
+            let member = if e.core_uuid.is_empty() { "" } else { e.sequence.as_str() };
+            cmd.arg(e.max_len).arg(member).arg(e.fields.len() * 2);
+            for (name, value) in &e.fields {
+                cmd.arg(*name).arg(value.as_slice());
+            }
+        }
+        let reply: Value = match cmd.query(&mut self.conn) {
+            Ok(v) => v,
+            Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(IDEMPOTENT_SCRIPT)
+                    .query::<String>(&mut self.conn)
+                    .map_err(classify)?;
+                return Err(WriteError::Transient("script was not loaded (server restarted?); loaded it".into()));
+            }
+            Err(e) => return Err(classify(e)),
+        };
+        let Value::Array(items) = reply else {
+            return Err(WriteError::Transient(format!("unexpected script reply {reply:?}")));
+        };
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut stop = None;
+        for item in items {
+            let text = match item {
+                Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                Value::SimpleString(s) => s,
+                other => format!("E:unexpected reply {other:?}"),
+            };
+            if text == "dup" {
+                outcomes.push(EntryOutcome::Duplicate);
+            } else if let Some(err) = text.strip_prefix("E:") {
+                outcomes.push(EntryOutcome::Rejected(err.to_owned()));
+            } else if let Some(err) = text.strip_prefix("T:") {
+                stop = Some(err.to_owned());
+                break;
+            } else {
+                outcomes.push(EntryOutcome::Written(text));
+            }
+        }
+        if outcomes.is_empty() {
+            if let Some(err) = stop {
+                return Err(WriteError::Transient(err));
+            }
+        }
+        outcomes.resize(entries.len(), EntryOutcome::Pending);
+        Ok(outcomes)
+    }
+
+    fn write_idmp(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for e in entries {
+            let cmd = pipe.cmd("XADD").arg(&e.stream_key);
+            if !e.core_uuid.is_empty() && !e.sequence.is_empty() {
+                cmd.arg("IDMP").arg(format!("{}:{}", e.core_uuid, self.lane)).arg(&e.sequence);
+            }
+            if e.max_len > 0 {
+                cmd.arg("MAXLEN").arg("~").arg(e.max_len);
+            }
+            cmd.arg("*");
+            for (name, value) in &e.fields {
+                cmd.arg(*name).arg(value.as_slice());
+            }
+        }
+        let replies: Vec<Value> = pipe.query(&mut self.conn).map_err(classify)?;
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for reply in replies {
+            match reply {
+                Value::BulkString(b) => outcomes.push(EntryOutcome::Written(String::from_utf8_lossy(&b).into_owned())),
+                Value::ServerError(err) => {
+                    let text = format!("{err:?}");
+                    let code = err.code();
+                    if matches!(
+                        code,
+                        "OOM" | "LOADING" | "BUSY" | "MISCONF" | "READONLY" | "NOREPLICAS" | "TRYAGAIN" | "MASTERDOWN"
+                    ) {
+                        if outcomes.is_empty() {
+                            return Err(WriteError::Transient(text));
+                        }
+                        break;
+                    }
+                    outcomes.push(EntryOutcome::Rejected(text));
+                }
+                other => outcomes.push(EntryOutcome::Rejected(format!("unexpected reply {other:?}"))),
+            }
+        }
+        outcomes.resize(entries.len(), EntryOutcome::Pending);
+        Ok(outcomes)
+    }
+
+    /// Configures the IDMP window of a stream on 8.6+ where it differs from ours (calling
+    /// `XCFGSET` clears the stream's IDMP maps, so it is only sent when needed).
+    pub fn ensure_idmp_window(&mut self, stream_key: &str) -> Result<(), WriteError> {
+        if self.mode != WriteMode::Idmp {
+            return Ok(());
+        }
+        let info: Value = redis::cmd("XINFO").arg("STREAM").arg(stream_key).query(&mut self.conn).map_err(classify)?;
+        let text = format!("{info:?}");
+        if text.contains(&format!("{IDMP_MAXSIZE}")) && text.contains(&format!("{IDMP_DURATION_SECS}")) {
+            return Ok(());
+        }
+        redis::cmd("XCFGSET")
+            .arg(stream_key)
+            .arg("IDMP-DURATION")
+            .arg(IDMP_DURATION_SECS)
+            .arg("IDMP-MAXSIZE")
+            .arg(IDMP_MAXSIZE)
+            .query::<Value>(&mut self.conn)
+            .map_err(classify)?;
+        Ok(())
+    }
+}
+
+/// The script path's dedup set for one Core-UUID, kept beside the stream.
+pub fn dedup_key(stream_key: &str, core_uuid: &str) -> String {
+    format!("{stream_key}:idmp:{core_uuid}")
+}
+
+/// Whether `INFO server` reports a version with `XADD ... IDMP` (8.6 or later).
+pub fn supports_idmp(info: &str) -> bool {
+    let Some(version) = info.lines().find_map(|l| l.strip_prefix("redis_version:")) else {
+        return false;
+    };
+    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (8, 6)
+}
+
+/// Capped exponential backoff: `base * 2^attempt`, never above `max`.
+pub fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
+    base.saturating_mul(1u32 << attempt.min(16)).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_detection() {
+        assert!(!supports_idmp("# Server\r\nredis_version:7.0.15\r\n"));
+        assert!(!supports_idmp("redis_version:8.4.0\r\n"));
+        assert!(supports_idmp("redis_version:8.6.0\r\n"));
+        assert!(supports_idmp("redis_version:9.0.1\r\n"));
+        assert!(!supports_idmp("garbage"));
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let b = Duration::from_millis(100);
+        assert_eq!(backoff(b, 0, Duration::from_secs(5)), b);
+        assert_eq!(backoff(b, 3, Duration::from_secs(5)), Duration::from_millis(800));
+        assert_eq!(backoff(b, 30, Duration::from_secs(5)), Duration::from_secs(5));
+    }
+}

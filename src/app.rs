@@ -1,0 +1,97 @@
+//! The agent: wires source → pipeline → writers, and runs them until a signal, then drains.
+//!
+//! Threads: one ESL reader, `WRITER_WORKERS` writers. A small tokio runtime serves signals
+//! (and the HTTP endpoints). Shutdown order: stop reading the socket, close the pipeline,
+//! let writers drain to Redis within `SHUTDOWN_TIMEOUT`, then force what is left out.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::envelope::Envelope;
+use crate::esl::client::{EslClient, EventSink};
+use crate::logging::RateLimit;
+use crate::metrics::metrics;
+use crate::pipeline::{Pipeline, PipelineShape};
+use crate::routing::Router;
+use crate::shutdown::Shutdown;
+use crate::sink::writer::{stream_label, Writer};
+use crate::state::AgentState;
+
+static FULL_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
+
+/// A running agent: its threads and the handles to stop them.
+pub struct Agent {
+    pub config: Arc<Config>,
+    pub state: Arc<AgentState>,
+    pub pipeline: Arc<Pipeline>,
+    pub shutdown: Shutdown,
+    reader: Option<JoinHandle<()>>,
+    writers: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Starts the writers and the ESL reader.
+    pub fn start(config: Config) -> std::io::Result<Agent> {
+        let config = Arc::new(config);
+        let state = Arc::new(AgentState::default());
+        let shutdown = Shutdown::new();
+        let pipeline = Pipeline::new(PipelineShape::from_buffer(config.writer.workers, config.writer.buffer_size));
+
+        let mut writers = Vec::new();
+        for lane in pipeline.lanes() {
+            let writer = Writer::new(lane.clone(), config.clone(), state.clone(), shutdown.clone());
+            writers.push(
+                std::thread::Builder::new().name(format!("writer-{}", lane.index())).spawn(move || writer.run())?,
+            );
+        }
+
+        let overflow_state = state.clone();
+        let overflow = Arc::new(move |envelope: Envelope| {
+            metrics().events_dropped.with_label_values(&[stream_label(envelope.stream), "memory_full"]).inc();
+            overflow_state.add_dropped(1);
+            if let Some(suppressed) = FULL_WARN.check() {
+                error!(event = %envelope.meta.name, uuid = %envelope.meta.unique_id, suppressed, "memory queue full (BUFFER_SIZE); event dropped");
+            }
+        });
+        let sink = EventSink {
+            router: Router::new(&config.events_to_publish, &config.events_to_push),
+            pipeline: pipeline.clone(),
+            overflow,
+        };
+        let client = EslClient::new(config.esl.clone(), sink, state.clone(), shutdown.clone());
+        let reader = Some(std::thread::Builder::new().name("esl-reader".into()).spawn(move || client.run())?);
+
+        Ok(Agent { config, state, pipeline, shutdown, reader, writers })
+    }
+
+    /// Stops reading, drains the pipeline within `SHUTDOWN_TIMEOUT`, and joins every thread.
+    /// Returns whether everything in flight was written.
+    pub fn stop(mut self) -> bool {
+        let started = Instant::now();
+        self.shutdown.trigger();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.pipeline.close();
+        let in_flight = self.pipeline.depth();
+        info!(in_flight, "draining");
+        let deadline = started + self.config.shutdown_timeout;
+        while self.writers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let clean = self.writers.iter().all(|w| w.is_finished());
+        if !clean {
+            warn!(left = self.pipeline.depth(), "drain deadline passed; handing off what is left");
+            self.shutdown.force();
+        }
+        for w in self.writers.drain(..) {
+            let _ = w.join();
+        }
+        info!(elapsed = ?started.elapsed(), clean, "stopped");
+        clean
+    }
+}

@@ -1,0 +1,65 @@
+//! Log set-up (`LOG_LEVEL`, `LOG_FORMAT=text|json`) and rate limiting for warnings that
+//! would otherwise flood the log under a sustained error.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber, writing to stderr.
+pub fn init(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+    };
+}
+
+/// Lets one message through per interval and counts the ones held back.
+pub struct RateLimit {
+    interval: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RateLimit {
+    pub const fn new(interval: Duration) -> RateLimit {
+        RateLimit { interval, state: Mutex::new((None, 0)) }
+    }
+
+    /// `Some(suppressed)` when a message may be logged now (with how many were held back since
+    /// the last one), `None` when it should be skipped.
+    pub fn check(&self) -> Option<u64> {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        match state.0 {
+            Some(last) if now.duration_since(last) < self.interval => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = state.1;
+                *state = (Some(now), 0);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_counts_suppressed() {
+        let r = RateLimit::new(Duration::from_secs(60));
+        assert_eq!(r.check(), Some(0));
+        assert_eq!(r.check(), None);
+        assert_eq!(r.check(), None);
+        let r2 = RateLimit::new(Duration::ZERO);
+        assert_eq!(r2.check(), Some(0));
+        assert_eq!(r2.check(), Some(0));
+    }
+}

@@ -1,0 +1,278 @@
+//! A writer thread: takes batches off its lane, turns events into entries, writes them
+//! idempotently to Redis, and retries what was not acknowledged, in order.
+//!
+//! A failed write keeps the lane's head batch and retries it with capped exponential backoff
+//! (only the entries not yet acknowledged); newer events of the lane queue up behind it, so
+//! per-call order holds. An entry Redis refuses for good is not retried.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, info_span, warn};
+
+use crate::config::Config;
+use crate::entry::event_json;
+use crate::envelope::{now_us, Envelope, StreamKind};
+use crate::logging::RateLimit;
+use crate::metrics::{metrics, seconds_between};
+use crate::pipeline::Lane;
+use crate::shutdown::Shutdown;
+use crate::sink::redis::{backoff, Entry, EntryOutcome, RedisSink, WriteError};
+use crate::state::AgentState;
+
+/// The longest pause between two attempts at a failing write.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a writer waits on an empty lane before checking for shutdown.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+static SLOW_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
+static RETRY_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
+
+/// One writer: a lane, a Redis connection, and the loop between them.
+pub struct Writer {
+    lane: Arc<Lane>,
+    config: Arc<Config>,
+    state: Arc<AgentState>,
+    shutdown: Shutdown,
+    sink: Option<RedisSink>,
+    json: Vec<u8>,
+}
+
+impl Writer {
+    pub fn new(lane: Arc<Lane>, config: Arc<Config>, state: Arc<AgentState>, shutdown: Shutdown) -> Writer {
+        Writer { lane, config, state, shutdown, sink: None, json: Vec::with_capacity(16 * 1024) }
+    }
+
+    /// Runs until the lane is closed and drained (or the drain deadline passes).
+    pub fn run(mut self) {
+        let lane = self.lane.index();
+        let _span = info_span!("writer", lane).entered();
+        let max = self.config.writer.batch_size;
+        let window = self.config.writer.pipeline_timeout;
+        let mut batch: Vec<Envelope> = Vec::with_capacity(max);
+        let depth = metrics().queue_depth.with_label_values(&[&lane.to_string()]);
+        let overflow = metrics().overflow_depth.with_label_values(&[&lane.to_string()]);
+        while self.lane.next_batch(max, IDLE_WAIT, window, &mut batch) {
+            depth.set(self.lane.depth() as i64);
+            overflow.set(self.lane.overflow_depth() as i64);
+            if batch.is_empty() {
+                continue;
+            }
+            let (envelopes, entries) = self.prepare(&mut batch);
+            self.write_until_done(envelopes, entries);
+        }
+        depth.set(0);
+        if self.sink.take().is_some() {
+            self.state.redis_writers_up.fetch_sub(1, Ordering::Relaxed);
+            metrics().redis_connected.dec();
+        }
+        debug!("writer drained and stopped");
+    }
+
+    /// Encodes each event of the batch into its entry; events that cannot be decoded are
+    /// counted and dropped here (they can never be written).
+    fn prepare(&mut self, batch: &mut Vec<Envelope>) -> (Vec<Envelope>, Vec<Entry>) {
+        let mut envelopes = Vec::with_capacity(batch.len());
+        let mut entries = Vec::with_capacity(batch.len());
+        for envelope in batch.drain(..) {
+            self.json.clear();
+            match event_json(envelope.format, &envelope.body, &mut self.json) {
+                Ok(lossy) => {
+                    if lossy {
+                        metrics().lossy_decodes.inc();
+                    }
+                }
+                Err(e) => {
+                    self.drop_event(&envelope, "undecodable", &e.to_string());
+                    continue;
+                }
+            }
+            let (key, max_len) = match envelope.stream {
+                StreamKind::Events => (&self.config.streams.events_key, self.config.streams.events_max_len),
+                StreamKind::Jobs => (&self.config.streams.jobs_key, self.config.streams.jobs_max_len),
+            };
+            let m = &envelope.meta;
+            let fields = Entry::fields(
+                self.config.streams.entry_format,
+                self.json.clone(),
+                &m.name,
+                &m.unique_id,
+                &m.core_uuid,
+                &m.sequence,
+            );
+            let entry = Entry {
+                stream_key: key.clone(),
+                max_len,
+                core_uuid: m.core_uuid.clone(),
+                sequence: m.sequence.clone(),
+                fields,
+            };
+            envelopes.push(envelope);
+            entries.push(entry);
+        }
+        (envelopes, entries)
+    }
+
+    /// Writes `entries` (parallel to `pending`) in order, retrying what Redis did not
+    /// acknowledge.
+    fn write_until_done(&mut self, mut pending: Vec<Envelope>, mut entries: Vec<Entry>) {
+        let mut attempt: u32 = 0;
+        while !pending.is_empty() {
+            if self.shutdown.is_forced() {
+                for envelope in &pending {
+                    self.drop_event(envelope, "shutdown", "drain deadline passed before Redis accepted it");
+                }
+                return;
+            }
+            let started = Instant::now();
+            let result = self.sink().and_then(|sink| sink.write(&entries));
+            match result {
+                Ok(outcomes) => {
+                    metrics().write_duration.with_label_values(&["ok"]).observe(started.elapsed().as_secs_f64());
+                    metrics().batch_size.observe(entries.len() as f64);
+                    let done = outcomes.iter().take_while(|o| **o != EntryOutcome::Pending).count();
+                    let acked_at = now_us();
+                    for (envelope, outcome) in pending.drain(..done).zip(outcomes) {
+                        self.settle(&envelope, outcome, acked_at);
+                    }
+                    entries.drain(..done);
+                    if !pending.is_empty() {
+                        attempt += 1;
+                        metrics().write_retries.with_label_values(&["partial"]).inc();
+                        self.shutdown.sleep(backoff(self.config.writer.retry_pause, attempt, MAX_BACKOFF));
+                    }
+                }
+                Err(e) => {
+                    metrics().write_duration.with_label_values(&["error"]).observe(started.elapsed().as_secs_f64());
+                    metrics().write_retries.with_label_values(&[e.kind()]).inc();
+                    self.state.record_error(e.to_string());
+                    if let WriteError::Connection(_) = e {
+                        self.disconnect();
+                    }
+                    if let Some(suppressed) = RETRY_WARN.check() {
+                        warn!(error = %e, pending = pending.len(), attempt, suppressed, "write failed; retrying");
+                    }
+                    let pause = backoff(self.config.writer.retry_pause, attempt, MAX_BACKOFF);
+                    attempt += 1;
+                    // Sleep in short steps so a forced shutdown is noticed.
+                    let until = Instant::now() + pause;
+                    while Instant::now() < until && !self.shutdown.is_forced() {
+                        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn settle(&self, envelope: &Envelope, outcome: EntryOutcome, acked_at: i64) {
+        let stream = stream_label(envelope.stream);
+        match outcome {
+            EntryOutcome::Written(_) | EntryOutcome::Duplicate => {
+                if outcome == EntryOutcome::Duplicate {
+                    metrics().duplicates_suppressed.inc();
+                }
+                metrics().events_written.with_label_values(&[stream, event_label(&envelope.meta.name)]).inc();
+                self.state.events_written.fetch_add(1, Ordering::Relaxed);
+                let writer = seconds_between(envelope.parsed_at_us, acked_at);
+                metrics().writer_latency.observe(writer);
+                let total = envelope.meta.timestamp_us.map(|ts| seconds_between(ts, acked_at));
+                if let Some(total) = total {
+                    metrics().total_latency.observe(total);
+                }
+                let limits = &self.config.latency;
+                if writer > limits.writer.as_secs_f64() || total.is_some_and(|t| t > limits.total.as_secs_f64()) {
+                    if let Some(suppressed) = SLOW_WARN.check() {
+                        warn!(event = %envelope.meta.name, uuid = %envelope.meta.unique_id, writer_seconds = writer, total_seconds = total, suppressed, "event over latency threshold");
+                    }
+                }
+            }
+            EntryOutcome::Rejected(reason) => self.drop_event(envelope, "rejected", &reason),
+            EntryOutcome::Pending => unreachable!("pending entries are retried, not settled"),
+        }
+    }
+
+    fn drop_event(&self, envelope: &Envelope, reason: &str, detail: &str) {
+        metrics().events_dropped.with_label_values(&[stream_label(envelope.stream), reason]).inc();
+        self.state.add_dropped(1);
+        error!(reason, detail, event = %envelope.meta.name, uuid = %envelope.meta.unique_id, core_uuid = %envelope.meta.core_uuid, sequence = %envelope.meta.sequence, "event dropped");
+    }
+
+    fn sink(&mut self) -> Result<&mut RedisSink, WriteError> {
+        if self.sink.is_none() {
+            let sink = RedisSink::connect(&self.config.redis, self.lane.index())?;
+            info!(mode = ?sink.mode(), "connected to Redis");
+            self.state.redis_writers_up.fetch_add(1, Ordering::Relaxed);
+            metrics().redis_connected.inc();
+            self.sink = Some(sink);
+        }
+        Ok(self.sink.as_mut().expect("connected above"))
+    }
+
+    fn disconnect(&mut self) {
+        if self.sink.take().is_some() {
+            self.state.redis_writers_up.fetch_sub(1, Ordering::Relaxed);
+            metrics().redis_connected.dec();
+            metrics().redis_reconnections.inc();
+        }
+    }
+}
+
+pub fn stream_label(stream: StreamKind) -> &'static str {
+    match stream {
+        StreamKind::Events => "events",
+        StreamKind::Jobs => "jobs",
+    }
+}
+
+/// Event names as a bounded label set: FreeSWITCH's own names pass, anything else is `other`.
+pub fn event_label(name: &str) -> &str {
+    const KNOWN: &[&str] = &[
+        "CHANNEL_CREATE",
+        "CHANNEL_DESTROY",
+        "CHANNEL_STATE",
+        "CHANNEL_CALLSTATE",
+        "CHANNEL_ANSWER",
+        "CHANNEL_HANGUP",
+        "CHANNEL_HANGUP_COMPLETE",
+        "CHANNEL_EXECUTE",
+        "CHANNEL_EXECUTE_COMPLETE",
+        "CHANNEL_HOLD",
+        "CHANNEL_UNHOLD",
+        "CHANNEL_BRIDGE",
+        "CHANNEL_UNBRIDGE",
+        "CHANNEL_PROGRESS",
+        "CHANNEL_PROGRESS_MEDIA",
+        "CHANNEL_OUTGOING",
+        "CHANNEL_PARK",
+        "CHANNEL_UNPARK",
+        "CHANNEL_APPLICATION",
+        "CHANNEL_ORIGINATE",
+        "CHANNEL_UUID",
+        "CALL_UPDATE",
+        "CODEC",
+        "DTMF",
+        "API",
+        "BACKGROUND_JOB",
+        "CUSTOM",
+        "HEARTBEAT",
+        "RE_SCHEDULE",
+        "PRESENCE_IN",
+        "PRESENCE_OUT",
+        "MESSAGE",
+        "RECORD_START",
+        "RECORD_STOP",
+        "PLAYBACK_START",
+        "PLAYBACK_STOP",
+        "DETECTED_SPEECH",
+        "DETECTED_TONE",
+        "CALL_SECURE",
+        "MEDIA_BUG_START",
+        "MEDIA_BUG_STOP",
+        "CONFERENCE_DATA",
+        "SHUTDOWN",
+        "STARTUP",
+        "LOG",
+    ];
+    KNOWN.iter().find(|k| **k == name).copied().unwrap_or("other")
+}

@@ -1,0 +1,44 @@
+//! The agent's live state, shared by the source, the writers and the health monitor.
+//!
+//! Plain atomics written on the hot path; read by `/health` and the log summary.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::envelope::now_us;
+
+/// What every component reports about itself.
+#[derive(Default)]
+pub struct AgentState {
+    /// The event socket is connected, authenticated and subscribed.
+    pub esl_connected: AtomicBool,
+    /// Wall-clock µs of the last HEARTBEAT event (0: none yet).
+    pub last_heartbeat_us: AtomicI64,
+    /// Wall-clock µs of the last byte read from the socket.
+    pub last_esl_read_us: AtomicI64,
+    /// Writers whose Redis connection is currently up.
+    pub redis_writers_up: AtomicUsize,
+    /// Events written (or found already written) since start.
+    pub events_written: AtomicU64,
+    /// Events dropped since start (spool full, refused, ...).
+    pub events_dropped: AtomicU64,
+    /// ESL connections made after the first.
+    pub esl_reconnects: AtomicU64,
+    last_error: Mutex<Option<(i64, String)>>,
+}
+
+impl AgentState {
+    pub fn record_error(&self, message: impl Into<String>) {
+        *self.last_error.lock() = Some((now_us(), message.into()));
+    }
+
+    /// The last error and when it happened (µs since the epoch).
+    pub fn last_error(&self) -> Option<(i64, String)> {
+        self.last_error.lock().clone()
+    }
+
+    pub fn add_dropped(&self, n: u64) {
+        self.events_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+}
