@@ -19,6 +19,7 @@ use crate::pipeline::{Pipeline, PipelineShape};
 use crate::routing::Router;
 use crate::shutdown::Shutdown;
 use crate::sink::writer::{stream_label, Writer};
+use crate::spool::{open_lanes, SpoolBudget};
 use crate::state::AgentState;
 
 static FULL_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
@@ -28,6 +29,7 @@ pub struct Agent {
     pub config: Arc<Config>,
     pub state: Arc<AgentState>,
     pub pipeline: Arc<Pipeline>,
+    pub spool: Arc<SpoolBudget>,
     pub shutdown: Shutdown,
     reader: Option<JoinHandle<()>>,
     writers: Vec<JoinHandle<()>>,
@@ -39,7 +41,18 @@ impl Agent {
         let config = Arc::new(config);
         let state = Arc::new(AgentState::default());
         let shutdown = Shutdown::new();
-        let pipeline = Pipeline::new(PipelineShape::from_buffer(config.writer.workers, config.writer.buffer_size));
+        let shape = PipelineShape::from_buffer(config.writer.workers, config.writer.buffer_size);
+        let budget = SpoolBudget::new(config.spool_max_bytes);
+        let spools = if config.spool_max_bytes == 0 {
+            (0..shape.lanes).map(|_| None).collect()
+        } else {
+            let dir = std::path::Path::new(&config.spool_dir);
+            let spools = open_lanes(dir, shape.lanes, budget.clone()).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot open the spool in SPOOL_DIR={}: {e}", dir.display()))
+            })?;
+            spools.into_iter().map(Some).collect()
+        };
+        let pipeline = Pipeline::with_spools(shape, spools);
 
         let mut writers = Vec::new();
         for lane in pipeline.lanes() {
@@ -50,11 +63,11 @@ impl Agent {
         }
 
         let overflow_state = state.clone();
-        let overflow = Arc::new(move |envelope: Envelope| {
-            metrics().events_dropped.with_label_values(&[stream_label(envelope.stream), "memory_full"]).inc();
+        let overflow = Arc::new(move |envelope: Envelope, reason: &'static str| {
+            metrics().events_dropped.with_label_values(&[stream_label(envelope.stream), reason]).inc();
             overflow_state.add_dropped(1);
             if let Some(suppressed) = FULL_WARN.check() {
-                error!(event = %envelope.meta.name, uuid = %envelope.meta.unique_id, suppressed, "memory queue full (BUFFER_SIZE); event dropped");
+                error!(reason, event = %envelope.meta.name, uuid = %envelope.meta.unique_id, suppressed, "no room in memory or spool; event dropped");
             }
         });
         let sink = EventSink {
@@ -65,7 +78,7 @@ impl Agent {
         let client = EslClient::new(config.esl.clone(), sink, state.clone(), shutdown.clone());
         let reader = Some(std::thread::Builder::new().name("esl-reader".into()).spawn(move || client.run())?);
 
-        Ok(Agent { config, state, pipeline, shutdown, reader, writers })
+        Ok(Agent { config, state, pipeline, spool: budget, shutdown, reader, writers })
     }
 
     /// Stops reading, drains the pipeline within `SHUTDOWN_TIMEOUT`, and joins every thread.
@@ -90,6 +103,11 @@ impl Agent {
         }
         for w in self.writers.drain(..) {
             let _ = w.join();
+        }
+        for lane in self.pipeline.lanes() {
+            if let Err(e) = lane.sync_spool() {
+                error!(lane = lane.index(), error = %e, "cannot sync the spool");
+            }
         }
         info!(elapsed = ?started.elapsed(), clean, "stopped");
         clean

@@ -43,6 +43,16 @@ pub struct Envelope {
     pub meta: EventMeta,
     /// Wall-clock microseconds since the epoch when the frame was parsed.
     pub parsed_at_us: i64,
+    /// Where this event sits in its lane's spool, when it was read back from there (the
+    /// spool's read cursor may pass it once Redis has acknowledged it).
+    pub spool_pos: Option<SpoolPos>,
+}
+
+/// A position in a lane's spool: a segment and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct SpoolPos {
+    pub segment: u64,
+    pub offset: u64,
 }
 
 /// Microseconds since the Unix epoch, by the wall clock.

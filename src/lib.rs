@@ -16,4 +16,5 @@ pub mod routing;
 pub mod shutdown;
 pub mod simulate;
 pub mod sink;
+pub mod spool;
 pub mod state;

@@ -41,6 +41,8 @@ pub struct Metrics {
     /// Failed write attempts that were retried, by kind of failure.
     pub write_retries: IntCounterVec,
     pub batch_size: Histogram,
+    /// Times a writer moved events it could not write into the spool.
+    pub spills: IntCounter,
     /// Events waiting in memory (channels and overflow), per lane.
     pub queue_depth: IntGaugeVec,
     /// Events held in memory past the channels, per lane.
@@ -140,6 +142,7 @@ impl Metrics {
                 "Write attempts that failed and were retried",
                 &["kind"],
             ),
+            spills: counter(&r, "eslstream_spills_total", "Times a writer moved unwritable events to the spool"),
             batch_size: histogram(
                 &r,
                 "eslstream_batch_size",

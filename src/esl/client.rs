@@ -60,7 +60,8 @@ pub enum SessionError {
 pub struct EventSink {
     pub router: Router,
     pub pipeline: Arc<crate::pipeline::Pipeline>,
-    pub overflow: Arc<dyn Fn(Envelope) + Send + Sync>,
+    /// Called with events the pipeline had no room for, and why.
+    pub overflow: Arc<dyn Fn(Envelope, &'static str) + Send + Sync>,
 }
 
 /// The ESL client; [`EslClient::run`] owns the reconnect loop.
@@ -241,9 +242,9 @@ impl EslClient {
             }
             return Ok(());
         };
-        let envelope = Envelope { stream, format, body, meta, parsed_at_us };
-        if let crate::pipeline::Submitted::Full(envelope) = self.sink.pipeline.submit(envelope) {
-            (self.sink.overflow)(*envelope);
+        let envelope = Envelope { stream, format, body, meta, parsed_at_us, spool_pos: None };
+        if let crate::pipeline::Submitted::Full(envelope, reason) = self.sink.pipeline.submit(envelope) {
+            (self.sink.overflow)(*envelope, reason);
         }
         Ok(())
     }

@@ -28,6 +28,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 static SLOW_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
 static RETRY_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
+static SPILL_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
 
 /// One writer: a lane, a Redis connection, and the loop between them.
 pub struct Writer {
@@ -37,11 +38,13 @@ pub struct Writer {
     shutdown: Shutdown,
     sink: Option<RedisSink>,
     json: Vec<u8>,
+    /// Consecutive failed attempts, for the backoff; reset by any successful write.
+    backoff: u32,
 }
 
 impl Writer {
     pub fn new(lane: Arc<Lane>, config: Arc<Config>, state: Arc<AgentState>, shutdown: Shutdown) -> Writer {
-        Writer { lane, config, state, shutdown, sink: None, json: Vec::with_capacity(16 * 1024) }
+        Writer { lane, config, state, shutdown, sink: None, json: Vec::with_capacity(16 * 1024), backoff: 0 }
     }
 
     /// Runs until the lane is closed and drained (or the drain deadline passes).
@@ -115,33 +118,44 @@ impl Writer {
     }
 
     /// Writes `entries` (parallel to `pending`) in order, retrying what Redis did not
-    /// acknowledge.
+    /// acknowledge. After `WRITER_RETRY_TTL` or `WRITER_MAX_RETRIES` of failures, what is held
+    /// moves to the spool (with everything queued behind it) and is read back from there.
     fn write_until_done(&mut self, mut pending: Vec<Envelope>, mut entries: Vec<Entry>) {
-        let mut attempt: u32 = 0;
+        let mut failing_since: Option<Instant> = None;
+        let mut failures: u32 = 0;
         while !pending.is_empty() {
             if self.shutdown.is_forced() {
-                for envelope in &pending {
-                    self.drop_event(envelope, "shutdown", "drain deadline passed before Redis accepted it");
-                }
+                self.hand_off(pending, "drain deadline passed");
                 return;
             }
             let started = Instant::now();
             let result = self.sink().and_then(|sink| sink.write(&entries));
-            match result {
+            let failure = match result {
                 Ok(outcomes) => {
                     metrics().write_duration.with_label_values(&["ok"]).observe(started.elapsed().as_secs_f64());
                     metrics().batch_size.observe(entries.len() as f64);
                     let done = outcomes.iter().take_while(|o| **o != EntryOutcome::Pending).count();
                     let acked_at = now_us();
+                    let mut last_spooled = None;
                     for (envelope, outcome) in pending.drain(..done).zip(outcomes) {
+                        last_spooled = envelope.spool_pos.or(last_spooled);
                         self.settle(&envelope, outcome, acked_at);
                     }
                     entries.drain(..done);
-                    if !pending.is_empty() {
-                        attempt += 1;
-                        metrics().write_retries.with_label_values(&["partial"]).inc();
-                        self.shutdown.sleep(backoff(self.config.writer.retry_pause, attempt, MAX_BACKOFF));
+                    if let Some(pos) = last_spooled {
+                        if let Err(e) = self.lane.commit(pos) {
+                            error!(error = %e, "cannot record spool progress; those events may be re-sent (duplicates are suppressed)");
+                        }
                     }
+                    if done > 0 {
+                        failing_since = None;
+                        self.backoff = 0;
+                    }
+                    if pending.is_empty() {
+                        break;
+                    }
+                    metrics().write_retries.with_label_values(&["partial"]).inc();
+                    "partial write".to_owned()
                 }
                 Err(e) => {
                     metrics().write_duration.with_label_values(&["error"]).observe(started.elapsed().as_secs_f64());
@@ -150,16 +164,55 @@ impl Writer {
                     if let WriteError::Connection(_) = e {
                         self.disconnect();
                     }
-                    if let Some(suppressed) = RETRY_WARN.check() {
-                        warn!(error = %e, pending = pending.len(), attempt, suppressed, "write failed; retrying");
+                    e.to_string()
+                }
+            };
+            failures += 1;
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if let Some(suppressed) = RETRY_WARN.check() {
+                warn!(error = %failure, pending = pending.len(), failures, suppressed, "write failed; retrying");
+            }
+            let cfg = &self.config.writer;
+            if since.elapsed() >= cfg.retry_ttl || failures > cfg.max_retries {
+                match self.lane.spill(pending) {
+                    Ok(moved) => {
+                        metrics().spills.inc();
+                        warn!(moved, failing_for = ?since.elapsed(), "Redis is not accepting writes; events moved to the spool");
+                        self.pause();
+                        return;
                     }
-                    let pause = backoff(self.config.writer.retry_pause, attempt, MAX_BACKOFF);
-                    attempt += 1;
-                    // Sleep in short steps so a forced shutdown is noticed.
-                    let until = Instant::now() + pause;
-                    while Instant::now() < until && !self.shutdown.is_forced() {
-                        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+                    Err((held, e)) => {
+                        pending = held;
+                        failures = 0;
+                        failing_since = None;
+                        if let Some(suppressed) = SPILL_WARN.check() {
+                            error!(error = %e, pending = pending.len(), suppressed, "cannot spool; holding events in memory and retrying");
+                        }
                     }
+                }
+            }
+            self.pause();
+        }
+    }
+
+    /// Waits before the next attempt: capped exponential backoff, cut short by a forced
+    /// shutdown.
+    fn pause(&mut self) {
+        let pause = backoff(self.config.writer.retry_pause, self.backoff, MAX_BACKOFF);
+        self.backoff = self.backoff.saturating_add(1);
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !self.shutdown.is_forced() {
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Shutdown could not wait for Redis: put what is held into the spool, or count it lost.
+    fn hand_off(&mut self, pending: Vec<Envelope>, why: &str) {
+        match self.lane.spill(pending) {
+            Ok(moved) => info!(moved, why, "unwritten events moved to the spool for the next start"),
+            Err((held, e)) => {
+                for envelope in &held {
+                    self.drop_event(envelope, "shutdown", &format!("{why}; spool unavailable: {e}"));
                 }
             }
         }
