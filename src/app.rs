@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::dlq::DeadLetters;
 use crate::envelope::Envelope;
 use crate::esl::client::{EslClient, EventSink};
 use crate::logging::RateLimit;
@@ -30,6 +31,7 @@ pub struct Agent {
     pub state: Arc<AgentState>,
     pub pipeline: Arc<Pipeline>,
     pub spool: Arc<SpoolBudget>,
+    pub dead_letters: Arc<DeadLetters>,
     pub shutdown: Shutdown,
     reader: Option<JoinHandle<()>>,
     writers: Vec<JoinHandle<()>>,
@@ -54,9 +56,14 @@ impl Agent {
         };
         let pipeline = Pipeline::with_spools(shape, spools);
 
+        let dlq_dir = std::path::Path::new(&config.spool_dir).join("dlq");
+        let dead_letters = Arc::new(DeadLetters::open(&dlq_dir).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot open the dead-letter store in {}: {e}", dlq_dir.display()))
+        })?);
         let mut writers = Vec::new();
         for lane in pipeline.lanes() {
-            let writer = Writer::new(lane.clone(), config.clone(), state.clone(), shutdown.clone());
+            let writer =
+                Writer::new(lane.clone(), config.clone(), state.clone(), shutdown.clone(), dead_letters.clone());
             writers.push(
                 std::thread::Builder::new().name(format!("writer-{}", lane.index())).spawn(move || writer.run())?,
             );
@@ -78,7 +85,7 @@ impl Agent {
         let client = EslClient::new(config.esl.clone(), sink, state.clone(), shutdown.clone());
         let reader = Some(std::thread::Builder::new().name("esl-reader".into()).spawn(move || client.run())?);
 
-        Ok(Agent { config, state, pipeline, spool: budget, shutdown, reader, writers })
+        Ok(Agent { config, state, pipeline, spool: budget, dead_letters, shutdown, reader, writers })
     }
 
     /// Stops reading, drains the pipeline within `SHUTDOWN_TIMEOUT`, and joins every thread.

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dlq;
 pub mod entry;
 pub mod envelope;
 pub mod esl;

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub events_written: IntCounterVec,
     /// Events that will never reach Redis, by stream and reason.
     pub events_dropped: IntCounterVec,
+    /// Events Redis refused for good, kept as dead letters, by stream.
+    pub dead_lettered: IntCounterVec,
     /// Events received but not routed to any stream (not in EVENTS_TO_PUBLISH/PUSH).
     pub events_filtered: IntCounter,
     /// Writes that Redis reported as already present (idempotency key seen before).
@@ -111,6 +113,12 @@ impl Metrics {
                 "eslstream_events_dropped_total",
                 "Events that will never reach Redis",
                 &["stream", "reason"],
+            ),
+            dead_lettered: counter_vec(
+                &r,
+                "eslstream_dead_lettered_total",
+                "Events Redis refused for good, kept as dead letters",
+                &["stream"],
             ),
             events_filtered: counter(&r, "eslstream_events_filtered_total", "Events received but routed to no stream"),
             duplicates_suppressed: counter(

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::config::EslConfig;
-use crate::envelope::{now_us, Envelope};
+use crate::envelope::{now_us, Envelope, KeyAssigner};
 use crate::esl::event::{scan_meta, EventFormat};
 use crate::esl::frame::{Frame, FrameDecoder, FrameError};
 use crate::logging::RateLimit;
@@ -70,13 +70,14 @@ pub struct EslClient {
     sink: EventSink,
     state: Arc<AgentState>,
     shutdown: Shutdown,
+    keys: KeyAssigner,
 }
 
 static FILTER_DEBUG: RateLimit = RateLimit::new(Duration::from_secs(60));
 
 impl EslClient {
     pub fn new(config: EslConfig, sink: EventSink, state: Arc<AgentState>, shutdown: Shutdown) -> EslClient {
-        EslClient { config, sink, state, shutdown }
+        EslClient { config, sink, state, shutdown, keys: KeyAssigner::new() }
     }
 
     /// Connects and reads until shutdown, reconnecting after every failure.
@@ -220,7 +221,7 @@ impl EslClient {
         metrics().events_received.with_label_values(&["esl"]).inc();
         let parsed_at_us = now_us();
         let body = frame.body().clone();
-        let meta = match scan_meta(format, &body) {
+        let mut meta = match scan_meta(format, &body) {
             Ok(meta) => meta,
             Err(e) => {
                 metrics().events_dropped.with_label_values(&["none", "malformed"]).inc();
@@ -232,6 +233,7 @@ impl EslClient {
         if let Some(ts) = meta.timestamp_us {
             metrics().reader_latency.observe(seconds_between(ts, parsed_at_us));
         }
+        self.keys.fill(&mut meta);
         if meta.name == "HEARTBEAT" {
             self.state.last_heartbeat_us.store(parsed_at_us, Ordering::Relaxed);
         }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::config::Config;
+use crate::dlq::DeadLetters;
 use crate::entry::event_json;
 use crate::envelope::{now_us, Envelope, StreamKind};
 use crate::logging::RateLimit;
@@ -36,6 +37,7 @@ pub struct Writer {
     config: Arc<Config>,
     state: Arc<AgentState>,
     shutdown: Shutdown,
+    dead_letters: Arc<DeadLetters>,
     sink: Option<RedisSink>,
     json: Vec<u8>,
     /// Consecutive failed attempts, for the backoff; reset by any successful write.
@@ -43,8 +45,23 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(lane: Arc<Lane>, config: Arc<Config>, state: Arc<AgentState>, shutdown: Shutdown) -> Writer {
-        Writer { lane, config, state, shutdown, sink: None, json: Vec::with_capacity(16 * 1024), backoff: 0 }
+    pub fn new(
+        lane: Arc<Lane>,
+        config: Arc<Config>,
+        state: Arc<AgentState>,
+        shutdown: Shutdown,
+        dead_letters: Arc<DeadLetters>,
+    ) -> Writer {
+        Writer {
+            lane,
+            config,
+            state,
+            shutdown,
+            dead_letters,
+            sink: None,
+            json: Vec::with_capacity(16 * 1024),
+            backoff: 0,
+        }
     }
 
     /// Runs until the lane is closed and drained (or the drain deadline passes).
@@ -137,11 +154,10 @@ impl Writer {
                     let done = outcomes.iter().take_while(|o| **o != EntryOutcome::Pending).count();
                     let acked_at = now_us();
                     let mut last_spooled = None;
-                    for (envelope, outcome) in pending.drain(..done).zip(outcomes) {
+                    for ((envelope, entry), outcome) in pending.drain(..done).zip(entries.drain(..done)).zip(outcomes) {
                         last_spooled = envelope.spool_pos.or(last_spooled);
-                        self.settle(&envelope, outcome, acked_at);
+                        self.settle(&envelope, &entry, outcome, acked_at);
                     }
-                    entries.drain(..done);
                     if let Some(pos) = last_spooled {
                         if let Err(e) = self.lane.commit(pos) {
                             error!(error = %e, "cannot record spool progress; those events may be re-sent (duplicates are suppressed)");
@@ -218,7 +234,7 @@ impl Writer {
         }
     }
 
-    fn settle(&self, envelope: &Envelope, outcome: EntryOutcome, acked_at: i64) {
+    fn settle(&self, envelope: &Envelope, entry: &Entry, outcome: EntryOutcome, acked_at: i64) {
         let stream = stream_label(envelope.stream);
         match outcome {
             EntryOutcome::Written(_) | EntryOutcome::Duplicate => {
@@ -240,7 +256,16 @@ impl Writer {
                     }
                 }
             }
-            EntryOutcome::Rejected(reason) => self.drop_event(envelope, "rejected", &reason),
+            EntryOutcome::Rejected(reason) => {
+                let m = &envelope.meta;
+                match self.dead_letters.add(entry, &m.name, &m.unique_id, &reason) {
+                    Ok(id) => {
+                        metrics().dead_lettered.with_label_values(&[stream_label(envelope.stream)]).inc();
+                        error!(dead_letter = %id, error = %reason, event = %m.name, uuid = %m.unique_id, "Redis refused the event; kept as a dead letter (GET /dlq)");
+                    }
+                    Err(e) => self.drop_event(envelope, "rejected", &format!("{reason}; dead-letter store: {e}")),
+                }
+            }
             EntryOutcome::Pending => unreachable!("pending entries are retried, not settled"),
         }
     }
