@@ -82,7 +82,7 @@ impl Agent {
             pipeline: pipeline.clone(),
             overflow,
         };
-        let client = EslClient::new(config.esl.clone(), sink, state.clone(), shutdown.clone());
+        let client = EslClient::new(config.esl.clone(), config.latency.reader, sink, state.clone(), shutdown.clone());
         let reader = Some(std::thread::Builder::new().name("esl-reader".into()).spawn(move || client.run())?);
 
         Ok(Agent { config, state, pipeline, spool: budget, dead_letters, shutdown, reader, writers })

@@ -67,6 +67,8 @@ pub struct EventSink {
 /// The ESL client; [`EslClient::run`] owns the reconnect loop.
 pub struct EslClient {
     config: EslConfig,
+    /// `READER_MAX_LATENCY`: events older than this when parsed are logged.
+    max_latency: Duration,
     sink: EventSink,
     state: Arc<AgentState>,
     shutdown: Shutdown,
@@ -74,10 +76,17 @@ pub struct EslClient {
 }
 
 static FILTER_DEBUG: RateLimit = RateLimit::new(Duration::from_secs(60));
+static SLOW_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
 
 impl EslClient {
-    pub fn new(config: EslConfig, sink: EventSink, state: Arc<AgentState>, shutdown: Shutdown) -> EslClient {
-        EslClient { config, sink, state, shutdown, keys: KeyAssigner::new() }
+    pub fn new(
+        config: EslConfig,
+        max_latency: Duration,
+        sink: EventSink,
+        state: Arc<AgentState>,
+        shutdown: Shutdown,
+    ) -> EslClient {
+        EslClient { config, max_latency, sink, state, shutdown, keys: KeyAssigner::new() }
     }
 
     /// Connects and reads until shutdown, reconnecting after every failure.
@@ -231,7 +240,13 @@ impl EslClient {
             }
         };
         if let Some(ts) = meta.timestamp_us {
-            metrics().reader_latency.observe(seconds_between(ts, parsed_at_us));
+            let latency = seconds_between(ts, parsed_at_us);
+            metrics().reader_latency.observe(latency);
+            if latency > self.max_latency.as_secs_f64() {
+                if let Some(suppressed) = SLOW_WARN.check() {
+                    warn!(event = %meta.name, uuid = %meta.unique_id, reader_seconds = latency, suppressed, "event over READER_MAX_LATENCY when parsed (switch clock ahead, or the agent starved of CPU)");
+                }
+            }
         }
         self.keys.fill(&mut meta);
         if meta.name == "HEARTBEAT" {
