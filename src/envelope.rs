@@ -46,6 +46,9 @@ pub struct Envelope {
     /// Where this event sits in its lane's spool, when it was read back from there (the
     /// spool's read cursor may pass it once Redis has acknowledged it).
     pub spool_pos: Option<SpoolPos>,
+    /// It may already be in Redis (an attempt failed ambiguously, or it was replayed from the
+    /// spool after a restart): it must be written through the checking path.
+    pub maybe_written: bool,
 }
 
 /// A position in a lane's spool: a segment and a byte offset in it.

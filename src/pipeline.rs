@@ -321,6 +321,7 @@ mod tests {
             meta: EventMeta { unique_id: call.into(), sequence: seq.to_string(), ..Default::default() },
             parsed_at_us: 0,
             spool_pos: None,
+            maybe_written: false,
         }
     }
 

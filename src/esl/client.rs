@@ -259,7 +259,7 @@ impl EslClient {
             }
             return Ok(());
         };
-        let envelope = Envelope { stream, format, body, meta, parsed_at_us, spool_pos: None };
+        let envelope = Envelope { stream, format, body, meta, parsed_at_us, spool_pos: None, maybe_written: false };
         if let crate::pipeline::Submitted::Full(envelope, reason) = self.sink.pipeline.submit(envelope) {
             (self.sink.overflow)(*envelope, reason);
         }

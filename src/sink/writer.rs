@@ -140,13 +140,17 @@ impl Writer {
     fn write_until_done(&mut self, mut pending: Vec<Envelope>, mut entries: Vec<Entry>) {
         let mut failing_since: Option<Instant> = None;
         let mut failures: u32 = 0;
+        let mut maybe_written = pending.iter().any(|e| e.maybe_written);
         while !pending.is_empty() {
             if self.shutdown.is_forced() {
+                for envelope in &mut pending {
+                    envelope.maybe_written |= maybe_written;
+                }
                 self.hand_off(pending, "drain deadline passed");
                 return;
             }
             let started = Instant::now();
-            let result = self.sink().and_then(|sink| sink.write(&entries));
+            let result = self.sink().and_then(|sink| sink.write(&entries, maybe_written));
             let failure = match result {
                 Ok(outcomes) => {
                     metrics().write_duration.with_label_values(&["ok"]).observe(started.elapsed().as_secs_f64());
@@ -178,6 +182,8 @@ impl Writer {
                     metrics().write_retries.with_label_values(&[e.kind()]).inc();
                     self.state.record_error(e.to_string());
                     if let WriteError::Connection(_) = e {
+                        // The request may have been executed before the connection failed.
+                        maybe_written = true;
                         self.disconnect();
                     }
                     e.to_string()
@@ -190,6 +196,9 @@ impl Writer {
             }
             let cfg = &self.config.writer;
             if since.elapsed() >= cfg.retry_ttl || failures > cfg.max_retries {
+                for envelope in &mut pending {
+                    envelope.maybe_written |= maybe_written;
+                }
                 match self.lane.spill(pending) {
                     Ok(moved) => {
                         metrics().spills.inc();

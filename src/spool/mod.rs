@@ -79,6 +79,9 @@ pub struct LaneSpool {
     read: SpoolPos,
     reader: Option<(u64, BufReader<File>)>,
     committed: SpoolPos,
+    /// Records up to here were in the spool when it was opened: they may have been sent
+    /// before a crash, so they are read back as `maybe_written`.
+    replay_end: SpoolPos,
     cursor: File,
     unread: u64,
     budget: Arc<SpoolBudget>,
@@ -127,6 +130,8 @@ impl LaneSpool {
             segments.insert(id, len);
         }
         recovery.segments = segments.len();
+        let replay_end =
+            segments.iter().next_back().map_or(committed, |(&segment, &offset)| SpoolPos { segment, offset });
         let bytes: u64 = segments.values().sum();
         budget.used.fetch_add(bytes, Ordering::Relaxed);
         budget.events.fetch_add(recovery.records, Ordering::Relaxed);
@@ -137,6 +142,7 @@ impl LaneSpool {
             read: committed,
             reader: None,
             committed,
+            replay_end,
             cursor,
             unread: recovery.records,
             budget,
@@ -274,6 +280,7 @@ impl LaneSpool {
             match record::decode(&payload, crc) {
                 Ok(mut envelope) => {
                     envelope.spool_pos = Some(self.read);
+                    envelope.maybe_written |= self.read <= self.replay_end;
                     return Ok(Some(envelope));
                 }
                 Err(e) => {

@@ -40,7 +40,7 @@ pub fn encode(envelope: &Envelope, out: &mut Vec<u8>) {
         EventFormat::Plain => 0,
         EventFormat::Json => 1,
     });
-    out.push(m.timestamp_us.is_some() as u8);
+    out.push(m.timestamp_us.is_some() as u8 | (envelope.maybe_written as u8) << 1);
     out.extend_from_slice(&envelope.parsed_at_us.to_le_bytes());
     out.extend_from_slice(&m.timestamp_us.unwrap_or(0).to_le_bytes());
     for s in [&m.name, &m.subclass, &m.unique_id, &m.core_uuid, &m.sequence, &m.calling_function] {
@@ -86,7 +86,8 @@ pub fn decode(payload: &[u8], crc: u32) -> Result<Envelope, RecordError> {
         1 => EventFormat::Json,
         _ => return Err(RecordError::Malformed("format")),
     };
-    let has_ts = r.u8()? == 1;
+    let flags = r.u8()?;
+    let has_ts = flags & 1 == 1;
     let parsed_at_us = r.i64()?;
     let ts = r.i64()?;
     let meta = EventMeta {
@@ -102,7 +103,7 @@ pub fn decode(payload: &[u8], crc: u32) -> Result<Envelope, RecordError> {
     if !r.buf.is_empty() {
         return Err(RecordError::Malformed("trailing bytes"));
     }
-    Ok(Envelope { stream, format, body, meta, parsed_at_us, spool_pos: None })
+    Ok(Envelope { stream, format, body, meta, parsed_at_us, spool_pos: None, maybe_written: flags & 2 == 2 })
 }
 
 struct Reader<'a> {
@@ -152,6 +153,7 @@ mod tests {
             },
             parsed_at_us: 9,
             spool_pos: None,
+            maybe_written: true,
         }
     }
 
@@ -164,7 +166,10 @@ mod tests {
         let back = decode(&buf[8..], crc).unwrap();
         assert_eq!(back.meta, sample().meta);
         assert_eq!(back.body, sample().body);
-        assert_eq!((back.stream, back.format, back.parsed_at_us), (StreamKind::Jobs, EventFormat::Plain, 9));
+        assert_eq!(
+            (back.stream, back.format, back.parsed_at_us, back.maybe_written),
+            (StreamKind::Jobs, EventFormat::Plain, 9, true)
+        );
     }
 
     #[test]

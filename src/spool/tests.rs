@@ -22,6 +22,7 @@ fn env(call: &str, seq: u64) -> Envelope {
         },
         parsed_at_us: seq as i64,
         spool_pos: None,
+        maybe_written: false,
     }
 }
 
