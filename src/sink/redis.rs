@@ -295,7 +295,7 @@ impl RedisSink {
             e.push_xadd_args(&mut cmd);
             pipe.add_command(cmd);
         }
-        let trim_now = self.batches % DEDUP_TRIM_EVERY == 0;
+        let trim_now = self.batches.is_multiple_of(DEDUP_TRIM_EVERY);
         self.batches += 1;
         if trim_now {
             for key in &groups.keys {
