@@ -186,7 +186,11 @@ impl FrameDecoder {
                 let block_len = line_start;
                 let head_len = line_end + 1;
                 let body_len = parse_block(&buf[..block_len])?;
-                return Ok(Some(Pending { block_len, head_len, body_len }));
+                return Ok(Some(Pending {
+                    block_len,
+                    head_len,
+                    body_len,
+                }));
             }
             line_start = line_end + 1;
         }
@@ -195,12 +199,14 @@ impl FrameDecoder {
 
 /// Checks a complete header block and returns its `Content-Length` (0 without one).
 fn parse_block(block: &[u8]) -> Result<usize, FrameError> {
-    let text = std::str::from_utf8(block).map_err(|e| FrameError::HeaderNotUtf8(e.valid_up_to()))?;
+    let text =
+        std::str::from_utf8(block).map_err(|e| FrameError::HeaderNotUtf8(e.valid_up_to()))?;
     let mut rest = text;
     let mut content_length = None;
     while !rest.is_empty() {
         let offset = text.len() - rest.len();
-        let (tail, (name, value)) = header_line_str(rest).map_err(|_| FrameError::MissingColon(offset))?;
+        let (tail, (name, value)) =
+            header_line_str(rest).map_err(|_| FrameError::MissingColon(offset))?;
         if content_length.is_none() && name == "Content-Length" {
             content_length = Some(parse_content_length(value)?);
         }
@@ -269,7 +275,11 @@ mod tests {
         let headers: Vec<_> = frames[0].headers().collect();
         assert_eq!(
             headers,
-            vec![("Content-Type", "log/data"), ("User-Data", ""), ("X", " two")]
+            vec![
+                ("Content-Type", "log/data"),
+                ("User-Data", ""),
+                ("X", " two")
+            ]
         );
     }
 
@@ -289,20 +299,35 @@ mod tests {
         let mut dec = FrameDecoder::new();
         let mut buf = BytesMut::from(&b"Content-Length: 99999999999\n\n"[..]);
         let err = dec.decode(&mut buf).unwrap_err();
-        assert_eq!(err.to_string(), "Content-Length 99999999999 exceeds the 16 MiB limit");
+        assert_eq!(
+            err.to_string(),
+            "Content-Length 99999999999 exceeds the 16 MiB limit"
+        );
 
         let mut buf = BytesMut::from(&b"Content-Type: x\nno colon here\n\n"[..]);
         let err = dec.decode(&mut buf).unwrap_err();
-        assert_eq!(err.to_string(), "header line without ':' at byte 16 of the header block");
+        assert_eq!(
+            err.to_string(),
+            "header line without ':' at byte 16 of the header block"
+        );
 
         let mut buf = BytesMut::from(&b"Content-Length: -1\n\n"[..]);
-        assert!(matches!(dec.decode(&mut buf), Err(FrameError::InvalidContentLength(_))));
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Err(FrameError::InvalidContentLength(_))
+        ));
 
         let mut buf = BytesMut::from(&b"X: \xff\n\n"[..]);
-        assert!(matches!(dec.decode(&mut buf), Err(FrameError::HeaderNotUtf8(3))));
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Err(FrameError::HeaderNotUtf8(3))
+        ));
 
         let mut buf = BytesMut::from(&vec![b'a'; MAX_HEADER_BLOCK + 1][..]);
-        assert!(matches!(dec.decode(&mut buf), Err(FrameError::HeaderBlockTooLarge)));
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Err(FrameError::HeaderBlockTooLarge)
+        ));
     }
 
     #[test]
