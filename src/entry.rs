@@ -136,13 +136,7 @@ fn plain_event_json(body: &[u8], out: &mut Vec<u8>) -> Result<bool, EventError> 
             first = false;
             write_json_bytes(name, out, &mut lossy);
             out.push(b':');
-            if memchr::memchr(b'%', value).is_some() {
-                decoded.clear();
-                percent_decode_into(value, decoded);
-                write_plain_value(decoded, out, &mut lossy);
-            } else {
-                write_plain_value(value, out, &mut lossy);
-            }
+            write_raw_plain_value(value, decoded, out, &mut lossy);
             if name == b"_body" {
                 body_header = Some((entry_start, out.len()));
             }
@@ -168,6 +162,21 @@ fn plain_event_json(body: &[u8], out: &mut Vec<u8>) -> Result<bool, EventError> 
         out.push(b'}');
         Ok(lossy)
     })
+}
+
+/// A raw plain value: written straight out when it has no `%` (the common case, one pass),
+/// else percent-decoded into `decoded` first.
+fn write_raw_plain_value(value: &[u8], decoded: &mut Vec<u8>, out: &mut Vec<u8>, lossy: &mut bool) {
+    if !value.starts_with(b"ARRAY") {
+        let mark = out.len();
+        if write_json(value, Mode::StopAtPercent, out, lossy) {
+            return;
+        }
+        out.truncate(mark);
+    }
+    decoded.clear();
+    percent_decode_into(value, decoded);
+    write_plain_value(decoded, out, lossy);
 }
 
 /// A decoded plain value: a JSON array when it starts with `ARRAY::`, else a string.
@@ -197,13 +206,22 @@ fn write_plain_value(value: &[u8], out: &mut Vec<u8>, lossy: &mut bool) {
 
 /// Writes bytes as a JSON string, replacing what is not UTF-8 by U+FFFD (noted in `lossy`).
 fn write_json_bytes(bytes: &[u8], out: &mut Vec<u8>, lossy: &mut bool) {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => write_json_str(s, out),
-        Err(_) => {
-            *lossy = true;
-            write_json_str(&String::from_utf8_lossy(bytes), out);
-        }
-    }
+    write_json(bytes, Mode::Bytes, out, lossy);
+}
+
+/// Writes `s` as a JSON string: quotes, backslashes and every control character escaped.
+pub(crate) fn write_json_str(s: &str, out: &mut Vec<u8>) {
+    write_json(s.as_bytes(), Mode::Utf8, out, &mut false);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Known to be UTF-8.
+    Utf8,
+    /// Checked for UTF-8 (only when it holds a non-ASCII byte), replaced where it is not.
+    Bytes,
+    /// As `Bytes`, but gives up (returns false) at the first `%`.
+    StopAtPercent,
 }
 
 /// What to write for each byte inside a JSON string: 0 = the byte itself, `u` = `\u00XX`,
@@ -225,35 +243,89 @@ static ESCAPE: [u8; 256] = {
     table
 };
 
-/// Writes `s` as a JSON string: quotes, backslashes and every control character escaped.
-pub(crate) fn write_json_str(s: &str, out: &mut Vec<u8>) {
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Has the high bit of a byte set where `w` has a byte equal to `b` (and possibly beyond it).
+#[inline(always)]
+fn eq_bytes(w: u64, b: u8) -> u64 {
+    let v = w ^ (ONES * b as u64);
+    v.wrapping_sub(ONES) & !v
+}
+
+/// Nonzero when one of the eight bytes needs a look: a control character, `"`, `\`, a
+/// non-ASCII byte, or (with `percent`) a `%`. Never misses one; may flag a clean byte after a
+/// flagged one, which only costs time.
+#[inline(always)]
+fn attention(w: u64, percent: bool) -> u64 {
+    let ctrl = w.wrapping_sub(ONES * 0x20) & !w;
+    let mut flags = ctrl | eq_bytes(w, b'"') | eq_bytes(w, b'\\') | w;
+    if percent {
+        flags |= eq_bytes(w, b'%');
+    }
+    flags & HIGH
+}
+
+/// Writes `bytes` as a JSON string (eight bytes at a time while nothing needs escaping).
+/// Returns false, having written part of it, only in [`Mode::StopAtPercent`] at a `%`.
+#[inline]
+fn write_json(bytes: &[u8], mode: Mode, out: &mut Vec<u8>, lossy: &mut bool) -> bool {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
+    let percent = mode == Mode::StopAtPercent;
+    let mark = out.len();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape = ESCAPE[b as usize];
-        if escape == 0 {
-            continue;
-        }
-        out.extend_from_slice(&bytes[start..i]);
-        if escape == b'u' {
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 15) as usize],
-            ]);
+    let mut non_ascii = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let end = if i + 8 <= bytes.len() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[i..i + 8]);
+            if attention(u64::from_le_bytes(word), percent) == 0 {
+                i += 8;
+                continue;
+            }
+            i + 8
         } else {
-            out.extend_from_slice(&[b'\\', escape]);
+            bytes.len()
+        };
+        for (j, &b) in bytes.iter().enumerate().take(end).skip(i) {
+            if b >= 0x80 {
+                non_ascii = true;
+            } else if percent && b == b'%' {
+                return false;
+            } else {
+                let escape = ESCAPE[b as usize];
+                if escape != 0 {
+                    out.extend_from_slice(&bytes[start..j]);
+                    if escape == b'u' {
+                        out.extend_from_slice(&[
+                            b'\\',
+                            b'u',
+                            b'0',
+                            b'0',
+                            HEX[(b >> 4) as usize],
+                            HEX[(b & 15) as usize],
+                        ]);
+                    } else {
+                        out.extend_from_slice(&[b'\\', escape]);
+                    }
+                    start = j + 1;
+                }
+            }
         }
-        start = i + 1;
+        i = end;
+    }
+    if non_ascii && mode != Mode::Utf8 && std::str::from_utf8(bytes).is_err() {
+        *lossy = true;
+        out.truncate(mark);
+        write_json_str(&String::from_utf8_lossy(bytes), out);
+        return true;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+    true
 }
 
 /// A cheap hash of a header name (FxHash-style, 8 bytes at a time).
@@ -397,6 +469,34 @@ mod tests {
         assert_eq!(map.len(), 2000);
         assert_eq!(map["H1"], "v");
         assert_eq!(map["H3"], "v");
+    }
+
+    #[test]
+    fn escaping_at_every_alignment() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é東😀");
+        for shift in 0..9 {
+            let s = format!("{}{all}{}", "x".repeat(shift), "y".repeat(shift));
+            let mut out = Vec::new();
+            write_json_str(&s, &mut out);
+            assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
+            let mut lossy = false;
+            let mut out = Vec::new();
+            assert!(!write_json(
+                s.as_bytes(),
+                Mode::StopAtPercent,
+                &mut out,
+                &mut lossy
+            ));
+            let bad = [s.as_bytes(), b"\xff"].concat();
+            let mut out = Vec::new();
+            write_json_bytes(&bad, &mut out, &mut lossy);
+            assert!(lossy);
+            assert_eq!(
+                serde_json::from_slice::<String>(&out).unwrap(),
+                format!("{s}\u{FFFD}")
+            );
+        }
     }
 
     #[test]

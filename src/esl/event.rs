@@ -152,28 +152,24 @@ fn hex_val(b: u8) -> Option<u8> {
 /// Appends `raw` to `out`, turning every `%XX` (two hex digits, either case) into its byte;
 /// anything else, `+` and a `%` not followed by two hex digits included, is copied as it is.
 pub(crate) fn percent_decode_into(raw: &[u8], out: &mut Vec<u8>) {
-    let mut rest = raw;
-    while let Some(i) = memchr::memchr(b'%', rest) {
-        out.extend_from_slice(&rest[..i]);
-        let escaped = match (
-            rest.get(i + 1).copied().and_then(hex_val),
-            rest.get(i + 2).copied().and_then(hex_val),
-        ) {
-            (Some(hi), Some(lo)) => Some(hi << 4 | lo),
-            _ => None,
-        };
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                rest = &rest[i + 3..];
-            }
-            None => {
-                out.push(b'%');
-                rest = &rest[i + 1..];
+    out.reserve(raw.len());
+    let mut start = 0;
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hi = raw.get(i + 1).copied().and_then(hex_val);
+            let lo = raw.get(i + 2).copied().and_then(hex_val);
+            if let (Some(hi), Some(lo)) = (hi, lo) {
+                out.extend_from_slice(&raw[start..i]);
+                out.push(hi << 4 | lo);
+                i += 3;
+                start = i;
+                continue;
             }
         }
+        i += 1;
     }
-    out.extend_from_slice(rest);
+    out.extend_from_slice(&raw[start..]);
 }
 
 /// Percent-decodes `s` as FreeSWITCH's `switch_url_decode` does for what its encoder writes:
@@ -244,12 +240,15 @@ fn plain_value(value: Cow<'_, str>) -> DecodedValue<'_> {
 // ---------------------------------------------------------------------------------------------
 // Plain format
 
+/// A plain header line as it is on the wire: the name and the raw (still encoded) value.
+pub(crate) type RawHeader<'a> = (&'a [u8], &'a [u8]);
+
 /// Walks the header lines of a plain event body, then hands out the body. Shared by
 /// [`decode`], [`scan_meta`] and the streaming JSON writer in [`crate::entry`].
 pub(crate) struct PlainScanner<'a> {
     buf: &'a [u8],
     pos: usize,
-    last: Option<(&'a [u8], &'a [u8])>,
+    last: Option<RawHeader<'a>>,
     done: bool,
 }
 
@@ -267,7 +266,7 @@ impl<'a> PlainScanner<'a> {
     /// the single space after the colon. `None` at the empty line that ends the headers (or at
     /// the end of the input).
     #[inline]
-    pub(crate) fn next_header(&mut self) -> Result<Option<(&'a [u8], &'a [u8])>, EventError> {
+    pub(crate) fn next_header(&mut self) -> Result<Option<RawHeader<'a>>, EventError> {
         if self.done {
             return Ok(None);
         }
