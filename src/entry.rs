@@ -1,8 +1,508 @@
 //! Event to stream entry.
-pub fn event_json(
-    _f: crate::esl::event::EventFormat,
-    _b: &[u8],
-    _o: &mut Vec<u8>,
-) -> Result<bool, crate::esl::event::EventError> {
-    Ok(false)
+//!
+//! This module owns the `event` field of a stream entry (see `CONTRACT.md`, "A stream entry"):
+//! a JSON object with every header of the event, its name exactly as sent and its value
+//! decoded (percent-decoded for plain; a multi-value header as a JSON array), plus `_body`
+//! when the event has a body.
+//!
+//! A header name can occur more than once in an event (a `sendevent` with its own
+//! `Content-Length`, to which the serializer adds another). The object holds each name once:
+//! **the first occurrence wins** and later ones are left out. When the event has a body, a
+//! header literally named `_body` is left out too (`_body` is the body).
+//!
+//! [`event_json`] is the writer's hot path. For plain events it works in one pass over the
+//! bytes, with no allocation per header: it scans the lines, percent-decodes into a reused
+//! scratch buffer only values that contain `%`, and JSON-escapes straight into the output.
+
+use std::cell::RefCell;
+
+use crate::esl::event::{
+    decode, percent_decode_into, DecodedValue, Event, EventError, EventFormat, PlainScanner,
+    ARRAY_PREFIX, ARRAY_SEPARATOR,
+};
+
+/// Writes the entry's `event` field: a JSON object of every header (name exactly as sent,
+/// value decoded; arrays as JSON arrays; each name once, first wins) plus `_body` when there
+/// is a body.
+pub fn write_event_json(event: &Event<'_>, out: &mut Vec<u8>) {
+    SCRATCH.with(|scratch| {
+        let mut guard = scratch.borrow_mut();
+        let names = &mut guard.names;
+        names.reset();
+        out.push(b'{');
+        let mut first = true;
+        for (i, (name, value)) in event.headers.iter().enumerate() {
+            if event.body.is_some() && name == "_body" {
+                continue;
+            }
+            let fresh = names.insert(
+                hash_name(name.as_bytes()),
+                i as u32,
+                name.len() as u32,
+                |j, _| {
+                    event
+                        .headers
+                        .get(j as usize)
+                        .is_some_and(|(n, _)| n == name)
+                },
+            );
+            if !fresh {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_json_str(name, out);
+            out.push(b':');
+            match value {
+                DecodedValue::One(v) => write_json_str(v, out),
+                DecodedValue::Array(items) => {
+                    out.push(b'[');
+                    for (k, item) in items.iter().enumerate() {
+                        if k > 0 {
+                            out.push(b',');
+                        }
+                        write_json_str(item, out);
+                    }
+                    out.push(b']');
+                }
+            }
+        }
+        if let Some(body) = &event.body {
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"_body\":");
+            write_json_str(body, out);
+        }
+        out.push(b'}');
+    });
+}
+
+/// One-shot for the writer hot path: decodes `body` in `format` and appends the JSON object
+/// to `out` (reuse `out` across calls). Returns whether decoding was lossy (bytes that were
+/// not UTF-8 replaced by U+FFFD). On error `out` is left as it was.
+pub fn event_json(format: EventFormat, body: &[u8], out: &mut Vec<u8>) -> Result<bool, EventError> {
+    let start = out.len();
+    let result = match format {
+        EventFormat::Plain => plain_event_json(body, out),
+        EventFormat::Json => decode(format, body).map(|event| {
+            write_event_json(&event, out);
+            event.lossy
+        }),
+    };
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+/// Per-thread buffers reused across events.
+#[derive(Default)]
+struct Scratch {
+    decoded: Vec<u8>,
+    names: NameSet,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+fn plain_event_json(body: &[u8], out: &mut Vec<u8>) -> Result<bool, EventError> {
+    SCRATCH.with(|scratch| {
+        let mut guard = scratch.borrow_mut();
+        let Scratch { decoded, names } = &mut *guard;
+        names.reset();
+        let mut lossy = false;
+        let object_start = out.len();
+        out.push(b'{');
+        let mut first = true;
+        // Where a header named `_body` was written, to take it out again if there is a body.
+        let mut body_header: Option<(usize, usize)> = None;
+        let mut scanner = PlainScanner::new(body);
+        while let Some((name, value)) = scanner.next_header()? {
+            let start = name.as_ptr() as usize - body.as_ptr() as usize;
+            let fresh = names.insert(hash_name(name), start as u32, name.len() as u32, |s, l| {
+                body.get(s as usize..(s + l) as usize) == Some(name)
+            });
+            if !fresh {
+                continue;
+            }
+            let entry_start = out.len();
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_json_bytes(name, out, &mut lossy);
+            out.push(b':');
+            write_raw_plain_value(value, decoded, out, &mut lossy);
+            if name == b"_body" {
+                body_header = Some((entry_start, out.len()));
+            }
+        }
+        let event_body = scanner.body()?;
+        if let Some(event_body) = event_body {
+            if let Some((from, to)) = body_header {
+                // Drop the `_body` header entry with the comma that joins it to the others.
+                let to = if from == object_start + 1 && out.get(to) == Some(&b',') {
+                    to + 1
+                } else {
+                    to
+                };
+                out.drain(from..to);
+                first = out.len() == object_start + 1;
+            }
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"_body\":");
+            write_json_bytes(event_body, out, &mut lossy);
+        }
+        out.push(b'}');
+        Ok(lossy)
+    })
+}
+
+/// A raw plain value: written straight out when it has no `%` (the common case, one pass),
+/// else percent-decoded into `decoded` first.
+fn write_raw_plain_value(value: &[u8], decoded: &mut Vec<u8>, out: &mut Vec<u8>, lossy: &mut bool) {
+    if !value.starts_with(b"ARRAY") {
+        let mark = out.len();
+        if write_json(value, Mode::StopAtPercent, out, lossy) {
+            return;
+        }
+        out.truncate(mark);
+    }
+    decoded.clear();
+    percent_decode_into(value, decoded);
+    write_plain_value(decoded, out, lossy);
+}
+
+/// A decoded plain value: a JSON array when it starts with `ARRAY::`, else a string.
+fn write_plain_value(value: &[u8], out: &mut Vec<u8>, lossy: &mut bool) {
+    match value.strip_prefix(ARRAY_PREFIX.as_bytes()) {
+        None => write_json_bytes(value, out, lossy),
+        Some(items) => {
+            out.push(b'[');
+            let mut rest = items;
+            loop {
+                match memchr::memmem::find(rest, ARRAY_SEPARATOR.as_bytes()) {
+                    Some(i) => {
+                        write_json_bytes(&rest[..i], out, lossy);
+                        out.push(b',');
+                        rest = &rest[i + ARRAY_SEPARATOR.len()..];
+                    }
+                    None => {
+                        write_json_bytes(rest, out, lossy);
+                        break;
+                    }
+                }
+            }
+            out.push(b']');
+        }
+    }
+}
+
+/// Writes bytes as a JSON string, replacing what is not UTF-8 by U+FFFD (noted in `lossy`).
+fn write_json_bytes(bytes: &[u8], out: &mut Vec<u8>, lossy: &mut bool) {
+    write_json(bytes, Mode::Bytes, out, lossy);
+}
+
+/// Writes `s` as a JSON string: quotes, backslashes and every control character escaped.
+pub(crate) fn write_json_str(s: &str, out: &mut Vec<u8>) {
+    write_json(s.as_bytes(), Mode::Utf8, out, &mut false);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Known to be UTF-8.
+    Utf8,
+    /// Checked for UTF-8 (only when it holds a non-ASCII byte), replaced where it is not.
+    Bytes,
+    /// As `Bytes`, but gives up (returns false) at the first `%`.
+    StopAtPercent,
+}
+
+/// What to write for each byte inside a JSON string: 0 = the byte itself, `u` = `\u00XX`,
+/// anything else = a backslash and that character.
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0A] = b'n';
+    table[0x0C] = b'f';
+    table[0x0D] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Has the high bit of a byte set where `w` has a byte equal to `b` (and possibly beyond it).
+#[inline(always)]
+fn eq_bytes(w: u64, b: u8) -> u64 {
+    let v = w ^ (ONES * b as u64);
+    v.wrapping_sub(ONES) & !v
+}
+
+/// Nonzero when one of the eight bytes needs a look: a control character, `"`, `\`, a
+/// non-ASCII byte, or (with `percent`) a `%`. Never misses one; may flag a clean byte after a
+/// flagged one, which only costs time.
+#[inline(always)]
+fn attention(w: u64, percent: bool) -> u64 {
+    let ctrl = w.wrapping_sub(ONES * 0x20) & !w;
+    let mut flags = ctrl | eq_bytes(w, b'"') | eq_bytes(w, b'\\') | w;
+    if percent {
+        flags |= eq_bytes(w, b'%');
+    }
+    flags & HIGH
+}
+
+/// Writes `bytes` as a JSON string (eight bytes at a time while nothing needs escaping).
+/// Returns false, having written part of it, only in [`Mode::StopAtPercent`] at a `%`.
+#[inline]
+fn write_json(bytes: &[u8], mode: Mode, out: &mut Vec<u8>, lossy: &mut bool) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let percent = mode == Mode::StopAtPercent;
+    let mark = out.len();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut non_ascii = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let end = if i + 8 <= bytes.len() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[i..i + 8]);
+            if attention(u64::from_le_bytes(word), percent) == 0 {
+                i += 8;
+                continue;
+            }
+            i + 8
+        } else {
+            bytes.len()
+        };
+        for (j, &b) in bytes.iter().enumerate().take(end).skip(i) {
+            if b >= 0x80 {
+                non_ascii = true;
+            } else if percent && b == b'%' {
+                return false;
+            } else {
+                let escape = ESCAPE[b as usize];
+                if escape != 0 {
+                    out.extend_from_slice(&bytes[start..j]);
+                    if escape == b'u' {
+                        out.extend_from_slice(&[
+                            b'\\',
+                            b'u',
+                            b'0',
+                            b'0',
+                            HEX[(b >> 4) as usize],
+                            HEX[(b & 15) as usize],
+                        ]);
+                    } else {
+                        out.extend_from_slice(&[b'\\', escape]);
+                    }
+                    start = j + 1;
+                }
+            }
+        }
+        i = end;
+    }
+    if non_ascii && mode != Mode::Utf8 && std::str::from_utf8(bytes).is_err() {
+        *lossy = true;
+        out.truncate(mark);
+        write_json_str(&String::from_utf8_lossy(bytes), out);
+        return true;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+    true
+}
+
+/// A cheap hash of a header name (FxHash-style, 8 bytes at a time).
+fn hash_name(name: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = name.len() as u64;
+    let mut chunks = name.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+    }
+    let rem = chunks.remainder();
+    if !rem.is_empty() {
+        let mut word = [0u8; 8];
+        word[..rem.len()].copy_from_slice(rem);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+    }
+    h ^ (h >> 32)
+}
+
+/// The header names already written for the current event: an open-addressing set that is
+/// emptied in O(1) per event (slots from an older event carry an older stamp).
+#[derive(Default)]
+struct NameSet {
+    slots: Vec<Slot>,
+    stamp: u32,
+    len: usize,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    stamp: u32,
+    /// Where the name is (an offset in the body, or a header index) and its length.
+    start: u32,
+    len: u32,
+    hash: u64,
+}
+
+impl NameSet {
+    const INITIAL_SLOTS: usize = 512;
+
+    fn reset(&mut self) {
+        if self.slots.is_empty() {
+            self.slots = vec![Slot::default(); Self::INITIAL_SLOTS];
+        }
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.slots.fill(Slot::default());
+            self.stamp = 1;
+        }
+        self.len = 0;
+    }
+
+    /// Records the name unless an equal one is already there (`same(start, len)` tells
+    /// whether a recorded name equals it); returns whether it was new.
+    fn insert(&mut self, hash: u64, start: u32, len: u32, same: impl Fn(u32, u32) -> bool) -> bool {
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let slot = self.slots[i];
+            if slot.stamp != self.stamp {
+                self.slots[i] = Slot {
+                    stamp: self.stamp,
+                    start,
+                    len,
+                    hash,
+                };
+                self.len += 1;
+                return true;
+            }
+            if slot.hash == hash && slot.len == len && same(slot.start, slot.len) {
+                return false;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let size = (self.slots.len() * 2).max(Self::INITIAL_SLOTS);
+        let old = std::mem::replace(&mut self.slots, vec![Slot::default(); size]);
+        let mask = self.slots.len() - 1;
+        for slot in old.into_iter().filter(|s| s.stamp == self.stamp) {
+            let mut i = slot.hash as usize & mask;
+            while self.slots[i].stamp == self.stamp {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = slot;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(format: EventFormat, body: &[u8]) -> serde_json::Value {
+        let mut out = Vec::new();
+        event_json(format, body, &mut out).unwrap();
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[test]
+    fn plain_to_json() {
+        let body = b"Event-Name: CUSTOM\nX: a%22b%5C%0A%01\nA: ARRAY%3A%3Ax%7C%3Ay\nContent-Length: 3\nContent-Length: 3\n\n\"\n\x7f";
+        let v = json(EventFormat::Plain, body);
+        assert_eq!(
+            v,
+            serde_json::json!({"Event-Name": "CUSTOM", "X": "a\"b\\\n\u{1}", "A": ["x", "y"],
+                "Content-Length": "3", "_body": "\"\n\u{7f}"})
+        );
+    }
+
+    #[test]
+    fn first_occurrence_wins_and_body_beats_a_body_header() {
+        let v = json(
+            EventFormat::Plain,
+            b"_body: h\nA: 1\nA: 2\nContent-Length: 1\n\nb",
+        );
+        assert_eq!(
+            v,
+            serde_json::json!({"A": "1", "Content-Length": "1", "_body": "b"})
+        );
+        let v = json(EventFormat::Json, br#"{"A":"1","_body":"b","A":"2"}"#);
+        assert_eq!(v, serde_json::json!({"A": "1", "_body": "b"}));
+    }
+
+    #[test]
+    fn many_names_grow_the_set() {
+        let mut body = Vec::new();
+        for i in 0..2000 {
+            body.extend_from_slice(format!("H{i}: v\nH{}: dup\n", i / 2).as_bytes());
+        }
+        body.push(b'\n');
+        let v = json(EventFormat::Plain, &body);
+        let map = v.as_object().unwrap();
+        assert_eq!(map.len(), 2000);
+        assert_eq!(map["H1"], "v");
+        assert_eq!(map["H3"], "v");
+    }
+
+    #[test]
+    fn escaping_at_every_alignment() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é東😀");
+        for shift in 0..9 {
+            let s = format!("{}{all}{}", "x".repeat(shift), "y".repeat(shift));
+            let mut out = Vec::new();
+            write_json_str(&s, &mut out);
+            assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
+            let mut lossy = false;
+            let mut out = Vec::new();
+            assert!(!write_json(
+                s.as_bytes(),
+                Mode::StopAtPercent,
+                &mut out,
+                &mut lossy
+            ));
+            let bad = [s.as_bytes(), b"\xff"].concat();
+            let mut out = Vec::new();
+            write_json_bytes(&bad, &mut out, &mut lossy);
+            assert!(lossy);
+            assert_eq!(
+                serde_json::from_slice::<String>(&out).unwrap(),
+                format!("{s}\u{FFFD}")
+            );
+        }
+    }
+
+    #[test]
+    fn errors_leave_out_untouched() {
+        let mut out = b"keep".to_vec();
+        assert!(event_json(EventFormat::Plain, b"A: 1\nbad\n\n", &mut out).is_err());
+        assert_eq!(out, b"keep");
+    }
 }

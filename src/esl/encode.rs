@@ -22,7 +22,11 @@ pub fn url_encode(value: &str, out: &mut Vec<u8>) {
     for (i, &b) in bytes.iter().enumerate() {
         let passthrough_percent = b == b'%' && is_hex(bytes.get(i + 1)) && is_hex(bytes.get(i + 2));
         if !passthrough_percent && (!(b' '..=b'~').contains(&b) || URL_UNSAFE.contains(&b)) {
-            out.extend_from_slice(&[b'%', HEX_UPPER[(b >> 4) as usize], HEX_UPPER[(b & 15) as usize]]);
+            out.extend_from_slice(&[
+                b'%',
+                HEX_UPPER[(b >> 4) as usize],
+                HEX_UPPER[(b & 15) as usize],
+            ]);
         } else {
             out.push(b);
         }
@@ -37,11 +41,16 @@ pub enum HeaderValue<'a> {
 }
 
 /// Serializes an event in `text/event-plain` form (the body of the frame), appending to `out`.
+///
+/// As `switch_event_serialize`: a value that encodes to nothing is written `_undef_` (FreeSWITCH
+/// itself never holds an empty value: adding one deletes the header), and an empty body is
+/// written like no body at all (no `Content-Length` line).
 pub fn encode_plain(headers: &[(&str, HeaderValue<'_>)], body: Option<&[u8]>, out: &mut Vec<u8>) {
     let mut joined = String::new();
     for (name, value) in headers {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
+        let value_start = out.len();
         match value {
             HeaderValue::One(v) => url_encode(v, out),
             HeaderValue::Array(items) => {
@@ -51,39 +60,71 @@ pub fn encode_plain(headers: &[(&str, HeaderValue<'_>)], body: Option<&[u8]>, ou
                 url_encode(&joined, out);
             }
         }
+        if out.len() == value_start {
+            out.extend_from_slice(b"_undef_");
+        }
         out.push(b'\n');
     }
     match body {
-        Some(body) => {
+        Some(body) if !body.is_empty() => {
             let _ = write!(out, "Content-Length: {}\n\n", body.len());
             out.extend_from_slice(body);
         }
-        None => out.push(b'\n'),
+        _ => out.push(b'\n'),
     }
 }
 
-/// Serializes an event in `text/event-json` form, appending to `out`: one object, values as
-/// strings (arrays as arrays), the body under `_body` with a `Content-Length` key.
+/// Serializes an event in `text/event-json` form, appending to `out`, as
+/// `switch_event_serialize_json` does: one object with the headers in order (a name that occurs
+/// twice is written twice), values as strings (arrays as arrays), and with a body a
+/// `Content-Length` key then `_body`.
 pub fn encode_json(headers: &[(&str, HeaderValue<'_>)], body: Option<&str>, out: &mut Vec<u8>) {
-    let mut map = serde_json::Map::new();
+    fn string(s: &str, out: &mut Vec<u8>) {
+        serde_json::to_writer(&mut *out, s).expect("writing JSON to a Vec cannot fail");
+    }
+    out.push(b'{');
+    let mut first = true;
+    let mut key = |name: &str, out: &mut Vec<u8>| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        string(name, out);
+        out.push(b':');
+    };
     for (name, value) in headers {
-        let v = match value {
-            HeaderValue::One(v) => serde_json::Value::String((*v).to_owned()),
-            HeaderValue::Array(items) => items.iter().map(|s| serde_json::Value::String((*s).to_owned())).collect(),
-        };
-        map.insert((*name).to_owned(), v);
+        key(name, out);
+        match value {
+            HeaderValue::One(v) => string(v, out),
+            HeaderValue::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    string(item, out);
+                }
+                out.push(b']');
+            }
+        }
     }
     if let Some(body) = body {
-        map.insert("Content-Length".into(), body.len().to_string().into());
-        map.insert("_body".into(), body.into());
+        key("Content-Length", out);
+        string(&body.len().to_string(), out);
+        key("_body", out);
+        string(body, out);
     }
-    serde_json::to_writer(&mut *out, &serde_json::Value::Object(map)).expect("writing JSON to a Vec cannot fail");
+    out.push(b'}');
 }
 
 /// Wraps an event body in its outer frame, as FreeSWITCH sends events:
 /// `Content-Length` first, then `Content-Type`.
 pub fn event_frame(content_type: &str, body: &[u8], out: &mut Vec<u8>) {
-    let _ = write!(out, "Content-Length: {}\nContent-Type: {}\n\n", body.len(), content_type);
+    let _ = write!(
+        out,
+        "Content-Length: {}\nContent-Type: {}\n\n",
+        body.len(),
+        content_type
+    );
     out.extend_from_slice(body);
 }
 
@@ -94,7 +135,10 @@ pub fn auth_request(out: &mut Vec<u8>) {
 
 /// A `command/reply` frame with `Reply-Text` and any extra headers.
 pub fn command_reply(reply_text: &str, extra: &[(&str, &str)], out: &mut Vec<u8>) {
-    let _ = write!(out, "Content-Type: command/reply\nReply-Text: {reply_text}\n");
+    let _ = write!(
+        out,
+        "Content-Type: command/reply\nReply-Text: {reply_text}\n"
+    );
     for (name, value) in extra {
         let _ = writeln!(out, "{name}: {value}");
     }
@@ -103,14 +147,22 @@ pub fn command_reply(reply_text: &str, extra: &[(&str, &str)], out: &mut Vec<u8>
 
 /// An `api/response` frame (`Content-Type` first, as FreeSWITCH sends it).
 pub fn api_response(body: &[u8], out: &mut Vec<u8>) {
-    let _ = write!(out, "Content-Type: api/response\nContent-Length: {}\n\n", body.len());
+    let _ = write!(
+        out,
+        "Content-Type: api/response\nContent-Length: {}\n\n",
+        body.len()
+    );
     out.extend_from_slice(body);
 }
 
 /// The `text/disconnect-notice` FreeSWITCH sends after `exit`.
 pub fn disconnect_notice(out: &mut Vec<u8>) {
     let body = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n";
-    let _ = write!(out, "Content-Type: text/disconnect-notice\nContent-Length: {}\n\n", body.len());
+    let _ = write!(
+        out,
+        "Content-Type: text/disconnect-notice\nContent-Length: {}\n\n",
+        body.len()
+    );
     out.extend_from_slice(body);
 }
 
@@ -127,24 +179,65 @@ mod tests {
     #[test]
     fn url_encode_matches_the_capture() {
         // Values copied from plain.esl (see CAPTURES.md).
-        assert_eq!(enc("Mon, 23 Nov 2026 00:39:39 GMT"), "Mon,%2023%20Nov%202026%2000%3A39%3A39%20GMT");
-        assert_eq!(enc("Zoë O'Brien & co: 100%"), "Zo%C3%AB%20O'Brien%20%26%20co%3A%20100%25");
+        assert_eq!(
+            enc("Mon, 23 Nov 2026 00:39:39 GMT"),
+            "Mon,%2023%20Nov%202026%2000%3A39%3A39%20GMT"
+        );
+        assert_eq!(
+            enc("Zoë O'Brien & co: 100%"),
+            "Zo%C3%AB%20O'Brien%20%26%20co%3A%20100%25"
+        );
         assert_eq!(enc("a\tb"), "a%09b");
         assert_eq!(enc("a=b&c=d e+f/g"), "a%3Db%26c%3Dd%20e%2Bf/g");
-        assert_eq!(enc("a;b c=d&e f%20g/ü€😀"), "a%3Bb%20c%3Dd%26e%20f%20g/%C3%BC%E2%82%AC%F0%9F%98%80");
+        assert_eq!(
+            enc("a;b c=d&e f%20g/ü€😀"),
+            "a%3Bb%20c%3Dd%26e%20f%20g/%C3%BC%E2%82%AC%F0%9F%98%80"
+        );
     }
 
     #[test]
     fn plain_event_without_body_ends_in_blank_line() {
         let mut out = Vec::new();
-        encode_plain(&[("Event-Name", HeaderValue::One("HEARTBEAT"))], None, &mut out);
+        encode_plain(
+            &[("Event-Name", HeaderValue::One("HEARTBEAT"))],
+            None,
+            &mut out,
+        );
         assert_eq!(out, b"Event-Name: HEARTBEAT\n\n");
+    }
+
+    #[test]
+    fn empty_values_and_bodies_as_switch_event_serialize() {
+        let mut out = Vec::new();
+        encode_plain(&[("A", HeaderValue::One(""))], Some(b""), &mut out);
+        assert_eq!(out, b"A: _undef_\n\n");
+    }
+
+    #[test]
+    fn json_keeps_order_and_duplicate_names() {
+        let mut out = Vec::new();
+        let headers = [
+            ("Z", HeaderValue::One("1")),
+            ("Content-Length", HeaderValue::One("2")),
+        ];
+        encode_json(&headers, Some("hi"), &mut out);
+        assert_eq!(
+            out,
+            br#"{"Z":"1","Content-Length":"2","Content-Length":"2","_body":"hi"}"#
+        );
     }
 
     #[test]
     fn plain_event_with_body_announces_its_length() {
         let mut out = Vec::new();
-        encode_plain(&[("Event-Name", HeaderValue::Array(vec!["a", "b"]))], Some(b"+OK\n\nx"), &mut out);
-        assert_eq!(out, b"Event-Name: ARRAY%3A%3Aa%7C%3Ab\nContent-Length: 6\n\n+OK\n\nx");
+        encode_plain(
+            &[("Event-Name", HeaderValue::Array(vec!["a", "b"]))],
+            Some(b"+OK\n\nx"),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            b"Event-Name: ARRAY%3A%3Aa%7C%3Ab\nContent-Length: 6\n\n+OK\n\nx"
+        );
     }
 }
