@@ -280,4 +280,56 @@ mod tests {
         assert!(parse_count("many").is_err());
         assert!(parse_count("1.5").is_err());
     }
+
+    #[test]
+    fn args_mount_under_a_clap_command() {
+        use clap::{Args, FromArgMatches};
+        let cmd = SimulateArgs::augment_args(clap::Command::new("simulate"));
+        let parse = |argv: &[&str]| {
+            SimulateArgs::from_arg_matches(&cmd.clone().try_get_matches_from(argv).unwrap())
+                .unwrap()
+        };
+        let a = parse(&["simulate"]);
+        assert_eq!(a.listen, "127.0.0.1:8021".parse().unwrap());
+        assert_eq!(a.password, "ClueCon");
+        assert_eq!(a.cps, 10.0);
+        assert_eq!(a.heartbeat, Duration::from_secs(20));
+        let a = parse(&[
+            "simulate",
+            "--rate",
+            "10k",
+            "--events",
+            "1m",
+            "--duration",
+            "30s",
+            "--event-size",
+            "large",
+        ]);
+        assert_eq!(a.rate, Some(10_000.0));
+        assert_eq!(a.events, Some(1_000_000));
+        assert_eq!(a.duration, Some(Duration::from_secs(30)));
+        assert_eq!(a.event_size, EventSize::Large);
+        assert!(cmd
+            .clone()
+            .try_get_matches_from(["simulate", "--duration", "3"])
+            .is_err());
+        let opts = options_from(&parse(&[
+            "simulate",
+            "--drop-after",
+            "100",
+            "--drop-mid-frame",
+            "--rate",
+            "0",
+        ]))
+        .unwrap();
+        assert_eq!(
+            opts.fault,
+            Some(Fault {
+                after_events: 100,
+                mid_frame: true,
+                repeat: false
+            })
+        );
+        assert_eq!(opts.rate, Some(f64::INFINITY));
+    }
 }
