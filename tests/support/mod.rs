@@ -1,0 +1,200 @@
+//! Integration-test harness, included by each test file with `mod support;`: real Redis servers
+//! ([`redis::RedisServer`]), a controllable TCP proxy ([`proxy::TcpProxy`]), the simulator
+//! (re-exported from the library) and a runner for the built `eslstream` binary ([`Agent`]).
+//!
+//! Everything here is bounded in time: waits take a timeout and panic with a message (and the
+//! child's stderr) instead of hanging.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod proxy;
+pub mod redis;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+#[allow(unused_imports)]
+pub use eslstream::simulate::{event_frames, Fault, SimStats, SimulateOptions, Simulator};
+#[allow(unused_imports)]
+pub use proxy::TcpProxy;
+#[allow(unused_imports)]
+pub use redis::RedisServer;
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// The first `name` on `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Path of `esl-captures/<name>` (the real FreeSWITCH captures).
+pub fn capture(name: &str) -> PathBuf {
+    Path::new("/work/shared/esl-captures").join(name)
+}
+
+/// A child process with its stdout and stderr in a file; dropped = killed.
+pub struct Agent {
+    child: Option<Child>,
+    status: Option<ExitStatus>,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Runs the built `eslstream` binary with `args` and only the environment `env` (plus
+    /// `PATH`), in an empty temporary working directory (so no stray `.env` is read).
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Agent {
+        Self::spawn(Path::new(env!("CARGO_BIN_EXE_eslstream")), args, env)
+    }
+
+    /// Runs any program the same way (the harness tests use it on `sleep`).
+    pub fn spawn(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("eslstream-agent-")
+            .tempdir()
+            .expect("temp dir");
+        let log = dir.path().join("output.log");
+        let file = std::fs::File::create(&log).expect("create log");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup log"))
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+        Agent {
+            child: Some(child),
+            status: None,
+            dir,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("agent was started")
+    }
+
+    /// The working directory (for a spool, a `.env`...).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the child wrote to stdout and stderr so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM (a graceful shutdown request).
+    pub fn term(&self) {
+        if self.status.is_none() {
+            signal(self.pid(), libc::SIGTERM);
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let (Some(child), None) = (self.child.as_mut(), self.status) {
+            let _ = child.kill();
+            self.status = child.wait().ok();
+        }
+    }
+
+    /// Still running?
+    pub fn is_running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+        }
+        self.status
+    }
+
+    /// Waits for the exit; `Some(code)` (128 + signal when killed by one), `None` on timeout.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Some(exit_code(status));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM and wait; panics with the child's output if it does not exit within `timeout`.
+    pub fn stop(&mut self, timeout: Duration) -> i32 {
+        self.term();
+        match self.wait_timeout(timeout) {
+            Some(code) => code,
+            None => {
+                self.kill();
+                panic!(
+                    "process did not exit within {timeout:?} of SIGTERM; output:\n{}",
+                    self.output()
+                );
+            }
+        }
+    }
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- output of the child process ---\n{}", self.output());
+        }
+    }
+}
