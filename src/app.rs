@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::dlq::DeadLetters;
 use crate::envelope::Envelope;
 use crate::esl::client::{EslClient, EventSink};
 use crate::logging::RateLimit;
@@ -19,6 +20,7 @@ use crate::pipeline::{Pipeline, PipelineShape};
 use crate::routing::Router;
 use crate::shutdown::Shutdown;
 use crate::sink::writer::{stream_label, Writer};
+use crate::spool::{open_lanes, SpoolBudget};
 use crate::state::AgentState;
 
 static FULL_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
@@ -28,6 +30,8 @@ pub struct Agent {
     pub config: Arc<Config>,
     pub state: Arc<AgentState>,
     pub pipeline: Arc<Pipeline>,
+    pub spool: Arc<SpoolBudget>,
+    pub dead_letters: Arc<DeadLetters>,
     pub shutdown: Shutdown,
     reader: Option<JoinHandle<()>>,
     writers: Vec<JoinHandle<()>>,
@@ -42,22 +46,38 @@ impl Agent {
         let config = Arc::new(config);
         let state = Arc::new(AgentState::default());
         let shutdown = Shutdown::new();
-        let pipeline = Pipeline::new(PipelineShape::from_buffer(config.writer.workers, config.writer.buffer_size));
+        let shape = PipelineShape::from_buffer(config.writer.workers, config.writer.buffer_size);
+        let budget = SpoolBudget::new(config.spool_max_bytes);
+        let spools = if config.spool_max_bytes == 0 {
+            (0..shape.lanes).map(|_| None).collect()
+        } else {
+            let dir = std::path::Path::new(&config.spool_dir);
+            let spools = open_lanes(dir, shape.lanes, budget.clone()).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot open the spool in SPOOL_DIR={}: {e}", dir.display()))
+            })?;
+            spools.into_iter().map(Some).collect()
+        };
+        let pipeline = Pipeline::with_spools(shape, spools);
 
+        let dlq_dir = std::path::Path::new(&config.spool_dir).join("dlq");
+        let dead_letters = Arc::new(DeadLetters::open(&dlq_dir).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot open the dead-letter store in {}: {e}", dlq_dir.display()))
+        })?);
         let mut writers = Vec::new();
         for lane in pipeline.lanes() {
-            let writer = Writer::new(lane.clone(), config.clone(), state.clone(), shutdown.clone());
+            let writer =
+                Writer::new(lane.clone(), config.clone(), state.clone(), shutdown.clone(), dead_letters.clone());
             writers.push(
                 std::thread::Builder::new().name(format!("writer-{}", lane.index())).spawn(move || writer.run())?,
             );
         }
 
         let overflow_state = state.clone();
-        let overflow = Arc::new(move |envelope: Envelope| {
-            metrics().events_dropped.with_label_values(&[stream_label(envelope.stream), "memory_full"]).inc();
+        let overflow = Arc::new(move |envelope: Envelope, reason: &'static str| {
+            metrics().events_dropped.with_label_values(&[stream_label(envelope.stream), reason]).inc();
             overflow_state.add_dropped(1);
             if let Some(suppressed) = FULL_WARN.check() {
-                error!(event = %envelope.meta.name, uuid = %envelope.meta.unique_id, suppressed, "memory queue full (BUFFER_SIZE); event dropped");
+                error!(reason, event = %envelope.meta.name, uuid = %envelope.meta.unique_id, suppressed, "no room in memory or spool; event dropped");
             }
         });
         let sink = EventSink {
@@ -65,11 +85,12 @@ impl Agent {
             pipeline: pipeline.clone(),
             overflow,
         };
-        let client = EslClient::new(config.esl.clone(), sink, state.clone(), shutdown.clone());
+        let client = EslClient::new(config.esl.clone(), config.latency.reader, sink, state.clone(), shutdown.clone());
         let reader = Some(std::thread::Builder::new().name("esl-reader".into()).spawn(move || client.run())?);
 
-        let ops = crate::ops::Ops::start(listener, config.clone(), state.clone(), pipeline.clone(), shutdown.clone())?;
-        Ok(Agent { config, state, pipeline, shutdown, reader, writers, ops })
+        let ctx = crate::http::AppContext::new(&config, &state, &pipeline, &budget, &dead_letters);
+        let ops = crate::ops::Ops::start(listener, ctx, shutdown.clone())?;
+        Ok(Agent { config, state, pipeline, spool: budget, dead_letters, shutdown, reader, writers, ops })
     }
 
     /// Where `/health` and `/metrics` are served (the real port when `HEALTH_PORT=0`).
@@ -99,6 +120,11 @@ impl Agent {
         }
         for w in self.writers.drain(..) {
             let _ = w.join();
+        }
+        for lane in self.pipeline.lanes() {
+            if let Err(e) = lane.sync_spool() {
+                error!(lane = lane.index(), error = %e, "cannot sync the spool");
+            }
         }
         self.ops.stop();
         info!(elapsed = ?started.elapsed(), clean, "stopped");

@@ -43,9 +43,72 @@ pub struct Envelope {
     pub meta: EventMeta,
     /// Wall-clock microseconds since the epoch when the frame was parsed.
     pub parsed_at_us: i64,
+    /// Where this event sits in its lane's spool, when it was read back from there (the
+    /// spool's read cursor may pass it once Redis has acknowledged it).
+    pub spool_pos: Option<SpoolPos>,
+    /// It may already be in Redis (an attempt failed ambiguously, or it was replayed from the
+    /// spool after a restart): it must be written through the checking path.
+    pub maybe_written: bool,
+}
+
+/// A position in a lane's spool: a segment and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct SpoolPos {
+    pub segment: u64,
+    pub offset: u64,
 }
 
 /// Microseconds since the Unix epoch, by the wall clock.
 pub fn now_us() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// Gives events that arrive without `(Core-UUID, Event-Sequence)` an idempotency key of the
+/// agent's own: a producer name unique to this process and a counter. The key is assigned
+/// before the event enters the pipeline, so every retry (and the spool) carries the same one.
+pub struct KeyAssigner {
+    producer: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for KeyAssigner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KeyAssigner {
+    pub fn new() -> KeyAssigner {
+        KeyAssigner {
+            producer: format!("eslstream-{}-{:x}", std::process::id(), now_us()),
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// Fills in a key when the event has none; returns whether it did.
+    pub fn fill(&self, meta: &mut EventMeta) -> bool {
+        if !meta.core_uuid.is_empty() && !meta.sequence.is_empty() {
+            return false;
+        }
+        meta.core_uuid = self.producer.clone();
+        meta.sequence = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_kept_or_assigned_uniquely() {
+        let keys = KeyAssigner::new();
+        let mut with = EventMeta { core_uuid: "c".into(), sequence: "5".into(), ..Default::default() };
+        assert!(!keys.fill(&mut with));
+        assert_eq!((with.core_uuid.as_str(), with.sequence.as_str()), ("c", "5"));
+        let (mut a, mut b) = (EventMeta::default(), EventMeta { core_uuid: "c".into(), ..Default::default() });
+        assert!(keys.fill(&mut a) && keys.fill(&mut b));
+        assert_eq!(a.core_uuid, b.core_uuid);
+        assert_ne!(a.sequence, b.sequence);
+    }
 }

@@ -9,14 +9,15 @@
 //! 2. `redis`: Redis answers `PING` on the monitor's own connection within
 //!    `min(REDIS_REMOTE_WRITE_TIMEOUT, HEALTH_CHECK_INTERVAL)`.
 //! 3. `queue`: the memory queue is below [`HIGH_WATER_PERCENT`] of `BUFFER_SIZE`.
-//! 4. `spool`: the spool is below [`HIGH_WATER_PERCENT`] of `SPOOL_MAX_BYTES`.
+//! 4. `spool`: the spool is below [`HIGH_WATER_PERCENT`] of `SPOOL_MAX_BYTES` (always holds
+//!    when the spool is off, `SPOOL_MAX_BYTES=0`).
 //! 5. `drops`: no event was dropped within [`DROP_WINDOW`] (the total since start is always
 //!    reported; the counter `eslstream_events_dropped_total` keeps every drop for alerting).
 //!
 //! Status: `healthy` (HTTP 200) when every check holds. `unhealthy` when the agent cannot do
 //! its job: ESL has failed `HEALTH_MAX_RETRIES` checks in a row (nothing is being read), or
-//! Redis has failed `HEALTH_MAX_RETRIES` checks in a row while the spool is nearly full (events
-//! are about to be lost). Anything else failing is `degraded`: the agent is working around it
+//! Redis has failed `HEALTH_MAX_RETRIES` checks in a row while the last buffer is nearly full
+//! (the spool, or the memory queue when the spool is off: events are about to be lost). Anything else failing is `degraded`: the agent is working around it
 //! (buffering, spooling, reconnecting). Both answer HTTP 503.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -30,10 +31,9 @@ use tracing::{info, warn};
 
 use crate::config::{Config, RedisConfig};
 use crate::envelope::now_us;
+use crate::http::AppContext;
 use crate::metrics::{dropped_by_reason, metrics};
-use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
-use crate::state::AgentState;
 
 /// FreeSWITCH sends a HEARTBEAT event every 20 s.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
@@ -54,6 +54,14 @@ pub enum Status {
 }
 
 impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Healthy => "healthy",
+            Status::Degraded => "degraded",
+            Status::Unhealthy => "unhealthy",
+        }
+    }
+
     /// The value of the `eslstream_health_status` gauge.
     pub fn gauge_value(self) -> i64 {
         match self {
@@ -186,7 +194,7 @@ fn queue_check(s: &Snapshot, l: &Limits) -> Check {
 }
 
 fn spool_check(s: &Snapshot, l: &Limits) -> Check {
-    if over_high_water(s.spool_bytes, l.spool_max_bytes) {
+    if l.spool_max_bytes > 0 && over_high_water(s.spool_bytes, l.spool_max_bytes) {
         return Check::fail(
             "spool",
             format!(
@@ -240,7 +248,9 @@ pub fn decide(checks: &[Check], streaks: &Streaks, limits: &Limits) -> Status {
         return Status::Healthy;
     }
     let esl_down = streaks.esl >= limits.max_retries;
-    let redis_down_and_full = streaks.redis >= limits.max_retries && Check::failed(checks, "spool");
+    // The last buffer before drops: the spool, or the memory queue when the spool is off.
+    let last_buffer = if limits.spool_max_bytes > 0 { "spool" } else { "queue" };
+    let redis_down_and_full = streaks.redis >= limits.max_retries && Check::failed(checks, last_buffer);
     if esl_down || redis_down_and_full {
         Status::Unhealthy
     } else {
@@ -271,6 +281,8 @@ pub struct HealthData {
     pub queue_depth: usize,
     pub spool: SpoolHealth,
     pub dropped: DroppedHealth,
+    /// Events Redis refused for good, kept for inspection and retry (`GET /dlq`).
+    pub dead_letters: u64,
     pub checks: Vec<Check>,
     pub version: &'static str,
     pub uptime_seconds: u64,
@@ -324,6 +336,7 @@ impl HealthReport {
                 queue_depth: 0,
                 spool: SpoolHealth { bytes: 0, events: 0 },
                 dropped: DroppedHealth { total: 0, by_reason: BTreeMap::new() },
+                dead_letters: 0,
                 checks: vec![check],
                 version: env!("CARGO_PKG_VERSION"),
                 uptime_seconds: 0,
@@ -400,10 +413,7 @@ impl RedisProbe {
 
 /// The monitor thread's state between checks.
 pub struct HealthMonitor {
-    config: Arc<Config>,
-    state: Arc<AgentState>,
-    pipeline: Arc<Pipeline>,
-    board: Arc<HealthBoard>,
+    ctx: Arc<AppContext>,
     limits: Limits,
     probe: RedisProbe,
     streaks: Streaks,
@@ -416,23 +426,16 @@ pub struct HealthMonitor {
 }
 
 impl HealthMonitor {
-    pub fn new(
-        config: Arc<Config>,
-        state: Arc<AgentState>,
-        pipeline: Arc<Pipeline>,
-        board: Arc<HealthBoard>,
-    ) -> HealthMonitor {
+    pub fn new(ctx: Arc<AppContext>) -> HealthMonitor {
+        let config = &ctx.config;
         let probe = RedisProbe {
             config: config.redis.clone(),
             timeout: config.redis.write_timeout.min(config.health_interval),
             conn: None,
         };
         HealthMonitor {
-            limits: Limits::from_config(&config),
-            config,
-            state,
-            pipeline,
-            board,
+            limits: Limits::from_config(config),
+            ctx,
             probe,
             streaks: Streaks::default(),
             started: Instant::now(),
@@ -446,7 +449,7 @@ impl HealthMonitor {
     pub fn run(mut self, shutdown: Shutdown) {
         loop {
             self.check_once();
-            if !shutdown.sleep(self.config.health_interval) {
+            if !shutdown.sleep(self.ctx.config.health_interval) {
                 break;
             }
         }
@@ -465,23 +468,21 @@ impl HealthMonitor {
         if let Ok(ping) = snapshot.redis_ping {
             metrics().redis_ping.set(ping.as_secs_f64());
         }
-        self.board.publish(report);
-        self.board.latest()
+        self.ctx.health.publish(report);
+        self.ctx.health.latest()
     }
 
     fn snapshot(&mut self, redis_ping: Result<Duration, String>) -> Snapshot {
         let now = Instant::now();
-        let esl_connected = self.state.esl_connected.load(Ordering::Acquire);
+        let esl_connected = self.ctx.state.esl_connected.load(Ordering::Acquire);
         self.esl_seen_connected = if esl_connected { Some(self.esl_seen_connected.unwrap_or(now)) } else { None };
-        let last_alive = self
-            .state
-            .last_heartbeat_us
-            .load(Ordering::Relaxed)
-            .max(self.state.last_esl_read_us.load(Ordering::Relaxed));
+        let state = &self.ctx.state;
+        let last_alive =
+            state.last_heartbeat_us.load(Ordering::Relaxed).max(state.last_esl_read_us.load(Ordering::Relaxed));
         let esl_silent_for = (last_alive > 0).then(|| micros_ago(last_alive));
-        let esl_error = self.state.last_error().and_then(|(_, e)| e.strip_prefix("ESL: ").map(str::to_owned));
+        let esl_error = self.ctx.state.last_error().and_then(|(_, e)| e.strip_prefix("ESL: ").map(str::to_owned));
 
-        let dropped_total = self.state.events_dropped.load(Ordering::Relaxed);
+        let dropped_total = self.ctx.state.events_dropped.load(Ordering::Relaxed);
         let dropped_recently = self.dropped_within_window(now, dropped_total);
 
         Snapshot {
@@ -490,8 +491,8 @@ impl HealthMonitor {
             esl_silent_for,
             esl_error,
             redis_ping,
-            queue_depth: self.pipeline.depth(),
-            spool_bytes: self.state.spool_bytes.load(Ordering::Relaxed),
+            queue_depth: self.ctx.pipeline.depth(),
+            spool_bytes: self.ctx.spool.used(),
             dropped_total,
             dropped_recently,
         }
@@ -513,8 +514,8 @@ impl HealthMonitor {
     }
 
     fn report(&self, s: &Snapshot, checks: Vec<Check>, status: Status) -> HealthReport {
-        let heartbeat = timestamp(self.state.last_heartbeat_us.load(Ordering::Relaxed));
-        let last_error = self.state.last_error();
+        let heartbeat = timestamp(self.ctx.state.last_heartbeat_us.load(Ordering::Relaxed));
+        let last_error = self.ctx.state.last_error();
         let ping_ms = s.redis_ping.as_ref().ok().map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
         HealthReport {
             status,
@@ -528,16 +529,17 @@ impl HealthMonitor {
                 esl: EslHealth {
                     connected: s.esl_connected,
                     last_heartbeat: heartbeat,
-                    last_data: timestamp(self.state.last_esl_read_us.load(Ordering::Relaxed)),
-                    reconnects: self.state.esl_reconnects.load(Ordering::Relaxed),
+                    last_data: timestamp(self.ctx.state.last_esl_read_us.load(Ordering::Relaxed)),
+                    reconnects: self.ctx.state.esl_reconnects.load(Ordering::Relaxed),
                 },
                 redis: RedisHealth {
                     connected: s.redis_ping.is_ok(),
                     ping_ms,
-                    writers_up: self.state.redis_writers_up.load(Ordering::Relaxed),
+                    writers_up: self.ctx.state.redis_writers_up.load(Ordering::Relaxed),
                 },
                 queue_depth: s.queue_depth,
-                spool: SpoolHealth { bytes: s.spool_bytes, events: self.state.spool_events.load(Ordering::Relaxed) },
+                spool: SpoolHealth { bytes: s.spool_bytes, events: self.ctx.spool.events() },
+                dead_letters: self.ctx.dead_letters.len(),
                 dropped: DroppedHealth { total: s.dropped_total, by_reason: dropped_by_reason() },
                 checks,
                 version: env!("CARGO_PKG_VERSION"),
@@ -552,7 +554,7 @@ impl HealthMonitor {
         }
         match report.status {
             Status::Healthy => info!(status = "healthy", "health: all checks pass"),
-            status => warn!(status = ?status, reasons = %report.reasons(), "health: not healthy"),
+            status => warn!(status = status.as_str(), reasons = %report.reasons(), "health: not healthy"),
         }
         self.last_status = Some(report.status);
     }
@@ -698,6 +700,23 @@ mod tests {
         assert_eq!(status, Status::Unhealthy);
         assert_eq!(failed[1].0, "spool");
         assert!(failed[1].1.contains("95% of SPOOL_MAX_BYTES=1048576"), "{}", failed[1].1);
+    }
+
+    #[test]
+    fn without_a_spool_the_queue_is_the_last_buffer() {
+        let no_spool = Limits { spool_max_bytes: 0, ..limits() };
+        let s = Snapshot { redis_ping: Err("timed out".into()), queue_depth: 950, ..fine() };
+        let mut streaks = Streaks::default();
+        let mut checks = Vec::new();
+        for round in 1..=3 {
+            checks = evaluate(&s, &no_spool);
+            streaks.update(&checks);
+            let expected = if round < 3 { Status::Degraded } else { Status::Unhealthy };
+            assert_eq!(decide(&checks, &streaks, &no_spool), expected, "round {round}");
+        }
+        assert_eq!(failing(&checks).iter().map(|f| f.0).collect::<Vec<_>>(), ["redis", "queue"]);
+        // With a spool, a full memory queue alone does not make Redis trouble fatal.
+        assert_eq!(decide(&evaluate(&s, &limits()), &streaks, &limits()), Status::Degraded);
     }
 
     #[test]

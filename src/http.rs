@@ -28,10 +28,12 @@ use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::dlq::DeadLetters;
 use crate::health::HealthBoard;
 use crate::logging::RateLimit;
 use crate::metrics::{metrics, render};
 use crate::pipeline::Pipeline;
+use crate::spool::SpoolBudget;
 use crate::state::AgentState;
 
 /// Connections served at once; more are closed on accept.
@@ -56,12 +58,36 @@ pub type Reply = Response<Full<Bytes>>;
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 pub type Handler = fn(Arc<AppContext>, Request<Body>, Params) -> HandlerFuture;
 
-/// What handlers share: the agent's configuration and live state.
+/// What handlers (and the monitor and summary line) share: the agent's configuration and
+/// live state.
 pub struct AppContext {
     pub config: Arc<Config>,
     pub state: Arc<AgentState>,
     pub pipeline: Arc<Pipeline>,
+    pub spool: Arc<SpoolBudget>,
+    pub dead_letters: Arc<DeadLetters>,
+    /// The health monitor's latest report.
     pub health: Arc<HealthBoard>,
+}
+
+impl AppContext {
+    /// A context over the agent's parts, with a fresh health board.
+    pub fn new(
+        config: &Arc<Config>,
+        state: &Arc<AgentState>,
+        pipeline: &Arc<Pipeline>,
+        spool: &Arc<SpoolBudget>,
+        dead_letters: &Arc<DeadLetters>,
+    ) -> Arc<AppContext> {
+        Arc::new(AppContext {
+            config: config.clone(),
+            state: state.clone(),
+            pipeline: pipeline.clone(),
+            spool: spool.clone(),
+            dead_letters: dead_letters.clone(),
+            health: Arc::new(HealthBoard::default()),
+        })
+    }
 }
 
 /// The routes the agent serves.
@@ -268,17 +294,15 @@ fn health(ctx: Arc<AppContext>, _req: Request<Body>, _params: Params) -> Handler
 /// `GET /metrics`: the registry in Prometheus text format.
 fn metrics_text(ctx: Arc<AppContext>, _req: Request<Body>, _params: Params) -> HandlerFuture {
     Box::pin(async move {
-        refresh_gauges(&ctx.state);
+        refresh_gauges(&ctx);
         reply(StatusCode::OK, PROMETHEUS_TEXT, render())
     })
 }
 
-/// Copies state that lives in `AgentState` (written by components without metrics of their
-/// own) into gauges.
-fn refresh_gauges(state: &AgentState) {
-    use std::sync::atomic::Ordering::Relaxed;
-    metrics().spool_bytes.set(state.spool_bytes.load(Relaxed).min(i64::MAX as u64) as i64);
-    metrics().spool_events.set(state.spool_events.load(Relaxed).min(i64::MAX as u64) as i64);
+/// Copies figures kept outside the registry (the spool's own counters) into gauges.
+fn refresh_gauges(ctx: &AppContext) {
+    metrics().spool_bytes.set(ctx.spool.used().min(i64::MAX as u64) as i64);
+    metrics().spool_events.set(ctx.spool.events().min(i64::MAX as u64) as i64);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -486,12 +510,15 @@ mod tests {
     fn context(token: Option<&str>) -> Arc<AppContext> {
         let mut config = Config::from_vars(HashMap::new()).expect("default config");
         config.http_token = token.map(str::to_owned);
-        Arc::new(AppContext {
-            config: Arc::new(config),
-            state: Arc::new(AgentState::default()),
-            pipeline: Pipeline::new(PipelineShape::from_buffer(1, 100)),
-            health: Arc::new(HealthBoard::default()),
-        })
+        let dlq_dir = tempfile::tempdir().expect("temp dir");
+        let dead_letters = Arc::new(DeadLetters::open(dlq_dir.path()).expect("dead-letter store"));
+        AppContext::new(
+            &Arc::new(config),
+            &Arc::new(AgentState::default()),
+            &Pipeline::new(PipelineShape::from_buffer(1, 100)),
+            &SpoolBudget::new(1 << 20),
+            &dead_letters,
+        )
     }
 
     fn request(method: Method, path: &str) -> Request<Body> {

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dlq;
 pub mod entry;
 pub mod envelope;
 pub mod esl;
@@ -19,6 +20,7 @@ pub mod routing;
 pub mod shutdown;
 pub mod simulate;
 pub mod sink;
+pub mod spool;
 pub mod state;
 pub mod summary;
 pub mod trim;

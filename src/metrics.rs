@@ -25,6 +25,8 @@ pub struct Metrics {
     pub events_written: IntCounterVec,
     /// Events that will never reach Redis, by stream and reason.
     pub events_dropped: IntCounterVec,
+    /// Events Redis refused for good, kept as dead letters, by stream.
+    pub dead_lettered: IntCounterVec,
     /// Events received but not routed to any stream (not in EVENTS_TO_PUBLISH/PUSH).
     pub events_filtered: IntCounter,
     /// Writes that Redis reported as already present (idempotency key seen before).
@@ -41,6 +43,8 @@ pub struct Metrics {
     /// Failed write attempts that were retried, by kind of failure.
     pub write_retries: IntCounterVec,
     pub batch_size: Histogram,
+    /// Times a writer moved events it could not write into the spool.
+    pub spills: IntCounter,
     /// Events waiting in memory (channels and overflow), per lane.
     pub queue_depth: IntGaugeVec,
     /// Events held in memory past the channels, per lane.
@@ -134,6 +138,12 @@ impl Metrics {
                 "Events that will never reach Redis",
                 &["stream", "reason"],
             ),
+            dead_lettered: counter_vec(
+                &r,
+                "eslstream_dead_lettered_total",
+                "Events Redis refused for good, kept as dead letters",
+                &["stream"],
+            ),
             events_filtered: counter(&r, "eslstream_events_filtered_total", "Events received but routed to no stream"),
             duplicates_suppressed: counter(
                 &r,
@@ -164,6 +174,7 @@ impl Metrics {
                 "Write attempts that failed and were retried",
                 &["kind"],
             ),
+            spills: counter(&r, "eslstream_spills_total", "Times a writer moved unwritable events to the spool"),
             batch_size: histogram(
                 &r,
                 "eslstream_batch_size",

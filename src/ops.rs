@@ -10,12 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::config::Config;
-use crate::health::{HealthBoard, HealthMonitor};
+use crate::health::HealthMonitor;
 use crate::http::{routes, AppContext, HttpServer};
-use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
-use crate::state::AgentState;
 use crate::summary::Summarizer;
 use crate::trim::Trimmer;
 
@@ -27,25 +24,17 @@ pub struct Ops {
 
 impl Ops {
     /// Starts the monitor, the trimmer, the summary line, and the HTTP server on `listener`.
-    pub fn start(
-        listener: std::net::TcpListener,
-        config: Arc<Config>,
-        state: Arc<AgentState>,
-        pipeline: Arc<Pipeline>,
-        shutdown: Shutdown,
-    ) -> std::io::Result<Ops> {
-        let board = Arc::new(HealthBoard::default());
-        let monitor = HealthMonitor::new(config.clone(), state.clone(), pipeline.clone(), board.clone());
-        let trimmer = Trimmer::new(config.clone());
-        let summarizer = Summarizer::new(state.clone(), pipeline.clone());
-        let interval = config.metrics_print_interval;
+    pub fn start(listener: std::net::TcpListener, ctx: Arc<AppContext>, shutdown: Shutdown) -> std::io::Result<Ops> {
+        let monitor = HealthMonitor::new(ctx.clone());
+        let trimmer = Trimmer::new(ctx.config.clone());
+        let summarizer = Summarizer::new(ctx.clone());
+        let interval = ctx.config.metrics_print_interval;
         let (s1, s2, s3) = (shutdown.clone(), shutdown.clone(), shutdown);
         let threads = vec![
             spawn("health-monitor", move || monitor.run(s1))?,
             spawn("trimmer", move || trimmer.run(s2))?,
             spawn("summary", move || summarizer.run(interval, s3))?,
         ];
-        let ctx = Arc::new(AppContext { config, state, pipeline, health: board });
         let http = HttpServer::start(listener, routes(), ctx)?;
         Ok(Ops { http, threads })
     }

@@ -1,11 +1,11 @@
 //! The pipeline between sources and writers: one lane per writer, chosen by call, so each
 //! call's events keep the order the switch sent them in and no source ever waits.
 //!
-//! A lane is a bounded crossbeam channel backed by a bounded memory overflow. [`Pipeline::submit`]
-//! never blocks: when the channel is full the event waits in the overflow (counted), and once
-//! the overflow is non-empty every newer event of that lane goes there too, so order holds.
-//! When the overflow is full as well, the event is handed back to the caller
-//! ([`Submitted::Full`]), whose job it is to spool or count it.
+//! A lane is three tiers, oldest first: a bounded crossbeam channel, a bounded memory overflow,
+//! and the lane's durable spool. [`Pipeline::submit`] never blocks: an event goes to the first
+//! tier with room, and once a later tier holds events every newer event of the lane goes there
+//! too, so order holds. The writer reads the tiers in the same order. Only when the spool is
+//! full (or disabled) is the event handed back ([`Submitted::Full`]) to be counted as dropped.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, SpoolPos};
+use crate::spool::{LaneSpool, SpoolError};
 
 /// What happened to a submitted event.
 #[derive(Debug)]
@@ -24,8 +25,18 @@ pub enum Submitted {
     Queued,
     /// In the lane's memory overflow (the channel was full).
     Overflowed,
-    /// Both were full: the event is handed back.
-    Full(Box<Envelope>),
+    /// In the lane's durable spool (memory was full, or the spool already held events).
+    Spooled,
+    /// Nowhere to put it (spool full or failing): the event is handed back with the reason.
+    Full(Box<Envelope>, &'static str),
+}
+
+/// The tiers behind the channel, under one lock shared with submitters.
+struct Tiers {
+    overflow: VecDeque<Envelope>,
+    spool: Option<LaneSpool>,
+    /// The spool holds events not yet read back: newer events must go there too.
+    spooling: bool,
 }
 
 /// One writer's queue: channel first, overflow behind it.
@@ -33,15 +44,23 @@ pub struct Lane {
     index: usize,
     tx: Sender<Envelope>,
     rx: Receiver<Envelope>,
-    overflow: Mutex<VecDeque<Envelope>>,
+    tiers: Mutex<Tiers>,
     overflow_capacity: usize,
     closed: AtomicBool,
 }
 
 impl Lane {
-    fn new(index: usize, channel_capacity: usize, overflow_capacity: usize) -> Lane {
+    fn new(index: usize, channel_capacity: usize, overflow_capacity: usize, spool: Option<LaneSpool>) -> Lane {
         let (tx, rx) = bounded(channel_capacity);
-        Lane { index, tx, rx, overflow: Mutex::new(VecDeque::new()), overflow_capacity, closed: AtomicBool::new(false) }
+        let spooling = spool.as_ref().is_some_and(|s| s.has_unread());
+        Lane {
+            index,
+            tx,
+            rx,
+            tiers: Mutex::new(Tiers { overflow: VecDeque::new(), spool, spooling }),
+            overflow_capacity,
+            closed: AtomicBool::new(false),
+        }
     }
 
     pub fn index(&self) -> usize {
@@ -49,8 +68,11 @@ impl Lane {
     }
 
     fn submit(&self, envelope: Envelope) -> Submitted {
-        let mut overflow = self.overflow.lock();
-        let envelope = if overflow.is_empty() {
+        let mut tiers = self.tiers.lock();
+        if tiers.spooling {
+            return tiers.spool_one(envelope);
+        }
+        let envelope = if tiers.overflow.is_empty() {
             match self.tx.try_send(envelope) {
                 Ok(()) => return Submitted::Queued,
                 Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => e,
@@ -58,21 +80,74 @@ impl Lane {
         } else {
             envelope
         };
-        if overflow.len() < self.overflow_capacity {
-            overflow.push_back(envelope);
-            Submitted::Overflowed
-        } else {
-            Submitted::Full(Box::new(envelope))
+        if tiers.overflow.len() < self.overflow_capacity {
+            tiers.overflow.push_back(envelope);
+            return Submitted::Overflowed;
         }
+        tiers.spool_one(envelope)
     }
 
-    /// Events waiting in this lane.
+    /// Events waiting in memory in this lane.
     pub fn depth(&self) -> usize {
-        self.rx.len() + self.overflow.lock().len()
+        self.rx.len() + self.tiers.lock().overflow.len()
     }
 
     pub fn overflow_depth(&self) -> usize {
-        self.overflow.lock().len()
+        self.tiers.lock().overflow.len()
+    }
+
+    /// Events in this lane's spool not yet read back.
+    pub fn spooled(&self) -> u64 {
+        self.tiers.lock().spool.as_ref().map_or(0, |s| s.unread())
+    }
+
+    /// Redis acknowledged everything up to this spool position.
+    pub fn commit(&self, pos: SpoolPos) -> std::io::Result<()> {
+        match self.tiers.lock().spool.as_mut() {
+            Some(spool) => spool.commit(pos),
+            None => Ok(()),
+        }
+    }
+
+    /// Moves events the writer could not write (in order, oldest first) and everything queued
+    /// in memory behind them into the spool, ahead of what the spool already holds. Events in
+    /// `held` that came from the spool are still there and are simply read again.
+    /// On failure (spool full or disabled) everything is left where it was and `held` is
+    /// handed back.
+    pub fn spill(&self, held: Vec<Envelope>) -> Result<usize, (Vec<Envelope>, SpoolError)> {
+        let mut tiers = self.tiers.lock();
+        let Tiers { overflow, spool, spooling } = &mut *tiers;
+        let Some(spool) = spool.as_mut() else {
+            return Err((held, SpoolError::Full { used: 0, max: 0 }));
+        };
+        spool.rewind();
+        let mut moving: Vec<Envelope> = held.into_iter().filter(|e| e.spool_pos.is_none()).collect();
+        let from_memory = moving.len();
+        moving.extend(self.rx.try_iter());
+        moving.extend(overflow.drain(..));
+        let count = moving.len();
+        let result =
+            if spool.has_unread() { spool.prepend(&moving) } else { moving.iter().try_for_each(|e| spool.append(e)) };
+        match result {
+            Ok(()) => {
+                *spooling = spool.has_unread();
+                Ok(count)
+            }
+            Err(e) => {
+                // Put memory back as it was: the held events first, then the queue.
+                let mut rest = moving.split_off(from_memory);
+                overflow.extend(rest.drain(..));
+                Err((moving, e))
+            }
+        }
+    }
+
+    /// Syncs the spool to disk (shutdown).
+    pub fn sync_spool(&self) -> std::io::Result<()> {
+        match self.tiers.lock().spool.as_mut() {
+            Some(spool) => spool.sync(),
+            None => Ok(()),
+        }
     }
 
     /// Fills `out` with the next batch, oldest first: whatever is waiting, up to `max`, taken
@@ -85,10 +160,8 @@ impl Lane {
                 match self.rx.try_recv() {
                     Ok(e) => out.push(e),
                     Err(_) => {
-                        // The channel is empty: anything older is in the overflow.
-                        let mut overflow = self.overflow.lock();
-                        let take = (max - out.len()).min(overflow.len());
-                        out.extend(overflow.drain(..take));
+                        // The channel is empty: anything older is in the overflow, then the spool.
+                        self.tiers.lock().take(max - out.len(), out, !self.closed.load(Ordering::Acquire));
                         break;
                     }
                 }
@@ -112,6 +185,42 @@ impl Lane {
                 }
                 Err(RecvTimeoutError::Disconnected) => return false,
             }
+        }
+    }
+}
+
+impl Tiers {
+    fn spool_one(&mut self, envelope: Envelope) -> Submitted {
+        let Some(spool) = self.spool.as_mut() else {
+            return Submitted::Full(Box::new(envelope), "memory_full");
+        };
+        match spool.append(&envelope) {
+            Ok(()) => {
+                self.spooling = true;
+                Submitted::Spooled
+            }
+            Err(SpoolError::Full { .. }) => Submitted::Full(Box::new(envelope), "spool_full"),
+            Err(SpoolError::Io(e)) => {
+                tracing::error!(error = %e, "cannot write to the spool");
+                Submitted::Full(Box::new(envelope), "spool_error")
+            }
+        }
+    }
+
+    /// Takes up to `n` events from the overflow, then (unless `closed`: the spool keeps them
+    /// across the restart) from the spool.
+    fn take(&mut self, n: usize, out: &mut Vec<Envelope>, read_spool: bool) {
+        let from_overflow = n.min(self.overflow.len());
+        out.extend(self.overflow.drain(..from_overflow));
+        let n = n - from_overflow;
+        if n == 0 || !read_spool || !self.spooling || !self.overflow.is_empty() {
+            return;
+        }
+        if let Some(spool) = self.spool.as_mut() {
+            if let Err(e) = spool.read_batch(n, out) {
+                tracing::error!(error = %e, "cannot read the spool; will retry");
+            }
+            self.spooling = spool.has_unread();
         }
     }
 }
@@ -140,9 +249,19 @@ impl PipelineShape {
 }
 
 impl Pipeline {
+    /// Lanes without a spool: events past memory are handed back.
     pub fn new(shape: PipelineShape) -> Arc<Pipeline> {
-        let lanes =
-            (0..shape.lanes).map(|i| Arc::new(Lane::new(i, shape.channel_capacity, shape.overflow_capacity))).collect();
+        Self::with_spools(shape, (0..shape.lanes).map(|_| None).collect())
+    }
+
+    /// Lanes each backed by its spool (`spools.len()` must equal `shape.lanes`).
+    pub fn with_spools(shape: PipelineShape, spools: Vec<Option<LaneSpool>>) -> Arc<Pipeline> {
+        assert_eq!(spools.len(), shape.lanes, "one spool slot per lane");
+        let lanes = spools
+            .into_iter()
+            .enumerate()
+            .map(|(i, spool)| Arc::new(Lane::new(i, shape.channel_capacity, shape.overflow_capacity, spool)))
+            .collect();
         Arc::new(Pipeline { lanes })
     }
 
@@ -201,6 +320,8 @@ mod tests {
             body: bytes::Bytes::new(),
             meta: EventMeta { unique_id: call.into(), sequence: seq.to_string(), ..Default::default() },
             parsed_at_us: 0,
+            spool_pos: None,
+            maybe_written: false,
         }
     }
 
@@ -210,7 +331,7 @@ mod tests {
         let outcomes: Vec<_> = (0..6).map(|i| p.submit(env("a", i))).collect();
         assert!(matches!(outcomes[0], Submitted::Queued));
         assert!(matches!(outcomes[2], Submitted::Overflowed));
-        assert!(matches!(outcomes[5], Submitted::Full(_)));
+        assert!(matches!(outcomes[5], Submitted::Full(_, "memory_full")));
         let mut got = Vec::new();
         let lane = &p.lanes()[0];
         // Drain the channel and part of the overflow, then submit more: new events must

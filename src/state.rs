@@ -25,10 +25,6 @@ pub struct AgentState {
     pub events_dropped: AtomicU64,
     /// ESL connections made after the first.
     pub esl_reconnects: AtomicU64,
-    /// Bytes held in the durable spool (written by the spool; read by `/health` and metrics).
-    pub spool_bytes: AtomicU64,
-    /// Events held in the durable spool.
-    pub spool_events: AtomicU64,
     last_error: Mutex<Option<(i64, String)>>,
 }
 

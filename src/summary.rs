@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
+use crate::http::AppContext;
 use crate::metrics::{bucket_delta, cumulative_buckets, metrics, quantile};
-use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
-use crate::state::AgentState;
 
 /// The figures of one summary line.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,19 +29,17 @@ pub struct Summary {
 
 /// Produces a [`Summary`] per interval from the counters' movement since the previous one.
 pub struct Summarizer {
-    state: Arc<AgentState>,
-    pipeline: Arc<Pipeline>,
+    ctx: Arc<AppContext>,
     last_at: Instant,
     last_written: u64,
     last_buckets: Vec<(f64, u64)>,
 }
 
 impl Summarizer {
-    pub fn new(state: Arc<AgentState>, pipeline: Arc<Pipeline>) -> Summarizer {
-        let last_written = state.events_written.load(Ordering::Relaxed);
+    pub fn new(ctx: Arc<AppContext>) -> Summarizer {
+        let last_written = ctx.state.events_written.load(Ordering::Relaxed);
         Summarizer {
-            state,
-            pipeline,
+            ctx,
             last_at: Instant::now(),
             last_written,
             last_buckets: cumulative_buckets(&metrics().total_latency),
@@ -52,17 +49,17 @@ impl Summarizer {
     /// The figures since the previous call (or since `new`).
     pub fn take(&mut self) -> Summary {
         let now = Instant::now();
-        let written = self.state.events_written.load(Ordering::Relaxed);
+        let written = self.ctx.state.events_written.load(Ordering::Relaxed);
         let buckets = cumulative_buckets(&metrics().total_latency);
         let elapsed = now.duration_since(self.last_at).as_secs_f64().max(1e-3);
         let summary = Summary {
             rate: written.saturating_sub(self.last_written) as f64 / elapsed,
             written,
-            dropped: self.state.events_dropped.load(Ordering::Relaxed),
+            dropped: self.ctx.state.events_dropped.load(Ordering::Relaxed),
             p99_total_ms: quantile(&bucket_delta(&buckets, &self.last_buckets), 0.99).map(|s| s * 1e3),
-            queue_depth: self.pipeline.depth(),
-            spool_bytes: self.state.spool_bytes.load(Ordering::Relaxed),
-            spool_events: self.state.spool_events.load(Ordering::Relaxed),
+            queue_depth: self.ctx.pipeline.depth(),
+            spool_bytes: self.ctx.spool.used(),
+            spool_events: self.ctx.spool.events(),
         };
         (self.last_at, self.last_written, self.last_buckets) = (now, written, buckets);
         summary

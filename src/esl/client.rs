@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::config::EslConfig;
-use crate::envelope::{now_us, Envelope};
+use crate::envelope::{now_us, Envelope, KeyAssigner};
 use crate::esl::event::{scan_meta, EventFormat};
 use crate::esl::frame::{Frame, FrameDecoder, FrameError};
 use crate::logging::RateLimit;
@@ -60,22 +60,33 @@ pub enum SessionError {
 pub struct EventSink {
     pub router: Router,
     pub pipeline: Arc<crate::pipeline::Pipeline>,
-    pub overflow: Arc<dyn Fn(Envelope) + Send + Sync>,
+    /// Called with events the pipeline had no room for, and why.
+    pub overflow: Arc<dyn Fn(Envelope, &'static str) + Send + Sync>,
 }
 
 /// The ESL client; [`EslClient::run`] owns the reconnect loop.
 pub struct EslClient {
     config: EslConfig,
+    /// `READER_MAX_LATENCY`: events older than this when parsed are logged.
+    max_latency: Duration,
     sink: EventSink,
     state: Arc<AgentState>,
     shutdown: Shutdown,
+    keys: KeyAssigner,
 }
 
 static FILTER_DEBUG: RateLimit = RateLimit::new(Duration::from_secs(60));
+static SLOW_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
 
 impl EslClient {
-    pub fn new(config: EslConfig, sink: EventSink, state: Arc<AgentState>, shutdown: Shutdown) -> EslClient {
-        EslClient { config, sink, state, shutdown }
+    pub fn new(
+        config: EslConfig,
+        max_latency: Duration,
+        sink: EventSink,
+        state: Arc<AgentState>,
+        shutdown: Shutdown,
+    ) -> EslClient {
+        EslClient { config, max_latency, sink, state, shutdown, keys: KeyAssigner::new() }
     }
 
     /// Connects and reads until shutdown, reconnecting after every failure.
@@ -219,7 +230,7 @@ impl EslClient {
         metrics().events_received.with_label_values(&["esl"]).inc();
         let parsed_at_us = now_us();
         let body = frame.body().clone();
-        let meta = match scan_meta(format, &body) {
+        let mut meta = match scan_meta(format, &body) {
             Ok(meta) => meta,
             Err(e) => {
                 metrics().events_dropped.with_label_values(&["none", "malformed"]).inc();
@@ -229,8 +240,15 @@ impl EslClient {
             }
         };
         if let Some(ts) = meta.timestamp_us {
-            metrics().reader_latency.observe(seconds_between(ts, parsed_at_us));
+            let latency = seconds_between(ts, parsed_at_us);
+            metrics().reader_latency.observe(latency);
+            if latency > self.max_latency.as_secs_f64() {
+                if let Some(suppressed) = SLOW_WARN.check() {
+                    warn!(event = %meta.name, uuid = %meta.unique_id, reader_seconds = latency, suppressed, "event over READER_MAX_LATENCY when parsed (switch clock ahead, or the agent starved of CPU)");
+                }
+            }
         }
+        self.keys.fill(&mut meta);
         if meta.name == "HEARTBEAT" {
             self.state.last_heartbeat_us.store(parsed_at_us, Ordering::Relaxed);
         }
@@ -241,9 +259,9 @@ impl EslClient {
             }
             return Ok(());
         };
-        let envelope = Envelope { stream, format, body, meta, parsed_at_us };
-        if let crate::pipeline::Submitted::Full(envelope) = self.sink.pipeline.submit(envelope) {
-            (self.sink.overflow)(*envelope);
+        let envelope = Envelope { stream, format, body, meta, parsed_at_us, spool_pos: None, maybe_written: false };
+        if let crate::pipeline::Submitted::Full(envelope, reason) = self.sink.pipeline.submit(envelope) {
+            (self.sink.overflow)(*envelope, reason);
         }
         Ok(())
     }

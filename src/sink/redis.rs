@@ -21,6 +21,8 @@ pub const IDEMPOTENT_SCRIPT: &str = include_str!("idempotent.lua");
 pub const SCRIPT_DEDUP_WINDOW: u64 = 200_000;
 /// How long the script path remembers a Core-UUID after its last write.
 pub const SCRIPT_DEDUP_TTL_SECS: u64 = 24 * 3600;
+/// The transaction path trims the dedup sets once every this many batches.
+pub const DEDUP_TRIM_EVERY: u64 = 64;
 /// IDMP entries kept per producer on 8.6+ (the server's maximum).
 pub const IDMP_MAXSIZE: u64 = 10_000;
 /// How long 8.6+ remembers an idempotency key.
@@ -67,6 +69,59 @@ impl Entry {
             fields.push(("event_sequence", sequence.as_bytes().to_vec()));
         }
         fields
+    }
+}
+
+impl Entry {
+    /// The idempotency member: the sequence, or empty when the entry has no key.
+    pub fn member(&self) -> &str {
+        if self.core_uuid.is_empty() {
+            ""
+        } else {
+            &self.sequence
+        }
+    }
+
+    /// Arguments of this entry's `XADD`: key, `MAXLEN ~ n` when capped, `*`, fields.
+    fn push_xadd_args(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(&self.stream_key);
+        if self.max_len > 0 {
+            cmd.arg("MAXLEN").arg("~").arg(self.max_len);
+        }
+        cmd.arg("*");
+        for (name, value) in &self.fields {
+            cmd.arg(*name).arg(value.as_slice());
+        }
+    }
+
+    fn xadd_arg_count(&self) -> usize {
+        2 + if self.max_len > 0 { 3 } else { 0 } + self.fields.len() * 2
+    }
+}
+
+/// The distinct dedup keys of a batch, and which one each entry uses.
+struct DedupGroups {
+    keys: Vec<String>,
+    of_entry: Vec<usize>,
+}
+
+impl DedupGroups {
+    fn new(entries: &[Entry]) -> DedupGroups {
+        let mut keys: Vec<String> = Vec::new();
+        let of_entry = entries
+            .iter()
+            .map(|e| {
+                let key = dedup_key(&e.stream_key, &e.core_uuid);
+                match keys.iter().position(|k| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        keys.push(key);
+                        keys.len() - 1
+                    }
+                }
+            })
+            .collect();
+        DedupGroups { keys, of_entry }
     }
 }
 
@@ -124,6 +179,7 @@ pub struct RedisSink {
     mode: WriteMode,
     script_sha: String,
     lane: usize,
+    batches: u64,
 }
 
 impl RedisSink {
@@ -137,7 +193,7 @@ impl RedisSink {
         let mode = if supports_idmp(&info) { WriteMode::Idmp } else { WriteMode::Script };
         let script_sha: String =
             redis::cmd("SCRIPT").arg("LOAD").arg(IDEMPOTENT_SCRIPT).query(&mut conn).map_err(classify)?;
-        Ok(RedisSink { conn, mode, script_sha, lane })
+        Ok(RedisSink { conn, mode, script_sha, lane, batches: 0 })
     }
 
     pub fn mode(&self) -> WriteMode {
@@ -150,26 +206,29 @@ impl RedisSink {
     }
 
     /// Writes `entries` in one round trip; the outcome list is parallel to `entries`.
-    pub fn write(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
+    /// `maybe_written` says some of them may already be in Redis (an earlier attempt failed
+    /// ambiguously, or they were replayed from the spool after a restart): on servers without
+    /// IDMP they then take the checking path.
+    pub fn write(&mut self, entries: &[Entry], maybe_written: bool) -> Result<Vec<EntryOutcome>, WriteError> {
         match self.mode {
-            WriteMode::Script => self.write_script(entries),
             WriteMode::Idmp => self.write_idmp(entries),
+            WriteMode::Script if maybe_written => self.write_script(entries),
+            WriteMode::Script => self.write_transaction(entries),
         }
     }
 
+    /// The checking path: one script call that skips entries whose key was already written.
     fn write_script(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
+        let groups = DedupGroups::new(entries);
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.script_sha).arg(entries.len() * 2);
-        for e in entries {
-            cmd.arg(&e.stream_key).arg(dedup_key(&e.stream_key, &e.core_uuid));
+        cmd.arg(&self.script_sha).arg(groups.keys.len());
+        for key in &groups.keys {
+            cmd.arg(key);
         }
         cmd.arg(SCRIPT_DEDUP_WINDOW).arg(SCRIPT_DEDUP_TTL_SECS);
-        for e in entries {
-            let member = if e.core_uuid.is_empty() { "" } else { e.sequence.as_str() };
-            cmd.arg(e.max_len).arg(member).arg(e.fields.len() * 2);
-            for (name, value) in &e.fields {
-                cmd.arg(*name).arg(value.as_slice());
-            }
+        for (e, group) in entries.iter().zip(&groups.of_entry) {
+            cmd.arg(group + 1).arg(e.member()).arg(e.xadd_arg_count());
+            e.push_xadd_args(&mut cmd);
         }
         let reply: Value = match cmd.query(&mut self.conn) {
             Ok(v) => v,
@@ -186,28 +245,88 @@ impl RedisSink {
         let Value::Array(items) = reply else {
             return Err(WriteError::Transient(format!("unexpected script reply {reply:?}")));
         };
-        let mut outcomes = Vec::with_capacity(entries.len());
-        let mut stop = None;
-        for item in items {
-            let text = match item {
-                Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-                Value::SimpleString(s) => s,
-                other => format!("E:unexpected reply {other:?}"),
-            };
-            if text == "dup" {
-                outcomes.push(EntryOutcome::Duplicate);
-            } else if let Some(err) = text.strip_prefix("E:") {
-                outcomes.push(EntryOutcome::Rejected(err.to_owned()));
-            } else if let Some(err) = text.strip_prefix("T:") {
-                stop = Some(err.to_owned());
-                break;
-            } else {
-                outcomes.push(EntryOutcome::Written(text));
+        let mut outcomes: Vec<EntryOutcome> = items
+            .into_iter()
+            .map(|item| {
+                let text = match item {
+                    Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                    Value::SimpleString(s) => s,
+                    other => format!("E:unexpected reply {other:?}"),
+                };
+                if text == "dup" {
+                    EntryOutcome::Duplicate
+                } else if let Some(err) = text.strip_prefix("E:") {
+                    EntryOutcome::Rejected(err.to_owned())
+                } else {
+                    EntryOutcome::Written(text)
+                }
+            })
+            .collect();
+        outcomes.resize(entries.len(), EntryOutcome::Pending);
+        Ok(outcomes)
+    }
+
+    /// The fast path for entries never sent before: one `MULTI`/`EXEC` that records every key
+    /// (`ZADD`, first, so an OOM refuses the whole transaction) and adds every entry. Either
+    /// all of it happens or none, so a retry after an ambiguous failure can take the checking
+    /// path and find out exactly what is there.
+    fn write_transaction(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
+        let groups = DedupGroups::new(entries);
+        let mut pipe = redis::pipe();
+        pipe.atomic().ignore_errors();
+        for (g, key) in groups.keys.iter().enumerate() {
+            let members: Vec<&str> = entries
+                .iter()
+                .zip(&groups.of_entry)
+                .filter(|(e, group)| **group == g && !e.member().is_empty())
+                .map(|(e, _)| e.member())
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            let cmd = pipe.cmd("ZADD").arg(key);
+            for member in members {
+                cmd.arg(member.parse::<f64>().unwrap_or(0.0)).arg(member);
+            }
+            pipe.ignore();
+        }
+        for e in entries {
+            let mut cmd = redis::cmd("XADD");
+            e.push_xadd_args(&mut cmd);
+            pipe.add_command(cmd);
+        }
+        let trim_now = self.batches.is_multiple_of(DEDUP_TRIM_EVERY);
+        self.batches += 1;
+        if trim_now {
+            for key in &groups.keys {
+                pipe.cmd("ZREMRANGEBYRANK").arg(key).arg(0).arg(-(SCRIPT_DEDUP_WINDOW as i64) - 1).ignore();
+                pipe.cmd("EXPIRE").arg(key).arg(SCRIPT_DEDUP_TTL_SECS).ignore();
             }
         }
-        if outcomes.is_empty() {
-            if let Some(err) = stop {
-                return Err(WriteError::Transient(err));
+        let replies: Vec<Value> = pipe.query(&mut self.conn).map_err(classify)?;
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut refused = Vec::new();
+        for (e, reply) in entries.iter().zip(replies) {
+            match reply {
+                Value::BulkString(b) => outcomes.push(EntryOutcome::Written(String::from_utf8_lossy(&b).into_owned())),
+                Value::SimpleString(s) => outcomes.push(EntryOutcome::Written(s)),
+                other => {
+                    let text = match other {
+                        Value::ServerError(err) => format!("{} {}", err.code(), err.details().unwrap_or("")),
+                        other => format!("unexpected reply {other:?}"),
+                    };
+                    refused.push(e);
+                    outcomes.push(EntryOutcome::Rejected(text));
+                }
+            }
+        }
+        // A refused entry's key was recorded: forget it, or a later retry would skip it.
+        for e in refused {
+            if !e.member().is_empty() {
+                let _: redis::RedisResult<Value> = redis::cmd("ZREM")
+                    .arg(dedup_key(&e.stream_key, &e.core_uuid))
+                    .arg(e.member())
+                    .query(&mut self.conn);
             }
         }
         outcomes.resize(entries.len(), EntryOutcome::Pending);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::config::Config;
+use crate::dlq::DeadLetters;
 use crate::entry::event_json;
 use crate::envelope::{now_us, Envelope, StreamKind};
 use crate::logging::RateLimit;
@@ -28,6 +29,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 static SLOW_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
 static RETRY_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
+static SPILL_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
 
 /// One writer: a lane, a Redis connection, and the loop between them.
 pub struct Writer {
@@ -35,13 +37,31 @@ pub struct Writer {
     config: Arc<Config>,
     state: Arc<AgentState>,
     shutdown: Shutdown,
+    dead_letters: Arc<DeadLetters>,
     sink: Option<RedisSink>,
     json: Vec<u8>,
+    /// Consecutive failed attempts, for the backoff; reset by any successful write.
+    backoff: u32,
 }
 
 impl Writer {
-    pub fn new(lane: Arc<Lane>, config: Arc<Config>, state: Arc<AgentState>, shutdown: Shutdown) -> Writer {
-        Writer { lane, config, state, shutdown, sink: None, json: Vec::with_capacity(16 * 1024) }
+    pub fn new(
+        lane: Arc<Lane>,
+        config: Arc<Config>,
+        state: Arc<AgentState>,
+        shutdown: Shutdown,
+        dead_letters: Arc<DeadLetters>,
+    ) -> Writer {
+        Writer {
+            lane,
+            config,
+            state,
+            shutdown,
+            dead_letters,
+            sink: None,
+            json: Vec::with_capacity(16 * 1024),
+            backoff: 0,
+        }
     }
 
     /// Runs until the lane is closed and drained (or the drain deadline passes).
@@ -115,57 +135,115 @@ impl Writer {
     }
 
     /// Writes `entries` (parallel to `pending`) in order, retrying what Redis did not
-    /// acknowledge.
+    /// acknowledge. After `WRITER_RETRY_TTL` or `WRITER_MAX_RETRIES` of failures, what is held
+    /// moves to the spool (with everything queued behind it) and is read back from there.
     fn write_until_done(&mut self, mut pending: Vec<Envelope>, mut entries: Vec<Entry>) {
-        let mut attempt: u32 = 0;
+        let mut failing_since: Option<Instant> = None;
+        let mut failures: u32 = 0;
+        let mut maybe_written = pending.iter().any(|e| e.maybe_written);
         while !pending.is_empty() {
             if self.shutdown.is_forced() {
-                for envelope in &pending {
-                    self.drop_event(envelope, "shutdown", "drain deadline passed before Redis accepted it");
+                for envelope in &mut pending {
+                    envelope.maybe_written |= maybe_written;
                 }
+                self.hand_off(pending, "drain deadline passed");
                 return;
             }
             let started = Instant::now();
-            let result = self.sink().and_then(|sink| sink.write(&entries));
-            match result {
+            let result = self.sink().and_then(|sink| sink.write(&entries, maybe_written));
+            let failure = match result {
                 Ok(outcomes) => {
                     metrics().write_duration.with_label_values(&["ok"]).observe(started.elapsed().as_secs_f64());
                     metrics().batch_size.observe(entries.len() as f64);
                     let done = outcomes.iter().take_while(|o| **o != EntryOutcome::Pending).count();
                     let acked_at = now_us();
-                    for (envelope, outcome) in pending.drain(..done).zip(outcomes) {
-                        self.settle(&envelope, outcome, acked_at);
+                    let mut last_spooled = None;
+                    for ((envelope, entry), outcome) in pending.drain(..done).zip(entries.drain(..done)).zip(outcomes) {
+                        last_spooled = envelope.spool_pos.or(last_spooled);
+                        self.settle(&envelope, &entry, outcome, acked_at);
                     }
-                    entries.drain(..done);
-                    if !pending.is_empty() {
-                        attempt += 1;
-                        metrics().write_retries.with_label_values(&["partial"]).inc();
-                        self.shutdown.sleep(backoff(self.config.writer.retry_pause, attempt, MAX_BACKOFF));
+                    if let Some(pos) = last_spooled {
+                        if let Err(e) = self.lane.commit(pos) {
+                            error!(error = %e, "cannot record spool progress; those events may be re-sent (duplicates are suppressed)");
+                        }
                     }
+                    if done > 0 {
+                        failing_since = None;
+                        self.backoff = 0;
+                    }
+                    if pending.is_empty() {
+                        break;
+                    }
+                    metrics().write_retries.with_label_values(&["partial"]).inc();
+                    "partial write".to_owned()
                 }
                 Err(e) => {
                     metrics().write_duration.with_label_values(&["error"]).observe(started.elapsed().as_secs_f64());
                     metrics().write_retries.with_label_values(&[e.kind()]).inc();
                     self.state.record_error(e.to_string());
                     if let WriteError::Connection(_) = e {
+                        // The request may have been executed before the connection failed.
+                        maybe_written = true;
                         self.disconnect();
                     }
-                    if let Some(suppressed) = RETRY_WARN.check() {
-                        warn!(error = %e, pending = pending.len(), attempt, suppressed, "write failed; retrying");
+                    e.to_string()
+                }
+            };
+            failures += 1;
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if let Some(suppressed) = RETRY_WARN.check() {
+                warn!(error = %failure, pending = pending.len(), failures, suppressed, "write failed; retrying");
+            }
+            let cfg = &self.config.writer;
+            if since.elapsed() >= cfg.retry_ttl || failures > cfg.max_retries {
+                for envelope in &mut pending {
+                    envelope.maybe_written |= maybe_written;
+                }
+                match self.lane.spill(pending) {
+                    Ok(moved) => {
+                        metrics().spills.inc();
+                        warn!(moved, failing_for = ?since.elapsed(), "Redis is not accepting writes; events moved to the spool");
+                        self.pause();
+                        return;
                     }
-                    let pause = backoff(self.config.writer.retry_pause, attempt, MAX_BACKOFF);
-                    attempt += 1;
-                    // Sleep in short steps so a forced shutdown is noticed.
-                    let until = Instant::now() + pause;
-                    while Instant::now() < until && !self.shutdown.is_forced() {
-                        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+                    Err((held, e)) => {
+                        pending = held;
+                        failures = 0;
+                        failing_since = None;
+                        if let Some(suppressed) = SPILL_WARN.check() {
+                            error!(error = %e, pending = pending.len(), suppressed, "cannot spool; holding events in memory and retrying");
+                        }
                     }
+                }
+            }
+            self.pause();
+        }
+    }
+
+    /// Waits before the next attempt: capped exponential backoff, cut short by a forced
+    /// shutdown.
+    fn pause(&mut self) {
+        let pause = backoff(self.config.writer.retry_pause, self.backoff, MAX_BACKOFF);
+        self.backoff = self.backoff.saturating_add(1);
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !self.shutdown.is_forced() {
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Shutdown could not wait for Redis: put what is held into the spool, or count it lost.
+    fn hand_off(&mut self, pending: Vec<Envelope>, why: &str) {
+        match self.lane.spill(pending) {
+            Ok(moved) => info!(moved, why, "unwritten events moved to the spool for the next start"),
+            Err((held, e)) => {
+                for envelope in &held {
+                    self.drop_event(envelope, "shutdown", &format!("{why}; spool unavailable: {e}"));
                 }
             }
         }
     }
 
-    fn settle(&self, envelope: &Envelope, outcome: EntryOutcome, acked_at: i64) {
+    fn settle(&self, envelope: &Envelope, entry: &Entry, outcome: EntryOutcome, acked_at: i64) {
         let stream = stream_label(envelope.stream);
         match outcome {
             EntryOutcome::Written(_) | EntryOutcome::Duplicate => {
@@ -187,7 +265,16 @@ impl Writer {
                     }
                 }
             }
-            EntryOutcome::Rejected(reason) => self.drop_event(envelope, "rejected", &reason),
+            EntryOutcome::Rejected(reason) => {
+                let m = &envelope.meta;
+                match self.dead_letters.add(entry, &m.name, &m.unique_id, &reason) {
+                    Ok(id) => {
+                        metrics().dead_lettered.with_label_values(&[stream_label(envelope.stream)]).inc();
+                        error!(dead_letter = %id, error = %reason, event = %m.name, uuid = %m.unique_id, "Redis refused the event; kept as a dead letter (GET /dlq)");
+                    }
+                    Err(e) => self.drop_event(envelope, "rejected", &format!("{reason}; dead-letter store: {e}")),
+                }
+            }
             EntryOutcome::Pending => unreachable!("pending entries are retried, not settled"),
         }
     }

@@ -1,0 +1,525 @@
+//! The durable spool: per lane, an append-only log of checksummed records in segment files,
+//! which takes over when Redis is unreachable or slower than the input.
+//!
+//! Layout: `SPOOL_DIR/lane-<n>/<segment id>.seg` plus a `cursor` file holding the committed
+//! read position (everything before it was acknowledged by Redis). Events are appended with one
+//! `write` each, so once [`LaneSpool::append`] returns the event survives a SIGKILL of the agent
+//! (the kernel holds it); segments are fsynced when they are closed and on shutdown, so a power
+//! loss can cost the last unsynced segment's tail. On open, every record after the cursor is
+//! verified; a torn or corrupt record and everything after it in that segment is truncated with a
+//! warning. Records read back but not yet acknowledged are re-read after a restart; the
+//! idempotent writes make that safe.
+
+pub mod record;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::envelope::{Envelope, SpoolPos};
+
+/// A segment is closed and a new one started past this size.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
+/// Segment ids start here so that segments can be put in front of the first one.
+const FIRST_SEGMENT: u64 = 1 << 32;
+
+/// The byte budget shared by all lanes' spools (`SPOOL_MAX_BYTES`).
+#[derive(Debug)]
+pub struct SpoolBudget {
+    pub max_bytes: u64,
+    used: AtomicU64,
+    events: AtomicU64,
+}
+
+impl SpoolBudget {
+    pub fn new(max_bytes: u64) -> Arc<SpoolBudget> {
+        Arc::new(SpoolBudget { max_bytes, used: AtomicU64::new(0), events: AtomicU64::new(0) })
+    }
+
+    /// Bytes on disk across all lanes.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Events spooled and not yet read back, across all lanes.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+}
+
+/// Why an event could not be spooled.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool is full ({used} of {max} bytes)")]
+    Full { used: u64, max: u64 },
+    #[error("spool I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What opening a lane's spool found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub segments: usize,
+    pub records: u64,
+    pub truncated_bytes: u64,
+}
+
+/// One lane's spool.
+pub struct LaneSpool {
+    dir: PathBuf,
+    /// Segment id → length in bytes.
+    segments: BTreeMap<u64, u64>,
+    tail: Option<(u64, File)>,
+    read: SpoolPos,
+    reader: Option<(u64, BufReader<File>)>,
+    committed: SpoolPos,
+    /// Records up to here were in the spool when it was opened: they may have been sent
+    /// before a crash, so they are read back as `maybe_written`.
+    replay_end: SpoolPos,
+    cursor: File,
+    unread: u64,
+    budget: Arc<SpoolBudget>,
+    scratch: Vec<u8>,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+impl LaneSpool {
+    /// Opens (or creates) the spool in `dir`, verifying and repairing what is there.
+    pub fn open(dir: &Path, budget: Arc<SpoolBudget>) -> io::Result<(LaneSpool, Recovery)> {
+        fs::create_dir_all(dir)?;
+        let mut ids: Vec<u64> = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name.strip_suffix(".seg").and_then(|n| n.parse().ok()) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let cursor = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("cursor"))?;
+        let first = ids.first().copied().unwrap_or(FIRST_SEGMENT);
+        let committed = match read_cursor(&cursor)? {
+            Some(pos) if pos.segment >= first => pos,
+            // The cursor's segment was drained and deleted: start at the next one.
+            Some(_) | None => SpoolPos { segment: first, offset: 0 },
+        };
+        let mut recovery = Recovery::default();
+        let mut segments = BTreeMap::new();
+        for id in ids {
+            let path = segment_path(dir, id);
+            if id < committed.segment {
+                fs::remove_file(&path)?;
+                continue;
+            }
+            let from = if id == committed.segment { committed.offset } else { 0 };
+            let (len, records, truncated) = verify_segment(&path, from)?;
+            if truncated > 0 {
+                warn!(segment = %path.display(), kept_bytes = len, truncated_bytes = truncated, "spool segment had a torn or corrupt tail; truncated");
+            }
+            recovery.records += records;
+            recovery.truncated_bytes += truncated;
+            segments.insert(id, len);
+        }
+        recovery.segments = segments.len();
+        let replay_end =
+            segments.iter().next_back().map_or(committed, |(&segment, &offset)| SpoolPos { segment, offset });
+        let bytes: u64 = segments.values().sum();
+        budget.used.fetch_add(bytes, Ordering::Relaxed);
+        budget.events.fetch_add(recovery.records, Ordering::Relaxed);
+        let spool = LaneSpool {
+            dir: dir.to_owned(),
+            segments,
+            tail: None,
+            read: committed,
+            reader: None,
+            committed,
+            replay_end,
+            cursor,
+            unread: recovery.records,
+            budget,
+            scratch: Vec::with_capacity(16 * 1024),
+        };
+        Ok((spool, recovery))
+    }
+
+    /// Events appended and not yet read back.
+    pub fn unread(&self) -> u64 {
+        self.unread
+    }
+
+    pub fn has_unread(&self) -> bool {
+        self.unread > 0
+    }
+
+    /// Appends one event at the end.
+    pub fn append(&mut self, envelope: &Envelope) -> Result<(), SpoolError> {
+        self.scratch.clear();
+        record::encode(envelope, &mut self.scratch);
+        let len = self.scratch.len() as u64;
+        self.reserve(len)?;
+        let scratch = std::mem::take(&mut self.scratch);
+        let written = self.tail_for(len).map(|(id, file)| (id, file.write_all(&scratch)));
+        self.scratch = scratch;
+        let id = match written {
+            Ok((id, Ok(()))) => id,
+            Ok((id, Err(e))) => {
+                // A partial record must not stay: cut the segment back to its last whole record.
+                let kept = self.segments.get(&id).copied().unwrap_or(0);
+                if let Some((_, file)) = &self.tail {
+                    let _ = file.set_len(kept);
+                }
+                self.budget.used.fetch_sub(len, Ordering::Relaxed);
+                return Err(e.into());
+            }
+            Err(e) => {
+                self.budget.used.fetch_sub(len, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        *self.segments.get_mut(&id).expect("tail segment is listed") += len;
+        self.unread += 1;
+        self.budget.events.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Puts `envelopes` in front of everything unread, in their order. Only valid when no
+    /// spooled record is in flight (call [`LaneSpool::rewind`] first).
+    pub fn prepend(&mut self, envelopes: &[Envelope]) -> Result<(), SpoolError> {
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        debug_assert_eq!(self.read, self.committed, "prepend with spooled records in flight");
+        self.scratch.clear();
+        for e in envelopes {
+            record::encode(e, &mut self.scratch);
+        }
+        let len = self.scratch.len() as u64;
+        self.reserve(len)?;
+        let first = self.segments.keys().next().copied().unwrap_or(FIRST_SEGMENT).min(self.read.segment);
+        let id = first - 1;
+        let write = || -> io::Result<()> {
+            let mut f = OpenOptions::new().create_new(true).write(true).open(segment_path(&self.dir, id))?;
+            f.write_all(&self.scratch)?;
+            f.sync_data()
+        };
+        if let Err(e) = write() {
+            self.budget.used.fetch_sub(len, Ordering::Relaxed);
+            return Err(e.into());
+        }
+        self.segments.insert(id, len);
+        self.unread += envelopes.len() as u64;
+        self.budget.events.fetch_add(envelopes.len() as u64, Ordering::Relaxed);
+        self.read = SpoolPos { segment: id, offset: 0 };
+        self.reader = None;
+        self.committed = self.read;
+        write_cursor(&self.cursor, self.committed)?;
+        Ok(())
+    }
+
+    /// Reads up to `max` events in order into `out`, each tagged with its position.
+    pub fn read_batch(&mut self, max: usize, out: &mut Vec<Envelope>) -> io::Result<usize> {
+        let mut n = 0;
+        while n < max && self.unread > 0 {
+            match self.read_one()? {
+                Some(envelope) => {
+                    out.push(envelope);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        Ok(n)
+    }
+
+    fn read_one(&mut self) -> io::Result<Option<Envelope>> {
+        loop {
+            let Some(&len) = self.segments.get(&self.read.segment) else {
+                // The read segment is gone (deleted after being fully committed): go to the next.
+                match self.segments.range(self.read.segment..).next() {
+                    Some((&next, _)) => {
+                        self.read = SpoolPos { segment: next, offset: 0 };
+                        self.reader = None;
+                        continue;
+                    }
+                    None => return Ok(None),
+                }
+            };
+            if self.read.offset >= len {
+                match self.segments.range(self.read.segment + 1..).next() {
+                    Some((&next, _)) => {
+                        self.read = SpoolPos { segment: next, offset: 0 };
+                        self.reader = None;
+                        continue;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            if self.reader.as_ref().map(|(id, _)| *id) != Some(self.read.segment) {
+                let mut f = File::open(segment_path(&self.dir, self.read.segment))?;
+                f.seek(SeekFrom::Start(self.read.offset))?;
+                self.reader = Some((self.read.segment, BufReader::with_capacity(256 * 1024, f)));
+            }
+            let (_, reader) = self.reader.as_mut().expect("opened above");
+            let mut head = [0u8; record::HEADER_LEN];
+            reader.read_exact(&mut head)?;
+            let (plen, crc) = record::header(&head).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let mut payload = vec![0u8; plen];
+            reader.read_exact(&mut payload)?;
+            self.read.offset += (record::HEADER_LEN + plen) as u64;
+            self.unread -= 1;
+            self.budget.events.fetch_sub(1, Ordering::Relaxed);
+            match record::decode(&payload, crc) {
+                Ok(mut envelope) => {
+                    envelope.spool_pos = Some(self.read);
+                    envelope.maybe_written |= self.read <= self.replay_end;
+                    return Ok(Some(envelope));
+                }
+                Err(e) => {
+                    // Verified at open and written whole since: only a disk fault gets here.
+                    warn!(segment = self.read.segment, offset = self.read.offset, error = %e, "skipping a corrupt spool record");
+                }
+            }
+        }
+    }
+
+    /// Sends the read position back to the committed one: records read but not acknowledged
+    /// will be read again.
+    pub fn rewind(&mut self) {
+        if self.read == self.committed {
+            return;
+        }
+        let mut back = 0u64;
+        let mut pos = self.committed;
+        // Count records between committed and read to restore the unread count.
+        for (&id, &len) in self.segments.range(self.committed.segment..=self.read.segment) {
+            let from = if id == self.committed.segment { self.committed.offset } else { 0 };
+            let to = if id == self.read.segment { self.read.offset } else { len };
+            back += count_records(&segment_path(&self.dir, id), from, to).unwrap_or(0);
+            pos = SpoolPos { segment: id, offset: to };
+        }
+        debug_assert_eq!(pos, self.read);
+        self.unread += back;
+        self.budget.events.fetch_add(back, Ordering::Relaxed);
+        self.read = self.committed;
+        self.reader = None;
+    }
+
+    /// Records that everything up to `pos` was acknowledged: persists the cursor and deletes
+    /// segments wholly behind it.
+    pub fn commit(&mut self, pos: SpoolPos) -> io::Result<()> {
+        if pos <= self.committed {
+            return Ok(());
+        }
+        self.committed = pos;
+        write_cursor(&self.cursor, pos)?;
+        let mut done: Vec<u64> = self.segments.range(..pos.segment).map(|(&id, _)| id).collect();
+        // Fully read and acknowledged, with nothing after it: the last segment goes too, so a
+        // drained spool gives its bytes back at once.
+        if self.unread == 0 && self.read == pos && self.segments.get(&pos.segment) == Some(&pos.offset) {
+            done.push(pos.segment);
+        }
+        for id in done {
+            if self.tail.as_ref().is_some_and(|(t, _)| *t == id) {
+                self.tail = None;
+            }
+            let len = self.segments.remove(&id).unwrap_or(0);
+            fs::remove_file(segment_path(&self.dir, id))?;
+            self.budget.used.fetch_sub(len, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Flushes the open segment to disk (on shutdown).
+    pub fn sync(&mut self) -> io::Result<()> {
+        if let Some((_, f)) = &self.tail {
+            f.sync_data()?;
+        }
+        self.cursor.sync_data()
+    }
+
+    fn reserve(&self, len: u64) -> Result<(), SpoolError> {
+        let max = self.budget.max_bytes;
+        let mut used = self.budget.used.load(Ordering::Relaxed);
+        loop {
+            if used + len > max {
+                return Err(SpoolError::Full { used, max });
+            }
+            match self.budget.used.compare_exchange_weak(used, used + len, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// The segment to append `len` bytes to, starting a new one when the last is full.
+    fn tail_for(&mut self, len: u64) -> io::Result<(u64, &mut File)> {
+        let last = self.segments.iter().next_back().map(|(&id, &l)| (id, l));
+        let reuse = match (&self.tail, last) {
+            (Some((t, _)), Some((id, l))) => *t == id && l + len <= SEGMENT_BYTES.max(len),
+            _ => false,
+        };
+        if !reuse {
+            if let Some((_, f)) = self.tail.take() {
+                f.sync_data()?;
+            }
+            let id = match last {
+                // Reopen the last segment after a restart if it has room and nothing read it.
+                Some((id, l)) if l + len <= SEGMENT_BYTES => id,
+                Some((id, _)) => id + 1,
+                // Never reuse the committed segment's id once it has been read from.
+                None if self.committed.offset == 0 => self.committed.segment,
+                None => self.committed.segment + 1,
+            };
+            let file = OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, id))?;
+            self.segments.entry(id).or_insert(0);
+            self.tail = Some((id, file));
+        }
+        let (id, file) = self.tail.as_mut().expect("tail set above");
+        Ok((*id, file))
+    }
+}
+
+fn read_cursor(file: &File) -> io::Result<Option<SpoolPos>> {
+    let mut buf = [0u8; 20];
+    match file.read_exact_at(&mut buf, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let crc = u32::from_le_bytes(buf[16..20].try_into().expect("4 bytes"));
+    if crc32fast::hash(&buf[..16]) != crc {
+        warn!("spool cursor is corrupt; replaying from the first segment (duplicates are suppressed)");
+        return Ok(None);
+    }
+    Ok(Some(SpoolPos {
+        segment: u64::from_le_bytes(buf[0..8].try_into().expect("8 bytes")),
+        offset: u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes")),
+    }))
+}
+
+fn write_cursor(file: &File, pos: SpoolPos) -> io::Result<()> {
+    let mut buf = [0u8; 20];
+    buf[0..8].copy_from_slice(&pos.segment.to_le_bytes());
+    buf[8..16].copy_from_slice(&pos.offset.to_le_bytes());
+    let crc = crc32fast::hash(&buf[..16]);
+    buf[16..20].copy_from_slice(&crc.to_le_bytes());
+    file.write_all_at(&buf, 0)
+}
+
+/// Checks every record of a segment from `from`; truncates at the first bad one.
+/// Returns (length kept, records after `from`, bytes truncated).
+fn verify_segment(path: &Path, from: u64) -> io::Result<(u64, u64, u64)> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let total = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(256 * 1024, &file);
+    reader.seek(SeekFrom::Start(from.min(total)))?;
+    let mut offset = from.min(total);
+    let mut records = 0u64;
+    let mut payload = Vec::new();
+    while offset < total {
+        let mut head = [0u8; record::HEADER_LEN];
+        if offset + record::HEADER_LEN as u64 > total || reader.read_exact(&mut head).is_err() {
+            break;
+        }
+        let Ok((len, crc)) = record::header(&head) else { break };
+        if offset + (record::HEADER_LEN + len) as u64 > total {
+            break;
+        }
+        payload.resize(len, 0);
+        if reader.read_exact(&mut payload).is_err() || record::decode(&payload, crc).is_err() {
+            break;
+        }
+        offset += (record::HEADER_LEN + len) as u64;
+        records += 1;
+    }
+    if offset < total {
+        file.set_len(offset)?;
+        file.sync_all()?;
+    }
+    Ok((offset, records, total - offset))
+}
+
+fn count_records(path: &Path, from: u64, to: u64) -> io::Result<u64> {
+    let mut f = BufReader::new(File::open(path)?);
+    f.seek(SeekFrom::Start(from))?;
+    let mut offset = from;
+    let mut n = 0;
+    while offset < to {
+        let mut head = [0u8; record::HEADER_LEN];
+        f.read_exact(&mut head)?;
+        let (len, _) = record::header(&head).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        f.seek_relative(len as i64)?;
+        offset += (record::HEADER_LEN + len) as u64;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Opens one spool per lane under `dir`. If the spool was written with a different number of
+/// lanes (`WRITER_WORKERS` changed), every unread event is re-partitioned onto the new lanes
+/// first, in order, so each call's events stay on one lane and in order.
+pub fn open_lanes(dir: &Path, lanes: usize, budget: Arc<SpoolBudget>) -> io::Result<Vec<LaneSpool>> {
+    fs::create_dir_all(dir)?;
+    let count_file = dir.join("lanes");
+    let previous: Option<usize> = fs::read_to_string(&count_file).ok().and_then(|s| s.trim().parse().ok());
+    let mut old_dirs = Vec::new();
+    if previous.is_some_and(|p| p != lanes) {
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(index) = name.strip_prefix("lane-") {
+                let moved = dir.join(format!("repartition-{index}"));
+                fs::rename(entry.path(), &moved)?;
+                old_dirs.push(moved);
+            }
+        }
+        old_dirs.sort();
+    }
+    let mut spools = Vec::with_capacity(lanes);
+    for lane in 0..lanes {
+        let (spool, recovery) = LaneSpool::open(&dir.join(format!("lane-{lane}")), budget.clone())?;
+        if recovery.records > 0 || recovery.truncated_bytes > 0 {
+            tracing::info!(
+                lane,
+                events = recovery.records,
+                segments = recovery.segments,
+                truncated_bytes = recovery.truncated_bytes,
+                "spool holds events from an earlier run; they are written first"
+            );
+        }
+        spools.push(spool);
+    }
+    for old in old_dirs {
+        let unlimited = SpoolBudget::new(u64::MAX);
+        let (mut spool, _) = LaneSpool::open(&old, unlimited)?;
+        let mut moved = 0u64;
+        let mut batch = Vec::new();
+        while spool.read_batch(1024, &mut batch)? > 0 {
+            for mut envelope in batch.drain(..) {
+                envelope.spool_pos = None;
+                let lane = crate::pipeline::lane_for(&envelope.meta.unique_id, lanes);
+                spools[lane].append(&envelope).map_err(|e| io::Error::other(e.to_string()))?;
+                moved += 1;
+            }
+        }
+        for spool in &mut spools {
+            spool.sync()?;
+        }
+        fs::remove_dir_all(&old)?;
+        tracing::warn!(from = %old.display(), moved, lanes, "WRITER_WORKERS changed: spooled events re-partitioned onto the new lanes");
+    }
+    fs::write(&count_file, format!("{lanes}\n"))?;
+    Ok(spools)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,187 @@
+//! Spool behaviour: order, durability across reopen, repair of torn tails, prepend, budget.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::envelope::{EventMeta, StreamKind};
+use crate::esl::event::EventFormat;
+
+fn env(call: &str, seq: u64) -> Envelope {
+    Envelope {
+        stream: StreamKind::Events,
+        format: EventFormat::Plain,
+        body: Bytes::from(format!("Event-Name: DTMF\nEvent-Sequence: {seq}\n\n")),
+        meta: EventMeta {
+            name: "DTMF".into(),
+            unique_id: call.into(),
+            sequence: seq.to_string(),
+            ..Default::default()
+        },
+        parsed_at_us: seq as i64,
+        spool_pos: None,
+        maybe_written: false,
+    }
+}
+
+fn seqs(envs: &[Envelope]) -> Vec<u64> {
+    envs.iter().map(|e| e.meta.sequence.parse().unwrap()).collect()
+}
+
+fn read_all(spool: &mut LaneSpool) -> Vec<Envelope> {
+    let mut out = Vec::new();
+    while spool.read_batch(7, &mut out).unwrap() > 0 {}
+    out
+}
+
+#[test]
+fn appends_read_back_in_order_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = SpoolBudget::new(1 << 30);
+    {
+        let (mut s, r) = LaneSpool::open(dir.path(), budget.clone()).unwrap();
+        assert_eq!(r, Recovery::default());
+        for i in 0..100 {
+            s.append(&env("a", i)).unwrap();
+        }
+        let first = {
+            let mut out = Vec::new();
+            s.read_batch(40, &mut out).unwrap();
+            out
+        };
+        assert_eq!(seqs(&first), (0..40).collect::<Vec<_>>());
+        s.commit(first[29].spool_pos.unwrap()).unwrap();
+        // Dropped without sync: a SIGKILL leaves the same bytes behind.
+    }
+    let (mut s, r) = LaneSpool::open(dir.path(), SpoolBudget::new(1 << 30)).unwrap();
+    assert_eq!(r.records, 70, "records after the committed cursor are replayed");
+    assert_eq!(seqs(&read_all(&mut s)), (30..100).collect::<Vec<_>>());
+}
+
+#[test]
+fn torn_and_corrupt_tails_are_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut s, _) = LaneSpool::open(dir.path(), SpoolBudget::new(1 << 30)).unwrap();
+        for i in 0..10 {
+            s.append(&env("a", i)).unwrap();
+        }
+    }
+    let seg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .unwrap();
+    let good_len = std::fs::metadata(&seg).unwrap().len();
+    // A torn record: half a header and some payload.
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
+    drop(f);
+    let (mut s, r) = LaneSpool::open(dir.path(), SpoolBudget::new(1 << 30)).unwrap();
+    assert_eq!((r.records, r.truncated_bytes), (10, 6));
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len);
+    assert_eq!(seqs(&read_all(&mut s)), (0..10).collect::<Vec<_>>());
+    drop(s);
+
+    // A flipped byte in the 8th record: records 0..7 survive, the rest is cut.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mut offset = 0usize;
+    for _ in 0..7 {
+        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+        offset += 8 + len;
+    }
+    bytes[offset + 20] ^= 0xFF;
+    std::fs::write(&seg, &bytes).unwrap();
+    std::fs::remove_file(dir.path().join("cursor")).unwrap();
+    let (mut s, r) = LaneSpool::open(dir.path(), SpoolBudget::new(1 << 30)).unwrap();
+    assert_eq!(r.records, 7);
+    assert!(r.truncated_bytes > 0);
+    assert_eq!(seqs(&read_all(&mut s)), (0..7).collect::<Vec<_>>());
+}
+
+#[test]
+fn prepend_goes_before_unread_and_rewind_rereads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = LaneSpool::open(dir.path(), SpoolBudget::new(1 << 30)).unwrap();
+    for i in 10..20 {
+        s.append(&env("a", i)).unwrap();
+    }
+    let mut out = Vec::new();
+    s.read_batch(3, &mut out).unwrap();
+    assert_eq!(seqs(&out), vec![10, 11, 12]);
+    s.rewind();
+    assert_eq!(s.unread(), 10);
+    let older: Vec<Envelope> = (0..10).map(|i| env("a", i)).collect();
+    s.prepend(&older).unwrap();
+    s.append(&env("a", 20)).unwrap();
+    assert_eq!(seqs(&read_all(&mut s)), (0..21).collect::<Vec<_>>());
+    drop(s);
+    // The prepended segment and the cursor survive a restart too.
+    let (mut s, r) = LaneSpool::open(dir.path(), SpoolBudget::new(1 << 30)).unwrap();
+    assert_eq!(r.records, 21);
+    assert_eq!(seqs(&read_all(&mut s)), (0..21).collect::<Vec<_>>());
+}
+
+#[test]
+fn budget_is_shared_and_released_on_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut one = Vec::new();
+    record::encode(&env("a", 0), &mut one);
+    let budget = SpoolBudget::new(one.len() as u64 * 5);
+    let (mut a, _) = LaneSpool::open(&dir.path().join("a"), budget.clone()).unwrap();
+    let (mut b, _) = LaneSpool::open(&dir.path().join("b"), budget.clone()).unwrap();
+    for i in 0..3 {
+        a.append(&env("a", i)).unwrap();
+    }
+    b.append(&env("b", 0)).unwrap();
+    b.append(&env("b", 1)).unwrap();
+    assert!(matches!(b.append(&env("b", 2)), Err(SpoolError::Full { .. })));
+    assert_eq!(budget.events(), 5);
+    // Reading and committing a whole segment frees its bytes once a newer segment exists.
+    let all = read_all(&mut a);
+    assert_eq!(all.len(), 3);
+    assert_eq!(budget.events(), 2);
+    a.commit(all.last().unwrap().spool_pos.unwrap()).unwrap();
+    assert_eq!(budget.used(), one.len() as u64 * 2);
+    b.append(&env("b", 2)).unwrap();
+    // A drained spool keeps working, and its cursor stays right across a restart.
+    a.append(&env("a", 3)).unwrap();
+    drop(a);
+    let (mut a, r) = LaneSpool::open(&dir.path().join("a"), SpoolBudget::new(1 << 30)).unwrap();
+    assert_eq!(r.records, 1);
+    assert_eq!(seqs(&read_all(&mut a)), vec![3]);
+}
+
+#[test]
+fn changing_the_lane_count_repartitions_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut spools = open_lanes(dir.path(), 4, SpoolBudget::new(1 << 30)).unwrap();
+        for call in 0..20 {
+            let id = format!("call-{call}");
+            let lane = crate::pipeline::lane_for(&id, 4);
+            for seq in 0..5 {
+                spools[lane].append(&env(&id, call * 100 + seq)).unwrap();
+            }
+        }
+    }
+    let mut spools = open_lanes(dir.path(), 3, SpoolBudget::new(1 << 30)).unwrap();
+    let mut total = 0;
+    for (lane, spool) in spools.iter_mut().enumerate() {
+        let events = read_all(spool);
+        total += events.len();
+        for call in 0..20u64 {
+            let id = format!("call-{call}");
+            let mine: Vec<u64> = seqs(&events.iter().filter(|e| e.meta.unique_id == id).cloned().collect::<Vec<_>>());
+            if crate::pipeline::lane_for(&id, 3) == lane {
+                assert_eq!(mine, (0..5).map(|s| call * 100 + s).collect::<Vec<_>>());
+            } else {
+                assert!(mine.is_empty());
+            }
+        }
+    }
+    assert_eq!(total, 100);
+    assert!(!dir.path().join("repartition-0").exists());
+}
