@@ -450,7 +450,7 @@ fn dockerfile_builds_in_one_stage_and_runs_unprivileged_in_another() {
     let binary = env!("CARGO_PKG_NAME");
     assert!(healthcheck.contains(&format!(r#"CMD ["{binary}", "health"]"#)), "{healthcheck}");
     assert_eq!(
-        runtime.iter().filter(|(i, _)| i == "ENTRYPOINT").last().map(|(_, a)| a.as_str()),
+        runtime.iter().rev().find(|(i, _)| i == "ENTRYPOINT").map(|(_, a)| a.as_str()),
         Some(r#"["eslstream"]"#)
     );
     assert!(runtime_has("VOLUME", "/var/lib/eslstream"));
