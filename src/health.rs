@@ -456,7 +456,7 @@ impl HealthMonitor {
     }
 
     /// One round: gather, evaluate, publish, log a change of status.
-    pub fn check_once(&mut self) -> Arc<HealthReport> {
+    pub fn check_once(&mut self) {
         let ping = self.probe.ping();
         let snapshot = self.snapshot(ping);
         let checks = evaluate(&snapshot, &self.limits);
@@ -469,7 +469,6 @@ impl HealthMonitor {
             metrics().redis_ping.set(ping.as_secs_f64());
         }
         self.ctx.health.publish(report);
-        self.ctx.health.latest()
     }
 
     fn snapshot(&mut self, redis_ping: Result<Duration, String>) -> Snapshot {

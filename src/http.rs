@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limited};
@@ -466,7 +466,6 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
         }
         _ => format!("cannot connect to {addr}: {e}"),
     })?;
-    let deadline = Instant::now() + timeout;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
@@ -476,17 +475,12 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
     );
     stream.write_all(request.as_bytes()).map_err(|e| format!("cannot send the request to {addr}: {e}"))?;
     let mut response = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) if response.len() + n <= MAX_BODY_BYTES => response.extend_from_slice(&chunk[..n]),
-            Ok(_) => return Err(format!("answer from {addr} is larger than {MAX_BODY_BYTES} bytes")),
-            Err(e) if Instant::now() >= deadline || e.kind() != io::ErrorKind::Interrupted => {
-                return Err(format!("no complete answer from {addr} within {timeout:?}: {e}"))
-            }
-            Err(_) => {}
-        }
+    (&mut stream)
+        .take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut response)
+        .map_err(|e| format!("no complete answer from {addr} within {timeout:?}: {e}"))?;
+    if response.len() > MAX_BODY_BYTES {
+        return Err(format!("answer from {addr} is larger than {MAX_BODY_BYTES} bytes"));
     }
     parse_response(&response).ok_or_else(|| format!("unparseable HTTP answer from {addr}"))
 }
