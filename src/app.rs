@@ -35,11 +35,14 @@ pub struct Agent {
     pub shutdown: Shutdown,
     reader: Option<JoinHandle<()>>,
     writers: Vec<JoinHandle<()>>,
+    ops: crate::ops::Ops,
 }
 
 impl Agent {
     /// Starts the writers and the ESL reader.
     pub fn start(config: Config) -> std::io::Result<Agent> {
+        // Bound first: a taken HEALTH_PORT fails the start before anything runs.
+        let listener = crate::http::bind(&config.health_bind, config.health_port)?;
         let config = Arc::new(config);
         let state = Arc::new(AgentState::default());
         let shutdown = Shutdown::new();
@@ -85,7 +88,14 @@ impl Agent {
         let client = EslClient::new(config.esl.clone(), config.latency.reader, sink, state.clone(), shutdown.clone());
         let reader = Some(std::thread::Builder::new().name("esl-reader".into()).spawn(move || client.run())?);
 
-        Ok(Agent { config, state, pipeline, spool: budget, dead_letters, shutdown, reader, writers })
+        let ctx = crate::http::AppContext::new(&config, &state, &pipeline, &budget, &dead_letters);
+        let ops = crate::ops::Ops::start(listener, ctx, shutdown.clone())?;
+        Ok(Agent { config, state, pipeline, spool: budget, dead_letters, shutdown, reader, writers, ops })
+    }
+
+    /// Where `/health` and `/metrics` are served (the real port when `HEALTH_PORT=0`).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.ops.http_addr()
     }
 
     /// Stops reading, drains the pipeline within `SHUTDOWN_TIMEOUT`, and joins every thread.
@@ -116,6 +126,7 @@ impl Agent {
                 error!(lane = lane.index(), error = %e, "cannot sync the spool");
             }
         }
+        self.ops.stop();
         info!(elapsed = ?started.elapsed(), clean, "stopped");
         clean
     }

@@ -22,6 +22,13 @@ enum Command {
     Simulate(eslstream::simulate::SimulateArgs),
     /// Load and validate the configuration, print the effective values.
     CheckConfig,
+    /// Ask a running agent's /health (for container health checks without curl): prints the
+    /// answer, exits 0 when healthy, 1 otherwise.
+    Health {
+        /// Defaults to http://127.0.0.1:$HEALTH_PORT/health (or the HEALTH_BIND address).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 fn load_config() -> Result<Config, ExitCode> {
@@ -70,12 +77,39 @@ async fn wait_for_signal() {
     }
 }
 
+fn health_command(url: Option<String>) -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let url = match url {
+        Some(url) => Ok(url),
+        None => eslstream::http::local_health_url(
+            std::env::var("HEALTH_BIND").ok().as_deref(),
+            std::env::var("HEALTH_PORT").ok().as_deref(),
+        ),
+    };
+    match url.and_then(|url| eslstream::http::http_get(&url, std::time::Duration::from_secs(5))) {
+        Ok((status, body)) => {
+            println!("{body}");
+            if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("eslstream: health answered HTTP {status}");
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("eslstream health: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run_agent(),
         Command::Simulate(args) => ExitCode::from(eslstream::simulate::run_cli(args) as u8),
+        Command::Health { url } => health_command(url),
         Command::CheckConfig => match load_config() {
             Ok(config) => {
                 print!("{}", config.describe());

@@ -53,6 +53,24 @@ pub struct Metrics {
     pub writer_latency: Histogram,
     pub total_latency: Histogram,
     pub write_duration: HistogramVec,
+    /// Trimmer passes (one per `TRIM_INTERVAL`, over every stream).
+    pub trim_runs: IntCounter,
+    /// Entries removed by the trimmer, by stream.
+    pub trimmed_entries: IntCounterVec,
+    pub trim_duration: Histogram,
+    /// Trimmer passes that failed (Redis down, refused the command, ...).
+    pub trim_errors: IntCounter,
+    /// Bytes and events in the durable spool (copied from `AgentState` when scraped).
+    pub spool_bytes: IntGauge,
+    pub spool_events: IntGauge,
+    /// Result of the last health check: 0 healthy, 1 degraded, 2 unhealthy.
+    pub health_status: IntGauge,
+    /// Round trip of the health monitor's last `PING` (absent until one succeeded).
+    pub redis_ping: prometheus::Gauge,
+    /// Always 1; the labels say which build is running.
+    pub build_info: IntGaugeVec,
+    /// When the process started, in seconds since the epoch.
+    pub start_time: prometheus::Gauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -75,6 +93,12 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Gauge {
+    let g = prometheus::Gauge::new(name, help).expect("valid metric");
     registry.register(Box::new(g.clone())).expect("unique metric");
     g
 }
@@ -183,6 +207,43 @@ impl Metrics {
                 LATENCY_BUCKETS,
             ),
             write_duration,
+            trim_runs: counter(&r, "eslstream_trim_runs_total", "Trimmer passes over the streams"),
+            trimmed_entries: counter_vec(
+                &r,
+                "eslstream_trimmed_entries_total",
+                "Entries removed by the trimmer (older than EVENTS_EXPIRE_TIME / JOBS_EXPIRE_TIME)",
+                &["stream"],
+            ),
+            trim_duration: histogram(
+                &r,
+                "eslstream_trim_duration_seconds",
+                "Time taken by one trimmer pass",
+                LATENCY_BUCKETS,
+            ),
+            trim_errors: counter(&r, "eslstream_trim_errors_total", "Trimmer passes that failed"),
+            spool_bytes: gauge(&r, "eslstream_spool_bytes", "Bytes held in the durable spool"),
+            spool_events: gauge(&r, "eslstream_spool_events", "Events held in the durable spool"),
+            health_status: gauge(
+                &r,
+                "eslstream_health_status",
+                "Result of the last health check: 0 healthy, 1 degraded, 2 unhealthy",
+            ),
+            redis_ping: float_gauge(
+                &r,
+                "eslstream_redis_ping_seconds",
+                "Round trip of the health monitor's last Redis PING",
+            ),
+            build_info: gauge_vec(
+                &r,
+                "eslstream_build_info",
+                "Always 1; labelled with the running version",
+                &["version"],
+            ),
+            start_time: float_gauge(
+                &r,
+                "eslstream_start_time_seconds",
+                "Start time of the process in seconds since the Unix epoch",
+            ),
             registry: r,
         }
     }
@@ -191,7 +252,73 @@ impl Metrics {
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::new)
+    METRICS.get_or_init(|| {
+        let m = Metrics::new();
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.start_time.set(crate::envelope::now_us() as f64 / 1e6);
+        m
+    })
+}
+
+/// A histogram's cumulative bucket counts, `(upper bound, observations at or below it)`,
+/// ending with the `+Inf` bucket (the total count).
+pub fn cumulative_buckets(histogram: &Histogram) -> Vec<(f64, u64)> {
+    use prometheus::core::Collector;
+    let mut out = Vec::new();
+    for family in histogram.collect() {
+        for metric in family.get_metric() {
+            let h = metric.get_histogram();
+            out.extend(h.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())));
+            out.push((f64::INFINITY, h.get_sample_count()));
+        }
+    }
+    out
+}
+
+/// Estimates the `q` quantile (0..=1) from cumulative bucket counts, interpolating linearly
+/// inside the bucket, as Prometheus' `histogram_quantile` does. `None` without observations.
+/// Observations above the last finite bound are reported as that bound.
+pub fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let (mut lower_bound, mut lower_count) = (0.0, 0u64);
+    for &(bound, count) in buckets {
+        if count as f64 >= rank && count > lower_count {
+            if bound.is_infinite() {
+                return Some(lower_bound);
+            }
+            let fraction = (rank - lower_count as f64) / (count - lower_count) as f64;
+            return Some(lower_bound + (bound - lower_bound) * fraction);
+        }
+        lower_bound = if bound.is_finite() { bound } else { lower_bound };
+        lower_count = count;
+    }
+    Some(lower_bound)
+}
+
+/// Subtracts an earlier reading of the same histogram's buckets (for a quantile over an interval).
+pub fn bucket_delta(now: &[(f64, u64)], before: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    now.iter()
+        .enumerate()
+        .map(|(i, &(bound, count))| (bound, count.saturating_sub(before.get(i).map_or(0, |b| b.1))))
+        .collect()
+}
+
+/// Dropped events since start summed per reason, from `eslstream_events_dropped_total`.
+pub fn dropped_by_reason() -> std::collections::BTreeMap<String, u64> {
+    use prometheus::core::Collector;
+    let mut out = std::collections::BTreeMap::new();
+    for family in metrics().events_dropped.collect() {
+        for metric in family.get_metric() {
+            let reason = metric.get_label().iter().find(|l| l.name() == "reason").map(|l| l.value());
+            let value = metric.get_counter().get_value();
+            *out.entry(reason.unwrap_or("unknown").to_owned()).or_insert(0) += value.max(0.0) as u64;
+        }
+    }
+    out
 }
 
 /// The registry in Prometheus text format.
@@ -204,4 +331,42 @@ pub fn render() -> String {
 /// Seconds between two microsecond timestamps, never negative (clocks may disagree slightly).
 pub fn seconds_between(from_us: i64, to_us: i64) -> f64 {
     (to_us - from_us).max(0) as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_interpolates_inside_the_bucket() {
+        // 100 observations: 90 at or below 1 ms, 10 between 1 ms and 10 ms.
+        let buckets = [(0.001, 90), (0.01, 100), (f64::INFINITY, 100)];
+        let p50 = quantile(&buckets, 0.5).unwrap();
+        assert!((p50 - 0.001 * 50.0 / 90.0).abs() < 1e-12, "{p50}");
+        let p99 = quantile(&buckets, 0.99).unwrap();
+        assert!((p99 - (0.001 + 0.009 * 0.9)).abs() < 1e-12, "{p99}");
+    }
+
+    #[test]
+    fn quantile_edge_cases() {
+        assert_eq!(quantile(&[], 0.99), None);
+        assert_eq!(quantile(&[(0.001, 0), (f64::INFINITY, 0)], 0.99), None);
+        // Everything above the last finite bound: reported as that bound.
+        assert_eq!(quantile(&[(0.001, 0), (10.0, 0), (f64::INFINITY, 5)], 0.99), Some(10.0));
+    }
+
+    #[test]
+    fn bucket_delta_subtracts_an_earlier_reading() {
+        let before = [(0.001, 5), (f64::INFINITY, 7)];
+        let now = [(0.001, 8), (f64::INFINITY, 12)];
+        assert_eq!(bucket_delta(&now, &before), vec![(0.001, 3), (f64::INFINITY, 5)]);
+    }
+
+    #[test]
+    fn latency_histograms_use_seconds_from_50us_to_10s() {
+        let buckets = cumulative_buckets(&metrics().total_latency);
+        assert_eq!(buckets.first().map(|b| b.0), Some(0.00005));
+        assert_eq!(buckets[buckets.len() - 2].0, 10.0);
+        assert!(buckets.iter().any(|b| b.0 == 0.0001) && buckets.iter().any(|b| b.0 == 0.001));
+    }
 }

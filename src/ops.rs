@@ -1,0 +1,58 @@
+//! The operational side of a running agent, started and stopped as one: the HTTP server
+//! (`/health`, `/metrics`), the health monitor, the stream trimmer and the summary log line.
+//!
+//! [`Ops::start`] takes an already bound listener so that a taken port fails the start before
+//! anything else runs. The background threads end when the agent's [`Shutdown`] triggers;
+//! [`Ops::stop`] joins them and then stops the HTTP server, which keeps answering during the
+//! drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::health::HealthMonitor;
+use crate::http::{routes, AppContext, HttpServer};
+use crate::shutdown::Shutdown;
+use crate::summary::Summarizer;
+use crate::trim::Trimmer;
+
+/// The running HTTP server and background threads.
+pub struct Ops {
+    http: HttpServer,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Ops {
+    /// Starts the monitor, the trimmer, the summary line, and the HTTP server on `listener`.
+    pub fn start(listener: std::net::TcpListener, ctx: Arc<AppContext>, shutdown: Shutdown) -> std::io::Result<Ops> {
+        let monitor = HealthMonitor::new(ctx.clone());
+        let trimmer = Trimmer::new(ctx.config.clone());
+        let summarizer = Summarizer::new(ctx.clone());
+        let interval = ctx.config.metrics_print_interval;
+        let (s1, s2, s3) = (shutdown.clone(), shutdown.clone(), shutdown);
+        let threads = vec![
+            spawn("health-monitor", move || monitor.run(s1))?,
+            spawn("trimmer", move || trimmer.run(s2))?,
+            spawn("summary", move || summarizer.run(interval, s3))?,
+        ];
+        let http = HttpServer::start(listener, routes(), ctx)?;
+        Ok(Ops { http, threads })
+    }
+
+    /// Where `/health` and `/metrics` are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.addr()
+    }
+
+    /// Joins the background threads (they end on shutdown), then stops the HTTP server.
+    pub fn stop(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        self.http.stop();
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.to_owned()).spawn(f)
+}
