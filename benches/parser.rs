@@ -16,10 +16,7 @@ use eslstream::esl::event::{scan_meta, EventFormat};
 use eslstream::esl::frame::FrameDecoder;
 
 fn capture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../shared/esl-captures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../shared/esl-captures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read capture {path}: {e}"))
 }
 
@@ -29,10 +26,7 @@ fn frame_all(bytes: &mut BytesMut, meta: bool) -> usize {
     let mut n = 0;
     while let Some(frame) = dec.decode(bytes).expect("valid capture") {
         if meta {
-            if let Some(format) = frame
-                .content_type()
-                .and_then(EventFormat::from_content_type)
-            {
+            if let Some(format) = frame.content_type().and_then(EventFormat::from_content_type) {
                 black_box(scan_meta(format, frame.body()).expect("valid event"));
             }
         }
@@ -47,10 +41,7 @@ fn event_bodies(bytes: &[u8]) -> Vec<(EventFormat, Vec<u8>)> {
     let mut dec = FrameDecoder::new();
     let mut out = Vec::new();
     while let Some(frame) = dec.decode(&mut buf).expect("valid capture") {
-        if let Some(format) = frame
-            .content_type()
-            .and_then(EventFormat::from_content_type)
-        {
+        if let Some(format) = frame.content_type().and_then(EventFormat::from_content_type) {
             out.push((format, frame.body().to_vec()));
         }
     }
@@ -62,22 +53,10 @@ fn captures(c: &mut Criterion) {
         let bytes = capture(file);
         let events = event_bodies(&bytes);
         let event_bytes: usize = events.iter().map(|(_, b)| b.len()).sum();
-        let event_count = if file == "xml.esl" {
-            1009
-        } else {
-            events.len()
-        };
+        let event_count = if file == "xml.esl" { 1009 } else { events.len() };
         for (unit, frame_tp, event_tp) in [
-            (
-                "MB",
-                Throughput::Bytes(bytes.len() as u64),
-                Throughput::Bytes(event_bytes as u64),
-            ),
-            (
-                "events",
-                Throughput::Elements(event_count as u64),
-                Throughput::Elements(events.len() as u64),
-            ),
+            ("MB", Throughput::Bytes(bytes.len() as u64), Throughput::Bytes(event_bytes as u64)),
+            ("events", Throughput::Elements(event_count as u64), Throughput::Elements(events.len() as u64)),
         ] {
             let mut group = c.benchmark_group(format!("capture/{file}/{unit}"));
             group.throughput(frame_tp);
@@ -128,10 +107,7 @@ fn synthetic_event(target: usize) -> Vec<u8> {
         ("Event-Date-GMT", "Mon, 23 Nov 2026 00:47:44 GMT"),
         ("Event-Date-Timestamp", "1795394864815714"),
         ("Event-Calling-File", "switch_core_state_machine.c"),
-        (
-            "Event-Calling-Function",
-            "switch_core_session_reporting_state",
-        ),
+        ("Event-Calling-Function", "switch_core_session_reporting_state"),
         ("Event-Calling-Line-Number", "1001"),
         ("Event-Sequence", "754471"),
         ("Hangup-Cause", "NORMAL_CLEARING"),
@@ -159,19 +135,14 @@ fn synthetic_event(target: usize) -> Vec<u8> {
     let mut headers = fixed;
     let mut i = 0;
     loop {
-        let refs: Vec<(&str, HeaderValue<'_>)> = headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), HeaderValue::One(v.as_str())))
-            .collect();
+        let refs: Vec<(&str, HeaderValue<'_>)> =
+            headers.iter().map(|(n, v)| (n.as_str(), HeaderValue::One(v.as_str()))).collect();
         let mut body = Vec::new();
         encode_plain(&refs, None, &mut body);
         if body.len() >= target {
             return body;
         }
-        headers.push((
-            format!("variable_synthetic_{i}"),
-            vars[i % vars.len()].to_owned(),
-        ));
+        headers.push((format!("variable_synthetic_{i}"), vars[i % vars.len()].to_owned()));
         i += 1;
     }
 }
@@ -181,10 +152,7 @@ fn synthetic(c: &mut Criterion) {
         let body = synthetic_event(target);
         let mut frame = Vec::new();
         event_frame(EventFormat::Plain.content_type(), &body, &mut frame);
-        for (unit, tp) in [
-            ("MB", Throughput::Bytes(body.len() as u64)),
-            ("events", Throughput::Elements(1)),
-        ] {
+        for (unit, tp) in [("MB", Throughput::Bytes(body.len() as u64)), ("events", Throughput::Elements(1))] {
             let mut group = c.benchmark_group(format!("synthetic/{label}/{unit}"));
             group.throughput(tp);
             group.bench_function("frame+scan_meta", |b| {
@@ -195,18 +163,13 @@ fn synthetic(c: &mut Criterion) {
                 )
             });
             group.bench_function("scan_meta", |b| {
-                b.iter(|| {
-                    black_box(scan_meta(EventFormat::Plain, black_box(&body)).expect("valid event"))
-                })
+                b.iter(|| black_box(scan_meta(EventFormat::Plain, black_box(&body)).expect("valid event")))
             });
             let mut out = Vec::with_capacity(64 * 1024);
             group.bench_function("event_json", |b| {
                 b.iter(|| {
                     out.clear();
-                    black_box(
-                        event_json(EventFormat::Plain, black_box(&body), &mut out)
-                            .expect("valid event"),
-                    )
+                    black_box(event_json(EventFormat::Plain, black_box(&body), &mut out).expect("valid event"))
                 })
             });
             group.finish();

@@ -17,8 +17,8 @@
 use std::cell::RefCell;
 
 use crate::esl::event::{
-    decode, percent_decode_into, DecodedValue, Event, EventError, EventFormat, PlainScanner,
-    ARRAY_PREFIX, ARRAY_SEPARATOR,
+    decode, percent_decode_into, DecodedValue, Event, EventError, EventFormat, PlainScanner, ARRAY_PREFIX,
+    ARRAY_SEPARATOR,
 };
 
 /// Writes the entry's `event` field: a JSON object of every header (name exactly as sent,
@@ -35,17 +35,9 @@ pub fn write_event_json(event: &Event<'_>, out: &mut Vec<u8>) {
             if event.body.is_some() && name == "_body" {
                 continue;
             }
-            let fresh = names.insert(
-                hash_name(name.as_bytes()),
-                i as u32,
-                name.len() as u32,
-                |j, _| {
-                    event
-                        .headers
-                        .get(j as usize)
-                        .is_some_and(|(n, _)| n == name)
-                },
-            );
+            let fresh = names.insert(hash_name(name.as_bytes()), i as u32, name.len() as u32, |j, _| {
+                event.headers.get(j as usize).is_some_and(|(n, _)| n == name)
+            });
             if !fresh {
                 continue;
             }
@@ -145,11 +137,7 @@ fn plain_event_json(body: &[u8], out: &mut Vec<u8>) -> Result<bool, EventError> 
         if let Some(event_body) = event_body {
             if let Some((from, to)) = body_header {
                 // Drop the `_body` header entry with the comma that joins it to the others.
-                let to = if from == object_start + 1 && out.get(to) == Some(&b',') {
-                    to + 1
-                } else {
-                    to
-                };
+                let to = if from == object_start + 1 && out.get(to) == Some(&b',') { to + 1 } else { to };
                 out.drain(from..to);
                 first = out.len() == object_start + 1;
             }
@@ -391,12 +379,7 @@ impl NameSet {
         loop {
             let slot = self.slots[i];
             if slot.stamp != self.stamp {
-                self.slots[i] = Slot {
-                    stamp: self.stamp,
-                    start,
-                    len,
-                    hash,
-                };
+                self.slots[i] = Slot { stamp: self.stamp, start, len, hash };
                 self.len += 1;
                 return true;
             }
@@ -428,8 +411,7 @@ mod tests {
     fn json(format: EventFormat, body: &[u8]) -> serde_json::Value {
         let mut out = Vec::new();
         event_json(format, body, &mut out).unwrap();
-        serde_json::from_slice(&out)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
 
     #[test]
@@ -445,14 +427,8 @@ mod tests {
 
     #[test]
     fn first_occurrence_wins_and_body_beats_a_body_header() {
-        let v = json(
-            EventFormat::Plain,
-            b"_body: h\nA: 1\nA: 2\nContent-Length: 1\n\nb",
-        );
-        assert_eq!(
-            v,
-            serde_json::json!({"A": "1", "Content-Length": "1", "_body": "b"})
-        );
+        let v = json(EventFormat::Plain, b"_body: h\nA: 1\nA: 2\nContent-Length: 1\n\nb");
+        assert_eq!(v, serde_json::json!({"A": "1", "Content-Length": "1", "_body": "b"}));
         let v = json(EventFormat::Json, br#"{"A":"1","_body":"b","A":"2"}"#);
         assert_eq!(v, serde_json::json!({"A": "1", "_body": "b"}));
     }
@@ -482,20 +458,12 @@ mod tests {
             assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
             let mut lossy = false;
             let mut out = Vec::new();
-            assert!(!write_json(
-                s.as_bytes(),
-                Mode::StopAtPercent,
-                &mut out,
-                &mut lossy
-            ));
+            assert!(!write_json(s.as_bytes(), Mode::StopAtPercent, &mut out, &mut lossy));
             let bad = [s.as_bytes(), b"\xff"].concat();
             let mut out = Vec::new();
             write_json_bytes(&bad, &mut out, &mut lossy);
             assert!(lossy);
-            assert_eq!(
-                serde_json::from_slice::<String>(&out).unwrap(),
-                format!("{s}\u{FFFD}")
-            );
+            assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), format!("{s}\u{FFFD}"));
         }
     }
 

@@ -12,10 +12,7 @@ use eslstream::esl::event::{decode, percent_decode, scan_meta, DecodedValue, Eve
 use eslstream::esl::frame::{Frame, FrameDecoder};
 
 fn capture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../shared/esl-captures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../shared/esl-captures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read capture {path}: {e}"))
 }
 
@@ -30,11 +27,7 @@ fn frames_chunked<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<Frame> 
             frames.push(frame);
         }
     }
-    assert!(
-        buf.is_empty(),
-        "{} bytes left over after the last frame",
-        buf.len()
-    );
+    assert!(buf.is_empty(), "{} bytes left over after the last frame", buf.len());
     frames
 }
 
@@ -45,9 +38,7 @@ fn frames(bytes: &[u8]) -> Vec<Frame> {
 fn content_type_counts(frames: &[Frame]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for f in frames {
-        *counts
-            .entry(f.content_type().unwrap_or("<none>").to_owned())
-            .or_insert(0) += 1;
+        *counts.entry(f.content_type().unwrap_or("<none>").to_owned()).or_insert(0) += 1;
     }
     counts
 }
@@ -98,10 +89,7 @@ fn content_type_counts_match_captures_md() {
 fn driver_captures_have_one_reply_per_command() {
     for fmt in ["plain", "json", "xml"] {
         let client = String::from_utf8(capture(&format!("{fmt}.driver.client.txt"))).unwrap();
-        let commands: Vec<&str> = client
-            .split("\n\n")
-            .filter(|c| !c.trim().is_empty())
-            .collect();
+        let commands: Vec<&str> = client.split("\n\n").filter(|c| !c.trim().is_empty()).collect();
         let api = commands.iter().filter(|c| c.starts_with("api ")).count();
         let others = commands.len() - api; // auth, bgapi, exit: each gets a command/reply
         assert_eq!((api, others), (26, 17), "{fmt}.driver.client.txt commands");
@@ -173,16 +161,10 @@ fn event_name_counts_match_captures_md() {
         let mut by_decode = BTreeMap::new();
         for (format, body) in events(&frames) {
             let meta = scan_meta(format, body).unwrap();
-            *by_meta
-                .entry(name_key(&meta.name, &meta.subclass))
-                .or_insert(0) += 1;
+            *by_meta.entry(name_key(&meta.name, &meta.subclass)).or_insert(0) += 1;
             let ev = decode(format, body).unwrap();
             let name = ev.get("Event-Name").unwrap();
-            let subclass = if name == "CUSTOM" {
-                ev.get("Event-Subclass").unwrap_or("")
-            } else {
-                ""
-            };
+            let subclass = if name == "CUSTOM" { ev.get("Event-Subclass").unwrap_or("") } else { "" };
             *by_decode.entry(name_key(name, subclass)).or_insert(0) += 1;
         }
         assert_eq!(by_meta, event_name_table(json), "{file} by scan_meta");
@@ -208,10 +190,7 @@ fn scan_meta_agrees_with_full_decode_on_every_event() {
             let ts = ev.get("Event-Date-Timestamp").unwrap();
             assert_eq!(meta.timestamp_us, Some(ts.parse::<i64>().unwrap()));
             assert!(meta.timestamp_us.unwrap() > 1_795_000_000_000_000);
-            assert_eq!(
-                Some(meta.calling_function.as_str()),
-                ev.get("Event-Calling-Function")
-            );
+            assert_eq!(Some(meta.calling_function.as_str()), ev.get("Event-Calling-Function"));
         }
     }
 }
@@ -220,10 +199,7 @@ fn scan_meta_agrees_with_full_decode_on_every_event() {
 fn decoded_events(file: &str) -> Vec<Event<'static>> {
     let bytes = capture(file);
     let frames = frames(&bytes);
-    events(&frames)
-        .into_iter()
-        .map(|(format, body)| decode(format, body).unwrap().into_owned())
-        .collect()
+    events(&frames).into_iter().map(|(format, body)| decode(format, body).unwrap().into_owned()).collect()
 }
 
 fn values_of<'a>(events: &'a [Event<'static>], name: &str) -> BTreeSet<&'a str> {
@@ -231,10 +207,7 @@ fn values_of<'a>(events: &'a [Event<'static>], name: &str) -> BTreeSet<&'a str> 
 }
 
 fn find<'a>(events: &'a [Event<'static>], name: &str, value: &str) -> &'a Event<'static> {
-    events
-        .iter()
-        .find(|e| e.get(name) == Some(value))
-        .unwrap_or_else(|| panic!("no event with {name}: {value}"))
+    events.iter().find(|e| e.get(name) == Some(value)).unwrap_or_else(|| panic!("no event with {name}: {value}"))
 }
 
 fn all_values<'a>(ev: &'a Event<'_>, name: &str) -> Vec<&'a str> {
@@ -254,20 +227,9 @@ fn specific_values_match_a_hand_reading_of_the_captures() {
     // json.esl: the same values as JSON strings.
     for file in ["plain.esl", "json.esl"] {
         let evs = decoded_events(file);
-        assert!(
-            values_of(&evs, "Caller-Caller-ID-Name").contains("Zoë O'Brien & co: 100%"),
-            "{file}"
-        );
-        assert_eq!(
-            values_of(&evs, "variable_esl_tabs"),
-            BTreeSet::from(["a\tb"]),
-            "{file}"
-        );
-        assert_eq!(
-            values_of(&evs, "variable_esl_exported"),
-            BTreeSet::from(["a=b&c=d e+f/g"]),
-            "{file}"
-        );
+        assert!(values_of(&evs, "Caller-Caller-ID-Name").contains("Zoë O'Brien & co: 100%"), "{file}");
+        assert_eq!(values_of(&evs, "variable_esl_tabs"), BTreeSet::from(["a\tb"]), "{file}");
+        assert_eq!(values_of(&evs, "variable_esl_exported"), BTreeSet::from(["a=b&c=d e+f/g"]), "{file}");
         assert_eq!(
             values_of(&evs, "variable_esl_note"),
             BTreeSet::from(["Grüße, 東京 & «quotes» 100% sure?"]),
@@ -278,26 +240,14 @@ fn specific_values_match_a_hand_reading_of_the_captures() {
             BTreeSet::from(["日本語テキスト \"quoted\" <tag> 100% +plus"]),
             "{file}"
         );
-        assert_eq!(
-            values_of(&evs, "FreeSWITCH-IPv6"),
-            BTreeSet::from(["fd00::2"]),
-            "{file}"
-        );
-        assert!(
-            values_of(&evs, "variable_switch_r_sdp")
-                .iter()
-                .all(|v| v.starts_with("v=0\r\no=")),
-            "{file}"
-        );
+        assert_eq!(values_of(&evs, "FreeSWITCH-IPv6"), BTreeSet::from(["fd00::2"]), "{file}");
+        assert!(values_of(&evs, "variable_switch_r_sdp").iter().all(|v| v.starts_with("v=0\r\no=")), "{file}");
         assert!(!values_of(&evs, "variable_switch_r_sdp").is_empty());
         assert!(evs.iter().all(|e| !e.lossy), "{file}: no lossy event");
 
         // sendevent CUSTOM esl_capture::test
         let ev = find(&evs, "Event-Subclass", "esl_capture::test");
-        assert_eq!(
-            ev.headers[0].0, "Event-Subclass",
-            "{file}: Event-Name is not first"
-        );
+        assert_eq!(ev.headers[0].0, "Event-Subclass", "{file}: Event-Name is not first");
         assert_eq!(ev.get("Event-Name"), Some("CUSTOM"));
         assert_eq!(ev.get("Command"), Some("sendevent CUSTOM"));
         assert_eq!(ev.get("X-Test-Header"), Some("hello world"));
@@ -309,11 +259,7 @@ fn specific_values_match_a_hand_reading_of_the_captures() {
         let body = "line one\nline two: with colon\n\nafter a blank line\nContent-Length: 999\nünïcödé ✓\n";
         assert_eq!(body.len(), 86);
         assert_eq!(ev.body.as_deref(), Some(body), "{file}");
-        assert_eq!(
-            all_values(ev, "Content-Length"),
-            ["86", "86"],
-            "{file}: both Content-Length kept"
-        );
+        assert_eq!(all_values(ev, "Content-Length"), ["86", "86"], "{file}: both Content-Length kept");
         assert_eq!(ev.get("Content-Type"), Some("text/plain"));
         assert_eq!(ev.get("X-Note"), Some("body follows"));
 
@@ -333,25 +279,16 @@ fn specific_values_match_a_hand_reading_of_the_captures() {
         assert_eq!(ev.get("X-What"), Some("unknown event name"));
 
         // BACKGROUND_JOB of `bgapi status`: the status text as body.
-        let jobs: Vec<_> = evs
-            .iter()
-            .filter(|e| e.get("Job-Command") == Some("status"))
-            .collect();
+        let jobs: Vec<_> = evs.iter().filter(|e| e.get("Job-Command") == Some("status")).collect();
         assert_eq!(jobs.len(), 2, "{file}: two `bgapi status`");
         for job in jobs {
             assert_eq!(job.get("Event-Name"), Some("BACKGROUND_JOB"));
             assert_eq!(job.get("Event-Calling-Function"), Some("api_exec"));
             let body = job.body.as_deref().unwrap();
-            assert!(
-                body.starts_with("UP 0 years, 0 days, 0 hours, "),
-                "{body:?}"
-            );
+            assert!(body.starts_with("UP 0 years, 0 days, 0 hours, "), "{body:?}");
             assert!(body.contains("\nFreeSWITCH (Version 1.11.1-release  64bit) is ready\n"));
             assert!(body.ends_with("Current Stack Size/Max 240K/8192K\n"));
-            assert_eq!(
-                job.get("Content-Length"),
-                Some(body.len().to_string().as_str())
-            );
+            assert_eq!(job.get("Content-Length"), Some(body.len().to_string().as_str()));
         }
     }
 }
@@ -362,14 +299,8 @@ fn irreversible_percent_passthrough_differs_between_plain_and_json() {
     // plain wire reads `f%20g` and decodes to `f g`; json keeps the value as set.
     let plain = decoded_events("plain.esl");
     let json = decoded_events("json.esl");
-    assert_eq!(
-        values_of(&plain, "variable_esl_tag"),
-        BTreeSet::from(["a;b c=d&e f g/ü€😀"])
-    );
-    assert_eq!(
-        values_of(&json, "variable_esl_tag"),
-        BTreeSet::from(["a;b c=d&e f%20g/ü€😀"])
-    );
+    assert_eq!(values_of(&plain, "variable_esl_tag"), BTreeSet::from(["a;b c=d&e f g/ü€😀"]));
+    assert_eq!(values_of(&json, "variable_esl_tag"), BTreeSet::from(["a;b c=d&e f%20g/ü€😀"]));
 }
 
 #[test]
@@ -378,15 +309,9 @@ fn outer_frames_match_a_hand_reading() {
     let frames = frames(&bytes);
     assert_eq!(frames[0].content_type(), Some("auth/request"));
     assert_eq!(frames[1].header("Reply-Text"), Some("+OK accepted"));
-    assert_eq!(
-        frames[2].header("Reply-Text"),
-        Some("+OK event listener enabled plain")
-    );
+    assert_eq!(frames[2].header("Reply-Text"), Some("+OK event listener enabled plain"));
 
-    let logs: Vec<_> = frames
-        .iter()
-        .filter(|f| f.content_type() == Some("log/data"))
-        .collect();
+    let logs: Vec<_> = frames.iter().filter(|f| f.content_type() == Some("log/data")).collect();
     assert_eq!(logs.len(), 412);
     let first = logs[0];
     let headers: Vec<_> = first.headers().collect();
@@ -403,50 +328,28 @@ fn outer_frames_match_a_hand_reading() {
             ("User-Data", ""),
         ]
     );
-    assert!(first
-        .body()
-        .starts_with(b"2026-11-23 00:47:45.335709 98.23% [DEBUG] switch_ivr_originate.c:2301 "));
+    assert!(first.body().starts_with(b"2026-11-23 00:47:45.335709 98.23% [DEBUG] switch_ivr_originate.c:2301 "));
     assert_eq!(first.body().len(), 95);
     for log in &logs {
-        let user_data = log
-            .header("User-Data")
-            .expect("every log frame has User-Data");
-        assert!(
-            user_data.is_empty() || user_data.len() == 36,
-            "{user_data:?}"
-        );
+        let user_data = log.header("User-Data").expect("every log frame has User-Data");
+        assert!(user_data.is_empty() || user_data.len() == 36, "{user_data:?}");
         assert!(log.body().ends_with(b"\n"));
     }
     assert!(logs.iter().any(|l| l.header("User-Data") == Some("")));
-    assert!(logs
-        .iter()
-        .any(|l| l.header("User-Data").is_some_and(|u| u.len() == 36)));
+    assert!(logs.iter().any(|l| l.header("User-Data").is_some_and(|u| u.len() == 36)));
 
-    let api: Vec<_> = frames
-        .iter()
-        .filter(|f| f.content_type() == Some("api/response"))
-        .collect();
-    let bodies: Vec<_> = api
-        .iter()
-        .map(|f| String::from_utf8_lossy(f.body()).into_owned())
-        .collect();
+    let api: Vec<_> = frames.iter().filter(|f| f.content_type() == Some("api/response")).collect();
+    let bodies: Vec<_> = api.iter().map(|f| String::from_utf8_lossy(f.body()).into_owned()).collect();
     assert!(bodies[0].starts_with("UP 0 years"));
     assert_eq!(bodies[2], "\n0 total.\n");
     assert_eq!(bodies[3], "-ERR No such channel!\n");
-    assert!(
-        bodies[4].starts_with("-ERR ") && bodies[4].ends_with("Command not found!\n"),
-        "{:?}",
-        bodies[4]
-    );
+    assert!(bodies[4].starts_with("-ERR ") && bodies[4].ends_with("Command not found!\n"), "{:?}", bodies[4]);
 
     let n = frames.len();
     assert_eq!(frames[n - 2].header("Reply-Text"), Some("+OK bye"));
     let last = &frames[n - 1];
     assert_eq!(last.content_type(), Some("text/disconnect-notice"));
-    assert_eq!(
-        &last.body()[..],
-        b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
-    );
+    assert_eq!(&last.body()[..], b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n");
 }
 
 /// A small deterministic generator for split points.
@@ -454,10 +357,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self, bound: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((self.0 >> 33) as usize) % bound.max(1)
     }
 }
@@ -468,10 +368,7 @@ fn chunked_delivery_gives_identical_frames() {
         let bytes = capture(file);
         let whole: Vec<_> = frames(&bytes).iter().map(frame_key).collect();
         for size in [1, 7, 4096] {
-            let got: Vec<_> = frames_chunked(bytes.chunks(size))
-                .iter()
-                .map(frame_key)
-                .collect();
+            let got: Vec<_> = frames_chunked(bytes.chunks(size)).iter().map(frame_key).collect();
             assert!(got == whole, "{file} in chunks of {size}");
         }
         let mut rng = Lcg(bytes.len() as u64);
@@ -495,35 +392,22 @@ fn every_split_point_of_small_frames() {
     let whole = frames(&bytes);
     // The first eight frames (auth, replies, an api/response with body, events) split once
     // at every byte boundary.
-    let len: usize = whole[..8]
-        .iter()
-        .map(|f| f.head().len() + 1 + f.body().len())
-        .sum();
+    let len: usize = whole[..8].iter().map(|f| f.head().len() + 1 + f.body().len()).sum();
     let prefix = &bytes[..len];
     let expected: Vec<_> = whole[..8].iter().map(frame_key).collect();
     for i in 0..=prefix.len() {
-        let got: Vec<_> = frames_chunked([&prefix[..i], &prefix[i..]])
-            .iter()
-            .map(frame_key)
-            .collect();
+        let got: Vec<_> = frames_chunked([&prefix[..i], &prefix[i..]]).iter().map(frame_key).collect();
         assert!(got == expected, "split at {i}");
     }
     // The with_body event frame split twice at every pair of boundaries.
-    let start = bytes
-        .windows(24)
-        .position(|w| w == b"Content-Length: 741\nCont")
-        .unwrap();
-    let frame = &bytes
-        [start..start + "Content-Length: 741\nContent-Type: text/event-plain\n\n".len() + 741];
+    let start = bytes.windows(24).position(|w| w == b"Content-Length: 741\nCont").unwrap();
+    let frame = &bytes[start..start + "Content-Length: 741\nContent-Type: text/event-plain\n\n".len() + 741];
     let expected: Vec<_> = frames(frame).iter().map(frame_key).collect();
     assert_eq!(expected.len(), 1);
     for i in 0..=frame.len() {
         for j in i..=frame.len() {
             let got = frames_chunked([&frame[..i], &frame[i..j], &frame[j..]]);
-            assert!(
-                got.len() == 1 && frame_key(&got[0]) == expected[0],
-                "split at {i}, {j}"
-            );
+            assert!(got.len() == 1 && frame_key(&got[0]) == expected[0], "split at {i}, {j}");
         }
     }
 }
@@ -575,10 +459,7 @@ fn normalize(name: &str, value: &str) -> String {
 
 /// For each header name (and `_body`), the set of normalized values over all events, leaving
 /// out HEARTBEAT and RE_SCHEDULE (timer events whose counts differ between the sessions).
-fn value_sets(
-    events: &[Event<'_>],
-    transform: impl Fn(&str) -> String,
-) -> HashMap<String, BTreeSet<String>> {
+fn value_sets(events: &[Event<'_>], transform: impl Fn(&str) -> String) -> HashMap<String, BTreeSet<String>> {
     let mut sets: HashMap<String, BTreeSet<String>> = HashMap::new();
     for ev in events {
         if matches!(ev.get("Event-Name"), Some("HEARTBEAT" | "RE_SCHEDULE")) {
@@ -587,20 +468,12 @@ fn value_sets(
         for (name, value) in &ev.headers {
             let text = match value {
                 DecodedValue::One(v) => transform(v),
-                DecodedValue::Array(items) => items
-                    .iter()
-                    .map(|v| transform(v))
-                    .collect::<Vec<_>>()
-                    .join("|:"),
+                DecodedValue::Array(items) => items.iter().map(|v| transform(v)).collect::<Vec<_>>().join("|:"),
             };
-            sets.entry(name.to_string())
-                .or_default()
-                .insert(normalize(name, &text));
+            sets.entry(name.to_string()).or_default().insert(normalize(name, &text));
         }
         if let Some(body) = &ev.body {
-            sets.entry("_body".into())
-                .or_default()
-                .insert(normalize("_body", &transform(body)));
+            sets.entry("_body".into()).or_default().insert(normalize("_body", &transform(body)));
         }
     }
     sets
@@ -629,11 +502,7 @@ fn plain_and_json_describe_the_same_events() {
     names.dedup();
     assert!(names.len() > 400, "{} header names", names.len());
     for name in names {
-        assert_eq!(
-            plain_sets.get(name),
-            json_sets.get(name),
-            "values of {name}"
-        );
+        assert_eq!(plain_sets.get(name), json_sets.get(name), "values of {name}");
     }
 
     // The only values the plain round trip changes are those holding `%` + two uppercase hex
@@ -644,10 +513,7 @@ fn plain_and_json_describe_the_same_events() {
         .filter(|(name, values)| json_sets.get(*name) != Some(values))
         .map(|(name, _)| name.as_str())
         .collect();
-    assert_eq!(
-        changed,
-        BTreeSet::from(["API-Command-Argument", "variable_esl_tag"])
-    );
+    assert_eq!(changed, BTreeSet::from(["API-Command-Argument", "variable_esl_tag"]));
 }
 
 fn header_map(ev: &Event<'_>) -> serde_json::Map<String, serde_json::Value> {
@@ -661,10 +527,7 @@ fn header_map(ev: &Event<'_>) -> serde_json::Map<String, serde_json::Value> {
         }
         let v = match value {
             DecodedValue::One(v) => serde_json::Value::from(v.as_ref()),
-            DecodedValue::Array(items) => items
-                .iter()
-                .map(|i| serde_json::Value::from(i.as_ref()))
-                .collect(),
+            DecodedValue::Array(items) => items.iter().map(|i| serde_json::Value::from(i.as_ref())).collect(),
         };
         map.insert(name.to_string(), v);
     }
@@ -687,12 +550,8 @@ fn entry_json_round_trips_every_capture_event() {
             out.clear();
             let lossy = event_json(format, body, &mut out).unwrap();
             assert!(!lossy);
-            let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| {
-                panic!(
-                    "{file}: invalid JSON ({e}): {}",
-                    String::from_utf8_lossy(&out)
-                )
-            });
+            let parsed: serde_json::Value = serde_json::from_slice(&out)
+                .unwrap_or_else(|e| panic!("{file}: invalid JSON ({e}): {}", String::from_utf8_lossy(&out)));
             let ev = decode(format, body).unwrap();
             assert_eq!(parsed.as_object(), Some(&header_map(&ev)), "{file}");
             // The streaming writer and the Event writer give the same bytes.

@@ -103,11 +103,7 @@ fn event() -> impl Strategy<Value = TestEvent> {
         ],
         any::<bool>(),
     )
-        .prop_map(|(headers, body, json)| TestEvent {
-            headers,
-            body,
-            json,
-        })
+        .prop_map(|(headers, body, json)| TestEvent { headers, body, json })
 }
 
 /// The event body as FreeSWITCH would send it.
@@ -118,9 +114,7 @@ fn encode(ev: &TestEvent) -> Vec<u8> {
         .map(|(n, v)| {
             let v = match v {
                 Value::One(s) => HeaderValue::One(s.as_str()),
-                Value::Array(items) => {
-                    HeaderValue::Array(items.iter().map(String::as_str).collect())
-                }
+                Value::Array(items) => HeaderValue::Array(items.iter().map(String::as_str).collect()),
             };
             (n.as_str(), v)
         })
@@ -162,9 +156,7 @@ fn decoded(format: EventFormat, body: &[u8]) -> (Vec<(String, Value)>, Option<St
         .map(|(n, v)| {
             let v = match v {
                 DecodedValue::One(s) => Value::One(s.to_string()),
-                DecodedValue::Array(items) => {
-                    Value::Array(items.iter().map(|s| s.to_string()).collect())
-                }
+                DecodedValue::Array(items) => Value::Array(items.iter().map(|s| s.to_string()).collect()),
             };
             (n.to_string(), v)
         })
@@ -175,10 +167,7 @@ fn decoded(format: EventFormat, body: &[u8]) -> (Vec<(String, Value)>, Option<St
 fn value_json(v: &Value) -> serde_json::Value {
     match v {
         Value::One(s) => s.as_str().into(),
-        Value::Array(items) => items
-            .iter()
-            .map(|s| serde_json::Value::from(s.as_str()))
-            .collect(),
+        Value::Array(items) => items.iter().map(|s| serde_json::Value::from(s.as_str())).collect(),
     }
 }
 
@@ -201,10 +190,7 @@ fn feed(stream: &[u8], cuts: &[Index]) -> Result<(Vec<Frame>, BytesMut), FrameEr
 }
 
 fn real_frames() -> Vec<u8> {
-    let path = format!(
-        "{}/../shared/esl-captures/plain.esl",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../shared/esl-captures/plain.esl", env!("CARGO_MANIFEST_DIR"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read capture {path}: {e}"));
     // The start of the session: auth, replies, an api/response, events, log frames.
     bytes[..12_000].to_vec()

@@ -22,11 +22,7 @@ pub fn url_encode(value: &str, out: &mut Vec<u8>) {
     for (i, &b) in bytes.iter().enumerate() {
         let passthrough_percent = b == b'%' && is_hex(bytes.get(i + 1)) && is_hex(bytes.get(i + 2));
         if !passthrough_percent && (!(b' '..=b'~').contains(&b) || URL_UNSAFE.contains(&b)) {
-            out.extend_from_slice(&[
-                b'%',
-                HEX_UPPER[(b >> 4) as usize],
-                HEX_UPPER[(b & 15) as usize],
-            ]);
+            out.extend_from_slice(&[b'%', HEX_UPPER[(b >> 4) as usize], HEX_UPPER[(b & 15) as usize]]);
         } else {
             out.push(b);
         }
@@ -119,12 +115,7 @@ pub fn encode_json(headers: &[(&str, HeaderValue<'_>)], body: Option<&str>, out:
 /// Wraps an event body in its outer frame, as FreeSWITCH sends events:
 /// `Content-Length` first, then `Content-Type`.
 pub fn event_frame(content_type: &str, body: &[u8], out: &mut Vec<u8>) {
-    let _ = write!(
-        out,
-        "Content-Length: {}\nContent-Type: {}\n\n",
-        body.len(),
-        content_type
-    );
+    let _ = write!(out, "Content-Length: {}\nContent-Type: {}\n\n", body.len(), content_type);
     out.extend_from_slice(body);
 }
 
@@ -135,10 +126,7 @@ pub fn auth_request(out: &mut Vec<u8>) {
 
 /// A `command/reply` frame with `Reply-Text` and any extra headers.
 pub fn command_reply(reply_text: &str, extra: &[(&str, &str)], out: &mut Vec<u8>) {
-    let _ = write!(
-        out,
-        "Content-Type: command/reply\nReply-Text: {reply_text}\n"
-    );
+    let _ = write!(out, "Content-Type: command/reply\nReply-Text: {reply_text}\n");
     for (name, value) in extra {
         let _ = writeln!(out, "{name}: {value}");
     }
@@ -147,22 +135,14 @@ pub fn command_reply(reply_text: &str, extra: &[(&str, &str)], out: &mut Vec<u8>
 
 /// An `api/response` frame (`Content-Type` first, as FreeSWITCH sends it).
 pub fn api_response(body: &[u8], out: &mut Vec<u8>) {
-    let _ = write!(
-        out,
-        "Content-Type: api/response\nContent-Length: {}\n\n",
-        body.len()
-    );
+    let _ = write!(out, "Content-Type: api/response\nContent-Length: {}\n\n", body.len());
     out.extend_from_slice(body);
 }
 
 /// The `text/disconnect-notice` FreeSWITCH sends after `exit`.
 pub fn disconnect_notice(out: &mut Vec<u8>) {
     let body = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n";
-    let _ = write!(
-        out,
-        "Content-Type: text/disconnect-notice\nContent-Length: {}\n\n",
-        body.len()
-    );
+    let _ = write!(out, "Content-Type: text/disconnect-notice\nContent-Length: {}\n\n", body.len());
     out.extend_from_slice(body);
 }
 
@@ -179,30 +159,17 @@ mod tests {
     #[test]
     fn url_encode_matches_the_capture() {
         // Values copied from plain.esl (see CAPTURES.md).
-        assert_eq!(
-            enc("Mon, 23 Nov 2026 00:39:39 GMT"),
-            "Mon,%2023%20Nov%202026%2000%3A39%3A39%20GMT"
-        );
-        assert_eq!(
-            enc("Zoë O'Brien & co: 100%"),
-            "Zo%C3%AB%20O'Brien%20%26%20co%3A%20100%25"
-        );
+        assert_eq!(enc("Mon, 23 Nov 2026 00:39:39 GMT"), "Mon,%2023%20Nov%202026%2000%3A39%3A39%20GMT");
+        assert_eq!(enc("Zoë O'Brien & co: 100%"), "Zo%C3%AB%20O'Brien%20%26%20co%3A%20100%25");
         assert_eq!(enc("a\tb"), "a%09b");
         assert_eq!(enc("a=b&c=d e+f/g"), "a%3Db%26c%3Dd%20e%2Bf/g");
-        assert_eq!(
-            enc("a;b c=d&e f%20g/ü€😀"),
-            "a%3Bb%20c%3Dd%26e%20f%20g/%C3%BC%E2%82%AC%F0%9F%98%80"
-        );
+        assert_eq!(enc("a;b c=d&e f%20g/ü€😀"), "a%3Bb%20c%3Dd%26e%20f%20g/%C3%BC%E2%82%AC%F0%9F%98%80");
     }
 
     #[test]
     fn plain_event_without_body_ends_in_blank_line() {
         let mut out = Vec::new();
-        encode_plain(
-            &[("Event-Name", HeaderValue::One("HEARTBEAT"))],
-            None,
-            &mut out,
-        );
+        encode_plain(&[("Event-Name", HeaderValue::One("HEARTBEAT"))], None, &mut out);
         assert_eq!(out, b"Event-Name: HEARTBEAT\n\n");
     }
 
@@ -216,28 +183,15 @@ mod tests {
     #[test]
     fn json_keeps_order_and_duplicate_names() {
         let mut out = Vec::new();
-        let headers = [
-            ("Z", HeaderValue::One("1")),
-            ("Content-Length", HeaderValue::One("2")),
-        ];
+        let headers = [("Z", HeaderValue::One("1")), ("Content-Length", HeaderValue::One("2"))];
         encode_json(&headers, Some("hi"), &mut out);
-        assert_eq!(
-            out,
-            br#"{"Z":"1","Content-Length":"2","Content-Length":"2","_body":"hi"}"#
-        );
+        assert_eq!(out, br#"{"Z":"1","Content-Length":"2","Content-Length":"2","_body":"hi"}"#);
     }
 
     #[test]
     fn plain_event_with_body_announces_its_length() {
         let mut out = Vec::new();
-        encode_plain(
-            &[("Event-Name", HeaderValue::Array(vec!["a", "b"]))],
-            Some(b"+OK\n\nx"),
-            &mut out,
-        );
-        assert_eq!(
-            out,
-            b"Event-Name: ARRAY%3A%3Aa%7C%3Ab\nContent-Length: 6\n\n+OK\n\nx"
-        );
+        encode_plain(&[("Event-Name", HeaderValue::Array(vec!["a", "b"]))], Some(b"+OK\n\nx"), &mut out);
+        assert_eq!(out, b"Event-Name: ARRAY%3A%3Aa%7C%3Ab\nContent-Length: 6\n\n+OK\n\nx");
     }
 }

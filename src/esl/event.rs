@@ -60,9 +60,7 @@ impl EventFormat {
 pub enum EventError {
     #[error("plain event header line at byte {0} has no ':'")]
     MissingColon(usize),
-    #[error(
-        "plain event has {0} bytes after its headers but its last header is not Content-Length"
-    )]
+    #[error("plain event has {0} bytes after its headers but its last header is not Content-Length")]
     BodyWithoutContentLength(usize),
     #[error("plain event's final Content-Length value {0:?} is not a decimal number")]
     InvalidContentLength(String),
@@ -84,12 +82,9 @@ impl DecodedValue<'_> {
     pub fn into_owned(self) -> DecodedValue<'static> {
         match self {
             DecodedValue::One(v) => DecodedValue::One(Cow::Owned(v.into_owned())),
-            DecodedValue::Array(items) => DecodedValue::Array(
-                items
-                    .into_iter()
-                    .map(|v| Cow::Owned(v.into_owned()))
-                    .collect(),
-            ),
+            DecodedValue::Array(items) => {
+                DecodedValue::Array(items.into_iter().map(|v| Cow::Owned(v.into_owned())).collect())
+            }
         }
     }
 }
@@ -118,11 +113,7 @@ impl Event<'_> {
 
     pub fn into_owned(self) -> Event<'static> {
         Event {
-            headers: self
-                .headers
-                .into_iter()
-                .map(|(n, v)| (Cow::Owned(n.into_owned()), v.into_owned()))
-                .collect(),
+            headers: self.headers.into_iter().map(|(n, v)| (Cow::Owned(n.into_owned()), v.into_owned())).collect(),
             body: self.body.map(|b| Cow::Owned(b.into_owned())),
             lossy: self.lossy,
         }
@@ -222,17 +213,11 @@ fn plain_value(value: Cow<'_, str>) -> DecodedValue<'_> {
         return DecodedValue::One(value);
     }
     match value {
-        Cow::Borrowed(s) => DecodedValue::Array(
-            s[ARRAY_PREFIX.len()..]
-                .split(ARRAY_SEPARATOR)
-                .map(Cow::Borrowed)
-                .collect(),
-        ),
+        Cow::Borrowed(s) => {
+            DecodedValue::Array(s[ARRAY_PREFIX.len()..].split(ARRAY_SEPARATOR).map(Cow::Borrowed).collect())
+        }
         Cow::Owned(s) => DecodedValue::Array(
-            s[ARRAY_PREFIX.len()..]
-                .split(ARRAY_SEPARATOR)
-                .map(|item| Cow::Owned(item.to_owned()))
-                .collect(),
+            s[ARRAY_PREFIX.len()..].split(ARRAY_SEPARATOR).map(|item| Cow::Owned(item.to_owned())).collect(),
         ),
     }
 }
@@ -254,12 +239,7 @@ pub(crate) struct PlainScanner<'a> {
 
 impl<'a> PlainScanner<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
-        PlainScanner {
-            buf,
-            pos: 0,
-            last: None,
-            done: false,
-        }
+        PlainScanner { buf, pos: 0, last: None, done: false }
     }
 
     /// The next header `(name, raw value)`: the value without the line terminator and without
@@ -309,21 +289,15 @@ impl<'a> PlainScanner<'a> {
             _ => return Err(EventError::BodyWithoutContentLength(rest.len())),
         };
         if declared != rest.len() {
-            return Err(EventError::BodyLengthMismatch {
-                declared,
-                actual: rest.len(),
-            });
+            return Err(EventError::BodyLengthMismatch { declared, actual: rest.len() });
         }
         Ok(Some(rest))
     }
 }
 
 fn parse_len(value: &[u8]) -> Result<usize, EventError> {
-    let invalid = || {
-        EventError::InvalidContentLength(
-            String::from_utf8_lossy(&value[..value.len().min(40)]).into_owned(),
-        )
-    };
+    let invalid =
+        || EventError::InvalidContentLength(String::from_utf8_lossy(&value[..value.len().min(40)]).into_owned());
     let s = std::str::from_utf8(value).map_err(|_| invalid())?;
     let s = s.trim_matches(|c: char| c == ' ' || c == '\t');
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -342,11 +316,7 @@ fn decode_plain(body: &[u8]) -> Result<Event<'_>, EventError> {
         headers.push((name, value));
     }
     let body = scanner.body()?.map(|b| text(b, &mut lossy));
-    Ok(Event {
-        headers,
-        body,
-        lossy,
-    })
+    Ok(Event { headers, body, lossy })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -448,11 +418,7 @@ impl<'de> Visitor<'de> for EventVisitor {
                 value => headers.push((name, value)),
             }
         }
-        Ok(Event {
-            headers,
-            body,
-            lossy: false,
-        })
+        Ok(Event { headers, body, lossy: false })
     }
 }
 
@@ -537,15 +503,10 @@ impl MetaFields {
     }
 
     fn into_meta(self) -> EventMeta {
-        let [name, subclass, unique_id, job_uuid, core_uuid, sequence, timestamp, function] =
-            self.values;
+        let [name, subclass, unique_id, job_uuid, core_uuid, sequence, timestamp, function] = self.values;
         let name = name.unwrap_or_default();
         EventMeta {
-            subclass: if name == "CUSTOM" {
-                subclass.unwrap_or_default()
-            } else {
-                String::new()
-            },
+            subclass: if name == "CUSTOM" { subclass.unwrap_or_default() } else { String::new() },
             name,
             unique_id: unique_id.or(job_uuid).unwrap_or_default(),
             core_uuid: core_uuid.unwrap_or_default(),
@@ -635,10 +596,7 @@ mod tests {
         assert!(matches!(percent_decode("plain"), Cow::Borrowed("plain")));
         // Latin-1 bytes a switch may send: replaced, never an error.
         let mut lossy = false;
-        assert_eq!(
-            decode_value(b"Gr%FC%DFe", &mut lossy),
-            "Gr\u{FFFD}\u{FFFD}e"
-        );
+        assert_eq!(decode_value(b"Gr%FC%DFe", &mut lossy), "Gr\u{FFFD}\u{FFFD}e");
         assert!(lossy);
     }
 
@@ -647,10 +605,7 @@ mod tests {
         let body = b"Event-Name: CUSTOM\nX-A: ARRAY%3A%3Aa%7C%3Ab%20c\nContent-Length: 4\nContent-Length: 4\n\nab\n\n";
         let ev = decode(EventFormat::Plain, body).unwrap();
         assert_eq!(ev.get("Event-Name"), Some("CUSTOM"));
-        assert_eq!(
-            ev.headers[1].1,
-            DecodedValue::Array(vec!["a".into(), "b c".into()])
-        );
+        assert_eq!(ev.headers[1].1, DecodedValue::Array(vec!["a".into(), "b c".into()]));
         assert_eq!(ev.headers.len(), 4);
         assert_eq!(ev.body.as_deref(), Some("ab\n\n"));
         assert!(!ev.lossy);
@@ -659,26 +614,11 @@ mod tests {
     #[test]
     fn plain_errors() {
         let err = decode(EventFormat::Plain, b"A: b\nnocolon\n\n").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "plain event header line at byte 5 has no ':'"
-        );
+        assert_eq!(err.to_string(), "plain event header line at byte 5 has no ':'");
         let err = decode(EventFormat::Plain, b"A: b\n\nxyz").unwrap_err();
-        assert!(
-            matches!(err, EventError::BodyWithoutContentLength(3)),
-            "{err}"
-        );
+        assert!(matches!(err, EventError::BodyWithoutContentLength(3)), "{err}");
         let err = decode(EventFormat::Plain, b"Content-Length: 5\n\nxyz").unwrap_err();
-        assert!(
-            matches!(
-                err,
-                EventError::BodyLengthMismatch {
-                    declared: 5,
-                    actual: 3
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, EventError::BodyLengthMismatch { declared: 5, actual: 3 }), "{err}");
     }
 
     #[test]
@@ -686,14 +626,8 @@ mod tests {
         let body = br#"{"Event-Name":"CUSTOM","Content-Length":"2","A":["x","y\n"],"Content-Length":"2","_body":"hi"}"#;
         let ev = decode(EventFormat::Json, body).unwrap();
         assert_eq!(ev.headers.len(), 4);
-        assert!(matches!(
-            ev.headers[0].1,
-            DecodedValue::One(Cow::Borrowed("CUSTOM"))
-        ));
-        assert_eq!(
-            ev.headers[2].1,
-            DecodedValue::Array(vec!["x".into(), "y\n".into()])
-        );
+        assert!(matches!(ev.headers[0].1, DecodedValue::One(Cow::Borrowed("CUSTOM"))));
+        assert_eq!(ev.headers[2].1, DecodedValue::Array(vec!["x".into(), "y\n".into()]));
         assert_eq!(ev.body.as_deref(), Some("hi"));
         assert!(decode(EventFormat::Json, br#"{"a":1}"#).is_err());
         assert!(decode(EventFormat::Json, br#"[]"#).is_err());
@@ -714,17 +648,9 @@ mod tests {
         assert_eq!(meta.subclass, "conference::maintenance");
         assert_eq!(meta.unique_id, "j");
         assert_eq!(meta.timestamp_us, Some(1795394864815714));
-        let json =
-            br#"{"Event-Name":"API","Event-Subclass":"x","Unique-ID":"u","Event-Sequence":"9"}"#;
+        let json = br#"{"Event-Name":"API","Event-Subclass":"x","Unique-ID":"u","Event-Sequence":"9"}"#;
         let meta = scan_meta(EventFormat::Json, json).unwrap();
-        assert_eq!(
-            (
-                meta.name.as_str(),
-                meta.subclass.as_str(),
-                meta.unique_id.as_str()
-            ),
-            ("API", "", "u")
-        );
+        assert_eq!((meta.name.as_str(), meta.subclass.as_str(), meta.unique_id.as_str()), ("API", "", "u"));
         assert_eq!(meta.sequence, "9");
         assert_eq!(meta.timestamp_us, None);
     }

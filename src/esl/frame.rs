@@ -186,11 +186,7 @@ impl FrameDecoder {
                 let block_len = line_start;
                 let head_len = line_end + 1;
                 let body_len = parse_block(&buf[..block_len])?;
-                return Ok(Some(Pending {
-                    block_len,
-                    head_len,
-                    body_len,
-                }));
+                return Ok(Some(Pending { block_len, head_len, body_len }));
             }
             line_start = line_end + 1;
         }
@@ -199,14 +195,12 @@ impl FrameDecoder {
 
 /// Checks a complete header block and returns its `Content-Length` (0 without one).
 fn parse_block(block: &[u8]) -> Result<usize, FrameError> {
-    let text =
-        std::str::from_utf8(block).map_err(|e| FrameError::HeaderNotUtf8(e.valid_up_to()))?;
+    let text = std::str::from_utf8(block).map_err(|e| FrameError::HeaderNotUtf8(e.valid_up_to()))?;
     let mut rest = text;
     let mut content_length = None;
     while !rest.is_empty() {
         let offset = text.len() - rest.len();
-        let (tail, (name, value)) =
-            header_line_str(rest).map_err(|_| FrameError::MissingColon(offset))?;
+        let (tail, (name, value)) = header_line_str(rest).map_err(|_| FrameError::MissingColon(offset))?;
         if content_length.is_none() && name == "Content-Length" {
             content_length = Some(parse_content_length(value)?);
         }
@@ -258,9 +252,8 @@ mod tests {
 
     #[test]
     fn header_only_and_body_frames() {
-        let frames = decode_all(
-            b"Content-Type: auth/request\n\nContent-Type: api/response\nContent-Length: 10\n\n\n0 total.\n",
-        );
+        let frames =
+            decode_all(b"Content-Type: auth/request\n\nContent-Type: api/response\nContent-Length: 10\n\n\n0 total.\n");
         assert_eq!(frames.len(), 2);
         assert_eq!(frames[0].content_type(), Some("auth/request"));
         assert!(frames[0].body().is_empty());
@@ -273,14 +266,7 @@ mod tests {
         let frames = decode_all(b"\n\r\nContent-Type: log/data\r\nUser-Data: \r\nX:  two\r\n\r\n");
         assert_eq!(frames.len(), 1);
         let headers: Vec<_> = frames[0].headers().collect();
-        assert_eq!(
-            headers,
-            vec![
-                ("Content-Type", "log/data"),
-                ("User-Data", ""),
-                ("X", " two")
-            ]
-        );
+        assert_eq!(headers, vec![("Content-Type", "log/data"), ("User-Data", ""), ("X", " two")]);
     }
 
     #[test]
@@ -299,35 +285,20 @@ mod tests {
         let mut dec = FrameDecoder::new();
         let mut buf = BytesMut::from(&b"Content-Length: 99999999999\n\n"[..]);
         let err = dec.decode(&mut buf).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "Content-Length 99999999999 exceeds the 16 MiB limit"
-        );
+        assert_eq!(err.to_string(), "Content-Length 99999999999 exceeds the 16 MiB limit");
 
         let mut buf = BytesMut::from(&b"Content-Type: x\nno colon here\n\n"[..]);
         let err = dec.decode(&mut buf).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "header line without ':' at byte 16 of the header block"
-        );
+        assert_eq!(err.to_string(), "header line without ':' at byte 16 of the header block");
 
         let mut buf = BytesMut::from(&b"Content-Length: -1\n\n"[..]);
-        assert!(matches!(
-            dec.decode(&mut buf),
-            Err(FrameError::InvalidContentLength(_))
-        ));
+        assert!(matches!(dec.decode(&mut buf), Err(FrameError::InvalidContentLength(_))));
 
         let mut buf = BytesMut::from(&b"X: \xff\n\n"[..]);
-        assert!(matches!(
-            dec.decode(&mut buf),
-            Err(FrameError::HeaderNotUtf8(3))
-        ));
+        assert!(matches!(dec.decode(&mut buf), Err(FrameError::HeaderNotUtf8(3))));
 
         let mut buf = BytesMut::from(&vec![b'a'; MAX_HEADER_BLOCK + 1][..]);
-        assert!(matches!(
-            dec.decode(&mut buf),
-            Err(FrameError::HeaderBlockTooLarge)
-        ));
+        assert!(matches!(dec.decode(&mut buf), Err(FrameError::HeaderBlockTooLarge)));
     }
 
     #[test]

@@ -284,21 +284,11 @@ impl Traffic {
         let now = now_us();
         let dest = kind.destination();
         let mut legs = Vec::with_capacity(2);
-        for (i, (uuid, other)) in [(&a_uuid, &b_uuid), (&b_uuid, &a_uuid)]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, (uuid, other)) in [(&a_uuid, &b_uuid), (&b_uuid, &a_uuid)].into_iter().enumerate() {
             let outbound = i == 0;
             let channel_name = format!("loopback/{dest}-{}", if outbound { 'a' } else { 'b' });
             self.session_id += 1;
-            legs.push(Leg::new(
-                uuid.clone(),
-                other.clone(),
-                channel_name,
-                outbound,
-                self.session_id,
-                now,
-            ));
+            legs.push(Leg::new(uuid.clone(), other.clone(), channel_name, outbound, self.session_id, now));
         }
         let job_arg = format!(
             "{{origination_uuid={a_uuid},origination_caller_id_number={},origination_caller_id_name='{}'}}loopback/{dest}/esl &park",
@@ -361,14 +351,7 @@ fn q850(cause: &str) -> &'static str {
 }
 
 impl Leg {
-    fn new(
-        uuid: String,
-        other_uuid: String,
-        channel_name: String,
-        outbound: bool,
-        session_id: u64,
-        now: i64,
-    ) -> Leg {
+    fn new(uuid: String, other_uuid: String, channel_name: String, outbound: bool, session_id: u64, now: i64) -> Leg {
         let empty = Block::new(Vec::new());
         Leg {
             uuid,
@@ -400,11 +383,7 @@ impl Leg {
     }
 }
 
-const CALLING_STATE: Calling = (
-    "switch_channel.c",
-    "switch_channel_perform_set_running_state",
-    2409,
-);
+const CALLING_STATE: Calling = ("switch_channel.c", "switch_channel_perform_set_running_state", 2409);
 
 impl Call {
     fn register(ids: &mut Rng) -> Call {
@@ -518,15 +497,9 @@ impl Call {
                 push(rng.range(150_000, 400_000), What::Dtmf(1, digit));
             }
         }
-        push(
-            rng.range(1_000_000, 8_000_000),
-            What::Hangup(0, "NORMAL_CLEARING"),
-        );
-        let mut tail = vec![
-            What::State(0, "CS_HANGUP"),
-            What::CallState(0, "HANGUP"),
-            What::Hangup(1, "NORMAL_CLEARING"),
-        ];
+        push(rng.range(1_000_000, 8_000_000), What::Hangup(0, "NORMAL_CLEARING"));
+        let mut tail =
+            vec![What::State(0, "CS_HANGUP"), What::CallState(0, "HANGUP"), What::Hangup(1, "NORMAL_CLEARING")];
         match last_app {
             App::Park => tail.push(What::Unpark(1)),
             App::Conference => tail.push(What::Conf(1, "del-member")),
@@ -559,11 +532,7 @@ impl Call {
             What::Codec(l) => self.codec_event(l),
             What::Outgoing(l) => self.leg_event(
                 "CHANNEL_OUTGOING",
-                (
-                    "switch_core_session.c",
-                    "switch_core_session_outgoing_channel",
-                    768,
-                ),
+                ("switch_core_session.c", "switch_core_session_outgoing_channel", 768),
                 l,
                 Vec::new(),
                 false,
@@ -571,24 +540,13 @@ impl Call {
             ),
             What::State(l, state) => {
                 self.legs[l].state = state;
-                self.leg_event(
-                    "CHANNEL_STATE",
-                    CALLING_STATE,
-                    l,
-                    Vec::new(),
-                    false,
-                    Vec::new(),
-                )
+                self.leg_event("CHANNEL_STATE", CALLING_STATE, l, Vec::new(), false, Vec::new())
             }
             What::Create(l) => {
                 self.legs[l].state = "CS_INIT";
                 self.leg_event(
                     "CHANNEL_CREATE",
-                    (
-                        "switch_core_state_machine.c",
-                        "switch_core_session_run",
-                        626,
-                    ),
+                    ("switch_core_state_machine.c", "switch_core_session_run", 626),
                     l,
                     Vec::new(),
                     true,
@@ -597,11 +555,7 @@ impl Call {
             }
             What::Originate(l) => self.leg_event(
                 "CHANNEL_ORIGINATE",
-                (
-                    "switch_core_state_machine.c",
-                    "switch_core_session_run",
-                    632,
-                ),
+                ("switch_core_state_machine.c", "switch_core_session_run", 632),
                 l,
                 Vec::new(),
                 true,
@@ -662,10 +616,7 @@ impl Call {
                 let post = vec![
                     Item::H("DTMF-Digit", Val::Static(digit)),
                     Item::H("DTMF-Duration", Val::Num(2000)),
-                    Item::H(
-                        "DTMF-Source",
-                        Val::Static(if digit == "#" { "APP" } else { "RTP" }),
-                    ),
+                    Item::H("DTMF-Source", Val::Static(if digit == "#" { "APP" } else { "RTP" })),
                 ];
                 self.leg_event(
                     "DTMF",
@@ -682,11 +633,7 @@ impl Call {
                 let pre = vec![Item::H("Hangup-Cause", Val::Static(self.cause))];
                 let mut ev = self.leg_event(
                     "CHANNEL_HANGUP_COMPLETE",
-                    (
-                        "switch_core_state_machine.c",
-                        "switch_core_session_reporting_state",
-                        943,
-                    ),
+                    ("switch_core_state_machine.c", "switch_core_session_reporting_state", 943),
                     l,
                     pre,
                     true,
@@ -702,11 +649,7 @@ impl Call {
             }
             What::Destroy(l) => self.leg_event(
                 "CHANNEL_DESTROY",
-                (
-                    "switch_core_session.c",
-                    "switch_core_session_perform_destroy",
-                    1588,
-                ),
+                ("switch_core_session.c", "switch_core_session_perform_destroy", 1588),
                 l,
                 Vec::new(),
                 true,
@@ -730,10 +673,7 @@ impl Call {
         items.reserve(12 + post.len());
         items.push(Item::H("Channel-State", Val::Static(leg.state)));
         items.push(Item::H("Channel-Call-State", Val::Static(leg.call_state)));
-        items.push(Item::H(
-            "Channel-State-Number",
-            Val::Num(state_number(leg.state)),
-        ));
+        items.push(Item::H("Channel-State-Number", Val::Num(state_number(leg.state))));
         items.push(Item::Block(leg.ident.clone()));
         items.push(Item::H("Answer-State", Val::Static(leg.answer_state)));
         if let Some(cause) = leg.hangup_cause {
@@ -751,15 +691,7 @@ impl Call {
             }
         }
         items.extend(post);
-        SimEvent {
-            name,
-            subclass: None,
-            calling,
-            sequence: 0,
-            items,
-            body: None,
-            traffic: true,
-        }
+        SimEvent { name, subclass: None, calling, sequence: 0, items, body: None, traffic: true }
     }
 
     fn codec_event(&self, l: usize) -> SimEvent {
@@ -775,36 +707,17 @@ impl Call {
             Item::H("channel-read-codec-rate", Val::Num(8000)),
             Item::H("channel-read-codec-bit-rate", Val::Num(64000)),
         ];
-        let calling = (
-            "switch_core_codec.c",
-            "switch_core_session_set_read_codec",
-            300,
-        );
-        SimEvent {
-            name: "CODEC",
-            subclass: None,
-            calling,
-            sequence: 0,
-            items,
-            body: None,
-            traffic: true,
-        }
+        let calling = ("switch_core_codec.c", "switch_core_session_set_read_codec", 300);
+        SimEvent { name: "CODEC", subclass: None, calling, sequence: 0, items, body: None, traffic: true }
     }
 
     fn callstate_event(&mut self, l: usize, call_state: &'static str) -> SimEvent {
         let original = std::mem::replace(&mut self.legs[l].call_state, call_state);
         let pre = vec![
             Item::H("Original-Channel-Call-State", Val::Static(original)),
-            Item::H(
-                "Channel-Call-State-Number",
-                Val::Num(call_state_number(call_state)),
-            ),
+            Item::H("Channel-Call-State-Number", Val::Num(call_state_number(call_state))),
         ];
-        let calling = (
-            "switch_channel.c",
-            "switch_channel_perform_set_callstate",
-            302,
-        );
+        let calling = ("switch_channel.c", "switch_channel_perform_set_callstate", 302);
         self.leg_event("CHANNEL_CALLSTATE", calling, l, pre, false, Vec::new())
     }
 
@@ -820,11 +733,7 @@ impl Call {
                 Val::Array(vec!["alpha".into(), "beta gamma".into(), "Zoë".into()]),
             ));
         }
-        let calling = (
-            "switch_channel.c",
-            "switch_channel_perform_mark_answered",
-            3848,
-        );
+        let calling = ("switch_channel.c", "switch_channel_perform_mark_answered", 3848);
         self.leg_event("CHANNEL_ANSWER", calling, l, Vec::new(), true, post)
     }
 
@@ -850,28 +759,15 @@ impl Call {
         } else {
             ("PLAYBACK_START", 1649)
         };
-        self.leg_event(
-            name,
-            ("switch_ivr_play_say.c", "switch_ivr_play_file", line),
-            l,
-            Vec::new(),
-            true,
-            post,
-        )
+        self.leg_event(name, ("switch_ivr_play_say.c", "switch_ivr_play_file", line), l, Vec::new(), true, post)
     }
 
     fn app_items(&self, l: usize, app: App, complete: bool) -> Vec<Item> {
         let mut post = Vec::with_capacity(6);
         if let Some(data) = app.data() {
-            post.push(Item::H(
-                "variable_current_application_data",
-                Val::Static(data),
-            ));
+            post.push(Item::H("variable_current_application_data", Val::Static(data)));
         }
-        post.push(Item::H(
-            "variable_current_application",
-            Val::Static(app.name()),
-        ));
+        post.push(Item::H("variable_current_application", Val::Static(app.name())));
         post.push(Item::H("Application", Val::Static(app.name())));
         if let Some(data) = app.data() {
             post.push(Item::H("Application-Data", Val::Static(data)));
@@ -879,10 +775,7 @@ impl Call {
         if complete {
             post.push(Item::H("Application-Response", Val::Static("_none_")));
         }
-        post.push(Item::H(
-            "Application-UUID",
-            Val::Owned(self.legs[l].app_uuid.clone()),
-        ));
+        post.push(Item::H("Application-UUID", Val::Owned(self.legs[l].app_uuid.clone())));
         post
     }
 
@@ -927,15 +820,7 @@ impl Call {
             Item::H("API-Command-Argument", Val::Owned(self.job_arg.clone())),
         ];
         let calling = ("switch_loadable_module.c", "switch_api_execute", 2954);
-        SimEvent {
-            name: "API",
-            subclass: None,
-            calling,
-            sequence: 0,
-            items,
-            body: None,
-            traffic: true,
-        }
+        SimEvent { name: "API", subclass: None, calling, sequence: 0, items, body: None, traffic: true }
     }
 
     fn bgjob_event(&self) -> SimEvent {
@@ -1024,29 +909,16 @@ impl Call {
             ("variable_read_rate", "8000".into()),
             ("variable_write_codec", "PCMA".into()),
             ("variable_write_rate", "8000".into()),
-            (
-                "variable_origination_uuid",
-                if leg.outbound {
-                    leg.uuid.clone()
-                } else {
-                    leg.other_uuid.clone()
-                },
-            ),
+            ("variable_origination_uuid", if leg.outbound { leg.uuid.clone() } else { leg.other_uuid.clone() }),
             ("variable_origination_caller_id_number", number.into()),
             ("variable_origination_caller_id_name", name.into()),
             ("variable_other_loopback_leg_uuid", leg.other_uuid.clone()),
-            (
-                "variable_loopback_leg",
-                if leg.outbound { "A" } else { "B" }.into(),
-            ),
+            ("variable_loopback_leg", if leg.outbound { "A" } else { "B" }.into()),
             ("variable_call_uuid", leg.uuid.clone()),
         ];
         if self.unicode_vars {
             v.push(("variable_esl_tag", "a;b c=d&e f%20g/ü€😀".into()));
-            v.push((
-                "variable_esl_note",
-                "Grüße, 東京 & «quotes» 100% sure?".into(),
-            ));
+            v.push(("variable_esl_note", "Grüße, 東京 & «quotes» 100% sure?".into()));
             v.push(("variable_esl_exported", "a=b&c=d e+f/g".into()));
             v.push(("variable_esl_tabs", "a\tb".into()));
         }
@@ -1063,10 +935,7 @@ impl Call {
             for i in 0..24 {
                 v.push((
                     "variable_sim_padding",
-                    format!(
-                        "{i:02} lorem ipsum dolor sit amet, consectetur adipiscing elit 100% {}",
-                        leg.uuid
-                    ),
+                    format!("{i:02} lorem ipsum dolor sit amet, consectetur adipiscing elit 100% {}", leg.uuid),
                 ));
             }
         }
@@ -1174,39 +1043,18 @@ fn sip_vars(leg: &Leg, v: &mut Vec<(&'static str, String)>) {
     );
     v.push(("variable_switch_r_sdp", sdp.clone()));
     v.push(("variable_switch_l_sdp", sdp));
-    v.push((
-        "variable_sip_call_id",
-        format!("{}@127.0.0.1", leg.other_uuid),
-    ));
+    v.push(("variable_sip_call_id", format!("{}@127.0.0.1", leg.other_uuid)));
     v.push(("variable_sip_from_uri", "1000@127.0.0.1:5060".into()));
-    v.push((
-        "variable_sip_to_uri",
-        "park@127.0.0.1:5060;transport=udp".into(),
-    ));
-    v.push((
-        "variable_sip_contact_uri",
-        "mod_sofia@127.0.0.1:5060".into(),
-    ));
-    v.push((
-        "variable_sip_user_agent",
-        "FreeSWITCH-mod_sofia/1.11.1-release~64bit".into(),
-    ));
+    v.push(("variable_sip_to_uri", "park@127.0.0.1:5060;transport=udp".into()));
+    v.push(("variable_sip_contact_uri", "mod_sofia@127.0.0.1:5060".into()));
+    v.push(("variable_sip_user_agent", "FreeSWITCH-mod_sofia/1.11.1-release~64bit".into()));
     v.push((
         "variable_sip_allow",
         "INVITE, ACK, BYE, CANCEL, OPTIONS, MESSAGE, INFO, UPDATE, REGISTER, REFER, NOTIFY".into(),
     ));
-    v.push((
-        "variable_sip_h_X-Account",
-        "acct=42&plan=gold+extra; note=\"100% ok\"".into(),
-    ));
-    v.push((
-        "variable_rtp_local_sdp_str",
-        "m=audio 16384 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\n".into(),
-    ));
-    v.push((
-        "variable_rtp_use_codec_string",
-        "PCMA,PCMU,G722,OPUS".into(),
-    ));
+    v.push(("variable_sip_h_X-Account", "acct=42&plan=gold+extra; note=\"100% ok\"".into()));
+    v.push(("variable_rtp_local_sdp_str", "m=audio 16384 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\n".into()));
+    v.push(("variable_rtp_use_codec_string", "PCMA,PCMU,G722,OPUS".into()));
     v.push(("variable_rtp_audio_in_raw_bytes", "160320".into()));
     v.push(("variable_rtp_audio_in_media_bytes", "160320".into()));
     v.push(("variable_rtp_audio_in_packet_count", "1002".into()));
@@ -1238,12 +1086,7 @@ fn register_event(ids: &mut Rng) -> SimEvent {
         Item::H("from-user", Val::Owned(user.to_string())),
         Item::H("from-host", Val::Static("127.0.0.1")),
         Item::H("presence-hosts", Val::Static("127.0.0.1")),
-        Item::H(
-            "contact",
-            Val::Owned(format!(
-                "\"Desk {user}\" <sip:{user}@192.0.2.10:5060;transport=udp>"
-            )),
-        ),
+        Item::H("contact", Val::Owned(format!("\"Desk {user}\" <sip:{user}@192.0.2.10:5060;transport=udp>"))),
         Item::H("call-id", Val::Owned(ids.uuid_v4())),
         Item::H("rpid", Val::Static("unknown")),
         Item::H("status", Val::Static("Registered(UDP)")),
@@ -1278,24 +1121,11 @@ pub fn background_job(job_uuid: &str, command: &str, arg: &str, body: String) ->
         items.push(Item::H("Job-Command-Arg", Val::Owned(arg.to_owned())));
     }
     let calling = ("mod_event_socket.c", "api_exec", 1569);
-    SimEvent {
-        name: "BACKGROUND_JOB",
-        subclass: None,
-        calling,
-        sequence: 0,
-        items,
-        body: Some(body),
-        traffic: false,
-    }
+    SimEvent { name: "BACKGROUND_JOB", subclass: None, calling, sequence: 0, items, body: Some(body), traffic: false }
 }
 
 /// The `HEARTBEAT` and `RE_SCHEDULE` events FreeSWITCH fires every 20 s.
-pub fn heartbeat(
-    uptime_us: i64,
-    sessions: u64,
-    calls_started: u64,
-    heartbeat_secs: u64,
-) -> [SimEvent; 2] {
+pub fn heartbeat(uptime_us: i64, sessions: u64, calls_started: u64, heartbeat_secs: u64) -> [SimEvent; 2] {
     let items = vec![
         Item::H("Event-Info", Val::Static("System Ready")),
         Item::H("Up-Time", Val::Owned(uptime_text(uptime_us))),

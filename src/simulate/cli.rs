@@ -89,9 +89,8 @@ pub fn run_cli(args: SimulateArgs) -> i32 {
             return 2;
         }
     };
-    let exit_when_done = opts.duration.is_some()
-        || opts.calls.is_some()
-        || (args.replay.is_some() && opts.events.is_none());
+    let exit_when_done =
+        opts.duration.is_some() || opts.calls.is_some() || (args.replay.is_some() && opts.events.is_none());
     let mut sim = match Simulator::start(opts) {
         Ok(sim) => sim,
         Err(e) => {
@@ -100,11 +99,7 @@ pub fn run_cli(args: SimulateArgs) -> i32 {
         }
     };
     install_signal_handlers();
-    eprintln!(
-        "simulate: listening on {} (Core-UUID {})",
-        sim.local_addr(),
-        sim.core_uuid()
-    );
+    eprintln!("simulate: listening on {} (Core-UUID {})", sim.local_addr(), sim.core_uuid());
     let mut summarized = false;
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
@@ -126,10 +121,7 @@ pub fn run_cli(args: SimulateArgs) -> i32 {
 
 fn options_from(args: &SimulateArgs) -> Result<SimulateOptions, String> {
     if !(args.cps >= 0.0 && args.cps.is_finite()) {
-        return Err(format!(
-            "--cps {}: expected a non-negative number",
-            args.cps
-        ));
+        return Err(format!("--cps {}: expected a non-negative number", args.cps));
     }
     let mut opts = SimulateOptions {
         listen: args.listen,
@@ -155,16 +147,9 @@ fn options_from(args: &SimulateArgs) -> Result<SimulateOptions, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("--replay {}: {e}", path.display()))?;
         opts.replay = event_frames(&bytes);
         if opts.replay.is_empty() {
-            return Err(format!(
-                "--replay {}: no event frames found",
-                path.display()
-            ));
+            return Err(format!("--replay {}: no event frames found", path.display()));
         }
-        if opts.events.is_none()
-            && opts.calls.is_none()
-            && opts.duration.is_none()
-            && opts.rate.is_none()
-        {
+        if opts.events.is_none() && opts.calls.is_none() && opts.duration.is_none() && opts.rate.is_none() {
             opts.events = Some(0);
         }
     }
@@ -192,8 +177,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
-        .ok_or_else(|| format!("{text:?}: expected a duration such as 250ms, 3s, 10m or 1h"))
+    parse_duration(text).ok_or_else(|| format!("{text:?}: expected a duration such as 250ms, 3s, 10m or 1h"))
 }
 
 /// Parses a count: `5000`, `10k`, `2.5k`, `1m` (million).
@@ -216,9 +200,7 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     };
     match number.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v * factor),
-        _ => Err(format!(
-            "{text:?}: expected a number such as 5000, 10k or 1m"
-        )),
+        _ => Err(format!("{text:?}: expected a number such as 5000, 10k or 1m")),
     }
 }
 
@@ -285,51 +267,22 @@ mod tests {
     fn args_mount_under_a_clap_command() {
         use clap::{Args, FromArgMatches};
         let cmd = SimulateArgs::augment_args(clap::Command::new("simulate"));
-        let parse = |argv: &[&str]| {
-            SimulateArgs::from_arg_matches(&cmd.clone().try_get_matches_from(argv).unwrap())
-                .unwrap()
-        };
+        let parse =
+            |argv: &[&str]| SimulateArgs::from_arg_matches(&cmd.clone().try_get_matches_from(argv).unwrap()).unwrap();
         let a = parse(&["simulate"]);
         assert_eq!(a.listen, "127.0.0.1:8021".parse().unwrap());
         assert_eq!(a.password, "ClueCon");
         assert_eq!(a.cps, 10.0);
         assert_eq!(a.heartbeat, Duration::from_secs(20));
-        let a = parse(&[
-            "simulate",
-            "--rate",
-            "10k",
-            "--events",
-            "1m",
-            "--duration",
-            "30s",
-            "--event-size",
-            "large",
-        ]);
+        let a = parse(&["simulate", "--rate", "10k", "--events", "1m", "--duration", "30s", "--event-size", "large"]);
         assert_eq!(a.rate, Some(10_000.0));
         assert_eq!(a.events, Some(1_000_000));
         assert_eq!(a.duration, Some(Duration::from_secs(30)));
         assert_eq!(a.event_size, EventSize::Large);
-        assert!(cmd
-            .clone()
-            .try_get_matches_from(["simulate", "--duration", "3"])
-            .is_err());
-        let opts = options_from(&parse(&[
-            "simulate",
-            "--drop-after",
-            "100",
-            "--drop-mid-frame",
-            "--rate",
-            "0",
-        ]))
-        .unwrap();
-        assert_eq!(
-            opts.fault,
-            Some(Fault {
-                after_events: 100,
-                mid_frame: true,
-                repeat: false
-            })
-        );
+        assert!(cmd.clone().try_get_matches_from(["simulate", "--duration", "3"]).is_err());
+        let opts =
+            options_from(&parse(&["simulate", "--drop-after", "100", "--drop-mid-frame", "--rate", "0"])).unwrap();
+        assert_eq!(opts.fault, Some(Fault { after_events: 100, mid_frame: true, repeat: false }));
         assert_eq!(opts.rate, Some(f64::INFINITY));
     }
 }

@@ -79,12 +79,8 @@ impl Driver {
             (Some(_), _) | (None, Some(_)) => Pacing::Unpaced,
             (None, None) => Pacing::RealTime,
         };
-        let traffic = Traffic::new(TrafficConfig {
-            cps: opts.cps,
-            calls: opts.calls,
-            size: opts.event_size,
-            seed: opts.seed,
-        });
+        let traffic =
+            Traffic::new(TrafficConfig { cps: opts.cps, calls: opts.calls, size: opts.event_size, seed: opts.seed });
         let now = Instant::now();
         Driver {
             encoder: Encoder::new(&shared.identity),
@@ -138,9 +134,7 @@ impl Driver {
             self.send(Outgoing::Sim(ev));
         } else {
             // No call traffic (`cps` 0): only heartbeats and injected events.
-            let until_heartbeat = self
-                .next_heartbeat
-                .saturating_duration_since(Instant::now());
+            let until_heartbeat = self.next_heartbeat.saturating_duration_since(Instant::now());
             self.idle(until_heartbeat.min(IDLE_WAIT));
         }
     }
@@ -155,12 +149,7 @@ impl Driver {
         self.targets = control
             .conns
             .iter()
-            .filter_map(|c| {
-                c.sub.clone().map(|sub| Target {
-                    conn: c.conn.clone(),
-                    sub,
-                })
-            })
+            .filter_map(|c| c.sub.clone().map(|sub| Target { conn: c.conn.clone(), sub }))
             .collect();
         if control.fault != self.fault {
             self.fault = control.fault;
@@ -192,10 +181,7 @@ impl Driver {
         if opts.events.is_some_and(|n| self.traffic_sent >= n) {
             return true;
         }
-        if opts
-            .duration
-            .is_some_and(|d| self.first_subscribed.is_some_and(|t| t.elapsed() >= d))
-        {
+        if opts.duration.is_some_and(|d| self.first_subscribed.is_some_and(|t| t.elapsed() >= d)) {
             return true;
         }
         opts.calls.is_some() && self.ready.is_empty() && self.traffic.next_due().is_none()
@@ -213,9 +199,7 @@ impl Driver {
         }
         let due = match self.pacing {
             Pacing::Unpaced => return None,
-            Pacing::Rate(rate) => {
-                self.origin + Duration::from_secs_f64(self.produced as f64 / rate)
-            }
+            Pacing::Rate(rate) => self.origin + Duration::from_secs_f64(self.produced as f64 / rate),
             Pacing::RealTime => match self.traffic.next_due() {
                 Some(at) => self.origin + Duration::from_micros(at),
                 None => self.next_heartbeat,
@@ -245,24 +229,15 @@ impl Driver {
         self.produced += 1;
         ev.sequence = self.shared.next_sequence();
         let counters = &self.shared.counters;
-        counters
-            .calls
-            .store(self.traffic.calls_started(), Ordering::Relaxed);
-        counters
-            .active_calls
-            .store(self.traffic.active_calls() as u64, Ordering::Relaxed);
+        counters.calls.store(self.traffic.calls_started(), Ordering::Relaxed);
+        counters.active_calls.store(self.traffic.active_calls() as u64, Ordering::Relaxed);
         Some(ev)
     }
 
     fn convert(&mut self, injected: Injected) -> Outgoing {
         match injected {
             Injected::Raw(raw) => Outgoing::Raw(raw),
-            Injected::BackgroundJob {
-                job_uuid,
-                command,
-                arg,
-                body,
-            } => {
+            Injected::BackgroundJob { job_uuid, command, arg, body } => {
                 let mut ev = calls::background_job(&job_uuid, &command, &arg, body);
                 ev.sequence = self.shared.next_sequence();
                 Outgoing::Sim(ev)
@@ -274,16 +249,12 @@ impl Driver {
     /// or an error kept it from reaching anyone.
     fn send(&mut self, out: Outgoing) {
         let (name, subclass) = out.name();
-        let matching: Vec<usize> = (0..self.targets.len())
-            .filter(|&i| self.targets[i].sub.matches(name, subclass))
-            .collect();
+        let matching: Vec<usize> =
+            (0..self.targets.len()).filter(|&i| self.targets[i].sub.matches(name, subclass)).collect();
         if matching.is_empty() {
             return;
         }
-        let (mut plain, mut json) = (
-            std::mem::take(&mut self.plain),
-            std::mem::take(&mut self.json),
-        );
+        let (mut plain, mut json) = (std::mem::take(&mut self.plain), std::mem::take(&mut self.json));
         plain.clear();
         json.clear();
         let now = now_us();
@@ -293,11 +264,7 @@ impl Driver {
             let frame: &[u8] = match &out {
                 Outgoing::Raw(raw) => &raw.bytes,
                 Outgoing::Sim(ev) => {
-                    let buf = if self.targets[i].sub.format == Format::Json {
-                        &mut json
-                    } else {
-                        &mut plain
-                    };
+                    let buf = if self.targets[i].sub.format == Format::Json { &mut json } else { &mut plain };
                     if buf.is_empty() {
                         self.encoder.frame(ev, self.targets[i].sub.format, now, buf);
                     }
@@ -350,10 +317,7 @@ impl Driver {
                 Ok(())
             }
             Err(e) => {
-                self.shared.log(format_args!(
-                    "connection {}: write failed: {e}",
-                    target.conn.id
-                ));
+                self.shared.log(format_args!("connection {}: write failed: {e}", target.conn.id));
                 Err(())
             }
         }
@@ -367,16 +331,12 @@ impl Driver {
                 counters.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                 if ev.traffic {
                     self.traffic_sent += 1;
-                    counters
-                        .traffic_sent
-                        .store(self.traffic_sent, Ordering::Relaxed);
+                    counters.traffic_sent.store(self.traffic_sent, Ordering::Relaxed);
                 }
                 counters.count_name(ev.name, ev.subclass);
             }
             Outgoing::Raw(raw) => {
-                counters
-                    .bytes_sent
-                    .fetch_add(raw.bytes.len() as u64, Ordering::Relaxed);
+                counters.bytes_sent.fetch_add(raw.bytes.len() as u64, Ordering::Relaxed);
                 counters.count_name(&raw.name, raw.subclass.as_deref());
             }
         }
@@ -387,10 +347,7 @@ impl Driver {
             let mut conn = target.conn.lock();
             if let Err(e) = conn.flush() {
                 if e.kind() != std::io::ErrorKind::NotConnected {
-                    self.shared.log(format_args!(
-                        "connection {}: write failed: {e}",
-                        target.conn.id
-                    ));
+                    self.shared.log(format_args!("connection {}: write failed: {e}", target.conn.id));
                 }
             }
         }

@@ -122,12 +122,7 @@ pub struct SimStats {
 /// Work handed to the driver by other threads.
 pub(crate) enum Injected {
     Raw(RawFrame),
-    BackgroundJob {
-        job_uuid: String,
-        command: String,
-        arg: String,
-        body: String,
-    },
+    BackgroundJob { job_uuid: String, command: String, arg: String, body: String },
 }
 
 /// A complete event frame sent verbatim, with the name used to filter it.
@@ -225,10 +220,7 @@ impl Shared {
     }
 
     pub fn add_conn(&self, conn: Arc<Conn>) {
-        self.log(format_args!(
-            "client {} connected from {}",
-            conn.id, conn.peer
-        ));
+        self.log(format_args!("client {} connected from {}", conn.id, conn.peer));
         self.control().conns.push(ConnEntry { conn, sub: None });
         self.counters.connections.fetch_add(1, Ordering::SeqCst);
         self.changed();
@@ -248,11 +240,7 @@ impl Shared {
 
     pub fn subscribe(&self, id: u64, words: &[&str]) -> Result<&'static str, String> {
         let mut control = self.control();
-        let entry = control
-            .conns
-            .iter_mut()
-            .find(|c| c.conn.id == id)
-            .ok_or("-ERR not connected")?;
+        let entry = control.conns.iter_mut().find(|c| c.conn.id == id).ok_or("-ERR not connected")?;
         let mut sub = entry.sub.clone().unwrap_or_default();
         let format = sub.add(words)?;
         entry.sub = Some(sub);
@@ -320,18 +308,11 @@ impl Simulator {
     pub fn start(mut opts: SimulateOptions) -> io::Result<Simulator> {
         let listener = TcpListener::bind(opts.listen)?;
         let addr = listener.local_addr()?;
-        let identity = Identity {
-            core_uuid: Rng::from_entropy().uuid_v4(),
-            hostname: opts.hostname.clone(),
-        };
+        let identity = Identity { core_uuid: Rng::from_entropy().uuid_v4(), hostname: opts.hostname.clone() };
         let replay = std::mem::take(&mut opts.replay);
         let shared = Arc::new(Shared {
             sequence: AtomicU64::new(opts.start_sequence),
-            control: Mutex::new(Control {
-                conns: Vec::new(),
-                injected: VecDeque::new(),
-                fault: opts.fault,
-            }),
+            control: Mutex::new(Control { conns: Vec::new(), injected: VecDeque::new(), fault: opts.fault }),
             opts,
             identity,
             started: Instant::now(),
@@ -342,26 +323,16 @@ impl Simulator {
             counters: Counters::default(),
         });
         let sim_shared = shared.clone();
-        let sim = Simulator {
-            shared,
-            addr,
-            threads: Vec::new(),
-        };
+        let sim = Simulator { shared, addr, threads: Vec::new() };
         sim.push_frames(replay);
         let mut sim = sim;
         let accept_shared = sim_shared.clone();
-        sim.threads.push(spawn("sim-accept", move || {
-            server::accept_loop(listener, accept_shared)
-        })?);
+        sim.threads.push(spawn("sim-accept", move || server::accept_loop(listener, accept_shared))?);
         let driver_shared = sim_shared.clone();
-        sim.threads.push(spawn("sim-driver", move || {
-            driver::Driver::new(driver_shared).run()
-        })?);
+        sim.threads.push(spawn("sim-driver", move || driver::Driver::new(driver_shared).run())?);
         if !sim_shared.opts.quiet {
             let progress_shared = sim_shared.clone();
-            sim.threads.push(spawn("sim-progress", move || {
-                cli::progress_loop(&progress_shared)
-            })?);
+            sim.threads.push(spawn("sim-progress", move || cli::progress_loop(&progress_shared))?);
         }
         Ok(sim)
     }
@@ -393,12 +364,7 @@ impl Simulator {
                 return false;
             }
             let wait = (deadline - now).min(Duration::from_millis(50));
-            control = self
-                .shared
-                .wake
-                .wait_timeout(control, wait)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            control = self.shared.wake.wait_timeout(control, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
         }
     }
 
@@ -407,11 +373,7 @@ impl Simulator {
     pub fn push_frames(&self, frames: Vec<Vec<u8>>) {
         for bytes in frames {
             let (name, subclass) = frame_event_name(&bytes);
-            self.shared.inject(Injected::Raw(RawFrame {
-                bytes,
-                name,
-                subclass,
-            }));
+            self.shared.inject(Injected::Raw(RawFrame { bytes, name, subclass }));
         }
     }
 
@@ -423,13 +385,7 @@ impl Simulator {
 
     /// Closes every client connection now (the next event goes to the next connection).
     pub fn disconnect_all(&self) {
-        let conns: Vec<Arc<Conn>> = self
-            .shared
-            .control()
-            .conns
-            .iter()
-            .map(|c| c.conn.clone())
-            .collect();
+        let conns: Vec<Arc<Conn>> = self.shared.control().conns.iter().map(|c| c.conn.clone()).collect();
         for conn in conns {
             conn.kill();
         }
@@ -488,11 +444,7 @@ pub fn event_frames(capture: &[u8]) -> Vec<Vec<u8>> {
     let mut pos = 0;
     while let Some(end) = find(&capture[pos..], b"\n\n").map(|i| pos + i) {
         let head = String::from_utf8_lossy(&capture[pos..end]);
-        let header = |name: &str| {
-            head.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(str::trim)
-        };
+        let header = |name: &str| head.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
         let length = match header("Content-Length:").map(str::parse::<usize>) {
             None => 0,
             Some(Ok(n)) => n,
@@ -524,15 +476,8 @@ fn frame_event_name(frame: &[u8]) -> (String, Option<String>) {
     }
     let head_end = find(body, b"\n\n").unwrap_or(body.len());
     let text = String::from_utf8_lossy(&body[..head_end]);
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .map(|v| percent_decode(v.trim()))
-    };
-    (
-        get("Event-Name:").unwrap_or_default(),
-        get("Event-Subclass:"),
-    )
+    let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(|v| percent_decode(v.trim()));
+    (get("Event-Name:").unwrap_or_default(), get("Event-Subclass:"))
 }
 
 /// Decodes `%XX` escapes (a `+` stays a `+`, as in FreeSWITCH).

@@ -178,39 +178,25 @@ fn spawn_connection(stream: TcpStream, shared: &Arc<Shared>) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
-    let id = shared
-        .counters
-        .total_connections
-        .fetch_add(1, Ordering::SeqCst)
-        + 1;
+    let id = shared.counters.total_connections.fetch_add(1, Ordering::SeqCst) + 1;
     let conn = Arc::new(Conn {
         id,
         peer,
-        out: Mutex::new(ConnOut {
-            stream: write_half,
-            buf: Vec::new(),
-            dead: false,
-            events: 0,
-        }),
+        out: Mutex::new(ConnOut { stream: write_half, buf: Vec::new(), dead: false, events: 0 }),
     });
     shared.add_conn(conn.clone());
     let shared = shared.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("sim-conn-{id}"))
-        .spawn({
-            let conn = conn.clone();
-            let shared = shared.clone();
-            move || {
-                if let Err(e) = serve(&conn, stream, &shared) {
-                    shared.log(format_args!(
-                        "connection {} from {}: {e}; closing it",
-                        conn.id, conn.peer
-                    ));
-                }
-                conn.kill();
-                shared.remove_conn(conn.id);
+    let spawned = std::thread::Builder::new().name(format!("sim-conn-{id}")).spawn({
+        let conn = conn.clone();
+        let shared = shared.clone();
+        move || {
+            if let Err(e) = serve(&conn, stream, &shared) {
+                shared.log(format_args!("connection {} from {}: {e}; closing it", conn.id, conn.peer));
             }
-        });
+            conn.kill();
+            shared.remove_conn(conn.id);
+        }
+    });
     if spawned.is_err() {
         conn.kill();
         shared.remove_conn(id);
@@ -231,19 +217,13 @@ fn read_command(reader: &mut impl BufRead) -> io::Result<Option<Command>> {
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = reader
-            .by_ref()
-            .take((MAX_COMMAND + 1) as u64)
-            .read_until(b'\n', &mut line)?;
+        let n = reader.by_ref().take((MAX_COMMAND + 1) as u64).read_until(b'\n', &mut line)?;
         if n == 0 {
             return Ok(None);
         }
         total += n;
         if total > MAX_COMMAND {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "command too long",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "command too long"));
         }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\n', '\r']);
@@ -256,8 +236,7 @@ fn read_command(reader: &mut impl BufRead) -> io::Result<Option<Command>> {
         if cmd.line.is_empty() {
             cmd.line = text.to_owned();
         } else if let Some((name, value)) = text.split_once(':') {
-            cmd.headers
-                .push((name.trim().to_owned(), value.trim().to_owned()));
+            cmd.headers.push((name.trim().to_owned(), value.trim().to_owned()));
         }
     }
     skip_body(reader, &cmd)?;
@@ -266,21 +245,15 @@ fn read_command(reader: &mut impl BufRead) -> io::Result<Option<Command>> {
 
 /// Discards a body announced by `Content-Length` (e.g. `sendevent`), so it is not read as commands.
 fn skip_body(reader: &mut impl BufRead, cmd: &Command) -> io::Result<()> {
-    let length = cmd
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
-        .map(|(_, v)| v.parse::<usize>());
+    let length =
+        cmd.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("Content-Length")).map(|(_, v)| v.parse::<usize>());
     match length {
         None => Ok(()),
         Some(Ok(n)) if n <= MAX_COMMAND => {
             io::copy(&mut reader.by_ref().take(n as u64), &mut io::sink())?;
             Ok(())
         }
-        Some(_) => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "bad Content-Length in command",
-        )),
+        Some(_) => Err(io::Error::new(io::ErrorKind::InvalidData, "bad Content-Length in command")),
     }
 }
 
@@ -354,9 +327,7 @@ fn handle(line: &str, conn: &Conn, shared: &Shared, rng: &mut Rng, out: &mut Vec
             let mut guard = conn.lock();
             let words: Vec<&str> = rest.split_whitespace().collect();
             match shared.subscribe(conn.id, &words) {
-                Ok(format) => {
-                    encode::command_reply(&format!("+OK event listener enabled {format}"), &[], out)
-                }
+                Ok(format) => encode::command_reply(&format!("+OK event listener enabled {format}"), &[], out),
                 Err(reply) => encode::command_reply(&reply, &[], out),
             }
             guard.buf.extend_from_slice(out);
@@ -381,22 +352,13 @@ fn handle(line: &str, conn: &Conn, shared: &Shared, rng: &mut Rng, out: &mut Vec
         "api" => encode::api_response(api_body(rest, shared).as_bytes(), out),
         "bgapi" => {
             let job_uuid = rng.uuid_v4();
-            encode::command_reply(
-                &format!("+OK Job-UUID: {job_uuid}"),
-                &[("Job-UUID", &job_uuid)],
-                out,
-            );
+            encode::command_reply(&format!("+OK Job-UUID: {job_uuid}"), &[("Job-UUID", &job_uuid)], out);
             let (command, arg) = split_word(rest);
             let body = api_body(rest, shared);
             // The reply is queued before the job is, so it always reaches the client first.
             conn.send_now(out).ok();
             out.clear();
-            shared.inject(Injected::BackgroundJob {
-                job_uuid,
-                command: command.to_owned(),
-                arg: arg.to_owned(),
-                body,
-            });
+            shared.inject(Injected::BackgroundJob { job_uuid, command: command.to_owned(), arg: arg.to_owned(), body });
         }
         _ => encode::command_reply("-ERR command not found", &[], out),
     }
@@ -410,10 +372,7 @@ fn api_body(command_line: &str, shared: &Shared) -> String {
         "status" => status_text(shared),
         "version" => "FreeSWITCH Version 1.11.1-release~64bit ( 64bit)\n".into(),
         "show" if command_line.ends_with("calls count") => {
-            format!(
-                "\n{} total.\n",
-                shared.counters.active_calls.load(Ordering::Relaxed)
-            )
+            format!("\n{} total.\n", shared.counters.active_calls.load(Ordering::Relaxed))
         }
         "" => "-ERR  Command not found!\n".into(),
         other => format!("-ERR {other} Command not found!\n"),
@@ -441,26 +400,17 @@ mod tests {
     #[test]
     fn subscription_follows_freeswitch_custom_rules() {
         let mut s = Subscription::default();
-        assert_eq!(
-            s.add(&["plain", "CHANNEL_ANSWER", "CUSTOM", "sofia::register"]),
-            Ok("plain")
-        );
+        assert_eq!(s.add(&["plain", "CHANNEL_ANSWER", "CUSTOM", "sofia::register"]), Ok("plain"));
         assert!(s.matches("CHANNEL_ANSWER", None));
         assert!(!s.matches("CHANNEL_HANGUP", None));
         assert!(s.matches("CUSTOM", Some("sofia::register")));
         assert!(!s.matches("CUSTOM", Some("conference::maintenance")));
-        assert!(
-            s.matches("CUSTOM", None),
-            "a CUSTOM event without subclass goes to CUSTOM listeners"
-        );
+        assert!(s.matches("CUSTOM", None), "a CUSTOM event without subclass goes to CUSTOM listeners");
 
         let mut bare = Subscription::default();
         bare.add(&["json", "CUSTOM"]).unwrap();
         assert_eq!(bare.format, Format::Json);
-        assert!(
-            !bare.matches("CUSTOM", Some("sofia::register")),
-            "subclassed events need the subclass or ALL"
-        );
+        assert!(!bare.matches("CUSTOM", Some("sofia::register")), "subclassed events need the subclass or ALL");
 
         let mut all = Subscription::default();
         all.add(&["plain", "all"]).unwrap();
@@ -473,18 +423,9 @@ mod tests {
     fn commands_end_at_a_blank_line_and_tolerate_crlf() {
         let input = b"\r\nauth ClueCon\r\n\r\nsendevent CUSTOM\nContent-Length: 5\n\nhello\nevent plain ALL\n\n";
         let mut reader = io::Cursor::new(&input[..]);
-        assert_eq!(
-            read_command(&mut reader).unwrap().unwrap().line,
-            "auth ClueCon"
-        );
-        assert_eq!(
-            read_command(&mut reader).unwrap().unwrap().line,
-            "sendevent CUSTOM"
-        );
-        assert_eq!(
-            read_command(&mut reader).unwrap().unwrap().line,
-            "event plain ALL"
-        );
+        assert_eq!(read_command(&mut reader).unwrap().unwrap().line, "auth ClueCon");
+        assert_eq!(read_command(&mut reader).unwrap().unwrap().line, "sendevent CUSTOM");
+        assert_eq!(read_command(&mut reader).unwrap().unwrap().line, "event plain ALL");
         assert!(read_command(&mut reader).unwrap().is_none());
     }
 

@@ -22,10 +22,7 @@ struct Frame {
 
 impl Frame {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -38,10 +35,7 @@ struct PlainEvent {
 
 impl PlainEvent {
     fn get(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -53,13 +47,8 @@ struct Client {
 impl Client {
     fn connect(sim: &Simulator) -> Client {
         let stream = TcpStream::connect(sim.local_addr()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client { stream, buf: Vec::new() }
     }
 
     fn login(sim: &Simulator, subscription: &str) -> Client {
@@ -69,20 +58,12 @@ impl Client {
         assert_eq!(c.frame().unwrap().raw, ACCEPTED);
         c.send(subscription);
         let reply = c.frame().unwrap();
-        assert!(
-            reply
-                .header("Reply-Text")
-                .unwrap()
-                .starts_with("+OK event listener enabled"),
-            "{subscription}"
-        );
+        assert!(reply.header("Reply-Text").unwrap().starts_with("+OK event listener enabled"), "{subscription}");
         c
     }
 
     fn send(&mut self, command: &str) {
-        self.stream
-            .write_all(format!("{command}\n\n").as_bytes())
-            .unwrap();
+        self.stream.write_all(format!("{command}\n\n").as_bytes()).unwrap();
     }
 
     fn fill(&mut self) -> bool {
@@ -108,10 +89,7 @@ impl Client {
                         (n.to_owned(), v.to_owned())
                     })
                     .collect();
-                let len = headers
-                    .iter()
-                    .find(|(n, _)| n == "Content-Length")
-                    .map_or(0, |(_, v)| v.parse().unwrap());
+                let len = headers.iter().find(|(n, _)| n == "Content-Length").map_or(0, |(_, v)| v.parse().unwrap());
                 if self.buf.len() >= end + 2 + len {
                     let raw: Vec<u8> = self.buf.drain(..end + 2 + len).collect();
                     let body = raw[end + 2..].to_vec();
@@ -128,9 +106,7 @@ impl Client {
     fn event(&mut self) -> Option<Frame> {
         loop {
             let f = self.frame()?;
-            if f.header("Content-Type")
-                .is_some_and(|t| t.starts_with("text/event-"))
-            {
+            if f.header("Content-Type").is_some_and(|t| t.starts_with("text/event-")) {
                 return Some(f);
             }
         }
@@ -146,15 +122,10 @@ impl Client {
 fn parse_plain(body: &[u8]) -> PlainEvent {
     let end = find(body, b"\n\n").expect("header block ends in a blank line");
     let raw_headers = String::from_utf8(body[..end + 1].to_vec()).expect("headers are ASCII");
-    assert!(
-        raw_headers.is_ascii(),
-        "plain headers must be percent-encoded ASCII"
-    );
+    assert!(raw_headers.is_ascii(), "plain headers must be percent-encoded ASCII");
     let mut headers = Vec::new();
     for line in raw_headers.lines() {
-        let (name, value) = line
-            .split_once(": ")
-            .unwrap_or_else(|| panic!("bad header line {line:?}"));
+        let (name, value) = line.split_once(": ").unwrap_or_else(|| panic!("bad header line {line:?}"));
         assert!(!value.contains(' '), "unencoded space in {line:?}");
         headers.push((name.to_owned(), percent_decode(value)));
     }
@@ -171,27 +142,16 @@ fn parse_plain(body: &[u8]) -> PlainEvent {
             None
         }
     };
-    PlainEvent {
-        headers,
-        raw_headers,
-        body,
-    }
+    PlainEvent { headers, raw_headers, body }
 }
 
 fn options() -> SimulateOptions {
-    SimulateOptions {
-        quiet: true,
-        ..SimulateOptions::default()
-    }
+    SimulateOptions { quiet: true, ..SimulateOptions::default() }
 }
 
 #[test]
 fn handshake_and_replies_are_byte_exact() {
-    let sim = Simulator::start(SimulateOptions {
-        events: Some(0),
-        ..options()
-    })
-    .unwrap();
+    let sim = Simulator::start(SimulateOptions { events: Some(0), ..options() }).unwrap();
     let mut c = Client::connect(&sim);
     assert_eq!(c.frame().unwrap().raw, AUTH_REQUEST);
     c.send("auth ClueCon");
@@ -203,48 +163,23 @@ fn handshake_and_replies_are_byte_exact() {
     );
     c.send("api no_such_command_xyz");
     let body = b"-ERR no_such_command_xyz Command not found!\n";
-    let expected = [
-        format!(
-            "Content-Type: api/response\nContent-Length: {}\n\n",
-            body.len()
-        )
-        .as_bytes(),
-        body,
-    ]
-    .concat();
+    let expected =
+        [format!("Content-Type: api/response\nContent-Length: {}\n\n", body.len()).as_bytes(), body].concat();
     assert_eq!(c.frame().unwrap().raw, expected);
     c.send("api status");
     let status = c.frame().unwrap();
     assert_eq!(status.header("Content-Type"), Some("api/response"));
     let text = String::from_utf8(status.body).unwrap();
-    assert!(
-        text.starts_with("UP 0 years, 0 days, 0 hours, 0 minutes,"),
-        "{text}"
-    );
-    assert!(
-        text.contains("\nFreeSWITCH (Version 1.11.1-release  64bit) is ready\n"),
-        "{text}"
-    );
+    assert!(text.starts_with("UP 0 years, 0 days, 0 hours, 0 minutes,"), "{text}");
+    assert!(text.contains("\nFreeSWITCH (Version 1.11.1-release  64bit) is ready\n"), "{text}");
     c.send("nolog");
-    assert_eq!(
-        c.frame().unwrap().raw,
-        b"Content-Type: command/reply\nReply-Text: +OK no longer logging\n\n"
-    );
+    assert_eq!(c.frame().unwrap().raw, b"Content-Type: command/reply\nReply-Text: +OK no longer logging\n\n");
     c.send("log 7");
-    assert_eq!(
-        c.frame().unwrap().raw,
-        b"Content-Type: command/reply\nReply-Text: +OK log level 7 [7]\n\n"
-    );
+    assert_eq!(c.frame().unwrap().raw, b"Content-Type: command/reply\nReply-Text: +OK log level 7 [7]\n\n");
     c.send("frobnicate");
-    assert_eq!(
-        c.frame().unwrap().raw,
-        b"Content-Type: command/reply\nReply-Text: -ERR command not found\n\n"
-    );
+    assert_eq!(c.frame().unwrap().raw, b"Content-Type: command/reply\nReply-Text: -ERR command not found\n\n");
     c.send("exit");
-    assert_eq!(
-        c.frame().unwrap().raw,
-        b"Content-Type: command/reply\nReply-Text: +OK bye\n\n"
-    );
+    assert_eq!(c.frame().unwrap().raw, b"Content-Type: command/reply\nReply-Text: +OK bye\n\n");
     assert_eq!(c.frame().unwrap().raw, DISCONNECT);
     assert!(c.at_eof());
 }
@@ -255,15 +190,9 @@ fn bad_password_is_refused_and_closed() {
     let mut c = Client::connect(&sim);
     assert_eq!(c.frame().unwrap().raw, AUTH_REQUEST);
     c.send("event plain ALL");
-    assert_eq!(
-        c.frame().unwrap().raw,
-        b"Content-Type: command/reply\nReply-Text: -ERR command not found\n\n"
-    );
+    assert_eq!(c.frame().unwrap().raw, b"Content-Type: command/reply\nReply-Text: -ERR command not found\n\n");
     c.send("auth wrong");
-    assert_eq!(
-        c.frame().unwrap().raw,
-        b"Content-Type: command/reply\nReply-Text: -ERR invalid\n\n"
-    );
+    assert_eq!(c.frame().unwrap().raw, b"Content-Type: command/reply\nReply-Text: -ERR invalid\n\n");
     assert_eq!(c.frame().unwrap().raw, DISCONNECT);
     assert!(c.at_eof());
     assert_eq!(sim.stats().events_sent, 0);
@@ -271,15 +200,9 @@ fn bad_password_is_refused_and_closed() {
 
 #[test]
 fn garbage_input_closes_only_that_connection() {
-    let sim = Simulator::start(SimulateOptions {
-        events: Some(5),
-        ..options()
-    })
-    .unwrap();
+    let sim = Simulator::start(SimulateOptions { events: Some(5), ..options() }).unwrap();
     let mut bad = Client::connect(&sim);
-    bad.stream
-        .write_all(&vec![b'x'; (1 << 20) + 100])
-        .unwrap_or(());
+    bad.stream.write_all(&vec![b'x'; (1 << 20) + 100]).unwrap_or(());
     while bad.frame().is_some() {}
     let mut good = Client::login(&sim, "event plain ALL");
     for _ in 0..5 {
@@ -290,12 +213,7 @@ fn garbage_input_closes_only_that_connection() {
 #[test]
 fn generated_events_decode_with_increasing_sequences_and_encoded_values() {
     let n = 3000;
-    let sim = Simulator::start(SimulateOptions {
-        events: Some(n),
-        start_sequence: 1000,
-        ..options()
-    })
-    .unwrap();
+    let sim = Simulator::start(SimulateOptions { events: Some(n), start_sequence: 1000, ..options() }).unwrap();
     let mut c = Client::login(&sim, "event plain ALL");
     let mut last = 999;
     let mut names = HashSet::new();
@@ -304,10 +222,7 @@ fn generated_events_decode_with_increasing_sequences_and_encoded_values() {
     let mut big = 0;
     for _ in 0..n {
         let frame = c.event().expect("event");
-        assert_eq!(
-            frame.headers[0].0, "Content-Length",
-            "events announce their length first"
-        );
+        assert_eq!(frame.headers[0].0, "Content-Length", "events announce their length first");
         assert_eq!(frame.header("Content-Type"), Some("text/event-plain"));
         let ev = parse_plain(&frame.body);
         assert_eq!(ev.get("Core-UUID"), Some(sim.core_uuid()));
@@ -318,10 +233,7 @@ fn generated_events_decode_with_increasing_sequences_and_encoded_values() {
         assert!((crate::envelope::now_us() - ts).abs() < 60_000_000);
         let name = ev.get("Event-Name").unwrap().to_owned();
         if name == "CUSTOM" {
-            assert_eq!(
-                ev.headers[0].0, "Event-Subclass",
-                "subclass comes first, as in FreeSWITCH"
-            );
+            assert_eq!(ev.headers[0].0, "Event-Subclass", "subclass comes first, as in FreeSWITCH");
             names.insert(format!("CUSTOM {}", ev.get("Event-Subclass").unwrap()));
         }
         if name == "BACKGROUND_JOB" {
@@ -363,22 +275,10 @@ fn generated_events_decode_with_increasing_sequences_and_encoded_values() {
         assert!(names.contains(expected), "no {expected} in {names:?}");
     }
     assert!(unique_ids.len() > 20);
-    assert!(
-        big >= 5000,
-        "largest CHANNEL_HANGUP_COMPLETE is only {big} bytes"
-    );
-    for encoded in [
-        "Zo%C3%AB",
-        "%E6%9D%B1%E4%BA%AC",
-        "%2B49",
-        "%26",
-        "%3A",
-        "%25",
-        "%20",
-        "ARRAY%3A%3A",
-        "f%20g",
-        "a%09b",
-    ] {
+    assert!(big >= 5000, "largest CHANNEL_HANGUP_COMPLETE is only {big} bytes");
+    for encoded in
+        ["Zo%C3%AB", "%E6%9D%B1%E4%BA%AC", "%2B49", "%26", "%3A", "%25", "%20", "ARRAY%3A%3A", "f%20g", "a%09b"]
+    {
         assert!(raw.contains(encoded), "no {encoded} in generated values");
     }
     assert!(sim.wait_done(Duration::from_secs(5)));
@@ -387,11 +287,7 @@ fn generated_events_decode_with_increasing_sequences_and_encoded_values() {
 
 #[test]
 fn json_events_are_single_objects_with_string_values() {
-    let sim = Simulator::start(SimulateOptions {
-        events: Some(500),
-        ..options()
-    })
-    .unwrap();
+    let sim = Simulator::start(SimulateOptions { events: Some(500), ..options() }).unwrap();
     let mut c = Client::login(&sim, "event json ALL");
     let mut saw_array = false;
     let mut saw_body = false;
@@ -417,37 +313,25 @@ fn json_events_are_single_objects_with_string_values() {
 
 #[test]
 fn subscription_filters_like_freeswitch() {
-    let sim = Simulator::start(SimulateOptions {
-        events: Some(400),
-        ..options()
-    })
-    .unwrap();
+    let sim = Simulator::start(SimulateOptions { events: Some(400), ..options() }).unwrap();
     let mut c = Client::login(&sim, "event plain CHANNEL_ANSWER CUSTOM sofia::register");
     let mut got = HashSet::new();
     while sim.stats().traffic_sent < 400 || !c.buf.is_empty() {
-        c.stream
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
+        c.stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
         let Some(frame) = c.event() else { break };
         let ev = parse_plain(&frame.body);
         let name = ev.get("Event-Name").unwrap();
         let key = format!("{name} {}", ev.get("Event-Subclass").unwrap_or(""));
         got.insert(key.trim().to_owned());
     }
-    let expected: HashSet<String> = ["CHANNEL_ANSWER", "CUSTOM sofia::register"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let expected: HashSet<String> =
+        ["CHANNEL_ANSWER", "CUSTOM sofia::register"].iter().map(|s| s.to_string()).collect();
     assert_eq!(got, expected);
 }
 
 #[test]
 fn no_events_flow_before_a_subscription() {
-    let sim = Simulator::start(SimulateOptions {
-        rate: Some(f64::INFINITY),
-        ..options()
-    })
-    .unwrap();
+    let sim = Simulator::start(SimulateOptions { rate: Some(f64::INFINITY), ..options() }).unwrap();
     let mut c = Client::connect(&sim);
     c.frame().unwrap();
     c.send("auth ClueCon");
@@ -455,27 +339,17 @@ fn no_events_flow_before_a_subscription() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(sim.stats().events_sent, 0);
     c.send("api status");
-    assert_eq!(
-        c.frame().unwrap().header("Content-Type"),
-        Some("api/response")
-    );
+    assert_eq!(c.frame().unwrap().header("Content-Type"), Some("api/response"));
 }
 
 #[test]
 fn bgapi_replies_first_then_fires_background_job() {
-    let sim = Simulator::start(SimulateOptions {
-        events: Some(0),
-        ..options()
-    })
-    .unwrap();
+    let sim = Simulator::start(SimulateOptions { events: Some(0), ..options() }).unwrap();
     let mut c = Client::login(&sim, "event plain BACKGROUND_JOB");
     c.send("bgapi status");
     let reply = c.frame().unwrap();
     let job = reply.header("Job-UUID").unwrap().to_owned();
-    assert_eq!(
-        reply.header("Reply-Text"),
-        Some(format!("+OK Job-UUID: {job}").as_str())
-    );
+    assert_eq!(reply.header("Reply-Text"), Some(format!("+OK Job-UUID: {job}").as_str()));
     let ev = parse_plain(&c.event().unwrap().body);
     assert_eq!(ev.get("Event-Name"), Some("BACKGROUND_JOB"));
     assert_eq!(ev.get("Job-UUID"), Some(job.as_str()));
@@ -488,42 +362,19 @@ fn bgapi_replies_first_then_fires_background_job() {
 #[test]
 fn cut_mid_frame_event_is_resent_whole_on_the_next_connection() {
     let n = 200;
-    let fault = Fault {
-        after_events: 50,
-        mid_frame: true,
-        repeat: false,
-    };
-    let sim = Simulator::start(SimulateOptions {
-        events: Some(n),
-        fault: Some(fault),
-        ..options()
-    })
-    .unwrap();
+    let fault = Fault { after_events: 50, mid_frame: true, repeat: false };
+    let sim = Simulator::start(SimulateOptions { events: Some(n), fault: Some(fault), ..options() }).unwrap();
     let mut first = Client::login(&sim, "event plain ALL");
     let mut seqs = Vec::new();
     while let Some(frame) = first.event() {
-        seqs.push(
-            parse_plain(&frame.body)
-                .get("Event-Sequence")
-                .unwrap()
-                .parse::<u64>()
-                .unwrap(),
-        );
+        seqs.push(parse_plain(&frame.body).get("Event-Sequence").unwrap().parse::<u64>().unwrap());
     }
     assert_eq!(seqs.len(), 50);
     assert!(!first.buf.is_empty(), "half a frame was left behind");
     let mut second = Client::login(&sim, "event plain ALL");
     while seqs.len() < n as usize {
-        let frame = second
-            .event()
-            .expect("the rest arrives on the new connection");
-        seqs.push(
-            parse_plain(&frame.body)
-                .get("Event-Sequence")
-                .unwrap()
-                .parse::<u64>()
-                .unwrap(),
-        );
+        let frame = second.event().expect("the rest arrives on the new connection");
+        seqs.push(parse_plain(&frame.body).get("Event-Sequence").unwrap().parse::<u64>().unwrap());
     }
     assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
     assert_eq!(seqs[50], seqs[49] + 1, "nothing skipped at the cut");
@@ -541,12 +392,7 @@ fn replayed_capture_frames_arrive_byte_for_byte() {
     };
     let frames = event_frames(&capture);
     assert_eq!(frames.len(), 1009, "CAPTURES.md counts 1009 plain events");
-    let sim = Simulator::start(SimulateOptions {
-        events: Some(0),
-        replay: frames.clone(),
-        ..options()
-    })
-    .unwrap();
+    let sim = Simulator::start(SimulateOptions { events: Some(0), replay: frames.clone(), ..options() }).unwrap();
     let mut c = Client::login(&sim, "event plain ALL");
     for expected in &frames {
         assert_eq!(&c.event().unwrap().raw, expected);
@@ -556,11 +402,7 @@ fn replayed_capture_frames_arrive_byte_for_byte() {
 
 #[test]
 fn paced_rate_is_close_to_target() {
-    let sim = Simulator::start(SimulateOptions {
-        rate: Some(2000.0),
-        ..options()
-    })
-    .unwrap();
+    let sim = Simulator::start(SimulateOptions { rate: Some(2000.0), ..options() }).unwrap();
     let mut c = Client::login(&sim, "event plain ALL");
     let start = std::time::Instant::now();
     let mut n = 0;
@@ -573,12 +415,8 @@ fn paced_rate_is_close_to_target() {
 
 #[test]
 fn heartbeat_and_reschedule_are_sent() {
-    let sim = Simulator::start(SimulateOptions {
-        cps: 0.0,
-        heartbeat: Duration::from_millis(100),
-        ..options()
-    })
-    .unwrap();
+    let sim =
+        Simulator::start(SimulateOptions { cps: 0.0, heartbeat: Duration::from_millis(100), ..options() }).unwrap();
     let mut c = Client::login(&sim, "event plain HEARTBEAT RE_SCHEDULE");
     let a = parse_plain(&c.event().unwrap().body);
     let b = parse_plain(&c.event().unwrap().body);

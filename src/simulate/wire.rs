@@ -43,11 +43,7 @@ impl Block {
         for (name, value) in &pairs {
             plain_header(name, value, &mut plain);
         }
-        Rc::new(Block {
-            pairs,
-            plain,
-            json: OnceCell::new(),
-        })
+        Rc::new(Block { pairs, plain, json: OnceCell::new() })
     }
 
     /// `"name":"value"` pairs joined by commas (no braces).
@@ -121,12 +117,7 @@ impl Encoder {
             host_json.push(b',');
             json_pair(name, value, &mut host_json);
         }
-        Encoder {
-            host_plain,
-            host_json,
-            dates: DateCache::default(),
-            body: Vec::with_capacity(16 << 10),
-        }
+        Encoder { host_plain, host_json, dates: DateCache::default(), body: Vec::with_capacity(16 << 10) }
     }
 
     /// Appends the whole frame of `event` in `format` to `out`, stamped with `now_us`.
@@ -299,19 +290,14 @@ impl DateCache {
 /// `("2026-11-23 00:47:44", "Mon, 23 Nov 2026 00:47:44 GMT")` for a Unix time (local = UTC).
 pub fn format_dates(unix_seconds: i64) -> (String, String) {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let days = unix_seconds.div_euclid(86_400);
     let secs = unix_seconds.rem_euclid(86_400);
     let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
     let (year, month, day) = civil_from_days(days);
     let local = format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}");
     let weekday = DAYS[days.rem_euclid(7) as usize];
-    let gmt = format!(
-        "{weekday}, {day:02} {} {year:04} {h:02}:{m:02}:{s:02} GMT",
-        MONTHS[(month - 1) as usize]
-    );
+    let gmt = format!("{weekday}, {day:02} {} {year:04} {h:02}:{m:02}:{s:02} GMT", MONTHS[(month - 1) as usize]);
     (local, gmt)
 }
 
@@ -343,10 +329,7 @@ impl Rng {
         use std::hash::{BuildHasher, Hasher};
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
         );
         hasher.write_u32(std::process::id());
         Rng::new(hasher.finish())
@@ -422,10 +405,7 @@ mod tests {
 
     #[test]
     fn json_body_holds_headers_as_strings_arrays_and_body() {
-        let identity = Identity {
-            core_uuid: "c0re".into(),
-            hostname: "h".into(),
-        };
+        let identity = Identity { core_uuid: "c0re".into(), hostname: "h".into() };
         let enc = Encoder::new(&identity);
         let block = Block::new(vec![("Caller-Caller-ID-Name", "Zoë & co: 100%".into())]);
         let ev = SimEvent {
@@ -433,10 +413,7 @@ mod tests {
             subclass: None,
             calling: ("mod_event_socket.c", "api_exec", 1569),
             sequence: 7,
-            items: vec![
-                Item::Block(block),
-                Item::H("X-Arr", Val::Array(vec!["a".into(), "b c".into()])),
-            ],
+            items: vec![Item::Block(block), Item::H("X-Arr", Val::Array(vec!["a".into(), "b c".into()]))],
             body: Some("+OK\n".into()),
             traffic: true,
         };

@@ -23,18 +23,13 @@ pub use redis::RedisServer;
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
 /// The first `name` on `PATH`.
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
 }
 
 /// Sends `sig` to `pid`.
@@ -78,10 +73,7 @@ impl Agent {
 
     /// Runs any program the same way (the harness tests use it on `sleep`).
     pub fn spawn(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Agent {
-        let dir = tempfile::Builder::new()
-            .prefix("eslstream-agent-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("eslstream-agent-").tempdir().expect("temp dir");
         let log = dir.path().join("output.log");
         let file = std::fs::File::create(&log).expect("create log");
         let mut cmd = Command::new(program);
@@ -95,22 +87,12 @@ impl Agent {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-        Agent {
-            child: Some(child),
-            status: None,
-            dir,
-            log,
-        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+        Agent { child: Some(child), status: None, dir, log }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child
-            .as_ref()
-            .map(Child::id)
-            .expect("agent was started")
+        self.child.as_ref().map(Child::id).expect("agent was started")
     }
 
     /// The working directory (for a spool, a `.env`...).
@@ -145,10 +127,7 @@ impl Agent {
 
     fn try_status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
-            self.status = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
+            self.status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
         }
         self.status
     }
@@ -174,10 +153,7 @@ impl Agent {
             Some(code) => code,
             None => {
                 self.kill();
-                panic!(
-                    "process did not exit within {timeout:?} of SIGTERM; output:\n{}",
-                    self.output()
-                );
+                panic!("process did not exit within {timeout:?} of SIGTERM; output:\n{}", self.output());
             }
         }
     }
@@ -185,9 +161,7 @@ impl Agent {
 
 fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 impl Drop for Agent {

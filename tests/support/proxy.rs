@@ -68,11 +68,7 @@ impl TcpProxy {
             .name("proxy-accept".into())
             .spawn(move || accept_loop(listener, s))
             .expect("spawn proxy");
-        TcpProxy {
-            addr,
-            shared,
-            accept: Some(accept),
-        }
+        TcpProxy { addr, shared, accept: Some(accept) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -108,11 +104,7 @@ impl TcpProxy {
 
     /// Connection pairs open now.
     pub fn connections(&self) -> usize {
-        self.shared
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Connections accepted since start.
@@ -144,9 +136,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         }
         let s = shared.clone();
-        let _ = std::thread::Builder::new()
-            .name("proxy-conn".into())
-            .spawn(move || connect_pair(client, s));
+        let _ = std::thread::Builder::new().name("proxy-conn".into()).spawn(move || connect_pair(client, s));
     }
 }
 
@@ -160,26 +150,15 @@ fn connect_pair(client: TcpStream, shared: Arc<Shared>) {
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let (Ok(c2), Ok(u2), Ok(c3), Ok(u3)) = (
-        client.try_clone(),
-        upstream.try_clone(),
-        client.try_clone(),
-        upstream.try_clone(),
-    ) else {
+    let (Ok(c2), Ok(u2), Ok(c3), Ok(u3)) =
+        (client.try_clone(), upstream.try_clone(), client.try_clone(), upstream.try_clone())
+    else {
         return;
     };
-    shared
-        .conns
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((c3, u3));
+    shared.conns.lock().unwrap_or_else(|p| p.into_inner()).push((c3, u3));
     let s = shared.clone();
-    let _ = std::thread::Builder::new()
-        .name("proxy-up".into())
-        .spawn(move || pump(client, upstream, &s, true));
-    let _ = std::thread::Builder::new()
-        .name("proxy-down".into())
-        .spawn(move || pump(u2, c2, &shared, false));
+    let _ = std::thread::Builder::new().name("proxy-up".into()).spawn(move || pump(client, upstream, &s, true));
+    let _ = std::thread::Builder::new().name("proxy-down".into()).spawn(move || pump(u2, c2, &shared, false));
 }
 
 /// Copies `from` to `to` until either side closes; `upstream` bytes count against the budget.
@@ -193,11 +172,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, upstream: bool)
         if !shared.wait_unblocked() {
             break;
         }
-        let allowed = if upstream {
-            take_budget(shared, n as u64)
-        } else {
-            n
-        };
+        let allowed = if upstream { take_budget(shared, n as u64) } else { n };
         if to.write_all(&buf[..allowed]).is_err() {
             break;
         }
@@ -217,15 +192,8 @@ fn take_budget(shared: &Shared, n: u64) -> usize {
             return n as usize;
         }
         let allowed = current.min(n);
-        let next = if allowed < n {
-            NO_LIMIT
-        } else {
-            current - allowed
-        };
-        match shared
-            .budget
-            .compare_exchange(current, next, Ordering::SeqCst, Ordering::SeqCst)
-        {
+        let next = if allowed < n { NO_LIMIT } else { current - allowed };
+        match shared.budget.compare_exchange(current, next, Ordering::SeqCst, Ordering::SeqCst) {
             Ok(_) => return allowed as usize,
             Err(actual) => current = actual,
         }

@@ -33,18 +33,9 @@ impl RedisServer {
     pub fn start_with(extra: &[&str]) -> RedisServer {
         let binary = find_on_path("redis-server")
             .unwrap_or_else(|| panic!("redis-server not found: apt-get install -y redis-server"));
-        let dir = tempfile::Builder::new()
-            .prefix("eslstream-redis-")
-            .tempdir()
-            .expect("temp dir for redis");
+        let dir = tempfile::Builder::new().prefix("eslstream-redis-").tempdir().expect("temp dir for redis");
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut server = RedisServer {
-            child: None,
-            port: 0,
-            dir,
-            binary,
-            extra,
-        };
+        let mut server = RedisServer { child: None, port: 0, dir, binary, extra };
         let mut last_error = String::new();
         // A free port can be taken by someone else before redis binds it: retry a few times.
         for _ in 0..5 {
@@ -91,8 +82,7 @@ impl RedisServer {
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
         self.child = Some(child);
-        self.wait_ready()
-            .map_err(|e| format!("{e}; log:\n{}", self.log()))
+        self.wait_ready().map_err(|e| format!("{e}; log:\n{}", self.log()))
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
@@ -108,10 +98,7 @@ impl RedisServer {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "no PONG from port {} within {READY_TIMEOUT:?}",
-                    self.port
-                ));
+                return Err(format!("no PONG from port {} within {READY_TIMEOUT:?}", self.port));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -119,17 +106,13 @@ impl RedisServer {
 
     /// One raw `PING` (false while loading the AOF, stopped or down).
     pub fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(
-            &([127, 0, 0, 1], self.port).into(),
-            Duration::from_millis(200),
-        ) else {
+        let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200))
+        else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut buf = [0u8; 64];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf)
-                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+        s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
     }
 
     pub fn port(&self) -> u16 {
@@ -162,14 +145,9 @@ impl RedisServer {
 
     /// A fresh synchronous connection with 5 s timeouts.
     pub fn connection(&self) -> redis::Connection {
-        let con = self
-            .client()
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .expect("connect to test redis");
-        con.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("read timeout");
-        con.set_write_timeout(Some(Duration::from_secs(5)))
-            .expect("write timeout");
+        let con = self.client().get_connection_with_timeout(Duration::from_secs(5)).expect("connect to test redis");
+        con.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+        con.set_write_timeout(Some(Duration::from_secs(5))).expect("write timeout");
         con
     }
 
@@ -209,12 +187,8 @@ impl RedisServer {
 
     /// `CLIENT PAUSE <ms> WRITE`: writes block for `ms`, reads go on.
     pub fn client_pause_write(&self, ms: u64) {
-        let _: () = redis::cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(ms)
-            .arg("WRITE")
-            .query(&mut self.connection())
-            .expect("CLIENT PAUSE");
+        let _: () =
+            redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("WRITE").query(&mut self.connection()).expect("CLIENT PAUSE");
     }
 
     /// `CONFIG SET maxmemory <bytes>` (with the default `noeviction`, writes then fail with OOM).
@@ -229,8 +203,8 @@ impl RedisServer {
 
     /// Runs `redis-cli -p <port> <args>` and returns its trimmed stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let cli = find_on_path("redis-cli")
-            .unwrap_or_else(|| panic!("redis-cli not found: apt-get install -y redis-tools"));
+        let cli =
+            find_on_path("redis-cli").unwrap_or_else(|| panic!("redis-cli not found: apt-get install -y redis-tools"));
         let out = Command::new(cli)
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)
