@@ -318,8 +318,10 @@ impl Config {
             total: r.positive_duration("TOTAL_MAX_LATENCY", "500ms")?,
         };
 
-        let events_to_publish = parse_event_list(&r.string("EVENTS_TO_PUBLISH", DEFAULT_PUBLISH));
-        let events_to_push = parse_event_list(&r.string("EVENTS_TO_PUSH", DEFAULT_PUSH));
+        // Set but empty means "none" (unlike other variables, where empty means default).
+        let list = |name: &str, default: &str| parse_event_list(vars.get(name).map_or(default, |v| v.as_str()));
+        let events_to_publish = list("EVENTS_TO_PUBLISH", DEFAULT_PUBLISH);
+        let events_to_push = list("EVENTS_TO_PUSH", DEFAULT_PUSH);
         if events_to_publish.is_empty() && events_to_push.is_empty() {
             return Err(r.error("EVENTS_TO_PUSH", "at least one event name in EVENTS_TO_PUSH or EVENTS_TO_PUBLISH"));
         }
@@ -545,6 +547,8 @@ mod tests {
         assert_eq!(c.redis.url, "redis://:p%40ss%3Aword@redis.example.com:6380/2");
         assert_eq!(c.events_to_push, vec!["CHANNEL_ANSWER", "CHANNEL_HANGUP", "CUSTOM::sofia::register"]);
         assert_eq!(c.ignored.len(), 1);
+        let only_push = Config::from_vars(vars(&[("EVENTS_TO_PUBLISH", ""), ("EVENTS_TO_PUSH", "ALL")])).unwrap();
+        assert!(only_push.events_to_publish.is_empty());
         assert!(c.describe().contains("REDIS_URL=redis://:********@redis.example.com:6380/2"));
     }
 

@@ -8,6 +8,7 @@
 
 pub mod proxy;
 pub mod redis;
+pub mod streams;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,10 @@ pub use eslstream::simulate::{event_frames, Fault, SimStats, SimulateOptions, Si
 pub use proxy::TcpProxy;
 #[allow(unused_imports)]
 pub use redis::RedisServer;
+#[allow(unused_imports)]
+pub use streams::{
+    assert_call_order_as_sent, assert_exactly_once, assert_exactly_once_in_order, read_stream, xlen, StreamEntry,
+};
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
@@ -171,4 +176,67 @@ impl Drop for Agent {
             eprintln!("--- output of the child process ---\n{}", self.output());
         }
     }
+}
+
+/// The events stream key (default configuration).
+pub const EVENTS: &str = "freeswitch:telephony:events";
+/// The jobs stream key (default configuration).
+pub const JOBS: &str = "freeswitch:telephony:background-jobs";
+
+/// Environment for an agent between a simulator and a Redis: every event to the events
+/// stream, quick reconnects and retries, health on `health_port`, spool in `spool_dir`.
+pub fn agent_env(
+    esl: std::net::SocketAddr,
+    redis_url: &str,
+    spool_dir: &Path,
+    health_port: u16,
+) -> Vec<(String, String)> {
+    [
+        ("ESL_HOST", esl.ip().to_string()),
+        ("ESL_PORT", esl.port().to_string()),
+        ("REDIS_URL", redis_url.to_string()),
+        ("EVENTS_TO_PUSH", "ALL".into()),
+        ("EVENTS_TO_PUBLISH", "".into()),
+        ("EVENTS_MAX_LEN", "0".into()),
+        ("SPOOL_DIR", spool_dir.display().to_string()),
+        ("HEALTH_BIND", "127.0.0.1".into()),
+        ("HEALTH_PORT", health_port.to_string()),
+        ("ESL_RECONNECT_DELAY", "100ms".into()),
+        ("ESL_MAX_RECONNECT_DELAY", "500ms".into()),
+        ("REDIS_REMOTE_DIAL_TIMEOUT", "500ms".into()),
+        ("REDIS_REMOTE_WRITE_TIMEOUT", "1s".into()),
+        ("WRITER_RETRY_PAUSE_AFTER", "50ms".into()),
+        ("WRITER_RETRY_TTL", "1s".into()),
+        ("SHUTDOWN_TIMEOUT", "5s".into()),
+        ("METRICS_PRINT_INTERVAL", "0".into()),
+        ("LOG_LEVEL", "info".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Starts the agent binary with `env` plus `extra` (later values win).
+pub fn start_agent(env: &[(String, String)], extra: &[(&str, &str)]) -> Agent {
+    let mut all: Vec<(String, String)> = env.to_vec();
+    for (k, v) in extra {
+        all.retain(|(name, _)| name != k);
+        all.push((k.to_string(), v.to_string()));
+    }
+    let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Agent::start(&[], &refs)
+}
+
+/// GET on the agent's HTTP port: (status, body).
+pub fn http(port: u16, path: &str) -> Option<(u16, String)> {
+    eslstream::http::http_get(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(2)).ok()
+}
+
+/// Sum of a counter family's samples whose labels contain `label` (e.g. `reason="spool_full"`).
+pub fn metric_sum(port: u16, name: &str, label: &str) -> f64 {
+    let Some((_, body)) = http(port, "/metrics") else { return f64::NAN };
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

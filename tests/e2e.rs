@@ -1,0 +1,146 @@
+//! End to end: real FreeSWITCH bytes and simulated traffic through the agent binary into a
+//! real redis-server, counted entry by entry.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn capture_text(name: &str) -> Vec<u8> {
+    std::fs::read(capture(name)).expect("capture readable")
+}
+
+/// The ordering key (`Unique-ID`, else `Job-UUID`) and `Event-Sequence` of a captured frame,
+/// read from its text (plain: `Name: value` lines; json: the object).
+fn call_and_sequence(frame: &[u8]) -> (String, u64) {
+    let text = String::from_utf8_lossy(frame);
+    let body = text.split_once("\n\n").map_or("", |(_, b)| b);
+    let get = |name: &str| -> Option<String> {
+        if body.starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(body).ok()?;
+            v.get(name)?.as_str().map(str::to_owned)
+        } else {
+            body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ").map(str::to_owned))
+        }
+    };
+    let call = get("Unique-ID").or_else(|| get("Job-UUID")).unwrap_or_default();
+    (call, get("Event-Sequence").and_then(|s| s.parse().ok()).unwrap_or(0))
+}
+
+/// Replays a capture's event frames and checks one entry per event, in capture order per
+/// call, with the contract's fields.
+fn replay_capture(name: &str, expected_events: u64) {
+    let redis = RedisServer::start();
+    let frames = event_frames(&capture_text(name));
+    assert_eq!(frames.len() as u64, expected_events, "event frames in {name} (CAPTURES.md)");
+    // Independent reading of the capture: which frames are api_exec BACKGROUND_JOBs.
+    let jobs_expected = frames
+        .iter()
+        .filter(|f| {
+            let t = String::from_utf8_lossy(f);
+            (t.contains("Event-Name: BACKGROUND_JOB") || t.contains("\"Event-Name\":\"BACKGROUND_JOB\""))
+                && (t.contains("Event-Calling-Function: api_exec")
+                    || t.contains("\"Event-Calling-Function\":\"api_exec\""))
+        })
+        .count() as u64;
+    assert!(jobs_expected > 0);
+    let frames_sent = frames.clone();
+    let sim = Simulator::start(SimulateOptions { replay: frames, events: Some(0), ..Default::default() }).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let env = agent_env(sim.local_addr(), &redis.url(), spool.path(), free_port());
+    let mut agent = start_agent(&env, &[("EVENTS_TO_PUBLISH", "BACKGROUND_JOB")]);
+    let mut conn = redis.connection();
+    wait_until(Duration::from_secs(30), "all capture events in Redis", || {
+        xlen(&mut conn, EVENTS) + xlen(&mut conn, JOBS) >= expected_events
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent.stop(Duration::from_secs(10)), 0, "clean exit");
+
+    let events = read_stream(&mut conn, EVENTS);
+    let jobs = read_stream(&mut conn, JOBS);
+    assert_eq!(jobs.len() as u64, jobs_expected, "api_exec BACKGROUND_JOBs in the jobs stream");
+    assert!(jobs.iter().all(|e| e.event_name == "BACKGROUND_JOB"));
+    assert_exactly_once(&events, expected_events - jobs_expected);
+    assert_exactly_once(&jobs, jobs_expected);
+    // FreeSWITCH numbers events at creation and may send them out of sequence: the order to
+    // keep is the order in the capture.
+    let sent: Vec<(String, u64)> = frames_sent.iter().map(|f| call_and_sequence(f)).collect();
+    assert_call_order_as_sent(&events, &sent);
+    assert_call_order_as_sent(&jobs, &sent);
+    for e in events.iter().chain(&jobs) {
+        assert_eq!(e.core_uuid, "c76fa84c-21b9-496c-ab66-57208cf171a5");
+        let json: serde_json::Value = serde_json::from_str(&e.event).expect("event field is JSON");
+        assert_eq!(json["Event-Name"], e.event_name.as_str());
+        assert_eq!(json["Event-Sequence"], e.sequence.to_string().as_str());
+        if let Some(u) = json.get("Unique-ID").and_then(|v| v.as_str()) {
+            assert_eq!(u, e.unique_id);
+        }
+    }
+    // Values read by hand from the capture text (see CAPTURES.md).
+    let unicode = events.iter().find(|e| e.event.contains("esl_capture::test")).expect("CUSTOM esl_capture::test");
+    let json: serde_json::Value = serde_json::from_str(&unicode.event).unwrap();
+    assert_eq!(json["X-Unicode"], "Grüße 東京 & co=100%");
+    assert_eq!(unicode.event_name, "CUSTOM");
+    let with_body = events.iter().find(|e| e.event.contains("esl_capture::with_body")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&with_body.event).unwrap();
+    let body = json["_body"].as_str().unwrap();
+    assert_eq!(body.len(), 86);
+    assert!(body.contains("\n\n") && body.contains("Content-Length: 999"));
+    let zoe = events.iter().find(|e| e.event.contains("Zo\u{eb} O'Brien")).expect("caller name decoded");
+    let json: serde_json::Value = serde_json::from_str(&zoe.event).unwrap();
+    assert_eq!(json["Caller-Caller-ID-Name"], "Zoë O'Brien & co: 100%");
+}
+
+#[test]
+fn plain_capture_replays_into_redis_exactly_once() {
+    replay_capture("plain.esl", 1009);
+}
+
+#[test]
+fn json_capture_replays_into_redis_exactly_once() {
+    replay_capture("json.esl", 1012);
+}
+
+#[test]
+fn simulated_100k_events_arrive_exactly_once_in_call_order() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start(SimulateOptions { events: Some(100_000), ..Default::default() }).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let env = agent_env(sim.local_addr(), &redis.url(), spool.path(), free_port());
+    let mut agent = start_agent(&env, &[]);
+    assert!(sim.wait_done(Duration::from_secs(120)), "simulator sent everything");
+    let sent = sim.stats().events_sent;
+    assert!(sent >= 100_000);
+    let mut conn = redis.connection();
+    wait_until(Duration::from_secs(120), "100k entries", || xlen(&mut conn, EVENTS) >= sent);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent.stop(Duration::from_secs(10)), 0);
+    assert_exactly_once_in_order(&read_stream(&mut conn, EVENTS), sent);
+}
+
+#[test]
+fn reference_entry_format_writes_the_event_field_alone() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start(SimulateOptions { events: Some(200), ..Default::default() }).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let env = agent_env(sim.local_addr(), &redis.url(), spool.path(), free_port());
+    let mut agent = start_agent(&env, &[("STREAM_ENTRY_FORMAT", "reference")]);
+    let mut conn = redis.connection();
+    assert!(sim.wait_done(Duration::from_secs(30)));
+    let sent = sim.stats().events_sent;
+    wait_until(Duration::from_secs(30), "entries", || xlen(&mut conn, EVENTS) >= sent);
+    assert_eq!(agent.stop(Duration::from_secs(10)), 0);
+    let fields: Vec<String> = ::redis::cmd("XRANGE")
+        .arg(EVENTS)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query::<::redis::Value>(&mut conn)
+        .map(|v| format!("{v:?}"))
+        .into_iter()
+        .collect();
+    assert!(fields[0].contains("event"));
+    assert!(!fields[0].contains("event_sequence"), "{}", fields[0]);
+}
