@@ -1,0 +1,225 @@
+//! Failure tests that count: each sends N events at a steady rate from a fake event socket
+//! while something breaks (Redis killed, paused, out of memory, its connection cut; the agent
+//! SIGKILLed; the event socket cut mid-frame; the spool full or corrupt), then reads the
+//! stream back and asserts exactly N entries (or N minus the counted drops), no duplicate
+//! `(core_uuid, event_sequence)`, and per-call order.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::*;
+
+const N: u64 = 20_000;
+const RATE: f64 = 4_000.0;
+
+fn simulator(fault: Option<Fault>) -> Simulator {
+    Simulator::start(SimulateOptions { rate: Some(RATE), events: Some(N), fault, ..Default::default() }).unwrap()
+}
+
+fn wait_sent(sim: &Simulator, at_least: u64) {
+    wait_until(Duration::from_secs(30), "simulator progress", || sim.stats().events_sent >= at_least);
+}
+
+/// Waits for every sent event to be in Redis, stops the agent cleanly, and checks the stream.
+fn finish(agent: &mut Agent, redis: &RedisServer, sim: &Simulator) {
+    assert!(sim.wait_done(Duration::from_secs(90)), "simulator sent everything");
+    let sent = sim.stats().events_sent;
+    let mut conn = redis.connection();
+    wait_until(Duration::from_secs(90), "every event in Redis", || xlen(&mut conn, EVENTS) >= sent);
+    std::thread::sleep(Duration::from_millis(500)); // a late duplicate would show up here
+    assert_eq!(agent.stop(Duration::from_secs(15)), 0, "clean exit");
+    assert_exactly_once_in_order(&read_stream(&mut conn, EVENTS), sent);
+}
+
+fn health(port: u16) -> Option<serde_json::Value> {
+    let (_, body) = http(port, "/health")?;
+    serde_json::from_str(&body).ok()
+}
+
+/// Waits until the agent holds nothing in memory and has spooled events.
+fn wait_all_spooled(port: u16) {
+    wait_until(Duration::from_secs(60), "memory empty, events in the spool", || {
+        health(port).is_some_and(|h| h["data"]["queue_depth"] == 0 && h["data"]["spool"]["bytes"].as_u64() > Some(0))
+    });
+}
+
+fn spool_env(sim: &Simulator, redis: &RedisServer, spool: &Path, port: u16) -> Vec<(String, String)> {
+    let mut env = agent_env(sim.local_addr(), &redis.url(), spool, port);
+    for (k, v) in [("BUFFER_SIZE", "2000"), ("WRITER_RETRY_TTL", "300ms"), ("HEALTH_CHECK_INTERVAL", "200ms")] {
+        env.retain(|(name, _)| name != k);
+        env.push((k.into(), v.into()));
+    }
+    env
+}
+
+#[test]
+fn redis_killed_for_five_seconds() {
+    let mut redis = RedisServer::start();
+    let sim = simulator(None);
+    let spool = tempfile::tempdir().unwrap();
+    let mut agent = start_agent(&agent_env(sim.local_addr(), &redis.url(), spool.path(), free_port()), &[]);
+    wait_sent(&sim, N / 4);
+    redis.kill();
+    std::thread::sleep(Duration::from_secs(5));
+    redis.restart();
+    finish(&mut agent, &redis, &sim);
+}
+
+#[test]
+fn redis_paused_with_client_pause_write() {
+    let redis = RedisServer::start();
+    let sim = simulator(None);
+    let spool = tempfile::tempdir().unwrap();
+    let mut agent = start_agent(&agent_env(sim.local_addr(), &redis.url(), spool.path(), free_port()), &[]);
+    wait_sent(&sim, N / 4);
+    redis.client_pause_write(3000);
+    finish(&mut agent, &redis, &sim);
+}
+
+#[test]
+fn redis_connection_cut_mid_pipeline_repeatedly() {
+    let redis = RedisServer::start();
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", redis.port()).parse().unwrap());
+    let sim = simulator(None);
+    let spool = tempfile::tempdir().unwrap();
+    let mut agent = start_agent(&agent_env(sim.local_addr(), &proxy.redis_url(), spool.path(), free_port()), &[]);
+    wait_sent(&sim, 1000);
+    for round in 0..12 {
+        std::thread::sleep(Duration::from_millis(300));
+        if round % 2 == 0 {
+            proxy.cut_all();
+        } else {
+            proxy.cut_after_bytes(40_000); // inside a pipelined batch
+        }
+    }
+    assert!(proxy.accepted() > 4, "the agent reconnected after the cuts");
+    finish(&mut agent, &redis, &sim);
+}
+
+#[test]
+fn redis_out_of_memory_until_the_limit_is_raised() {
+    let redis = RedisServer::start();
+    let sim = simulator(None);
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = start_agent(&agent_env(sim.local_addr(), &redis.url(), spool.path(), port), &[]);
+    wait_sent(&sim, N / 4);
+    let info = redis.cli(&["INFO", "memory"]);
+    let used: u64 =
+        info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap();
+    redis.set_maxmemory(used + (1 << 20));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(metric_sum(port, "eslstream_write_retries_total", "") > 0.0, "writes were refused and retried");
+    redis.set_maxmemory(0);
+    finish(&mut agent, &redis, &sim);
+}
+
+#[test]
+fn agent_sigkilled_while_draining_the_spool() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let sim = simulator(None);
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = spool_env(&sim, &redis, spool.path(), port);
+    let mut agent = start_agent(&env, &[]);
+    assert!(sim.wait_done(Duration::from_secs(60)));
+    wait_all_spooled(port);
+    redis.restart();
+    let mut conn = redis.connection();
+    wait_until(Duration::from_secs(60), "draining started", || xlen(&mut conn, EVENTS) >= N / 4);
+    agent.kill();
+    let written_before = xlen(&mut conn, EVENTS);
+    assert!(written_before < sim.stats().events_sent, "killed while draining");
+    let port2 = free_port();
+    let mut env2 = env.clone();
+    env2.retain(|(k, _)| k != "HEALTH_PORT");
+    env2.push(("HEALTH_PORT".into(), port2.to_string()));
+    let mut agent = start_agent(&env2, &[]);
+    finish(&mut agent, &redis, &sim);
+}
+
+#[test]
+fn event_socket_dropped_mid_frame_repeatedly() {
+    let redis = RedisServer::start();
+    let sim = simulator(Some(Fault { after_events: 3000, mid_frame: true, repeat: true }));
+    let spool = tempfile::tempdir().unwrap();
+    let mut agent = start_agent(&agent_env(sim.local_addr(), &redis.url(), spool.path(), free_port()), &[]);
+    assert!(sim.wait_done(Duration::from_secs(90)));
+    assert!(sim.stats().total_connections >= 6, "the agent reconnected after every cut");
+    finish(&mut agent, &redis, &sim);
+}
+
+#[test]
+fn full_spool_drops_exactly_what_it_counts() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let sim = simulator(None);
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = start_agent(&spool_env(&sim, &redis, spool.path(), port), &[("SPOOL_MAX_BYTES", "4MiB")]);
+    assert!(sim.wait_done(Duration::from_secs(60)));
+    let sent = sim.stats().events_sent;
+    wait_until(Duration::from_secs(30), "drops counted", || {
+        metric_sum(port, "eslstream_events_dropped_total", "spool_full") > 0.0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let h = health(port).expect("the agent still answers /health");
+    assert_ne!(h["status"], "healthy", "{h}");
+    assert!(agent.is_running());
+    redis.restart();
+    let mut conn = redis.connection();
+    let dropped = metric_sum(port, "eslstream_events_dropped_total", "") as u64;
+    assert_eq!(h["data"]["dropped"]["total"].as_u64(), Some(dropped));
+    assert!(dropped > 0 && dropped < sent, "some dropped ({dropped} of {sent})");
+    wait_until(Duration::from_secs(60), "everything spooled is written", || xlen(&mut conn, EVENTS) >= sent - dropped);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(agent.stop(Duration::from_secs(15)), 0);
+    assert_exactly_once_in_order(&read_stream(&mut conn, EVENTS), sent - dropped);
+}
+
+fn newest_segment(spool: &Path) -> PathBuf {
+    let mut segments: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(spool)
+        .unwrap()
+        .filter_map(|d| d.ok())
+        .filter(|d| d.file_name().to_string_lossy().starts_with("lane-"))
+        .flat_map(|lane| std::fs::read_dir(lane.path()).unwrap().filter_map(|d| d.ok()))
+        .filter(|f| f.path().extension().is_some_and(|x| x == "seg"))
+        .map(|f| (f.metadata().unwrap().modified().unwrap(), f.path()))
+        .collect();
+    segments.sort();
+    segments.pop().expect("a spool segment").1
+}
+
+#[test]
+fn corrupt_spool_tail_is_truncated_and_the_rest_delivered() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let sim = simulator(None);
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = spool_env(&sim, &redis, spool.path(), port);
+    let mut agent = start_agent(&env, &[("SHUTDOWN_TIMEOUT", "1s")]);
+    assert!(sim.wait_done(Duration::from_secs(60)));
+    wait_all_spooled(port);
+    assert_eq!(agent.stop(Duration::from_secs(15)), 0, "SIGTERM with Redis down still exits 0");
+    // A torn record: a header promising 4096 bytes, and only a few of them.
+    let segment = newest_segment(spool.path());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.extend_from_slice(&[0, 16, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+    std::fs::write(&segment, bytes).unwrap();
+    redis.restart();
+    let mut env2 = env.clone();
+    env2.retain(|(k, _)| k != "HEALTH_PORT");
+    env2.push(("HEALTH_PORT".into(), free_port().to_string()));
+    let mut agent = start_agent(&env2, &[]);
+    let sent = sim.stats().events_sent;
+    let mut conn = redis.connection();
+    wait_until(Duration::from_secs(60), "spooled events delivered", || xlen(&mut conn, EVENTS) >= sent);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(agent.stop(Duration::from_secs(15)), 0);
+    assert!(agent.output().contains("truncated"), "the repair is logged");
+    assert_exactly_once_in_order(&read_stream(&mut conn, EVENTS), sent);
+}
