@@ -92,7 +92,12 @@ impl AppContext {
 
 /// The routes the agent serves.
 pub fn routes() -> Router {
-    Router::default().get("/health", health).get("/metrics", metrics_text)
+    Router::default()
+        .get("/health", health)
+        .get("/metrics", metrics_text)
+        .get("/dlq", crate::dlq_api::list)
+        .get("/dlq/{id}", crate::dlq_api::get)
+        .post("/dlq/{id}/retry", crate::dlq_api::retry)
 }
 
 // ---------------------------------------------------------------------------------------------

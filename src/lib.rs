@@ -7,6 +7,7 @@
 pub mod app;
 pub mod config;
 pub mod dlq;
+pub mod dlq_api;
 pub mod entry;
 pub mod envelope;
 pub mod esl;

@@ -1,0 +1,112 @@
+//! The dead-letter endpoints: `GET /dlq` (list), `GET /dlq/{id}` (inspect),
+//! `POST /dlq/{id}/retry` (write it again; on success it leaves the store). Guarded by the
+//! `HTTP_TOKEN` bearer token when one is set.
+
+use std::sync::Arc;
+
+use hyper::Request;
+use hyper::StatusCode;
+use serde_json::json;
+
+use crate::dlq::DeadLetter;
+use crate::http::{authorize, error_reply, json_reply, AppContext, Body, HandlerFuture, Params, Reply};
+use crate::sink::redis::{EntryOutcome, RedisSink};
+
+/// Most dead letters listed by one `GET /dlq` (`?limit=` lowers it).
+const LIST_LIMIT: usize = 1000;
+
+fn guarded(ctx: &AppContext, req: &Request<Body>) -> Result<(), Reply> {
+    authorize(ctx, req.headers()).map_err(|r| *r)
+}
+
+/// `GET /dlq[?limit=N]`
+pub fn list(ctx: Arc<AppContext>, req: Request<Body>, _params: Params) -> HandlerFuture {
+    Box::pin(async move {
+        if let Err(reply) = guarded(&ctx, &req) {
+            return reply;
+        }
+        let limit = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(LIST_LIMIT)
+            .min(LIST_LIMIT);
+        let store = ctx.dead_letters.clone();
+        match tokio::task::spawn_blocking(move || store.list(limit).map(|items| (store.len(), items))).await {
+            Ok(Ok((count, items))) => json_reply(StatusCode::OK, &json!({ "count": count, "items": items })),
+            Ok(Err(e)) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot read dead letters: {e}")),
+            Err(e) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    })
+}
+
+async fn load(ctx: &AppContext, params: &Params) -> Result<DeadLetter, Reply> {
+    let id = params.get("id").unwrap_or_default().to_owned();
+    let store = ctx.dead_letters.clone();
+    match tokio::task::spawn_blocking(move || store.get(&id)).await {
+        Ok(Ok(Some(letter))) => Ok(letter),
+        Ok(Ok(None)) => Err(error_reply(StatusCode::NOT_FOUND, "no such dead letter")),
+        Ok(Err(e)) => Err(error_reply(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot read dead letter: {e}"))),
+        Err(e) => Err(error_reply(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
+    }
+}
+
+/// `GET /dlq/{id}`
+pub fn get(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerFuture {
+    Box::pin(async move {
+        if let Err(reply) = guarded(&ctx, &req) {
+            return reply;
+        }
+        match load(&ctx, &params).await {
+            Ok(letter) => json_reply(StatusCode::OK, &letter),
+            Err(reply) => reply,
+        }
+    })
+}
+
+/// `POST /dlq/{id}/retry`: 200 with the entry ID when written (or already there), 409 when
+/// Redis refuses it again (it stays), 503 when Redis cannot be reached.
+pub fn retry(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerFuture {
+    Box::pin(async move {
+        if let Err(reply) = guarded(&ctx, &req) {
+            return reply;
+        }
+        let letter = match load(&ctx, &params).await {
+            Ok(letter) => letter,
+            Err(reply) => return reply,
+        };
+        let entry = match letter.to_entry() {
+            Ok(entry) => entry,
+            Err(e) => return error_reply(StatusCode::UNPROCESSABLE_ENTITY, &e),
+        };
+        let redis = ctx.config.redis.clone();
+        let store = ctx.dead_letters.clone();
+        let id = letter.id.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut sink = RedisSink::connect(&redis, 0)?;
+            // The checking path: if an earlier retry got through, nothing is added twice.
+            let outcome = sink.write(std::slice::from_ref(&entry), true)?.remove(0);
+            Ok::<_, crate::sink::redis::WriteError>(outcome)
+        })
+        .await;
+        match result {
+            Ok(Ok(EntryOutcome::Written(entry_id))) => {
+                let _ = store.remove(&id);
+                json_reply(StatusCode::OK, &json!({ "status": "written", "id": id, "entry_id": entry_id }))
+            }
+            Ok(Ok(EntryOutcome::Duplicate)) => {
+                let _ = store.remove(&id);
+                json_reply(StatusCode::OK, &json!({ "status": "already_written", "id": id }))
+            }
+            Ok(Ok(EntryOutcome::Rejected(e))) => {
+                error_reply(StatusCode::CONFLICT, &format!("Redis refused it again: {e}"))
+            }
+            Ok(Ok(EntryOutcome::Pending)) => {
+                error_reply(StatusCode::SERVICE_UNAVAILABLE, "Redis did not process it; try again")
+            }
+            Ok(Err(e)) => error_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            Err(e) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    })
+}
