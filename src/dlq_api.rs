@@ -15,15 +15,11 @@ use crate::sink::redis::{EntryOutcome, RedisSink};
 /// Most dead letters listed by one `GET /dlq` (`?limit=` lowers it).
 const LIST_LIMIT: usize = 1000;
 
-fn guarded(ctx: &AppContext, req: &Request<Body>) -> Result<(), Reply> {
-    authorize(ctx, req.headers()).map_err(|r| *r)
-}
-
 /// `GET /dlq[?limit=N]`
 pub fn list(ctx: Arc<AppContext>, req: Request<Body>, _params: Params) -> HandlerFuture {
     Box::pin(async move {
-        if let Err(reply) = guarded(&ctx, &req) {
-            return reply;
+        if let Err(reply) = authorize(&ctx, req.headers()) {
+            return *reply;
         }
         let limit = req
             .uri()
@@ -55,8 +51,8 @@ async fn load(ctx: &AppContext, params: &Params) -> Result<DeadLetter, Reply> {
 /// `GET /dlq/{id}`
 pub fn get(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerFuture {
     Box::pin(async move {
-        if let Err(reply) = guarded(&ctx, &req) {
-            return reply;
+        if let Err(reply) = authorize(&ctx, req.headers()) {
+            return *reply;
         }
         match load(&ctx, &params).await {
             Ok(letter) => json_reply(StatusCode::OK, &letter),
@@ -69,8 +65,8 @@ pub fn get(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerF
 /// Redis refuses it again (it stays), 503 when Redis cannot be reached.
 pub fn retry(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerFuture {
     Box::pin(async move {
-        if let Err(reply) = guarded(&ctx, &req) {
-            return reply;
+        if let Err(reply) = authorize(&ctx, req.headers()) {
+            return *reply;
         }
         let letter = match load(&ctx, &params).await {
             Ok(letter) => letter,

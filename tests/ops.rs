@@ -5,7 +5,7 @@
 //! Needs `redis-server`, `promtool` and `systemd-analyze` (`scripts/install-deps.sh` installs
 //! them); a missing tool fails the test that needs it.
 
-mod local;
+mod support;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -22,7 +22,7 @@ use eslstream::esl::encode::{encode_plain, HeaderValue};
 use eslstream::esl::event::EventFormat;
 use eslstream::http::http_get;
 use eslstream::trim::Trimmer;
-use local::{wait_until, RedisServer};
+use support::{wait_until, RedisServer};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
@@ -179,7 +179,7 @@ fn sample(text: &str, name: &str) -> f64 {
 }
 
 fn promtool_check(text: &str) -> (bool, String) {
-    let promtool = local::find_on_path("promtool")
+    let promtool = support::find_on_path("promtool")
         .expect("promtool not found: install Debian's `prometheus` package (scripts/install-deps.sh does)");
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
@@ -303,7 +303,7 @@ fn trimmer_removes_expired_entries_and_keeps_newer_ones() {
 
 #[test]
 fn trimmer_survives_redis_being_down() {
-    let port = local::free_port();
+    let port = support::free_port();
     let config = Config::from_vars(
         [("REDIS_URL", format!("redis://127.0.0.1:{port}")), ("REDIS_REMOTE_DIAL_TIMEOUT", "200ms".into())]
             .into_iter()
@@ -374,7 +374,7 @@ fn a_taken_health_port_is_a_clear_fatal_error_logged_as_json() {
         .stdout(Stdio::null())
         .spawn()
         .expect("run eslstream");
-    let status = local::wait_child(&mut child, Duration::from_secs(10)).expect("eslstream exits on its own");
+    let status = support::wait_child(&mut child, Duration::from_secs(10)).expect("eslstream exits on its own");
     let mut stderr = String::new();
     child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
     assert_eq!(status.code(), Some(1), "{stderr}");
@@ -460,7 +460,7 @@ fn dockerfile_builds_in_one_stage_and_runs_unprivileged_in_another() {
 
 #[test]
 fn systemd_unit_passes_systemd_analyze_verify() {
-    let analyze = local::find_on_path("systemd-analyze").expect("systemd-analyze not found: install systemd");
+    let analyze = support::find_on_path("systemd-analyze").expect("systemd-analyze not found: install systemd");
     let unit = repo_file("systemd/eslstream.service");
     assert!(unit.contains("ExecStart=/usr/local/bin/eslstream\n"), "the unit runs the installed binary");
     // Verify a copy that runs the binary just built (the installed path does not exist here).
