@@ -144,3 +144,18 @@ fn reference_entry_format_writes_the_event_field_alone() {
     assert!(fields[0].contains("event"));
     assert!(!fields[0].contains("event_sequence"), "{}", fields[0]);
 }
+
+#[test]
+fn configuration_errors_exit_2_naming_the_variable() {
+    let mut bad = Agent::start(&["check-config"], &[("WRITER_WORKERS", "many")]);
+    assert_eq!(bad.wait_timeout(Duration::from_secs(10)), Some(2));
+    let out = bad.output();
+    assert!(out.contains("WRITER_WORKERS") && out.contains("many") && out.contains("whole number"), "{out}");
+    let mut agent = Agent::start(&[], &[("ESL_RECONNECT_DELAY", "3")]);
+    assert_eq!(agent.wait_timeout(Duration::from_secs(10)), Some(2), "the agent itself refuses to start");
+    let mut good = Agent::start(&["check-config"], &[("ESL_PASSWORD", "topsecret"), ("REDIS_REMOTE_POOL_SIZE", "100")]);
+    assert_eq!(good.wait_timeout(Duration::from_secs(10)), Some(0));
+    let out = good.output();
+    assert!(out.contains("ESL_PASSWORD=********") && !out.contains("topsecret"), "{out}");
+    assert!(out.contains("REDIS_REMOTE_POOL_SIZE is accepted and ignored"), "{out}");
+}
