@@ -159,3 +159,39 @@ fn configuration_errors_exit_2_naming_the_variable() {
     assert!(out.contains("ESL_PASSWORD=********") && !out.contains("topsecret"), "{out}");
     assert!(out.contains("REDIS_REMOTE_POOL_SIZE is accepted and ignored"), "{out}");
 }
+
+/// A fake switch that accepts, authenticates and subscribes, then never says another word
+/// (and ignores `api status`): the agent must drop it and connect again.
+#[test]
+fn silent_event_socket_is_probed_and_reconnected() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s.write_all(b"Content-Type: auth/request\n\n");
+            let mut buf = [0u8; 4096];
+            for reply in [&b"+OK accepted"[..], b"+OK event listener enabled plain"] {
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(&[b"Content-Type: command/reply\nReply-Text: ", reply, b"\n\n"].concat());
+            }
+            held.push(s); // silent from now on
+        }
+    });
+    let redis = RedisServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let mut agent = start_agent(
+        &agent_env(addr, &redis.url(), spool.path(), free_port()),
+        &[("ESL_SILENCE_TIMEOUT", "300ms"), ("ESL_HEALTH_CHECK_TIMEOUT", "300ms")],
+    );
+    wait_until(Duration::from_secs(20), "a second connection after the silence", || {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    });
+    assert_eq!(agent.stop(Duration::from_secs(10)), 0);
+    assert!(agent.output().contains("api status"), "{}", agent.output());
+}
