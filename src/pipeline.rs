@@ -121,13 +121,23 @@ impl Lane {
             return Err((held, SpoolError::Full { used: 0, max: 0 }));
         };
         spool.rewind();
+        // A batch is memory events, then spool events: the held memory events are older than
+        // anything unread in the spool. The queue in memory is older than the spool's unread
+        // events while the lane is spooling, and newer once the spool was read to its end.
         let mut moving: Vec<Envelope> = held.into_iter().filter(|e| e.spool_pos.is_none()).collect();
         let from_memory = moving.len();
         moving.extend(self.rx.try_iter());
         moving.extend(overflow.drain(..));
         let count = moving.len();
-        let result =
-            if spool.has_unread() { spool.prepend(&moving) } else { moving.iter().try_for_each(|e| spool.append(e)) };
+        let result = if !spool.has_unread() {
+            moving.iter().try_for_each(|e| spool.append(e))
+        } else if *spooling {
+            spool.prepend(&moving)
+        } else {
+            spool
+                .prepend(&moving[..from_memory])
+                .and_then(|()| moving[from_memory..].iter().try_for_each(|e| spool.append(e)))
+        };
         match result {
             Ok(()) => {
                 *spooling = spool.has_unread();
@@ -347,6 +357,32 @@ mod tests {
         }
         let seqs: Vec<_> = got.iter().map(|e| e.meta.sequence.clone()).collect();
         assert_eq!(seqs, ["0", "1", "2", "3", "4", "6"]);
+    }
+
+    #[test]
+    fn spill_keeps_order_when_the_queue_is_newer_than_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = LaneSpool::open(dir.path(), crate::spool::SpoolBudget::new(1 << 30)).unwrap();
+        let p = Pipeline::with_spools(
+            PipelineShape { lanes: 1, channel_capacity: 2, overflow_capacity: 0 },
+            vec![Some(spool)],
+        );
+        for i in 0..6 {
+            p.submit(env("a", i)); // 0,1 in the channel, 2..5 spooled
+        }
+        let lane = &p.lanes()[0];
+        let mut batch = Vec::new();
+        lane.next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut batch);
+        assert_eq!(batch.len(), 6, "channel then the whole spool");
+        assert!(matches!(p.submit(env("a", 6)), Submitted::Queued), "spool read to its end: back to memory");
+        // The write of the whole batch failed for good: spill it.
+        lane.spill(batch).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            lane.next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut got);
+        }
+        let seqs: Vec<_> = got.iter().map(|e| e.meta.sequence.parse::<u64>().unwrap()).collect();
+        assert_eq!(seqs, (0..7).collect::<Vec<_>>());
     }
 
     #[test]
