@@ -707,7 +707,7 @@ fn ceiling_for(redis: &RedisServer, event_bytes: f64) -> Result<Ceiling, String>
 
 /// The number before "requests per second" on the last line (progress lines end with `\r`).
 fn parse_benchmark_rps(out: &str) -> Option<f64> {
-    let line = out.split(['\r', '\n']).filter(|l| l.contains("requests per second")).last()?;
+    let line = out.split(['\r', '\n']).rfind(|l| l.contains("requests per second"))?;
     let before = line.split("requests per second").next()?;
     before.split_whitespace().last()?.parse().ok()
 }
