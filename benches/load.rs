@@ -212,6 +212,8 @@ struct RunResult {
     rss_end_kb: u64,
     cpu_ms_per_1k: f64,
     cpu_pct: f64,
+    redis_cpu_pct: f64,
+    harness_cpu_pct: f64,
     wall_secs: f64,
     ceiling_ratio: Option<f64>,
 }
@@ -242,6 +244,8 @@ impl RunResult {
             "agent_rss_end_kb": self.rss_end_kb,
             "agent_cpu_ms_per_1k_events": self.cpu_ms_per_1k,
             "agent_cpu_pct_of_one_core": self.cpu_pct,
+            "redis_cpu_pct_of_one_core": self.redis_cpu_pct,
+            "harness_cpu_pct_of_one_core": self.harness_cpu_pct,
             "wall_secs": self.wall_secs,
             "ratio_to_ceiling": self.ceiling_ratio,
         })
@@ -284,7 +288,11 @@ fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunRes
     ])?;
     let pid = agent.pid();
     let started = Instant::now();
+    let others = [redis.child.id(), std::process::id()];
+    let other_ticks = || others.map(|p| cpu_ticks(p).unwrap_or(0));
     let mut cpu_start = (cpu_ticks(pid).unwrap_or(0), Instant::now(), 0u64);
+    let mut others_start = other_ticks();
+    let others_end;
     let mut windowed = rate.is_none();
     let mut last_print = Instant::now();
     let mut last_progress = ((0u64, 0u64), Instant::now());
@@ -296,6 +304,7 @@ fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunRes
         if !windowed && stats.traffic_sent >= warmup_events {
             windowed = true;
             cpu_start = (cpu_ticks(pid).unwrap_or(0), Instant::now(), stats.events_sent);
+            others_start = other_ticks();
         }
         if (in_redis, stats.events_sent) != last_progress.0 {
             last_progress = ((in_redis, stats.events_sent), Instant::now());
@@ -313,11 +322,13 @@ fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunRes
         }
         if stats.done && cpu_end.is_none() && in_redis >= stats.events_sent {
             cpu_end = Some((cpu_ticks(pid).unwrap_or(0), Instant::now(), stats.events_sent));
+            others_end = other_ticks();
             break in_redis;
         }
         if last_progress.1.elapsed() > STALL_TIMEOUT {
             eprintln!("load: {label}: NO PROGRESS for {STALL_TIMEOUT:?}; agent output:\n{}", agent.output());
             cpu_end = Some((cpu_ticks(pid).unwrap_or(0), Instant::now(), stats.events_sent));
+            others_end = other_ticks();
             break in_redis;
         }
         if !agent.is_running() {
@@ -337,6 +348,16 @@ fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunRes
     let cpu_ms = (t1.saturating_sub(t0)) as f64 * 1000.0 / clock_ticks_per_sec();
     let wall_ms = i1.duration_since(i0).as_secs_f64() * 1000.0;
     let window_events = e1.saturating_sub(e0).max(1);
+    let pct = |t0: u64, t1: u64| {
+        let ms = t1.saturating_sub(t0) as f64 * 1000.0 / clock_ticks_per_sec();
+        if wall_ms > 0.0 {
+            ms / wall_ms * 100.0
+        } else {
+            0.0
+        }
+    };
+    let redis_cpu_pct = pct(others_start[0], others_end[0]);
+    let harness_cpu_pct = pct(others_start[1], others_end[1]);
     drop(agent);
     let first_last = reader.stop();
     let span_ms = first_last.map_or(0, |(a, b)| b.saturating_sub(a)).max(1);
@@ -359,6 +380,8 @@ fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunRes
         rss_end_kb,
         cpu_ms_per_1k: cpu_ms / window_events as f64 * 1000.0,
         cpu_pct: if wall_ms > 0.0 { cpu_ms / wall_ms * 100.0 } else { 0.0 },
+        redis_cpu_pct,
+        harness_cpu_pct,
         wall_secs: started.elapsed().as_secs_f64(),
         ceiling_ratio: None,
     })
@@ -924,13 +947,13 @@ fn markdown(results: &[RunResult], ceiling: Option<&Ceiling>) -> String {
     let mut s = String::new();
     s.push_str(
         "| run | size (avg event JSON) | sent | in Redis | events/s | vs ceiling | p50 ms | p99 ms | p99.9 ms | max ms \
-         | agent peak RSS MB | agent CPU ms/1k ev | agent CPU % core |\n",
+         | agent peak RSS MB | agent CPU ms/1k ev | agent CPU % core | redis CPU % | harness CPU % |\n",
     );
-    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         let complete = if r.in_redis == r.sent { String::new() } else { " **MISMATCH**".into() };
         s.push_str(&format!(
-            "| {} | {} ({:.0} B) | {} | {}{complete} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} |\n",
+            "| {} | {} ({:.0} B) | {} | {}{complete} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} | {:.0} | {:.0} |\n",
             r.label(),
             size_name(r.size),
             r.avg_event_bytes,
@@ -945,6 +968,8 @@ fn markdown(results: &[RunResult], ceiling: Option<&Ceiling>) -> String {
             r.rss_peak_kb as f64 / 1024.0,
             r.cpu_ms_per_1k,
             r.cpu_pct,
+            r.redis_cpu_pct,
+            r.harness_cpu_pct,
         ));
     }
     if let Some(c) = ceiling {
