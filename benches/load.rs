@@ -17,7 +17,14 @@
 //! ```text
 //! cargo bench --bench load -- [--mode saturation|rates|all] [--events 1000000]
 //!     [--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large] [--json target/load.json]
+//!     [--env NAME=value]...
 //! ```
+//!
+//! The agent runs with `EVENTS_TO_PUSH=ALL`, `EVENTS_TO_PUBLISH=BACKGROUND_JOB` (an empty value
+//! means the default list, which would route CHANNEL_EXECUTE & co to the jobs stream),
+//! `EVENTS_MAX_LEN=0` (exact counts), `HEALTH_PORT=0`, `LOG_LEVEL=warn`,
+//! `METRICS_PRINT_INTERVAL=0`, `SPOOL_DIR` in a temporary directory, otherwise defaults; `--env`
+//! adds or overrides variables (to compare settings such as `WRITER_WORKERS`).
 //!
 //! A progress line goes to stderr every second; a markdown table to stdout and JSON to the
 //! `--json` path at the end. Every wait is bounded and every child is killed on drop (also on
@@ -57,7 +64,7 @@ fn main() {
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|all] [--events N] \
-[--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large] [--json target/load.json]";
+[--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large] [--json target/load.json] [--env NAME=value]...";
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -68,6 +75,8 @@ struct Opts {
     seconds: u64,
     size: EventSize,
     json: PathBuf,
+    /// Extra `NAME=value` for the agent (`--env WRITER_WORKERS=1`), after the defaults.
+    env: Vec<(String, String)>,
 }
 
 impl Opts {
@@ -80,6 +89,7 @@ impl Opts {
             seconds: 20,
             size: EventSize::Avg,
             json: PathBuf::from("target/load.json"),
+            env: Vec::new(),
         };
         let mut rates_given = false;
         let mut mode_given = false;
@@ -118,6 +128,11 @@ impl Opts {
                     }
                 }
                 "--json" => o.json = PathBuf::from(value()?),
+                "--env" => {
+                    let v = value()?;
+                    let (k, v) = v.split_once('=').ok_or(format!("--env wants NAME=value, not {v:?}"))?;
+                    o.env.push((k.to_owned(), v.to_owned()));
+                }
                 "-h" | "--help" => return Err("help".into()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -179,6 +194,7 @@ fn run(opts: &Opts) -> Result<(), String> {
     println!("{table}");
     let json = serde_json::json!({
         "machine": machine(),
+        "agent_env": opts.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "redis_version": redis.version,
         "ceiling": ceiling.as_ref().map(|c| serde_json::json!({
             "command": c.command, "value_bytes": c.value_bytes, "requests_per_sec": c.requests_per_sec,
@@ -273,7 +289,7 @@ fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunRes
 
     let hist = Arc::new(Mutex::new(Histogram::new()));
     let reader = LatencyReader::start(redis.url(), hist.clone(), warmup_events)?;
-    let agent = AgentProcess::start(&[
+    let mut env = vec![
         ("ESL_HOST", "127.0.0.1".into()),
         ("ESL_PORT", sim.local_addr().port().to_string()),
         ("REDIS_URL", redis.url()),
@@ -285,7 +301,9 @@ fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunRes
         ("LOG_LEVEL", "warn".into()),
         ("METRICS_PRINT_INTERVAL", "0".into()),
         ("EVENTS_MAX_LEN", "0".into()),
-    ])?;
+    ];
+    env.extend(opts.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let agent = AgentProcess::start(&env)?;
     let pid = agent.pid();
     let started = Instant::now();
     let others = [redis.child.id(), std::process::id()];
