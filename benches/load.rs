@@ -12,7 +12,8 @@
 //! - that every event sent by the simulator is in Redis exactly once (`XLEN`), loudly if not.
 //!
 //! Modes: `saturation` (unpaced, `--events`, default 1,000,000) and `rates` (paced, each rate of
-//! `--rates` for `--seconds` after a one-second warm-up that is excluded from latency and CPU).
+//! `--rates` for `--seconds` after a one-second warm-up that is excluded from latency and CPU). The default is
+//! `all`; `--rates` alone means `rates`. See `docs/performance.md` for results.
 //!
 //! ```text
 //! cargo bench --bench load -- [--mode saturation|rates|all] [--events 1000000]
