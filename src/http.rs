@@ -618,7 +618,7 @@ mod tests {
     #[test]
     fn path_parameters_are_captured() {
         run(async {
-            let router = routes().get("/dlq/{id}", echo_id).post("/dlq/{id}/retry", echo_id);
+            let router = Router::default().get("/dlq/{id}", echo_id).post("/dlq/{id}/retry", echo_id);
             let ctx = context(None);
             let reply = router.handle(ctx.clone(), request(Method::GET, "/dlq/1700000000000-0")).await;
             assert_eq!(body_of(reply).await, "1700000000000-0");

@@ -1,0 +1,1001 @@
+//! End-to-end load harness ("Prove the speed"): simulator → agent (child process) → Redis.
+//!
+//! Every run starts its own `redis-server` (free loopback port, no persistence, temporary
+//! directory), measures that machine's ceiling with `redis-benchmark` (pipelined `XADD` of
+//! entries the size of the events), then drives the release `eslstream` binary from the
+//! in-process [`Simulator`] and measures, per run:
+//!
+//! - sustained events/s: entries in Redis / (last entry ID time − first entry ID time);
+//! - latency from `Event-Date-Timestamp` (set by the simulator when it encodes the event) to
+//!   "readable by a blocking `XREAD` on another connection" (p50, p99, p99.9, max);
+//! - agent peak RSS (`VmHWM`), CPU per 1,000 events and CPU % of one core (`/proc/<pid>/stat`);
+//! - that every event sent by the simulator is in Redis exactly once (`XLEN`), loudly if not.
+//!
+//! Modes: `saturation` (unpaced, `--events`, default 1,000,000) and `rates` (paced, each rate of
+//! `--rates` for `--seconds` after a one-second warm-up that is excluded from latency and CPU). The default is
+//! `all`; `--rates` alone means `rates`. See `docs/performance.md` for results.
+//!
+//! ```text
+//! cargo bench --bench load -- [--mode saturation|rates|all] [--events 1000000]
+//!     [--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large] [--json target/load.json]
+//!     [--env NAME=value]...
+//! ```
+//!
+//! The agent runs with `EVENTS_TO_PUSH=ALL`, `EVENTS_TO_PUBLISH=BACKGROUND_JOB` (an empty value
+//! means the default list, which would route CHANNEL_EXECUTE & co to the jobs stream),
+//! `EVENTS_MAX_LEN=0` (exact counts), `HEALTH_PORT=0`, `LOG_LEVEL=warn`,
+//! `METRICS_PRINT_INTERVAL=0`, `SPOOL_DIR` in a temporary directory, otherwise defaults; `--env`
+//! adds or overrides variables (to compare settings such as `WRITER_WORKERS`).
+//!
+//! A progress line goes to stderr every second; a markdown table to stdout and JSON to the
+//! `--json` path at the end. Every wait is bounded and every child is killed on drop (also on
+//! panic). All traffic stays on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use eslstream::simulate::{EventSize, SimulateOptions, Simulator};
+use redis::Value;
+
+const EVENTS_KEY: &str = "freeswitch:telephony:events";
+const JOBS_KEY: &str = "freeswitch:telephony:background-jobs";
+const CEILING_KEY: &str = "eslstream:bench:ceiling";
+/// A run fails when nothing new reaches Redis for this long.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+const WARMUP: Duration = Duration::from_secs(1);
+
+fn main() {
+    let opts = match Opts::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("load: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&opts) {
+        eprintln!("load: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|all] [--events N] \
+[--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large] [--json target/load.json] [--env NAME=value]...";
+
+#[derive(Debug, Clone)]
+struct Opts {
+    saturation: bool,
+    rates_mode: bool,
+    events: u64,
+    rates: Vec<u64>,
+    seconds: u64,
+    size: EventSize,
+    json: PathBuf,
+    /// Extra `NAME=value` for the agent (`--env WRITER_WORKERS=1`), after the defaults.
+    env: Vec<(String, String)>,
+}
+
+impl Opts {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts, String> {
+        let mut o = Opts {
+            saturation: true,
+            rates_mode: true,
+            events: 1_000_000,
+            rates: vec![1_000, 10_000, 50_000],
+            seconds: 20,
+            size: EventSize::Avg,
+            json: PathBuf::from("target/load.json"),
+            env: Vec::new(),
+        };
+        let mut rates_given = false;
+        let mut mode_given = false;
+        while let Some(arg) = args.next() {
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+                None => (arg.clone(), None),
+            };
+            // `cargo bench` passes `--bench`; criterion-style flags are ignored too.
+            if name == "--bench" || name == "--quiet" || name == "-q" {
+                continue;
+            }
+            let mut value = || inline.clone().or_else(|| args.next()).ok_or(format!("{name} needs a value"));
+            match name.as_str() {
+                "--mode" => {
+                    mode_given = true;
+                    (o.saturation, o.rates_mode) = match value()?.as_str() {
+                        "saturation" => (true, false),
+                        "rates" => (false, true),
+                        "all" => (true, true),
+                        m => return Err(format!("unknown mode {m:?}")),
+                    }
+                }
+                "--events" => o.events = parse_count(&value()?)?,
+                "--rates" => {
+                    rates_given = true;
+                    o.rates = value()?.split(',').map(parse_count).collect::<Result<_, _>>()?;
+                }
+                "--seconds" => o.seconds = parse_count(&value()?)?,
+                "--size" => {
+                    o.size = match value()?.as_str() {
+                        "small" => EventSize::Small,
+                        "avg" => EventSize::Avg,
+                        "large" => EventSize::Large,
+                        s => return Err(format!("unknown size {s:?}")),
+                    }
+                }
+                "--json" => o.json = PathBuf::from(value()?),
+                "--env" => {
+                    let v = value()?;
+                    let (k, v) = v.split_once('=').ok_or(format!("--env wants NAME=value, not {v:?}"))?;
+                    o.env.push((k.to_owned(), v.to_owned()));
+                }
+                "-h" | "--help" => return Err("help".into()),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        if rates_given && !mode_given {
+            (o.saturation, o.rates_mode) = (false, true);
+        }
+        if o.rates.is_empty() || o.rates.contains(&0) || o.events == 0 || o.seconds == 0 {
+            return Err("--events, --rates and --seconds must be positive".into());
+        }
+        Ok(o)
+    }
+}
+
+/// `1000000`, `1_000_000`, `1e6`, `10k`, `1m`.
+fn parse_count(text: &str) -> Result<u64, String> {
+    let t = text.trim().replace('_', "").to_ascii_lowercase();
+    let (num, mul) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1e3),
+        Some('m') => (&t[..t.len() - 1], 1e6),
+        _ => (t.as_str(), 1.0),
+    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| (v * mul).round() as u64)
+        .ok_or_else(|| format!("not a count: {text:?}"))
+}
+
+fn size_name(size: EventSize) -> &'static str {
+    match size {
+        EventSize::Small => "small",
+        EventSize::Avg => "avg",
+        EventSize::Large => "large",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orchestration
+
+fn run(opts: &Opts) -> Result<(), String> {
+    let redis = RedisServer::start()?;
+    eprintln!("load: redis-server {} on 127.0.0.1:{}", redis.version, redis.port);
+    let mut results = Vec::new();
+    let mut ceiling: Option<Ceiling> = None;
+    if opts.saturation {
+        let mut r = run_one(&redis, opts, None)?;
+        let c = ceiling_for(&redis, r.avg_event_bytes)?;
+        r.ceiling_ratio = Some(r.events_per_sec / c.requests_per_sec);
+        ceiling = Some(c);
+        results.push(r);
+    }
+    if opts.rates_mode {
+        for &rate in &opts.rates {
+            results.push(run_one(&redis, opts, Some(rate))?);
+        }
+    }
+    let table = markdown(&results, ceiling.as_ref());
+    println!("{table}");
+    let json = serde_json::json!({
+        "machine": machine(),
+        "agent_env": opts.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "redis_version": redis.version,
+        "ceiling": ceiling.as_ref().map(|c| serde_json::json!({
+            "command": c.command, "value_bytes": c.value_bytes, "requests_per_sec": c.requests_per_sec,
+        })),
+        "runs": results.iter().map(RunResult::json).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = opts.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&json).expect("serializable");
+    std::fs::write(&opts.json, text + "\n").map_err(|e| format!("cannot write {}: {e}", opts.json.display()))?;
+    eprintln!("load: wrote {}", opts.json.display());
+    let bad: Vec<_> = results.iter().filter(|r| r.in_redis != r.sent).collect();
+    if !bad.is_empty() {
+        return Err(format!("{} run(s) lost or duplicated events (see the table)", bad.len()));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct RunResult {
+    mode: &'static str,
+    size: EventSize,
+    rate: Option<u64>,
+    sent: u64,
+    in_redis: u64,
+    events_per_sec: f64,
+    avg_event_bytes: f64,
+    latency: Summary,
+    rss_peak_kb: u64,
+    rss_end_kb: u64,
+    cpu_ms_per_1k: f64,
+    cpu_pct: f64,
+    redis_cpu_pct: f64,
+    harness_cpu_pct: f64,
+    wall_secs: f64,
+    ceiling_ratio: Option<f64>,
+}
+
+impl RunResult {
+    fn label(&self) -> String {
+        match self.rate {
+            Some(r) => format!("rate {r}/s"),
+            None => "saturation".into(),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mode": self.mode,
+            "size": size_name(self.size),
+            "rate": self.rate,
+            "sent": self.sent,
+            "in_redis": self.in_redis,
+            "complete": self.sent == self.in_redis,
+            "events_per_sec": self.events_per_sec,
+            "avg_event_json_bytes": self.avg_event_bytes,
+            "latency_us": {
+                "count": self.latency.count, "p50": self.latency.p50, "p99": self.latency.p99,
+                "p999": self.latency.p999, "max": self.latency.max,
+            },
+            "agent_rss_peak_kb": self.rss_peak_kb,
+            "agent_rss_end_kb": self.rss_end_kb,
+            "agent_cpu_ms_per_1k_events": self.cpu_ms_per_1k,
+            "agent_cpu_pct_of_one_core": self.cpu_pct,
+            "redis_cpu_pct_of_one_core": self.redis_cpu_pct,
+            "harness_cpu_pct_of_one_core": self.harness_cpu_pct,
+            "wall_secs": self.wall_secs,
+            "ratio_to_ceiling": self.ceiling_ratio,
+        })
+    }
+}
+
+fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunResult, String> {
+    let mut con = redis.connection()?;
+    redis::cmd("FLUSHALL").exec(&mut con).map_err(|e| format!("FLUSHALL: {e}"))?;
+    let (events, label) = match rate {
+        Some(r) => (r * (opts.seconds + WARMUP.as_secs()), format!("rate={r}/s")),
+        None => (opts.events, "saturation".to_owned()),
+    };
+    let warmup_events = rate.map_or(0, |r| r * WARMUP.as_secs());
+    let sim = Simulator::start(SimulateOptions {
+        rate: rate.map(|r| r as f64),
+        events: Some(events),
+        quiet: true,
+        event_size: opts.size,
+        heartbeat: Duration::from_secs(3600),
+        ..SimulateOptions::default()
+    })
+    .map_err(|e| format!("simulator: {e}"))?;
+    eprintln!("load: {label} size={} events={events}", size_name(opts.size));
+
+    let hist = Arc::new(Mutex::new(Histogram::new()));
+    let reader = LatencyReader::start(redis.url(), hist.clone(), warmup_events)?;
+    let mut env = vec![
+        ("ESL_HOST", "127.0.0.1".into()),
+        ("ESL_PORT", sim.local_addr().port().to_string()),
+        ("REDIS_URL", redis.url()),
+        ("EVENTS_TO_PUSH", "ALL".into()),
+        // An empty list means the default list, which sends CHANNEL_EXECUTE & co to the jobs
+        // stream; BACKGROUND_JOB goes there only for `api_exec` jobs (none in this traffic).
+        ("EVENTS_TO_PUBLISH", "BACKGROUND_JOB".into()),
+        ("HEALTH_PORT", "0".into()),
+        ("LOG_LEVEL", "warn".into()),
+        ("METRICS_PRINT_INTERVAL", "0".into()),
+        ("EVENTS_MAX_LEN", "0".into()),
+    ];
+    env.extend(opts.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let agent = AgentProcess::start(&env)?;
+    let pid = agent.pid();
+    let started = Instant::now();
+    let others = [redis.child.id(), std::process::id()];
+    let other_ticks = || others.map(|p| cpu_ticks(p).unwrap_or(0));
+    let mut cpu_start = (cpu_ticks(pid).unwrap_or(0), Instant::now(), 0u64);
+    let mut others_start = other_ticks();
+    let others_end;
+    let mut windowed = rate.is_none();
+    let mut last_print = Instant::now();
+    let mut last_progress = ((0u64, 0u64), Instant::now());
+    let mut cpu_end: Option<(u64, Instant, u64)> = None;
+    let in_redis = loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let stats = sim.stats();
+        let in_redis = xlen_both(&mut con)?;
+        if !windowed && stats.traffic_sent >= warmup_events {
+            windowed = true;
+            cpu_start = (cpu_ticks(pid).unwrap_or(0), Instant::now(), stats.events_sent);
+            others_start = other_ticks();
+        }
+        if (in_redis, stats.events_sent) != last_progress.0 {
+            last_progress = ((in_redis, stats.events_sent), Instant::now());
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            let p99 = hist.lock().unwrap_or_else(|p| p.into_inner()).value_at(0.99);
+            eprintln!(
+                "load: {label} t={}s sent={} in_redis={in_redis} p99={:.2}ms rss={}MB",
+                started.elapsed().as_secs(),
+                stats.events_sent,
+                p99 as f64 / 1000.0,
+                proc_status_kb(pid, "VmRSS:").unwrap_or(0) / 1024,
+            );
+        }
+        if stats.done && cpu_end.is_none() && in_redis >= stats.events_sent {
+            cpu_end = Some((cpu_ticks(pid).unwrap_or(0), Instant::now(), stats.events_sent));
+            others_end = other_ticks();
+            break in_redis;
+        }
+        if last_progress.1.elapsed() > STALL_TIMEOUT {
+            eprintln!("load: {label}: NO PROGRESS for {STALL_TIMEOUT:?}; agent output:\n{}", agent.output());
+            cpu_end = Some((cpu_ticks(pid).unwrap_or(0), Instant::now(), stats.events_sent));
+            others_end = other_ticks();
+            break in_redis;
+        }
+        if !agent.is_running() {
+            return Err(format!("the agent exited; output:\n{}", agent.output()));
+        }
+    };
+    let sent = sim.stats().events_sent;
+    // Let the reader catch up with the last entries (bounded).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reader.seen.load(Ordering::Relaxed) < in_redis && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rss_peak_kb = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
+    let rss_end_kb = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+    let (t1, i1, e1) = cpu_end.expect("set when the loop ends");
+    let (t0, i0, e0) = cpu_start;
+    let cpu_ms = (t1.saturating_sub(t0)) as f64 * 1000.0 / clock_ticks_per_sec();
+    let wall_ms = i1.duration_since(i0).as_secs_f64() * 1000.0;
+    let window_events = e1.saturating_sub(e0).max(1);
+    let pct = |t0: u64, t1: u64| {
+        let ms = t1.saturating_sub(t0) as f64 * 1000.0 / clock_ticks_per_sec();
+        if wall_ms > 0.0 {
+            ms / wall_ms * 100.0
+        } else {
+            0.0
+        }
+    };
+    let redis_cpu_pct = pct(others_start[0], others_end[0]);
+    let harness_cpu_pct = pct(others_start[1], others_end[1]);
+    drop(agent);
+    let first_last = reader.stop();
+    let span_ms = first_last.map_or(0, |(a, b)| b.saturating_sub(a)).max(1);
+    let avg_event_bytes = avg_event_size(&mut con)?;
+    let latency = hist.lock().unwrap_or_else(|p| p.into_inner()).summary();
+    drop(sim);
+    if in_redis != sent {
+        eprintln!("load: !!!!! {label}: MISMATCH: simulator sent {sent} events, Redis holds {in_redis} !!!!!");
+    }
+    Ok(RunResult {
+        mode: if rate.is_some() { "rates" } else { "saturation" },
+        size: opts.size,
+        rate,
+        sent,
+        in_redis,
+        events_per_sec: in_redis as f64 * 1000.0 / span_ms as f64,
+        avg_event_bytes,
+        latency,
+        rss_peak_kb,
+        rss_end_kb,
+        cpu_ms_per_1k: cpu_ms / window_events as f64 * 1000.0,
+        cpu_pct: if wall_ms > 0.0 { cpu_ms / wall_ms * 100.0 } else { 0.0 },
+        redis_cpu_pct,
+        harness_cpu_pct,
+        wall_secs: started.elapsed().as_secs_f64(),
+        ceiling_ratio: None,
+    })
+}
+
+fn xlen_both(con: &mut redis::Connection) -> Result<u64, String> {
+    let (a, b): (u64, u64) = redis::pipe()
+        .cmd("XLEN")
+        .arg(EVENTS_KEY)
+        .cmd("XLEN")
+        .arg(JOBS_KEY)
+        .query(con)
+        .map_err(|e| format!("XLEN: {e}"))?;
+    Ok(a + b)
+}
+
+/// Average length of the `event` field over a sample of entries.
+fn avg_event_size(con: &mut redis::Connection) -> Result<f64, String> {
+    let v: Value = redis::cmd("XRANGE")
+        .arg(EVENTS_KEY)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(2000)
+        .query(con)
+        .map_err(|e| format!("XRANGE: {e}"))?;
+    let (mut total, mut n) = (0usize, 0usize);
+    for_each_entry(&v, |_, event| {
+        total += event.len();
+        n += 1;
+    });
+    Ok(if n == 0 { 0.0 } else { total as f64 / n as f64 })
+}
+
+/// Calls `f(id, event_field)` for each entry of an `XRANGE` reply (an array of `[id, fields]`).
+fn for_each_entry(entries: &Value, mut f: impl FnMut(&[u8], &[u8])) {
+    let Value::Array(entries) = entries else { return };
+    for entry in entries {
+        let Value::Array(parts) = entry else { continue };
+        let (Some(Value::BulkString(id)), Some(Value::Array(fields))) = (parts.first(), parts.get(1)) else {
+            continue;
+        };
+        let event = fields
+            .chunks(2)
+            .find_map(|kv| match kv {
+                [Value::BulkString(k), Value::BulkString(v)] if k == b"event" => Some(v.as_slice()),
+                _ => None,
+            })
+            .unwrap_or(&[]);
+        f(id, event);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency reader
+
+struct LatencyReader {
+    stop: Arc<AtomicBool>,
+    seen: Arc<AtomicU64>,
+    thread: Option<JoinHandle<Option<(u64, u64)>>>,
+}
+
+impl LatencyReader {
+    /// `XREAD BLOCK 1000 COUNT 1000` on both streams from the start, on its own connection.
+    fn start(url: String, hist: Arc<Mutex<Histogram>>, skip: u64) -> Result<LatencyReader, String> {
+        let mut con = connect(&url)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicU64::new(0));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::Builder::new()
+            .name("latency-reader".into())
+            .spawn(move || {
+                let mut ids = [b"0-0".to_vec(), b"0-0".to_vec()];
+                let mut first_last: Option<(u64, u64)> = None;
+                let mut batch = Vec::with_capacity(1000);
+                let mut n = 0u64;
+                while !stop2.load(Ordering::Relaxed) {
+                    let reply: Value = match redis::cmd("XREAD")
+                        .arg("BLOCK")
+                        .arg(1000)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .arg("STREAMS")
+                        .arg(EVENTS_KEY)
+                        .arg(JOBS_KEY)
+                        .arg(&ids[0])
+                        .arg(&ids[1])
+                        .query(&mut con)
+                    {
+                        Ok(v) => v,
+                        Err(e) => {
+                            eprintln!("load: latency reader: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                    };
+                    let now = now_us();
+                    batch.clear();
+                    for (key, entries) in stream_replies(&reply) {
+                        let slot = usize::from(key != EVENTS_KEY.as_bytes());
+                        for_each_entry(entries, |id, event| {
+                            ids[slot] = id.to_vec();
+                            n += 1;
+                            if slot == 0 {
+                                let ms = id_ms(id);
+                                first_last = Some(first_last.map_or((ms, ms), |(a, _)| (a, ms)));
+                            }
+                            if n > skip {
+                                if let Some(ts) = event_timestamp(event) {
+                                    batch.push(now.saturating_sub(ts));
+                                }
+                            }
+                        });
+                    }
+                    if !batch.is_empty() {
+                        let mut h = hist.lock().unwrap_or_else(|p| p.into_inner());
+                        batch.iter().for_each(|&v| h.record(v));
+                    }
+                    seen2.store(n, Ordering::Relaxed);
+                }
+                first_last
+            })
+            .map_err(|e| format!("spawn reader: {e}"))?;
+        Ok(LatencyReader { stop, seen, thread: Some(thread) })
+    }
+
+    /// Stops the reader (within one `BLOCK` period) and returns the ms of the first and last
+    /// entry IDs of the events stream.
+    fn stop(mut self) -> Option<(u64, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).flatten()
+    }
+}
+
+impl Drop for LatencyReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `(key, entries)` of an `XREAD` reply (RESP2 array or RESP3 map).
+fn stream_replies(reply: &Value) -> Vec<(&[u8], &Value)> {
+    let mut out = Vec::new();
+    match reply {
+        Value::Array(streams) => {
+            for s in streams {
+                if let Value::Array(kv) = s {
+                    if let (Some(Value::BulkString(k)), Some(entries)) = (kv.first(), kv.get(1)) {
+                        out.push((k.as_slice(), entries));
+                    }
+                }
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, entries) in pairs {
+                if let Value::BulkString(k) = k {
+                    out.push((k.as_slice(), entries));
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn id_ms(id: &[u8]) -> u64 {
+    let end = id.iter().position(|&b| b == b'-').unwrap_or(id.len());
+    std::str::from_utf8(&id[..end]).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// `Event-Date-Timestamp` (µs since the epoch) out of the `event` JSON.
+fn event_timestamp(event: &[u8]) -> Option<u64> {
+    const NEEDLE: &[u8] = b"\"Event-Date-Timestamp\":\"";
+    let start = memchr::memmem::find(event, NEEDLE)? + NEEDLE.len();
+    let digits = &event[start..];
+    let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Histogram: log-linear buckets (512 sub-buckets per power of two, < 0.2% error), in µs.
+
+const SUB: u64 = 512;
+
+struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+    max: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Summary {
+    count: u64,
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram { counts: vec![0; (2 * SUB + 64 * SUB) as usize], total: 0, max: 0 }
+    }
+
+    fn index(v: u64) -> usize {
+        if v < 2 * SUB {
+            return v as usize;
+        }
+        let shift = 63 - v.leading_zeros() as u64 - 9; // v >> shift is in [512, 1024)
+        (2 * SUB + (shift - 1) * SUB + ((v >> shift) - SUB)) as usize
+    }
+
+    fn value_of(index: usize) -> u64 {
+        let i = index as u64;
+        if i < 2 * SUB {
+            return i;
+        }
+        let shift = (i - 2 * SUB) / SUB + 1;
+        let mantissa = (i - 2 * SUB) % SUB + SUB;
+        // The middle of the bucket.
+        (mantissa << shift) + (1 << shift) / 2
+    }
+
+    fn record(&mut self, v: u64) {
+        self.counts[Self::index(v)] += 1;
+        self.total += 1;
+        self.max = self.max.max(v);
+    }
+
+    fn value_at(&self, q: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::value_of(i).min(self.max);
+            }
+        }
+        self.max
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            count: self.total,
+            p50: self.value_at(0.50),
+            p99: self.value_at(0.99),
+            p999: self.value_at(0.999),
+            max: self.max,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ceiling: redis-benchmark XADD with values the size of the events
+
+struct Ceiling {
+    command: String,
+    value_bytes: usize,
+    requests_per_sec: f64,
+}
+
+fn ceiling_for(redis: &RedisServer, event_bytes: f64) -> Result<Ceiling, String> {
+    let bench =
+        find_on_path("redis-benchmark").ok_or("redis-benchmark not found on PATH (apt-get install redis-tools)")?;
+    let value_bytes = (event_bytes.round() as usize).max(1);
+    let value = "x".repeat(value_bytes);
+    let port = redis.port.to_string();
+    let mut con = redis.connection()?;
+    redis::cmd("FLUSHALL").exec(&mut con).map_err(|e| format!("FLUSHALL: {e}"))?;
+    let args: Vec<&str> = vec![
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-c",
+        "4",
+        "-P",
+        "64",
+        "-n",
+        "400000",
+        "-q",
+        "XADD",
+        CEILING_KEY,
+        "MAXLEN",
+        "~",
+        "1000000",
+        "*",
+        "event",
+        &value,
+        "event_name",
+        "X",
+        "unique_id",
+        "U",
+        "core_uuid",
+        "C",
+        "event_sequence",
+        "1",
+    ];
+    let command = format!(
+        "redis-benchmark -p PORT -c 4 -P 64 -n 400000 -q XADD {CEILING_KEY} MAXLEN ~ 1000000 * event <{value_bytes} bytes> \
+         event_name X unique_id U core_uuid C event_sequence 1"
+    );
+    eprintln!("load: ceiling: {command}");
+    let mut child = Command::new(&bench)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", bench.display()))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("redis-benchmark did not finish within 180 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = out_thread.join().unwrap_or_default();
+    let _: () = redis::cmd("DEL").arg(CEILING_KEY).query(&mut con).map_err(|e| format!("DEL: {e}"))?;
+    let rps = parse_benchmark_rps(&out)
+        .ok_or_else(|| format!("cannot parse redis-benchmark output ({status}): {:?}", out.trim()))?;
+    eprintln!("load: ceiling: {rps:.0} XADD/s with {value_bytes}-byte values");
+    Ok(Ceiling { command, value_bytes, requests_per_sec: rps })
+}
+
+/// The number before "requests per second" on the last line (progress lines end with `\r`).
+fn parse_benchmark_rps(out: &str) -> Option<f64> {
+    let line = out.split(['\r', '\n']).rfind(|l| l.contains("requests per second"))?;
+    let before = line.split("requests per second").next()?;
+    before.split_whitespace().last()?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+fn connect(url: &str) -> Result<redis::Connection, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let con = client.get_connection_with_timeout(Duration::from_secs(5)).map_err(|e| format!("connect {url}: {e}"))?;
+    // FLUSHALL of a few GB and big XRANGE replies take a while.
+    con.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    con.set_write_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    Ok(con)
+}
+
+/// `redis-server` without persistence on a free loopback port; dropped = killed.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    version: String,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start() -> Result<RedisServer, String> {
+        let binary =
+            find_on_path("redis-server").ok_or("redis-server not found on PATH (apt-get install redis-server)")?;
+        let version = Command::new(&binary)
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("v=").map(str::to_owned))
+            })
+            .unwrap_or_default();
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let dir = tempfile::Builder::new().prefix("eslstream-load-").tempdir().map_err(|e| e.to_string())?;
+            let port = free_port()?;
+            let child = Command::new(&binary)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--dir", dir.path().to_str().ok_or("non-UTF-8 temp dir")?, "--daemonize", "no"])
+                .args(["--logfile", dir.path().join("redis.log").to_str().ok_or("non-UTF-8 temp dir")?])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+            let mut server = RedisServer { child, port, version: version.clone(), _dir: dir };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if ping(port) {
+                    return Ok(server);
+                }
+                if server.child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+                    last_error = format!("redis-server did not answer PING on port {port}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Err(last_error)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn connection(&self) -> Result<redis::Connection, String> {
+        connect(&self.url())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 64];
+    s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+}
+
+/// The release `eslstream` binary with only `env` (plus `PATH` and `SPOOL_DIR`), in an empty
+/// temporary directory; dropped = SIGTERM, then SIGKILL after 10 s.
+struct AgentProcess {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    fn start(env: &[(&str, String)]) -> Result<AgentProcess, String> {
+        let program = Path::new(env!("CARGO_BIN_EXE_eslstream"));
+        let dir = tempfile::Builder::new().prefix("eslstream-load-agent-").tempdir().map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.path().join("output.log")).map_err(|e| e.to_string())?;
+        let spool = dir.path().join("spool");
+        let mut cmd = Command::new(program);
+        cmd.current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SPOOL_DIR", &spool)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        Ok(AgentProcess { child, dir })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn is_running(&self) -> bool {
+        // Without reaping: /proc/<pid>/stat state Z means it exited.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("output.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("load: the agent did not stop within 10 s of SIGTERM; killing it");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// A `kB` line of `/proc/<pid>/status` such as `VmHWM:`.
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(field))?.split_whitespace().next()?.parse().ok()
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    serde_json::json!({ "cpus": cores, "cpu_model": cpu })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+fn markdown(results: &[RunResult], ceiling: Option<&Ceiling>) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "| run | size (avg event JSON) | sent | in Redis | events/s | vs ceiling | p50 ms | p99 ms | p99.9 ms | max ms \
+         | agent peak RSS MB | agent CPU ms/1k ev | agent CPU % core | redis CPU % | harness CPU % |\n",
+    );
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in results {
+        let complete = if r.in_redis == r.sent { String::new() } else { " **MISMATCH**".into() };
+        s.push_str(&format!(
+            "| {} | {} ({:.0} B) | {} | {}{complete} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} | {:.0} | {:.0} |\n",
+            r.label(),
+            size_name(r.size),
+            r.avg_event_bytes,
+            r.sent,
+            r.in_redis,
+            r.events_per_sec,
+            r.ceiling_ratio.map_or("-".into(), |x| format!("{:.0}%", x * 100.0)),
+            ms(r.latency.p50),
+            ms(r.latency.p99),
+            ms(r.latency.p999),
+            ms(r.latency.max),
+            r.rss_peak_kb as f64 / 1024.0,
+            r.cpu_ms_per_1k,
+            r.cpu_pct,
+            r.redis_cpu_pct,
+            r.harness_cpu_pct,
+        ));
+    }
+    if let Some(c) = ceiling {
+        s.push_str(&format!(
+            "\nCeiling: {:.0} XADD/s ({} -byte values): `{}`\n",
+            c.requests_per_sec, c.value_bytes, c.command
+        ));
+    }
+    s
+}
