@@ -553,6 +553,10 @@ impl HealthMonitor {
         }
         match report.status {
             Status::Healthy => info!(status = "healthy", "health: all checks pass"),
+            // The first check runs as the agent starts, before ESL can have connected.
+            status if self.last_status.is_none() => {
+                info!(status = status.as_str(), reasons = %report.reasons(), "health: starting")
+            }
             status => warn!(status = status.as_str(), reasons = %report.reasons(), "health: not healthy"),
         }
         self.last_status = Some(report.status);
