@@ -5,6 +5,7 @@
 //! source, and the [`sink`] writers turn them into idempotent, pipelined `XADD`s.
 
 pub mod app;
+pub mod civil;
 pub mod config;
 pub mod dlq;
 pub mod dlq_api;

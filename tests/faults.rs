@@ -134,10 +134,8 @@ fn agent_sigkilled_while_draining_the_spool() {
     let written_before = xlen(&mut conn, EVENTS);
     assert!(written_before < sim.stats().events_sent, "killed while draining");
     let port2 = free_port();
-    let mut env2 = env.clone();
-    env2.retain(|(k, _)| k != "HEALTH_PORT");
-    env2.push(("HEALTH_PORT".into(), port2.to_string()));
-    let mut agent = start_agent(&env2, &[]);
+    let port2 = port2.to_string();
+    let mut agent = start_agent(&env, &[("HEALTH_PORT", &port2)]);
     finish(&mut agent, &redis, &sim);
 }
 
@@ -211,10 +209,8 @@ fn corrupt_spool_tail_is_truncated_and_the_rest_delivered() {
     bytes.extend_from_slice(&[0, 16, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
     std::fs::write(&segment, bytes).unwrap();
     redis.restart();
-    let mut env2 = env.clone();
-    env2.retain(|(k, _)| k != "HEALTH_PORT");
-    env2.push(("HEALTH_PORT".into(), free_port().to_string()));
-    let mut agent = start_agent(&env2, &[]);
+    let port2 = free_port().to_string();
+    let mut agent = start_agent(&env, &[("HEALTH_PORT", &port2)]);
     let sent = sim.stats().events_sent;
     let mut conn = redis.connection();
     wait_until(Duration::from_secs(60), "spooled events delivered", || xlen(&mut conn, EVENTS) >= sent);

@@ -294,25 +294,11 @@ pub fn format_dates(unix_seconds: i64) -> (String, String) {
     let days = unix_seconds.div_euclid(86_400);
     let secs = unix_seconds.rem_euclid(86_400);
     let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = crate::civil::civil_from_days(days);
     let local = format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}");
     let weekday = DAYS[days.rem_euclid(7) as usize];
     let gmt = format!("{weekday}, {day:02} {} {year:04} {h:02}:{m:02}:{s:02} GMT", MONTHS[(month - 1) as usize]);
     (local, gmt)
-}
-
-/// Howard Hinnant's days-to-civil conversion.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A small, fast, seedable generator (SplitMix64): plenty for traffic shapes and UUIDs.
