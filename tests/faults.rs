@@ -54,6 +54,13 @@ fn spool_env(sim: &Simulator, redis: &RedisServer, spool: &Path, port: u16) -> V
     env
 }
 
+/// A Redis that is down (restart it later), a simulator, a spool directory and a health port.
+fn redis_down() -> (RedisServer, Simulator, tempfile::TempDir, u16) {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    (redis, simulator(None), tempfile::tempdir().unwrap(), free_port())
+}
+
 #[test]
 fn redis_killed_for_five_seconds() {
     let mut redis = RedisServer::start();
@@ -118,11 +125,7 @@ fn redis_out_of_memory_until_the_limit_is_raised() {
 
 #[test]
 fn agent_sigkilled_while_draining_the_spool() {
-    let mut redis = RedisServer::start();
-    redis.kill();
-    let sim = simulator(None);
-    let spool = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let (mut redis, sim, spool, port) = redis_down();
     let env = spool_env(&sim, &redis, spool.path(), port);
     let mut agent = start_agent(&env, &[]);
     assert!(sim.wait_done(Duration::from_secs(60)));
@@ -152,11 +155,7 @@ fn event_socket_dropped_mid_frame_repeatedly() {
 
 #[test]
 fn full_spool_drops_exactly_what_it_counts() {
-    let mut redis = RedisServer::start();
-    redis.kill();
-    let sim = simulator(None);
-    let spool = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let (mut redis, sim, spool, port) = redis_down();
     let mut agent = start_agent(&spool_env(&sim, &redis, spool.path(), port), &[("SPOOL_MAX_BYTES", "4MiB")]);
     assert!(sim.wait_done(Duration::from_secs(60)));
     let sent = sim.stats().events_sent;
@@ -193,11 +192,7 @@ fn newest_segment(spool: &Path) -> PathBuf {
 
 #[test]
 fn corrupt_spool_tail_is_truncated_and_the_rest_delivered() {
-    let mut redis = RedisServer::start();
-    redis.kill();
-    let sim = simulator(None);
-    let spool = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let (mut redis, sim, spool, port) = redis_down();
     let env = spool_env(&sim, &redis, spool.path(), port);
     let mut agent = start_agent(&env, &[("SHUTDOWN_TIMEOUT", "1s")]);
     assert!(sim.wait_done(Duration::from_secs(60)));
