@@ -73,52 +73,52 @@ pub struct Metrics {
     pub start_time: prometheus::Gauge,
 }
 
+/// Registers a freshly built metric and hands it back; names are fixed at compile time, so a
+/// bad or repeated one is a programming error.
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, built: prometheus::Result<M>) -> M {
+    let metric = built.expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
-    c
+    register(registry, IntCounter::new(name, help))
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
-    c
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
-    g
+    register(registry, IntGauge::new(name, help))
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
-    g
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn float_gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Gauge {
-    let g = prometheus::Gauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
-    g
+    register(registry, prometheus::Gauge::new(name, help))
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid metric");
-    registry.register(Box::new(h.clone())).expect("unique metric");
-    h
+    register(registry, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())))
 }
 
 impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
-        let write_duration = HistogramVec::new(
-            HistogramOpts::new("eslstream_redis_write_duration_seconds", "Round trip of one pipelined write to Redis")
+        let write_duration = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "eslstream_redis_write_duration_seconds",
+                    "Round trip of one pipelined write to Redis",
+                )
                 .buckets(LATENCY_BUCKETS.to_vec()),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(write_duration.clone())).expect("unique metric");
+                &["outcome"],
+            ),
+        );
         Metrics {
             events_received: counter_vec(
                 &r,
