@@ -96,11 +96,6 @@ impl Lane {
         self.tiers.lock().overflow.len()
     }
 
-    /// Events in this lane's spool not yet read back.
-    pub fn spooled(&self) -> u64 {
-        self.tiers.lock().spool.as_ref().map_or(0, |s| s.unread())
-    }
-
     /// Redis acknowledged everything up to this spool position.
     pub fn commit(&self, pos: SpoolPos) -> std::io::Result<()> {
         match self.tiers.lock().spool.as_mut() {

@@ -180,6 +180,8 @@ pub struct RedisSink {
     script_sha: String,
     lane: usize,
     batches: u64,
+    /// Streams whose IDMP window this connection has checked (8.6+ only).
+    idmp_checked: Vec<String>,
 }
 
 impl RedisSink {
@@ -193,16 +195,11 @@ impl RedisSink {
         let mode = if supports_idmp(&info) { WriteMode::Idmp } else { WriteMode::Script };
         let script_sha: String =
             redis::cmd("SCRIPT").arg("LOAD").arg(IDEMPOTENT_SCRIPT).query(&mut conn).map_err(classify)?;
-        Ok(RedisSink { conn, mode, script_sha, lane, batches: 0 })
+        Ok(RedisSink { conn, mode, script_sha, lane, batches: 0, idmp_checked: Vec::new() })
     }
 
     pub fn mode(&self) -> WriteMode {
         self.mode
-    }
-
-    /// A raw connection for other commands (health checks, tests).
-    pub fn connection(&mut self) -> &mut Connection {
-        &mut self.conn
     }
 
     /// Writes `entries` in one round trip; the outcome list is parallel to `entries`.
@@ -350,6 +347,15 @@ impl RedisSink {
             }
         }
         let replies: Vec<Value> = pipe.query(&mut self.conn).map_err(classify)?;
+        // The stream exists now: size its IDMP window once per connection.
+        for e in entries {
+            if !self.idmp_checked.contains(&e.stream_key) {
+                if let Err(err) = self.ensure_idmp_window(&e.stream_key) {
+                    tracing::warn!(stream = %e.stream_key, error = %err, "cannot check the stream's IDMP window");
+                }
+                self.idmp_checked.push(e.stream_key.clone());
+            }
+        }
         let mut outcomes = Vec::with_capacity(entries.len());
         for reply in replies {
             match reply {
