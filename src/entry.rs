@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 
 use crate::esl::event::{
-    decode, percent_decode_into, DecodedValue, Event, EventError, EventFormat, PlainScanner, ARRAY_PREFIX,
+    decode, hex_val, percent_decode_into, DecodedValue, Event, EventError, EventFormat, PlainScanner, ARRAY_PREFIX,
     ARRAY_SEPARATOR,
 };
 
@@ -152,12 +152,12 @@ fn plain_event_json(body: &[u8], out: &mut Vec<u8>) -> Result<bool, EventError> 
     })
 }
 
-/// A raw plain value: written straight out when it has no `%` (the common case, one pass),
-/// else percent-decoded into `decoded` first.
+/// A raw plain value: percent-decoded and JSON-escaped in one pass (the common case), or,
+/// for an array or a value whose decoded bytes are not UTF-8, decoded into `decoded` first.
 fn write_raw_plain_value(value: &[u8], decoded: &mut Vec<u8>, out: &mut Vec<u8>, lossy: &mut bool) {
     if !value.starts_with(b"ARRAY") {
         let mark = out.len();
-        if write_json(value, Mode::StopAtPercent, out, lossy) {
+        if write_json_percent(value, out) {
             return;
         }
         out.truncate(mark);
@@ -208,8 +208,6 @@ enum Mode {
     Utf8,
     /// Checked for UTF-8 (only when it holds a non-ASCII byte), replaced where it is not.
     Bytes,
-    /// As `Bytes`, but gives up (returns false) at the first `%`.
-    StopAtPercent,
 }
 
 /// What to write for each byte inside a JSON string: 0 = the byte itself, `u` = `\u00XX`,
@@ -254,12 +252,45 @@ fn attention(w: u64, percent: bool) -> u64 {
     flags & HIGH
 }
 
-/// Writes `bytes` as a JSON string (eight bytes at a time while nothing needs escaping).
-/// Returns false, having written part of it, only in [`Mode::StopAtPercent`] at a `%`.
+/// Writes the JSON escape of the ASCII byte `b` (`ESCAPE[b]` is not 0).
 #[inline]
-fn write_json(bytes: &[u8], mode: Mode, out: &mut Vec<u8>, lossy: &mut bool) -> bool {
+fn write_escape(b: u8, escape: u8, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let percent = mode == Mode::StopAtPercent;
+    if escape == b'u' {
+        out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+    } else {
+        out.extend_from_slice(&[b'\\', escape]);
+    }
+}
+
+/// Writes `bytes` as a JSON string, replacing what is not UTF-8 by U+FFFD (noted in `lossy`)
+/// unless `mode` says it is UTF-8 already.
+#[inline]
+fn write_json(bytes: &[u8], mode: Mode, out: &mut Vec<u8>, lossy: &mut bool) {
+    let mark = out.len();
+    if write_json_raw(bytes, false, mode == Mode::Bytes, out) {
+        return;
+    }
+    *lossy = true;
+    out.truncate(mark);
+    write_json_str(&String::from_utf8_lossy(bytes), out);
+}
+
+/// Writes a raw plain value as a JSON string, turning each `%XX` into its byte on the way (as
+/// [`percent_decode_into`] does; a `%` without two hex digits stays). Returns false, having
+/// written part of it, when the decoded bytes are not UTF-8: the caller then takes the lossy
+/// path.
+#[inline]
+fn write_json_percent(bytes: &[u8], out: &mut Vec<u8>) -> bool {
+    write_json_raw(bytes, true, true, out)
+}
+
+/// Writes `bytes` as a JSON string, eight bytes at a time while nothing needs escaping; with
+/// `percent`, each `%XX` becomes its byte. With `check_utf8`, returns false (having written
+/// part of it) when what was written is not UTF-8; escapes are ASCII, so that is exactly when
+/// the (decoded) bytes are not.
+#[inline(always)]
+fn write_json_raw(bytes: &[u8], percent: bool, check_utf8: bool, out: &mut Vec<u8>) -> bool {
     let mark = out.len();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
@@ -267,53 +298,54 @@ fn write_json(bytes: &[u8], mode: Mode, out: &mut Vec<u8>, lossy: &mut bool) -> 
     let mut non_ascii = false;
     let mut i = 0;
     while i < bytes.len() {
-        let end = if i + 8 <= bytes.len() {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&bytes[i..i + 8]);
-            if attention(u64::from_le_bytes(word), percent) == 0 {
-                i += 8;
-                continue;
-            }
-            i + 8
-        } else {
-            bytes.len()
-        };
-        for (j, &b) in bytes.iter().enumerate().take(end).skip(i) {
+        if i + 8 <= bytes.len() && attention(word_at(bytes, i), percent) == 0 {
+            i += 8;
+            continue;
+        }
+        let end = (i + 8).min(bytes.len());
+        while i < end {
+            let b = bytes[i];
             if b >= 0x80 {
                 non_ascii = true;
             } else if percent && b == b'%' {
-                return false;
-            } else {
-                let escape = ESCAPE[b as usize];
-                if escape != 0 {
-                    out.extend_from_slice(&bytes[start..j]);
-                    if escape == b'u' {
-                        out.extend_from_slice(&[
-                            b'\\',
-                            b'u',
-                            b'0',
-                            b'0',
-                            HEX[(b >> 4) as usize],
-                            HEX[(b & 15) as usize],
-                        ]);
-                    } else {
-                        out.extend_from_slice(&[b'\\', escape]);
+                let hi = bytes.get(i + 1).copied().and_then(hex_val);
+                let lo = bytes.get(i + 2).copied().and_then(hex_val);
+                if let (Some(hi), Some(lo)) = (hi, lo) {
+                    out.extend_from_slice(&bytes[start..i]);
+                    let d = hi << 4 | lo;
+                    match ESCAPE[d as usize] {
+                        _ if d >= 0x80 => {
+                            non_ascii = true;
+                            out.push(d);
+                        }
+                        0 => out.push(d),
+                        escape => write_escape(d, escape, out),
                     }
-                    start = j + 1;
+                    i += 3;
+                    start = i;
+                    continue;
                 }
+            } else if ESCAPE[b as usize] != 0 {
+                out.extend_from_slice(&bytes[start..i]);
+                write_escape(b, ESCAPE[b as usize], out);
+                start = i + 1;
             }
+            i += 1;
         }
-        i = end;
-    }
-    if non_ascii && mode != Mode::Utf8 && std::str::from_utf8(bytes).is_err() {
-        *lossy = true;
-        out.truncate(mark);
-        write_json_str(&String::from_utf8_lossy(bytes), out);
-        return true;
     }
     out.extend_from_slice(&bytes[start..]);
+    if check_utf8 && non_ascii && std::str::from_utf8(&out[mark + 1..]).is_err() {
+        return false;
+    }
     out.push(b'"');
     true
+}
+
+#[inline(always)]
+fn word_at(bytes: &[u8], i: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[i..i + 8]);
+    u64::from_le_bytes(word)
 }
 
 /// A cheap hash of a header name (FxHash-style, 8 bytes at a time).
@@ -456,9 +488,21 @@ mod tests {
             let mut out = Vec::new();
             write_json_str(&s, &mut out);
             assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
+            // Percent-encoded (every byte, and only some), decoded and escaped in one pass.
+            let every: String = s.bytes().map(|b| format!("%{b:02X}")).collect();
+            let some: String = s
+                .chars()
+                .map(|c| if c.is_ascii_punctuation() { format!("%{:02x}", c as u8) } else { c.to_string() })
+                .collect();
+            for encoded in [every, some, format!("{s}%zz%4")] {
+                let mut out = Vec::new();
+                assert!(write_json_percent(encoded.as_bytes(), &mut out));
+                let mut expected = Vec::new();
+                percent_decode_into(encoded.as_bytes(), &mut expected);
+                assert_eq!(serde_json::from_slice::<String>(&out).unwrap().as_bytes(), expected.as_slice());
+            }
+            assert!(!write_json_percent(format!("{s}%FF").as_bytes(), &mut Vec::new()), "not UTF-8 once decoded");
             let mut lossy = false;
-            let mut out = Vec::new();
-            assert!(!write_json(s.as_bytes(), Mode::StopAtPercent, &mut out, &mut lossy));
             let bad = [s.as_bytes(), b"\xff"].concat();
             let mut out = Vec::new();
             write_json_bytes(&bad, &mut out, &mut lossy);

@@ -85,9 +85,10 @@ impl KeyAssigner {
         }
     }
 
-    /// Fills in a key when the event has none; returns whether it did.
+    /// Fills in a key when the event has none (or an `Event-Sequence` that is not a decimal
+    /// number, which the dedup bitmaps cannot index); returns whether it did.
     pub fn fill(&self, meta: &mut EventMeta) -> bool {
-        if !meta.core_uuid.is_empty() && !meta.sequence.is_empty() {
+        if !meta.core_uuid.is_empty() && meta.sequence.parse::<u64>().is_ok() {
             return false;
         }
         meta.core_uuid = self.producer.clone();
@@ -110,5 +111,8 @@ mod tests {
         assert!(keys.fill(&mut a) && keys.fill(&mut b));
         assert_eq!(a.core_uuid, b.core_uuid);
         assert_ne!(a.sequence, b.sequence);
+        let mut odd = EventMeta { core_uuid: "c".into(), sequence: "12a".into(), ..Default::default() };
+        assert!(keys.fill(&mut odd), "a sequence that is not a number is replaced");
+        assert_ne!(odd.core_uuid, "c");
     }
 }

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Times a writer moved events it could not write into the spool.
     pub spills: IntCounter,
+    /// Seconds the reader waited for room in memory (instead of spooling) while the switch
+    /// was less than 100 ms behind.
+    pub reader_wait: prometheus::Counter,
     /// Events waiting in memory (channels and overflow), per lane.
     pub queue_depth: IntGaugeVec,
     /// Events held in memory past the channels, per lane.
@@ -175,6 +178,13 @@ impl Metrics {
                 &["kind"],
             ),
             spills: counter(&r, "eslstream_spills_total", "Times a writer moved unwritable events to the spool"),
+            reader_wait: register(
+                &r,
+                prometheus::Counter::new(
+                    "eslstream_reader_wait_seconds_total",
+                    "Seconds the reader waited for room in memory instead of spooling",
+                ),
+            ),
             batch_size: histogram(
                 &r,
                 "eslstream_batch_size",

@@ -2,10 +2,13 @@
 //! call's events keep the order the switch sent them in and no source ever waits.
 //!
 //! A lane is three tiers, oldest first: a bounded crossbeam channel, a bounded memory overflow,
-//! and the lane's durable spool. [`Pipeline::submit`] never blocks: an event goes to the first
-//! tier with room, and once a later tier holds events every newer event of the lane goes there
-//! too, so order holds. The writer reads the tiers in the same order. Only when the spool is
-//! full (or disabled) is the event handed back ([`Submitted::Full`]) to be counted as dropped.
+//! and the lane's durable spool. An event goes to the first tier with room, and once a later
+//! tier holds events every newer event of the lane goes there too, so order holds. The writer
+//! reads the tiers in the same order. When memory is full, [`Pipeline::submit_by`] waits for
+//! room until a deadline the source chooses (the reader: while the switch is less than 100 ms
+//! behind, see `esl::lag`) and then spools; [`Pipeline::submit`] never waits. Only when the
+//! spool is full (or disabled) is the event handed back ([`Submitted::Full`]) to be counted as
+//! dropped.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,10 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::envelope::{Envelope, SpoolPos};
+use crate::logging::RateLimit;
+use crate::metrics::metrics;
 use crate::spool::{LaneSpool, SpoolError};
+
+static FLUSH_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
 
 /// What happened to a submitted event.
 #[derive(Debug)]
@@ -45,6 +52,8 @@ pub struct Lane {
     tx: Sender<Envelope>,
     rx: Receiver<Envelope>,
     tiers: Mutex<Tiers>,
+    /// Signalled when the writer takes events out of the overflow (or it is spilled).
+    room: Condvar,
     overflow_capacity: usize,
     closed: AtomicBool,
 }
@@ -58,6 +67,7 @@ impl Lane {
             tx,
             rx,
             tiers: Mutex::new(Tiers { overflow: VecDeque::new(), spool, spooling }),
+            room: Condvar::new(),
             overflow_capacity,
             closed: AtomicBool::new(false),
         }
@@ -67,24 +77,34 @@ impl Lane {
         self.index
     }
 
-    fn submit(&self, envelope: Envelope) -> Submitted {
+    fn submit(&self, mut envelope: Envelope, wait_until: Option<Instant>) -> Submitted {
         let mut tiers = self.tiers.lock();
-        if tiers.spooling {
-            return tiers.spool_one(envelope);
-        }
-        let envelope = if tiers.overflow.is_empty() {
-            match self.tx.try_send(envelope) {
-                Ok(()) => return Submitted::Queued,
-                Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => e,
+        loop {
+            if tiers.spooling {
+                return tiers.spool_one(envelope);
             }
-        } else {
-            envelope
-        };
-        if tiers.overflow.len() < self.overflow_capacity {
-            tiers.overflow.push_back(envelope);
-            return Submitted::Overflowed;
+            if tiers.overflow.is_empty() {
+                match self.tx.try_send(envelope) {
+                    Ok(()) => return Submitted::Queued,
+                    Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => envelope = e,
+                }
+            }
+            if tiers.overflow.len() < self.overflow_capacity {
+                tiers.overflow.push_back(envelope);
+                return Submitted::Overflowed;
+            }
+            match wait_until {
+                Some(deadline) if !self.closed.load(Ordering::Acquire) && Instant::now() < deadline => {
+                    let started = Instant::now();
+                    let timed_out = self.room.wait_until(&mut tiers, deadline).timed_out();
+                    metrics().reader_wait.inc_by(started.elapsed().as_secs_f64());
+                    if timed_out {
+                        return tiers.spool_one(envelope);
+                    }
+                }
+                _ => return tiers.spool_one(envelope),
+            }
         }
-        tiers.spool_one(envelope)
     }
 
     /// Events waiting in memory in this lane.
@@ -133,9 +153,11 @@ impl Lane {
                 .prepend(&moving[..from_memory])
                 .and_then(|()| moving[from_memory..].iter().try_for_each(|e| spool.append(e)))
         };
-        match result {
+        match result.and_then(|()| spool.flush().map_err(SpoolError::Io)) {
             Ok(()) => {
                 *spooling = spool.has_unread();
+                drop(tiers);
+                self.room.notify_all();
                 Ok(count)
             }
             Err(e) => {
@@ -143,6 +165,18 @@ impl Lane {
                 let mut rest = moving.split_off(from_memory);
                 overflow.extend(rest.drain(..));
                 Err((moving, e))
+            }
+        }
+    }
+
+    /// Writes the spool's buffered records out (they then survive a SIGKILL of the agent).
+    fn flush_spool(&self) {
+        let mut tiers = self.tiers.lock();
+        if let Some(spool) = tiers.spool.as_mut() {
+            if let Err(e) = spool.flush() {
+                if let Some(suppressed) = FLUSH_WARN.check() {
+                    tracing::error!(error = %e, lane = self.index, suppressed, "cannot write to the spool; records held in memory");
+                }
             }
         }
     }
@@ -166,7 +200,10 @@ impl Lane {
                     Ok(e) => out.push(e),
                     Err(_) => {
                         // The channel is empty: anything older is in the overflow, then the spool.
-                        self.tiers.lock().take(max - out.len(), out, !self.closed.load(Ordering::Acquire));
+                        let took = self.tiers.lock().take(max - out.len(), out, !self.closed.load(Ordering::Acquire));
+                        if took > 0 {
+                            self.room.notify_all();
+                        }
                         break;
                     }
                 }
@@ -213,13 +250,13 @@ impl Tiers {
     }
 
     /// Takes up to `n` events from the overflow, then (unless `closed`: the spool keeps them
-    /// across the restart) from the spool.
-    fn take(&mut self, n: usize, out: &mut Vec<Envelope>, read_spool: bool) {
+    /// across the restart) from the spool. Returns how many came from the overflow.
+    fn take(&mut self, n: usize, out: &mut Vec<Envelope>, read_spool: bool) -> usize {
         let from_overflow = n.min(self.overflow.len());
         out.extend(self.overflow.drain(..from_overflow));
         let n = n - from_overflow;
         if n == 0 || !read_spool || !self.spooling || !self.overflow.is_empty() {
-            return;
+            return from_overflow;
         }
         if let Some(spool) = self.spool.as_mut() {
             if let Err(e) = spool.read_batch(n, out) {
@@ -227,6 +264,7 @@ impl Tiers {
             }
             self.spooling = spool.has_unread();
         }
+        from_overflow
     }
 }
 
@@ -279,16 +317,31 @@ impl Pipeline {
         lane_for(key, self.lanes.len())
     }
 
-    /// Puts an event on its lane without ever blocking.
+    /// Puts an event on its lane without ever waiting.
     pub fn submit(&self, envelope: Envelope) -> Submitted {
+        self.submit_by(envelope, None)
+    }
+
+    /// Puts an event on its lane; when the lane's memory is full, waits for room until
+    /// `wait_until` (if any) before spooling it.
+    pub fn submit_by(&self, envelope: Envelope, wait_until: Option<Instant>) -> Submitted {
         let lane = self.lane_for(&envelope.meta.unique_id);
-        self.lanes[lane].submit(envelope)
+        self.lanes[lane].submit(envelope, wait_until)
+    }
+
+    /// Writes every lane's buffered spool records out: sources call it after each read, so
+    /// what a read brought in is either in memory or in the spool files.
+    pub fn flush_spools(&self) {
+        for lane in &self.lanes {
+            lane.flush_spool();
+        }
     }
 
     /// No more events will be submitted: writers drain their lanes and stop.
     pub fn close(&self) {
         for lane in &self.lanes {
             lane.closed.store(true, Ordering::Release);
+            lane.room.notify_all();
         }
     }
 
@@ -330,6 +383,13 @@ mod tests {
         }
     }
 
+    /// One lane of `channel` + `overflow` events in memory, backed by a spool in `dir`.
+    fn one_spooled_lane(dir: &std::path::Path, channel: usize, overflow: usize) -> Arc<Pipeline> {
+        let (spool, _) = LaneSpool::open(dir, crate::spool::SpoolBudget::new(1 << 30)).unwrap();
+        let shape = PipelineShape { lanes: 1, channel_capacity: channel, overflow_capacity: overflow };
+        Pipeline::with_spools(shape, vec![Some(spool)])
+    }
+
     #[test]
     fn overflow_keeps_order_and_full_hands_back() {
         let p = Pipeline::new(PipelineShape { lanes: 1, channel_capacity: 2, overflow_capacity: 3 });
@@ -357,11 +417,7 @@ mod tests {
     #[test]
     fn spill_keeps_order_when_the_queue_is_newer_than_the_spool() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = LaneSpool::open(dir.path(), crate::spool::SpoolBudget::new(1 << 30)).unwrap();
-        let p = Pipeline::with_spools(
-            PipelineShape { lanes: 1, channel_capacity: 2, overflow_capacity: 0 },
-            vec![Some(spool)],
-        );
+        let p = one_spooled_lane(dir.path(), 2, 0);
         for i in 0..6 {
             p.submit(env("a", i)); // 0,1 in the channel, 2..5 spooled
         }
@@ -378,6 +434,41 @@ mod tests {
         }
         let seqs: Vec<_> = got.iter().map(|e| e.meta.sequence.parse::<u64>().unwrap()).collect();
         assert_eq!(seqs, (0..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_full_lane_waits_for_room_until_the_deadline_then_spools() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = one_spooled_lane(dir.path(), 1, 1);
+        assert!(matches!(p.submit(env("a", 0)), Submitted::Queued));
+        assert!(matches!(p.submit(env("a", 1)), Submitted::Overflowed));
+        let lane = p.lanes()[0].clone();
+        let taker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut batch = Vec::new();
+            lane.next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut batch);
+            batch.len()
+        });
+        // Memory is full: this waits until the writer takes the batch, then goes to memory.
+        let far = Instant::now() + Duration::from_secs(10);
+        assert!(matches!(p.submit_by(env("a", 2), Some(far)), Submitted::Queued));
+        assert_eq!(taker.join().unwrap(), 2);
+        assert!(matches!(p.submit(env("a", 3)), Submitted::Overflowed));
+        // Nobody takes: the wait ends at the deadline and the event is spooled, as are the
+        // events after it (without waiting), until the spool is read back.
+        let started = Instant::now();
+        let soon = started + Duration::from_millis(30);
+        assert!(matches!(p.submit_by(env("a", 4), Some(soon)), Submitted::Spooled));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        let started = Instant::now();
+        assert!(matches!(p.submit_by(env("a", 5), Some(far)), Submitted::Spooled));
+        assert!(started.elapsed() < Duration::from_secs(5), "a spooling lane does not wait");
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            p.lanes()[0].next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut got);
+        }
+        let seqs: Vec<u64> = got.iter().map(|e| e.meta.sequence.parse().unwrap()).collect();
+        assert_eq!(seqs, [2, 3, 4, 5]);
     }
 
     #[test]

@@ -162,6 +162,10 @@ fn full_spool_drops_exactly_what_it_counts() {
     wait_until(Duration::from_secs(30), "drops counted", || {
         metric_sum(port, "eslstream_events_dropped_total", "spool_full") > 0.0
     });
+    // Every event read off the socket and placed (or counted as dropped) before counting.
+    wait_until(Duration::from_secs(30), "every event read", || {
+        metric_sum(port, "eslstream_events_received_total", "esl") >= sent as f64
+    });
     std::thread::sleep(Duration::from_secs(1));
     let h = health(port).expect("the agent still answers /health");
     assert_ne!(h["status"], "healthy", "{h}");

@@ -19,6 +19,7 @@ use crate::config::EslConfig;
 use crate::envelope::{now_us, Envelope, KeyAssigner};
 use crate::esl::event::{scan_meta, EventFormat};
 use crate::esl::frame::{Frame, FrameDecoder, FrameError};
+use crate::esl::lag::Lag;
 use crate::logging::RateLimit;
 use crate::metrics::{metrics, seconds_between};
 use crate::routing::Router;
@@ -73,6 +74,10 @@ pub struct EslClient {
     state: Arc<AgentState>,
     shutdown: Shutdown,
     keys: KeyAssigner,
+    /// How far behind the switch the reader is (decides whether it may wait for room).
+    lag: Lag,
+    /// `eslstream_events_received_total{source="esl"}`.
+    received: prometheus::IntCounter,
 }
 
 static FILTER_DEBUG: RateLimit = RateLimit::new(Duration::from_secs(60));
@@ -86,7 +91,16 @@ impl EslClient {
         state: Arc<AgentState>,
         shutdown: Shutdown,
     ) -> EslClient {
-        EslClient { config, max_latency, sink, state, shutdown, keys: KeyAssigner::new() }
+        EslClient {
+            config,
+            max_latency,
+            sink,
+            state,
+            shutdown,
+            keys: KeyAssigner::new(),
+            lag: Lag::default(),
+            received: metrics().events_received.with_label_values(&["esl"]),
+        }
     }
 
     /// Connects and reads until shutdown, reconnecting after every failure.
@@ -153,6 +167,7 @@ impl EslClient {
     /// One connection: handshake, subscribe, then read events until it ends.
     fn session(&self, subscribed: &mut bool) -> Result<(), SessionError> {
         let mut stream = self.connect()?;
+        self.lag.reset();
         let mut conn = Connection {
             stream: &mut stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -193,9 +208,9 @@ impl EslClient {
                     last_data = Instant::now();
                     probe_sent = None;
                     self.state.last_esl_read_us.store(now_us(), Ordering::Relaxed);
-                    while let Some(frame) = conn.decoder.decode(&mut conn.buf)? {
-                        self.handle(frame)?;
-                    }
+                    let handled = self.handle_buffered(&mut conn);
+                    self.sink.pipeline.flush_spools();
+                    handled?;
                 }
             }
             let silent = last_data.elapsed();
@@ -215,6 +230,14 @@ impl EslClient {
         Ok(())
     }
 
+    /// Handles every whole frame in the read buffer.
+    fn handle_buffered(&self, conn: &mut Connection<'_>) -> Result<(), SessionError> {
+        while let Some(frame) = conn.decoder.decode(&mut conn.buf)? {
+            self.handle(frame)?;
+        }
+        Ok(())
+    }
+
     fn handle(&self, frame: Frame) -> Result<(), SessionError> {
         let content_type = frame.content_type().unwrap_or("");
         let format = match EventFormat::from_content_type(content_type) {
@@ -227,7 +250,7 @@ impl EslClient {
                 };
             }
         };
-        metrics().events_received.with_label_values(&["esl"]).inc();
+        self.received.inc();
         let parsed_at_us = now_us();
         let body = frame.body().clone();
         let mut meta = match scan_meta(format, &body) {
@@ -259,8 +282,10 @@ impl EslClient {
             }
             return Ok(());
         };
+        // Memory full: wait for room while the switch is less than MAX_LAG behind, then spool.
+        let wait_until = meta.timestamp_us.and_then(|ts| self.lag.wait_until(ts, parsed_at_us, Instant::now()));
         let envelope = Envelope { stream, format, body, meta, parsed_at_us, spool_pos: None, maybe_written: false };
-        if let crate::pipeline::Submitted::Full(envelope, reason) = self.sink.pipeline.submit(envelope) {
+        if let crate::pipeline::Submitted::Full(envelope, reason) = self.sink.pipeline.submit_by(envelope, wait_until) {
             (self.sink.overflow)(*envelope, reason);
         }
         Ok(())

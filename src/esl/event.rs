@@ -131,7 +131,7 @@ pub fn decode(format: EventFormat, body: &[u8]) -> Result<Event<'_>, EventError>
 // ---------------------------------------------------------------------------------------------
 // Percent-decoding
 
-fn hex_val(b: u8) -> Option<u8> {
+pub(crate) fn hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

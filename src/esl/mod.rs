@@ -1,7 +1,9 @@
 //! The FreeSWITCH event socket: framing ([`frame`]), event decoding ([`event`]), encoding for
-//! the simulator and tests ([`encode`]), and the inbound client ([`client`]).
+//! the simulator and tests ([`encode`]), the inbound client ([`client`]) and how long it may
+//! hold the socket ([`lag`]).
 
 pub mod client;
 pub mod encode;
 pub mod event;
 pub mod frame;
+pub mod lag;

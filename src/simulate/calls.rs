@@ -24,6 +24,20 @@ pub enum EventSize {
     Avg,
     /// ~6 KB: every channel event carries a long variable list.
     Large,
+    /// ~10 KB of entry JSON, like a CHANNEL_HANGUP_COMPLETE with its channel variables: every
+    /// channel event carries a very long variable list.
+    Xl,
+}
+
+impl EventSize {
+    /// Padding variables added to every channel event's variable list.
+    fn padding(self) -> usize {
+        match self {
+            EventSize::Small | EventSize::Avg => 0,
+            EventSize::Large => 24,
+            EventSize::Xl => 88,
+        }
+    }
 }
 
 /// Caller names and numbers; several need percent-encoding or are not ASCII.
@@ -686,7 +700,7 @@ impl Call {
         if full {
             items.push(Item::Block(leg.codec.clone()));
             items.push(Item::Block(leg.caller.clone()));
-            if with_vars || self.size == EventSize::Large {
+            if with_vars || self.size.padding() > 0 {
                 items.push(Item::Block(leg.vars.clone()));
             }
         }
@@ -925,14 +939,14 @@ impl Call {
         if leg.answered_us > 0 {
             v.push(("variable_endpoint_disposition", "ANSWER".into()));
         }
-        if self.sip_vars && (leg.hangup_us > 0 || self.size == EventSize::Large) {
+        if self.sip_vars && (leg.hangup_us > 0 || self.size.padding() > 0) {
             sip_vars(leg, &mut v);
         }
         if leg.hangup_us > 0 {
             self.cdr_vars(leg, &mut v);
         }
-        if self.size == EventSize::Large {
-            for i in 0..24 {
+        {
+            for i in 0..self.size.padding() {
                 v.push((
                     "variable_sim_padding",
                     format!("{i:02} lorem ipsum dolor sit amet, consectetur adipiscing elit 100% {}", leg.uuid),

@@ -1,5 +1,6 @@
 //! Sinks: where events end up. [`redis`] owns the connection and the idempotent write;
-//! [`writer`] owns the per-lane loop around it.
+//! [`resp`] encodes a batch's commands; [`writer`] owns the per-lane loop around it.
 
 pub mod redis;
+pub mod resp;
 pub mod writer;

@@ -5,23 +5,29 @@
 //! entry carries its idempotency key `(Core-UUID, Event-Sequence)`, so re-sending a batch after
 //! an ambiguous failure (timeout, connection cut after sending) never creates a second entry:
 //! - on Redis 8.6+ with `XADD ... IDMP <producer> <sequence>`, producer = `<core-uuid>:<lane>`;
-//! - on older servers with one Lua script per batch (`idempotent.lua`) that keeps the written
-//!   sequences of each Core-UUID in a capped sorted set next to the stream.
+//! - on older servers, the written sequences of each Core-UUID are bits in bitmaps next to the
+//!   stream (`<stream>:idmp:<core-uuid>:<generation>`, 2^20 sequences per key): a batch never
+//!   sent before sets its bits and adds its entries in one `MULTI`/`EXEC`; a batch that may
+//!   already be there goes through one Lua script (`idempotent.lua`) that skips set bits.
 
 use std::time::Duration;
 
-use redis::{Connection, ErrorKind, RedisError, Value};
+use redis::{Connection, ConnectionLike, ErrorKind, RedisError, Value};
 
 use crate::config::{EntryFormat, RedisConfig};
+use crate::sink::resp::Resp;
 
 /// The Lua script used where `XADD IDMP` is not available.
 pub const IDEMPOTENT_SCRIPT: &str = include_str!("idempotent.lua");
 
-/// Sequences remembered per Core-UUID by the script path; far above anything in flight.
-pub const SCRIPT_DEDUP_WINDOW: u64 = 200_000;
-/// How long the script path remembers a Core-UUID after its last write.
-pub const SCRIPT_DEDUP_TTL_SECS: u64 = 24 * 3600;
-/// The transaction path trims the dedup sets once every this many batches.
+/// A dedup bitmap holds 2^this sequences (128 KiB at most).
+pub const DEDUP_GENERATION_BITS: u32 = 20;
+/// Bitmaps kept behind the one being written: the dedup window is at least this many times
+/// 2^20 sequences of one Core-UUID (older bitmaps are deleted).
+pub const DEDUP_KEEP_GENERATIONS: u64 = 3;
+/// How long a dedup bitmap is kept after its last write.
+pub const DEDUP_TTL_SECS: u64 = 24 * 3600;
+/// The transaction path deletes bitmaps behind the window once every this many batches.
 pub const DEDUP_TRIM_EVERY: u64 = 64;
 /// IDMP entries kept per producer on 8.6+ (the server's maximum).
 pub const IDMP_MAXSIZE: u64 = 10_000;
@@ -73,24 +79,26 @@ impl Entry {
 }
 
 impl Entry {
-    /// The idempotency member: the sequence, or empty when the entry has no key.
-    pub fn member(&self) -> &str {
+    /// The dedup bitmap generation and bit of this entry's key; `None` when it has no
+    /// numeric key (then it is written without deduplication).
+    fn dedup_slot(&self) -> Option<(u64, u64)> {
         if self.core_uuid.is_empty() {
-            ""
-        } else {
-            &self.sequence
+            return None;
         }
+        let sequence: u64 = self.sequence.parse().ok()?;
+        Some((sequence >> DEDUP_GENERATION_BITS, sequence & ((1 << DEDUP_GENERATION_BITS) - 1)))
     }
 
-    /// Arguments of this entry's `XADD`: key, `MAXLEN ~ n` when capped, `*`, fields.
-    fn push_xadd_args(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(&self.stream_key);
+    /// Arguments of this entry's `XADD` after the command name: key, `MAXLEN ~ n` when capped,
+    /// `*`, fields.
+    fn encode_xadd_args(&self, resp: &mut Resp) {
+        resp.arg(self.stream_key.as_bytes());
         if self.max_len > 0 {
-            cmd.arg("MAXLEN").arg("~").arg(self.max_len);
+            resp.arg(b"MAXLEN").arg(b"~").int(self.max_len as i64);
         }
-        cmd.arg("*");
+        resp.arg(b"*");
         for (name, value) in &self.fields {
-            cmd.arg(*name).arg(value.as_slice());
+            resp.arg(name.as_bytes()).arg(value);
         }
     }
 
@@ -99,26 +107,33 @@ impl Entry {
     }
 }
 
-/// The distinct dedup keys of a batch, and which one each entry uses.
+/// The distinct dedup bitmaps of a batch, and which one (and which bit) each entry uses.
 struct DedupGroups {
-    keys: Vec<String>,
-    of_entry: Vec<usize>,
+    /// `(key, stream, core, generation)` of each bitmap.
+    keys: Vec<(String, usize, u64)>,
+    /// Per entry: index into `keys` and bit, or `None`.
+    of_entry: Vec<Option<(usize, u64)>>,
 }
 
 impl DedupGroups {
     fn new(entries: &[Entry]) -> DedupGroups {
-        let mut keys: Vec<String> = Vec::new();
+        let mut keys: Vec<(String, usize, u64)> = Vec::new();
         let of_entry = entries
             .iter()
-            .map(|e| {
-                let key = dedup_key(&e.stream_key, &e.core_uuid);
-                match keys.iter().position(|k| *k == key) {
-                    Some(i) => i,
+            .enumerate()
+            .map(|(i, e)| {
+                let (generation, bit) = e.dedup_slot()?;
+                let same = |(_, j, g): &(String, usize, u64)| {
+                    *g == generation && entries[*j].stream_key == e.stream_key && entries[*j].core_uuid == e.core_uuid
+                };
+                let group = match keys.iter().position(same) {
+                    Some(g) => g,
                     None => {
-                        keys.push(key);
+                        keys.push((dedup_key(&e.stream_key, &e.core_uuid, generation), i, generation));
                         keys.len() - 1
                     }
-                }
+                };
+                Some((group, bit))
             })
             .collect();
         DedupGroups { keys, of_entry }
@@ -182,6 +197,8 @@ pub struct RedisSink {
     batches: u64,
     /// Streams whose IDMP window this connection has checked (8.6+ only).
     idmp_checked: Vec<String>,
+    /// The batch being sent, encoded.
+    resp: Resp,
 }
 
 impl RedisSink {
@@ -195,7 +212,15 @@ impl RedisSink {
         let mode = if supports_idmp(&info) { WriteMode::Idmp } else { WriteMode::Script };
         let script_sha: String =
             redis::cmd("SCRIPT").arg("LOAD").arg(IDEMPOTENT_SCRIPT).query(&mut conn).map_err(classify)?;
-        Ok(RedisSink { conn, mode, script_sha, lane, batches: 0, idmp_checked: Vec::new() })
+        Ok(RedisSink {
+            conn,
+            mode,
+            script_sha,
+            lane,
+            batches: 0,
+            idmp_checked: Vec::new(),
+            resp: Resp::with_capacity(1 << 20),
+        })
     }
 
     pub fn mode(&self) -> WriteMode {
@@ -217,19 +242,21 @@ impl RedisSink {
     /// The checking path: one script call that skips entries whose key was already written.
     fn write_script(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
         let groups = DedupGroups::new(entries);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.script_sha).arg(groups.keys.len());
-        for key in &groups.keys {
-            cmd.arg(key);
+        let args = 4 + groups.keys.len() + entries.iter().map(|e| 3 + e.xadd_arg_count()).sum::<usize>();
+        let resp = &mut self.resp;
+        resp.clear();
+        resp.command(args).arg(b"EVALSHA").arg(self.script_sha.as_bytes()).int(groups.keys.len() as i64);
+        for (key, _, _) in &groups.keys {
+            resp.arg(key.as_bytes());
         }
-        cmd.arg(SCRIPT_DEDUP_WINDOW).arg(SCRIPT_DEDUP_TTL_SECS);
-        for (e, group) in entries.iter().zip(&groups.of_entry) {
-            cmd.arg(group + 1).arg(e.member()).arg(e.xadd_arg_count());
-            e.push_xadd_args(&mut cmd);
+        resp.int(DEDUP_TTL_SECS as i64);
+        for (e, slot) in entries.iter().zip(&groups.of_entry) {
+            let (group, bit) = slot.map_or((0, 0), |(g, bit)| (g as i64 + 1, bit as i64));
+            resp.int(group).int(bit).int(e.xadd_arg_count() as i64);
+            e.encode_xadd_args(resp);
         }
-        let reply: Value = match cmd.query(&mut self.conn) {
-            Ok(v) => v,
-            Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+        let reply = match self.conn.req_packed_command(self.resp.as_bytes()).map_err(classify)? {
+            Value::ServerError(err) if err.code() == "NOSCRIPT" => {
                 redis::cmd("SCRIPT")
                     .arg("LOAD")
                     .arg(IDEMPOTENT_SCRIPT)
@@ -237,7 +264,8 @@ impl RedisSink {
                     .map_err(classify)?;
                 return Err(WriteError::Transient("script was not loaded (server restarted?); loaded it".into()));
             }
-            Err(e) => return Err(classify(e)),
+            Value::ServerError(err) => return Err(WriteError::Transient(server_error_text(&err))),
+            reply => reply,
         };
         let Value::Array(items) = reply else {
             return Err(WriteError::Transient(format!("unexpected script reply {reply:?}")));
@@ -264,52 +292,59 @@ impl RedisSink {
     }
 
     /// The fast path for entries never sent before: one `MULTI`/`EXEC` that records every key
-    /// (`ZADD`, first, so an OOM refuses the whole transaction) and adds every entry. Either
-    /// all of it happens or none, so a retry after an ambiguous failure can take the checking
-    /// path and find out exactly what is there.
+    /// (`BITFIELD ... SET u1 <bit> 1`, first, so an OOM refuses the whole transaction) and adds
+    /// every entry. Either all of it happens or none, so a retry after an ambiguous failure can
+    /// take the checking path and find out exactly what is there.
     fn write_transaction(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
         let groups = DedupGroups::new(entries);
-        let mut pipe = redis::pipe();
-        pipe.atomic().ignore_errors();
-        for (g, key) in groups.keys.iter().enumerate() {
-            let members: Vec<&str> = entries
-                .iter()
-                .zip(&groups.of_entry)
-                .filter(|(e, group)| **group == g && !e.member().is_empty())
-                .map(|(e, _)| e.member())
-                .collect();
-            if members.is_empty() {
-                continue;
+        let resp = &mut self.resp;
+        resp.clear();
+        resp.command(1).arg(b"MULTI");
+        for (g, (key, _, _)) in groups.keys.iter().enumerate() {
+            let bits = groups.of_entry.iter().flatten().filter(|(group, _)| *group == g);
+            resp.command(2 + 4 * bits.clone().count()).arg(b"BITFIELD").arg(key.as_bytes());
+            for (_, bit) in bits {
+                resp.arg(b"SET").arg(b"u1").int(*bit as i64).arg(b"1");
             }
-            let cmd = pipe.cmd("ZADD").arg(key);
-            for member in members {
-                cmd.arg(member.parse::<f64>().unwrap_or(0.0)).arg(member);
-            }
-            pipe.ignore();
+            resp.command(3).arg(b"EXPIRE").arg(key.as_bytes()).int(DEDUP_TTL_SECS as i64);
         }
+        let before_xadds = resp.commands() - 1;
         for e in entries {
-            let mut cmd = redis::cmd("XADD");
-            e.push_xadd_args(&mut cmd);
-            pipe.add_command(cmd);
+            resp.command(1 + e.xadd_arg_count()).arg(b"XADD");
+            e.encode_xadd_args(resp);
         }
         let trim_now = self.batches.is_multiple_of(DEDUP_TRIM_EVERY);
         self.batches += 1;
         if trim_now {
-            for key in &groups.keys {
-                pipe.cmd("ZREMRANGEBYRANK").arg(key).arg(0).arg(-(SCRIPT_DEDUP_WINDOW as i64) - 1).ignore();
-                pipe.cmd("EXPIRE").arg(key).arg(SCRIPT_DEDUP_TTL_SECS).ignore();
+            for (_, first, generation) in groups.keys.iter().filter(|(_, _, g)| *g > DEDUP_KEEP_GENERATIONS) {
+                let old = dedup_key(
+                    &entries[*first].stream_key,
+                    &entries[*first].core_uuid,
+                    generation - DEDUP_KEEP_GENERATIONS - 1,
+                );
+                resp.command(2).arg(b"UNLINK").arg(old.as_bytes());
             }
         }
-        let replies: Vec<Value> = pipe.query(&mut self.conn).map_err(classify)?;
+        let queued = resp.commands() - 1;
+        resp.command(1).arg(b"EXEC");
+        // The replies: +OK, one +QUEUED per command (an error there aborts the transaction,
+        // which the call reports as an error), then EXEC's array.
+        let mut replies = self.conn.req_packed_commands(self.resp.as_bytes(), queued + 1, 1).map_err(classify)?;
+        let exec = replies.pop().unwrap_or(Value::Nil);
+        let items = match exec {
+            Value::Array(items) => items,
+            Value::ServerError(err) => return Err(WriteError::Transient(server_error_text(&err))),
+            other => return Err(WriteError::Transient(format!("unexpected EXEC reply {other:?}"))),
+        };
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut refused = Vec::new();
-        for (e, reply) in entries.iter().zip(replies) {
+        for (e, reply) in entries.iter().zip(items.into_iter().skip(before_xadds)) {
             match reply {
                 Value::BulkString(b) => outcomes.push(EntryOutcome::Written(String::from_utf8_lossy(&b).into_owned())),
                 Value::SimpleString(s) => outcomes.push(EntryOutcome::Written(s)),
                 other => {
                     let text = match other {
-                        Value::ServerError(err) => format!("{} {}", err.code(), err.details().unwrap_or("")),
+                        Value::ServerError(err) => server_error_text(&err),
                         other => format!("unexpected reply {other:?}"),
                     };
                     refused.push(e);
@@ -319,10 +354,11 @@ impl RedisSink {
         }
         // A refused entry's key was recorded: forget it, or a later retry would skip it.
         for e in refused {
-            if !e.member().is_empty() {
-                let _: redis::RedisResult<Value> = redis::cmd("ZREM")
-                    .arg(dedup_key(&e.stream_key, &e.core_uuid))
-                    .arg(e.member())
+            if let Some((generation, bit)) = e.dedup_slot() {
+                let _: redis::RedisResult<Value> = redis::cmd("SETBIT")
+                    .arg(dedup_key(&e.stream_key, &e.core_uuid, generation))
+                    .arg(bit)
+                    .arg(0)
                     .query(&mut self.conn);
             }
         }
@@ -331,22 +367,28 @@ impl RedisSink {
     }
 
     fn write_idmp(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+        let resp = &mut self.resp;
+        resp.clear();
+        let mut producer = String::new();
         for e in entries {
-            let cmd = pipe.cmd("XADD").arg(&e.stream_key);
-            if !e.core_uuid.is_empty() && !e.sequence.is_empty() {
-                cmd.arg("IDMP").arg(format!("{}:{}", e.core_uuid, self.lane)).arg(&e.sequence);
+            let idmp = !e.core_uuid.is_empty() && !e.sequence.is_empty();
+            resp.command(1 + e.xadd_arg_count() + if idmp { 3 } else { 0 }).arg(b"XADD").arg(e.stream_key.as_bytes());
+            if idmp {
+                producer.clear();
+                producer.push_str(&e.core_uuid);
+                producer.push(':');
+                producer.push_str(itoa::Buffer::new().format(self.lane));
+                resp.arg(b"IDMP").arg(producer.as_bytes()).arg(e.sequence.as_bytes());
             }
             if e.max_len > 0 {
-                cmd.arg("MAXLEN").arg("~").arg(e.max_len);
+                resp.arg(b"MAXLEN").arg(b"~").int(e.max_len as i64);
             }
-            cmd.arg("*");
+            resp.arg(b"*");
             for (name, value) in &e.fields {
-                cmd.arg(*name).arg(value.as_slice());
+                resp.arg(name.as_bytes()).arg(value);
             }
         }
-        let replies: Vec<Value> = pipe.query(&mut self.conn).map_err(classify)?;
+        let replies = self.conn.req_packed_commands(self.resp.as_bytes(), 0, entries.len()).map_err(classify)?;
         // The stream exists now: size its IDMP window once per connection.
         for e in entries {
             if !self.idmp_checked.contains(&e.stream_key) {
@@ -361,10 +403,9 @@ impl RedisSink {
             match reply {
                 Value::BulkString(b) => outcomes.push(EntryOutcome::Written(String::from_utf8_lossy(&b).into_owned())),
                 Value::ServerError(err) => {
-                    let text = format!("{err:?}");
-                    let code = err.code();
+                    let text = server_error_text(&err);
                     if matches!(
-                        code,
+                        err.code(),
                         "OOM" | "LOADING" | "BUSY" | "MISCONF" | "READONLY" | "NOREPLICAS" | "TRYAGAIN" | "MASTERDOWN"
                     ) {
                         if outcomes.is_empty() {
@@ -404,9 +445,14 @@ impl RedisSink {
     }
 }
 
-/// The script path's dedup set for one Core-UUID, kept beside the stream.
-pub fn dedup_key(stream_key: &str, core_uuid: &str) -> String {
-    format!("{stream_key}:idmp:{core_uuid}")
+/// An error reply as text: its code and message.
+fn server_error_text(err: &redis::ServerError) -> String {
+    format!("{} {}", err.code(), err.details().unwrap_or(""))
+}
+
+/// One dedup bitmap: sequences `generation * 2^20 ..` of one Core-UUID, kept beside the stream.
+pub fn dedup_key(stream_key: &str, core_uuid: &str, generation: u64) -> String {
+    format!("{stream_key}:idmp:{core_uuid}:{generation}")
 }
 
 /// Whether `INFO server` reports a version with `XADD ... IDMP` (8.6 or later).

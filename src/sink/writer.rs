@@ -5,10 +5,12 @@
 //! (only the entries not yet acknowledged); newer events of the lane queue up behind it, so
 //! per-call order holds. An entry Redis refuses for good is not retried.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::config::Config;
@@ -39,7 +41,7 @@ pub struct Writer {
     shutdown: Shutdown,
     dead_letters: Arc<DeadLetters>,
     sink: Option<RedisSink>,
-    json: Vec<u8>,
+    written: WrittenCounters,
     /// Consecutive failed attempts, for the backoff; reset by any successful write.
     backoff: u32,
 }
@@ -59,7 +61,7 @@ impl Writer {
             shutdown,
             dead_letters,
             sink: None,
-            json: Vec::with_capacity(16 * 1024),
+            written: WrittenCounters::default(),
             backoff: 0,
         }
     }
@@ -96,8 +98,10 @@ impl Writer {
         let mut envelopes = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
         for envelope in batch.drain(..) {
-            self.json.clear();
-            match event_json(envelope.format, &envelope.body, &mut self.json) {
+            // Sized for the usual case (decoded values are shorter than the percent-encoded
+            // ones, quotes and escapes add a little), so the JSON is written once, in place.
+            let mut json = Vec::with_capacity(envelope.body.len() + 256);
+            match event_json(envelope.format, &envelope.body, &mut json) {
                 Ok(lossy) => {
                     if lossy {
                         metrics().lossy_decodes.inc();
@@ -113,14 +117,8 @@ impl Writer {
                 StreamKind::Jobs => (&self.config.streams.jobs_key, self.config.streams.jobs_max_len),
             };
             let m = &envelope.meta;
-            let fields = Entry::fields(
-                self.config.streams.entry_format,
-                self.json.clone(),
-                &m.name,
-                &m.unique_id,
-                &m.core_uuid,
-                &m.sequence,
-            );
+            let fields =
+                Entry::fields(self.config.streams.entry_format, json, &m.name, &m.unique_id, &m.core_uuid, &m.sequence);
             let entry = Entry {
                 stream_key: key.clone(),
                 max_len,
@@ -243,14 +241,13 @@ impl Writer {
         }
     }
 
-    fn settle(&self, envelope: &Envelope, entry: &Entry, outcome: EntryOutcome, acked_at: i64) {
-        let stream = stream_label(envelope.stream);
+    fn settle(&mut self, envelope: &Envelope, entry: &Entry, outcome: EntryOutcome, acked_at: i64) {
         match outcome {
             EntryOutcome::Written(_) | EntryOutcome::Duplicate => {
                 if outcome == EntryOutcome::Duplicate {
                     metrics().duplicates_suppressed.inc();
                 }
-                metrics().events_written.with_label_values(&[stream, event_label(&envelope.meta.name)]).inc();
+                self.written.get(envelope.stream, &envelope.meta.name).inc();
                 self.state.events_written.fetch_add(1, Ordering::Relaxed);
                 let writer = seconds_between(envelope.parsed_at_us, acked_at);
                 metrics().writer_latency.observe(writer);
@@ -302,6 +299,28 @@ impl Writer {
             metrics().redis_connected.dec();
             metrics().redis_reconnections.inc();
         }
+    }
+}
+
+/// `eslstream_events_written_total` by stream and event name, each looked up once (a label
+/// lookup hashes both labels and takes a lock: once per event otherwise).
+#[derive(Default)]
+struct WrittenCounters(HashMap<String, [Option<IntCounter>; 2]>);
+
+impl WrittenCounters {
+    /// Names seen past this many are looked up each time (names come off the wire).
+    const MAX_NAMES: usize = 256;
+
+    fn get(&mut self, stream: StreamKind, name: &str) -> IntCounter {
+        let slot = stream as usize;
+        if let Some(Some(counter)) = self.0.get(name).map(|c| &c[slot]) {
+            return counter.clone();
+        }
+        let counter = metrics().events_written.with_label_values(&[stream_label(stream), event_label(name)]);
+        if self.0.len() < Self::MAX_NAMES || self.0.contains_key(name) {
+            self.0.entry(name.to_owned()).or_default()[slot] = Some(counter.clone());
+        }
+        counter
     }
 }
 

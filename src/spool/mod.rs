@@ -2,10 +2,12 @@
 //! which takes over when Redis is unreachable or slower than the input.
 //!
 //! Layout: `SPOOL_DIR/lane-<n>/<segment id>.seg` plus a `cursor` file holding the committed
-//! read position (everything before it was acknowledged by Redis). Events are appended with one
-//! `write` each, so once [`LaneSpool::append`] returns the event survives a SIGKILL of the agent
-//! (the kernel holds it); segments are fsynced when they are closed and on shutdown, so a power
-//! loss can cost the last unsynced segment's tail. On open, every record after the cursor is
+//! read position (everything before it was acknowledged by Redis). Appended records collect in
+//! a small buffer that [`LaneSpool::flush`] writes with one `write`: the reader flushes after
+//! each socket read, reading back flushes first, and the buffer is flushed whenever it passes
+//! [`FLUSH_BYTES`]. Once flushed, an event survives a SIGKILL of the agent (the kernel holds
+//! it); segments are fsynced when they are closed and on shutdown, so a power loss can cost
+//! the last unsynced segment's tail. On open, every record after the cursor is
 //! verified; a torn or corrupt record and everything after it in that segment is truncated with a
 //! warning. Records read back but not yet acknowledged are re-read after a restart; the
 //! idempotent writes make that safe.
@@ -26,6 +28,10 @@ use crate::envelope::{Envelope, SpoolPos};
 
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
+/// Appended records are written once this many bytes are buffered (or on [`LaneSpool::flush`]).
+pub const FLUSH_BYTES: usize = 256 * 1024;
+/// Past this many buffered bytes that cannot be written, appends are refused.
+const MAX_PENDING: usize = 8 << 20;
 /// Segment ids start here so that segments can be put in front of the first one.
 const FIRST_SEGMENT: u64 = 1 << 32;
 
@@ -86,6 +92,8 @@ pub struct LaneSpool {
     unread: u64,
     budget: Arc<SpoolBudget>,
     scratch: Vec<u8>,
+    /// Records appended to the tail segment and not yet written to it.
+    pending: Vec<u8>,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -147,6 +155,7 @@ impl LaneSpool {
             unread: recovery.records,
             budget,
             scratch: Vec::with_capacity(16 * 1024),
+            pending: Vec::new(),
         };
         Ok((spool, recovery))
     }
@@ -160,35 +169,63 @@ impl LaneSpool {
         self.unread > 0
     }
 
-    /// Appends one event at the end.
+    /// Appends one event at the end (buffered: see [`LaneSpool::flush`]).
     pub fn append(&mut self, envelope: &Envelope) -> Result<(), SpoolError> {
         self.scratch.clear();
         record::encode(envelope, &mut self.scratch);
         let len = self.scratch.len() as u64;
         self.reserve(len)?;
-        let scratch = std::mem::take(&mut self.scratch);
-        let written = self.tail_for(len).map(|(id, file)| (id, file.write_all(&scratch)));
-        self.scratch = scratch;
-        let id = match written {
-            Ok((id, Ok(()))) => id,
-            Ok((id, Err(e))) => {
-                // A partial record must not stay: cut the segment back to its last whole record.
-                let kept = self.segments.get(&id).copied().unwrap_or(0);
-                if let Some((_, file)) = &self.tail {
-                    let _ = file.set_len(kept);
-                }
-                self.budget.used.fetch_sub(len, Ordering::Relaxed);
-                return Err(e.into());
-            }
-            Err(e) => {
-                self.budget.used.fetch_sub(len, Ordering::Relaxed);
-                return Err(e.into());
-            }
-        };
-        *self.segments.get_mut(&id).expect("tail segment is listed") += len;
+        if let Err(e) = self.make_room(len) {
+            self.budget.used.fetch_sub(len, Ordering::Relaxed);
+            return Err(e.into());
+        }
+        self.pending.extend_from_slice(&self.scratch);
         self.unread += 1;
         self.budget.events.fetch_add(1, Ordering::Relaxed);
+        if self.pending.len() >= FLUSH_BYTES {
+            // On failure the records stay buffered and the next flush tries again.
+            if let Err(e) = self.flush() {
+                warn!(error = %e, buffered = self.pending.len(), "cannot write to the spool; holding the records in memory");
+            }
+        }
         Ok(())
+    }
+
+    /// Writes the buffered records to the tail segment in one `write`. On failure the segment
+    /// is cut back to its last whole record and the records stay buffered.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let (id, file) = self.tail.as_mut().expect("buffered records belong to the open tail segment");
+        let flushed = self.segments.get_mut(id).expect("tail segment is listed");
+        match file.write_all(&self.pending) {
+            Ok(()) => {
+                *flushed += self.pending.len() as u64;
+                self.pending.clear();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = file.set_len(*flushed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes sure the tail segment can take the buffered records plus `len` more bytes,
+    /// writing them out and starting a new segment when it cannot.
+    fn make_room(&mut self, len: u64) -> io::Result<()> {
+        if self.pending.len() >= MAX_PENDING {
+            self.flush()?;
+        }
+        if let Some((id, _)) = &self.tail {
+            let flushed = self.segments.get(id).copied().unwrap_or(0);
+            if !self.pending.is_empty() && flushed + self.pending.len() as u64 + len <= SEGMENT_BYTES {
+                return Ok(());
+            }
+        }
+        self.flush()?;
+        self.tail_for(len).map(|_| ())
     }
 
     /// Puts `envelopes` in front of everything unread, in their order. Only valid when no
@@ -227,6 +264,9 @@ impl LaneSpool {
 
     /// Reads up to `max` events in order into `out`, each tagged with its position.
     pub fn read_batch(&mut self, max: usize, out: &mut Vec<Envelope>) -> io::Result<usize> {
+        if let Err(e) = self.flush() {
+            warn!(error = %e, "cannot write buffered records to the spool; reading what is written");
+        }
         let mut n = 0;
         while n < max && self.unread > 0 {
             match self.read_one()? {
@@ -338,8 +378,9 @@ impl LaneSpool {
         Ok(())
     }
 
-    /// Flushes the open segment to disk (on shutdown).
+    /// Writes buffered records and flushes the open segment to disk (on shutdown).
     pub fn sync(&mut self) -> io::Result<()> {
+        self.flush()?;
         if let Some((_, f)) = &self.tail {
             f.sync_data()?;
         }
@@ -385,6 +426,14 @@ impl LaneSpool {
         }
         let (id, file) = self.tail.as_mut().expect("tail set above");
         Ok((*id, file))
+    }
+}
+
+impl Drop for LaneSpool {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            warn!(error = %e, lost = self.pending.len(), "cannot write buffered records to the spool on close");
+        }
     }
 }
 

@@ -1,0 +1,122 @@
+//! The idempotent write against a real Redis 7.0: the transaction path records each written
+//! key as a bit, the checking script skips what is recorded, refused entries are forgotten,
+//! and old dedup bitmaps are deleted.
+
+mod support;
+
+use std::time::Duration;
+
+use eslstream::config::{EntryFormat, RedisConfig};
+use eslstream::sink::redis::{
+    dedup_key, Entry, EntryOutcome, RedisSink, WriteMode, DEDUP_GENERATION_BITS, DEDUP_KEEP_GENERATIONS,
+    DEDUP_TRIM_EVERY,
+};
+use support::*;
+
+const CORE: &str = "11111111-2222-3333-4444-555555555555";
+
+fn sink(redis: &RedisServer) -> RedisSink {
+    let config =
+        RedisConfig { url: redis.url(), dial_timeout: Duration::from_secs(5), write_timeout: Duration::from_secs(5) };
+    let sink = RedisSink::connect(&config, 0).expect("connect");
+    assert_eq!(sink.mode(), WriteMode::Script, "Debian's Redis 7.0 has no XADD IDMP");
+    sink
+}
+
+fn entry(stream: &str, sequence: u64) -> Entry {
+    let json = format!("{{\"Event-Sequence\":\"{sequence}\"}}").into_bytes();
+    Entry {
+        stream_key: stream.to_owned(),
+        max_len: 0,
+        core_uuid: CORE.to_owned(),
+        sequence: sequence.to_string(),
+        fields: Entry::fields(EntryFormat::Full, json, "CHANNEL_STATE", "call-1", CORE, &sequence.to_string()),
+    }
+}
+
+fn sequences(conn: &mut ::redis::Connection, stream: &str) -> Vec<u64> {
+    read_stream(conn, stream).iter().map(|e| e.sequence).collect()
+}
+
+fn written(outcomes: &[EntryOutcome]) -> usize {
+    outcomes.iter().filter(|o| matches!(o, EntryOutcome::Written(_))).count()
+}
+
+#[test]
+fn a_resent_batch_is_never_written_twice() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection();
+    let mut sink = sink(&redis);
+    // Across a bitmap boundary: two dedup keys in one batch.
+    let first = (1u64 << DEDUP_GENERATION_BITS) - 3;
+    let batch: Vec<Entry> = (first..first + 6).map(|s| entry(EVENTS, s)).collect();
+
+    let outcomes = sink.write(&batch, false).expect("transaction");
+    assert_eq!(written(&outcomes), 6);
+    assert_eq!(sequences(&mut conn, EVENTS), (first..first + 6).collect::<Vec<_>>());
+    for generation in [0, 1] {
+        let key = dedup_key(EVENTS, CORE, generation);
+        let ttl: i64 = ::redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
+        assert!(ttl > 0, "{key} has a TTL");
+    }
+
+    // The same batch again, as after an ambiguous failure: nothing is added.
+    let outcomes = sink.write(&batch, true).expect("script");
+    assert!(outcomes.iter().all(|o| *o == EntryOutcome::Duplicate), "{outcomes:?}");
+    // Half old, half new, and one event twice in the batch.
+    let mixed: Vec<Entry> = (first + 3..first + 9).chain([first + 8]).map(|s| entry(EVENTS, s)).collect();
+    let outcomes = sink.write(&mixed, true).expect("script");
+    assert_eq!(
+        outcomes.iter().map(|o| matches!(o, EntryOutcome::Written(_))).collect::<Vec<_>>(),
+        [false, false, false, true, true, true, false]
+    );
+    assert_eq!(sequences(&mut conn, EVENTS), (first..first + 9).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_refused_entry_is_forgotten_so_a_retry_writes_it() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection();
+    let mut sink = sink(&redis);
+    redis.cli(&["SET", JOBS, "not a stream"]);
+    let batch = vec![entry(EVENTS, 1), entry(JOBS, 2), entry(EVENTS, 3)];
+    let outcomes = sink.write(&batch, false).expect("transaction");
+    assert!(matches!(&outcomes[1], EntryOutcome::Rejected(e) if e.contains("WRONGTYPE")), "{outcomes:?}");
+    assert_eq!(written(&outcomes), 2);
+    redis.cli(&["DEL", JOBS]);
+    // The refused one is not remembered as written: a retry through either path adds it.
+    let outcomes = sink.write(&batch[1..2], true).expect("script");
+    assert!(matches!(outcomes[0], EntryOutcome::Written(_)), "{outcomes:?}");
+    assert_eq!(sequences(&mut conn, JOBS), [2]);
+
+    // The script path forgets refused entries too.
+    redis.cli(&["SET", JOBS, "not a stream"]);
+    let outcomes = sink.write(&[entry(JOBS, 4)], true).expect("script");
+    assert!(matches!(&outcomes[0], EntryOutcome::Rejected(_)), "{outcomes:?}");
+    redis.cli(&["DEL", JOBS]);
+    let outcomes = sink.write(&[entry(JOBS, 4)], true).expect("script");
+    assert!(matches!(outcomes[0], EntryOutcome::Written(_)), "{outcomes:?}");
+}
+
+#[test]
+fn old_dedup_bitmaps_are_deleted() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection();
+    let mut sink = sink(&redis);
+    let generation = |g: u64| g << DEDUP_GENERATION_BITS;
+    sink.write(&[entry(EVENTS, generation(0))], false).unwrap();
+    sink.write(&[entry(EVENTS, generation(1))], false).unwrap();
+    let newest = DEDUP_KEEP_GENERATIONS + 1;
+    // Trimming runs on the first batch of every DEDUP_TRIM_EVERY.
+    for i in 0..DEDUP_TRIM_EVERY {
+        sink.write(&[entry(EVENTS, generation(newest) + i)], false).unwrap();
+    }
+    let exists = |conn: &mut ::redis::Connection, g: u64| -> bool {
+        ::redis::cmd("EXISTS").arg(dedup_key(EVENTS, CORE, g)).query::<i64>(conn).unwrap() == 1
+    };
+    assert!(!exists(&mut conn, 0), "more than DEDUP_KEEP_GENERATIONS behind: deleted");
+    assert!(exists(&mut conn, 1) && exists(&mut conn, newest));
+    // A bitmap holds 2^20 bits at most.
+    let bytes: i64 = ::redis::cmd("STRLEN").arg(dedup_key(EVENTS, CORE, newest)).query(&mut conn).unwrap();
+    assert!(bytes <= 1 << (DEDUP_GENERATION_BITS - 3), "{bytes}");
+}
