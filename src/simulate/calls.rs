@@ -35,9 +35,20 @@ impl EventSize {
         match self {
             EventSize::Small | EventSize::Avg => 0,
             EventSize::Large => 24,
-            EventSize::Xl => 88,
+            EventSize::Xl => 60,
         }
     }
+}
+
+/// `variable_sim_padding_NN`: distinct names, since an entry keeps only the first of a name.
+fn padding_name(i: usize) -> &'static str {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        (0..EventSize::Xl.padding())
+            .map(|i| &*Box::leak(format!("variable_sim_padding_{i:02}").into_boxed_str()))
+            .collect()
+    });
+    names[i]
 }
 
 /// Caller names and numbers; several need percent-encoding or are not ASCII.
@@ -948,7 +959,7 @@ impl Call {
         {
             for i in 0..self.size.padding() {
                 v.push((
-                    "variable_sim_padding",
+                    padding_name(i),
                     format!("{i:02} lorem ipsum dolor sit amet, consectetur adipiscing elit 100% {}", leg.uuid),
                 ));
             }
