@@ -109,7 +109,7 @@ impl Entry {
 
 /// The distinct dedup bitmaps of a batch, and which one (and which bit) each entry uses.
 struct DedupGroups {
-    /// `(key, stream, core, generation)` of each bitmap.
+    /// `(key, index of its first entry, generation)` of each bitmap.
     keys: Vec<(String, usize, u64)>,
     /// Per entry: index into `keys` and bit, or `None`.
     of_entry: Vec<Option<(usize, u64)>>,
