@@ -46,7 +46,11 @@ impl Agent {
         let config = Arc::new(config);
         let state = Arc::new(AgentState::default());
         let shutdown = Shutdown::new();
-        let shape = PipelineShape::from_buffer(config.writer.workers, config.writer.buffer_size);
+        let shape = PipelineShape::from_buffer(
+            config.writer.workers,
+            config.writer.buffer_size,
+            config.writer.buffer_max_bytes,
+        );
         let budget = SpoolBudget::new(config.spool_max_bytes);
         let spools = if config.spool_max_bytes == 0 {
             (0..shape.lanes).map(|_| None).collect()

@@ -142,6 +142,8 @@ pub struct WriterConfig {
     pub retry_ttl: Duration,
     /// Events held in memory across all lanes before the spool takes over.
     pub buffer_size: usize,
+    /// `BUFFER_MAX_BYTES`: bytes of event bodies held in memory across all lanes.
+    pub buffer_max_bytes: u64,
 }
 
 /// Latency thresholds that produce warnings.
@@ -311,6 +313,12 @@ impl Config {
             retry_pause: r.positive_duration("WRITER_RETRY_PAUSE_AFTER", "100ms")?,
             retry_ttl: r.positive_duration("WRITER_RETRY_TTL", "5s")?,
             buffer_size: r.number("BUFFER_SIZE", 50_000usize, 16, 100_000_000)?,
+            buffer_max_bytes: r.get(
+                "BUFFER_MAX_BYTES",
+                64 << 20,
+                "a size such as 67108864, 64MiB or 1GiB",
+                parse_bytes,
+            )?,
         };
         let latency = LatencyThresholds {
             reader: r.positive_duration("READER_MAX_LATENCY", "300ms")?,
@@ -413,6 +421,7 @@ impl Config {
             ("WRITER_RETRY_PAUSE_AFTER", d(self.writer.retry_pause)),
             ("WRITER_RETRY_TTL", d(self.writer.retry_ttl)),
             ("BUFFER_SIZE", self.writer.buffer_size.to_string()),
+            ("BUFFER_MAX_BYTES", self.writer.buffer_max_bytes.to_string()),
             ("EVENTS_TO_PUBLISH", self.events_to_publish.join(",")),
             ("EVENTS_TO_PUSH", self.events_to_push.join(",")),
             ("HEALTH_CHECK_INTERVAL", d(self.health_interval)),
@@ -530,6 +539,7 @@ mod tests {
         assert_eq!(c.redis.url, "redis://127.0.0.1:6379/0");
         assert_eq!(c.streams.events_key, "freeswitch:telephony:events");
         assert_eq!(c.health_port, 9876);
+        assert_eq!(c.writer.buffer_max_bytes, 64 << 20);
         assert!(c.ignored.is_empty());
     }
 
@@ -565,5 +575,9 @@ mod tests {
         let e =
             Config::from_vars(vars(&[("ESL_RECONNECT_DELAY", "20s"), ("ESL_MAX_RECONNECT_DELAY", "10s")])).unwrap_err();
         assert_eq!(e.variable, "ESL_MAX_RECONNECT_DELAY");
+        let e = Config::from_vars(vars(&[("BUFFER_MAX_BYTES", "lots")])).unwrap_err();
+        assert_eq!(e.variable, "BUFFER_MAX_BYTES");
+        let c = Config::from_vars(vars(&[("BUFFER_MAX_BYTES", "256MiB")])).unwrap();
+        assert_eq!(c.writer.buffer_max_bytes, 256 << 20);
     }
 }

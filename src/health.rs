@@ -85,6 +85,8 @@ pub struct Snapshot {
     /// The monitor's `PING`: its round trip, or why it failed.
     pub redis_ping: Result<Duration, String>,
     pub queue_depth: usize,
+    /// Bytes of the events waiting in memory.
+    pub queue_bytes: u64,
     pub spool_bytes: u64,
     pub dropped_total: u64,
     /// Events dropped within [`Limits::drop_window`].
@@ -97,6 +99,8 @@ pub struct Limits {
     pub esl_silence: Duration,
     /// `BUFFER_SIZE`.
     pub queue_max: usize,
+    /// `BUFFER_MAX_BYTES`.
+    pub queue_max_bytes: u64,
     /// `SPOOL_MAX_BYTES`.
     pub spool_max_bytes: u64,
     /// `HEALTH_MAX_RETRIES`: failed checks in a row before ESL or Redis counts as down for good.
@@ -109,6 +113,7 @@ impl Limits {
         Limits {
             esl_silence: ESL_SILENCE_TOLERANCE,
             queue_max: config.writer.buffer_size,
+            queue_max_bytes: config.writer.buffer_max_bytes,
             spool_max_bytes: config.spool_max_bytes,
             max_retries: config.health_max_retries,
             drop_window: DROP_WINDOW,
@@ -187,6 +192,17 @@ fn queue_check(s: &Snapshot, l: &Limits) -> Check {
                 s.queue_depth,
                 s.queue_depth as u64 * 100 / (l.queue_max as u64).max(1),
                 l.queue_max
+            ),
+        );
+    }
+    if over_high_water(s.queue_bytes, l.queue_max_bytes) {
+        return Check::fail(
+            "queue",
+            format!(
+                "memory queue holds {} bytes, {}% of BUFFER_MAX_BYTES={} (Redis slow or down?)",
+                s.queue_bytes,
+                s.queue_bytes * 100 / l.queue_max_bytes.max(1),
+                l.queue_max_bytes
             ),
         );
     }
@@ -279,6 +295,7 @@ pub struct HealthData {
     pub esl: EslHealth,
     pub redis: RedisHealth,
     pub queue_depth: usize,
+    pub queue_bytes: u64,
     pub spool: SpoolHealth,
     pub dropped: DroppedHealth,
     /// Events Redis refused for good, kept for inspection and retry (`GET /dlq`).
@@ -334,6 +351,7 @@ impl HealthReport {
                 esl: EslHealth { connected: false, last_heartbeat: None, last_data: None, reconnects: 0 },
                 redis: RedisHealth { connected: false, ping_ms: None, writers_up: 0 },
                 queue_depth: 0,
+                queue_bytes: 0,
                 spool: SpoolHealth { bytes: 0, events: 0 },
                 dropped: DroppedHealth { total: 0, by_reason: BTreeMap::new() },
                 dead_letters: 0,
@@ -491,6 +509,7 @@ impl HealthMonitor {
             esl_error,
             redis_ping,
             queue_depth: self.ctx.pipeline.depth(),
+            queue_bytes: self.ctx.pipeline.memory_bytes(),
             spool_bytes: self.ctx.spool.used(),
             dropped_total,
             dropped_recently,
@@ -537,6 +556,7 @@ impl HealthMonitor {
                     writers_up: self.ctx.state.redis_writers_up.load(Ordering::Relaxed),
                 },
                 queue_depth: s.queue_depth,
+                queue_bytes: s.queue_bytes,
                 spool: SpoolHealth { bytes: s.spool_bytes, events: self.ctx.spool.events() },
                 dead_letters: self.ctx.dead_letters.len(),
                 dropped: DroppedHealth { total: s.dropped_total, by_reason: dropped_by_reason() },
@@ -595,6 +615,7 @@ mod tests {
         Limits {
             esl_silence: ESL_SILENCE_TOLERANCE,
             queue_max: 1000,
+            queue_max_bytes: 1 << 20,
             spool_max_bytes: 1 << 20,
             max_retries: 3,
             drop_window: DROP_WINDOW,
@@ -610,6 +631,7 @@ mod tests {
             esl_error: None,
             redis_ping: Ok(Duration::from_micros(300)),
             queue_depth: 10,
+            queue_bytes: 10_000,
             spool_bytes: 0,
             dropped_total: 0,
             dropped_recently: 0,
@@ -716,6 +738,11 @@ mod tests {
         let (status, failed, _) = verdict(&s, 5);
         assert_eq!(status, Status::Degraded);
         assert!(failed[0].1.contains("900 events, 90% of BUFFER_SIZE=1000"), "{}", failed[0].1);
+        // The byte bound counts too (a few big events can fill memory).
+        let s = Snapshot { queue_bytes: 1 << 20, ..fine() };
+        let (status, failed, _) = verdict(&s, 5);
+        assert_eq!(status, Status::Degraded);
+        assert!(failed[0].1.contains("1048576 bytes, 100% of BUFFER_MAX_BYTES=1048576"), "{}", failed[0].1);
 
         let s = Snapshot { dropped_total: 40, dropped_recently: 0, ..fine() };
         assert_eq!(verdict(&s, 1).0, Status::Healthy);

@@ -514,7 +514,7 @@ mod tests {
         AppContext::new(
             &Arc::new(config),
             &Arc::new(AgentState::default()),
-            &Pipeline::new(PipelineShape::from_buffer(1, 100)),
+            &Pipeline::new(PipelineShape::from_buffer(1, 100, 1 << 20)),
             &SpoolBudget::new(1 << 20),
             &dead_letters,
         )

@@ -46,7 +46,7 @@ pub struct Metrics {
     /// Times a writer moved events it could not write into the spool.
     pub spills: IntCounter,
     /// Seconds the reader waited for room in memory (instead of spooling) while the switch
-    /// was less than 100 ms behind.
+    /// was less than 250 ms behind.
     pub reader_wait: prometheus::Counter,
     /// Events waiting in memory (channels and overflow), per lane.
     pub queue_depth: IntGaugeVec,

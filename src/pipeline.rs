@@ -5,13 +5,13 @@
 //! and the lane's durable spool. An event goes to the first tier with room, and once a later
 //! tier holds events every newer event of the lane goes there too, so order holds. The writer
 //! reads the tiers in the same order. When memory is full, [`Pipeline::submit_by`] waits for
-//! room until a deadline the source chooses (the reader: while the switch is less than 100 ms
+//! room until a deadline the source chooses (the reader: while the switch is less than 250 ms
 //! behind, see `esl::lag`) and then spools; [`Pipeline::submit`] never waits. Only when the
 //! spool is full (or disabled) is the event handed back ([`Submitted::Full`]) to be counted as
 //! dropped.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,14 +52,23 @@ pub struct Lane {
     tx: Sender<Envelope>,
     rx: Receiver<Envelope>,
     tiers: Mutex<Tiers>,
-    /// Signalled when the writer takes events out of the overflow (or it is spilled).
+    /// Signalled when the writer takes events out of memory (or they are spilled).
     room: Condvar,
     overflow_capacity: usize,
+    /// Bytes of the events in the channel and the overflow ([`footprint`]), and their bound.
+    bytes: AtomicUsize,
+    max_bytes: usize,
     closed: AtomicBool,
 }
 
+/// What an event costs in memory, near enough: its body and the envelope around it.
+fn footprint(envelope: &Envelope) -> usize {
+    envelope.body.len() + std::mem::size_of::<Envelope>() + 128
+}
+
 impl Lane {
-    fn new(index: usize, channel_capacity: usize, overflow_capacity: usize, spool: Option<LaneSpool>) -> Lane {
+    fn new(index: usize, shape: PipelineShape, spool: Option<LaneSpool>) -> Lane {
+        let PipelineShape { channel_capacity, overflow_capacity, max_bytes, .. } = shape;
         let (tx, rx) = bounded(channel_capacity);
         let spooling = spool.as_ref().is_some_and(|s| s.has_unread());
         Lane {
@@ -69,6 +78,8 @@ impl Lane {
             tiers: Mutex::new(Tiers { overflow: VecDeque::new(), spool, spooling }),
             room: Condvar::new(),
             overflow_capacity,
+            bytes: AtomicUsize::new(0),
+            max_bytes,
             closed: AtomicBool::new(false),
         }
     }
@@ -83,14 +94,22 @@ impl Lane {
             if tiers.spooling {
                 return tiers.spool_one(envelope);
             }
-            if tiers.overflow.is_empty() {
+            // Within the byte bound (an event alone in memory always fits).
+            let size = footprint(&envelope);
+            let held = self.bytes.load(Ordering::Acquire);
+            let fits = held == 0 || held + size <= self.max_bytes;
+            if fits && tiers.overflow.is_empty() {
                 match self.tx.try_send(envelope) {
-                    Ok(()) => return Submitted::Queued,
+                    Ok(()) => {
+                        self.bytes.fetch_add(size, Ordering::AcqRel);
+                        return Submitted::Queued;
+                    }
                     Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => envelope = e,
                 }
             }
-            if tiers.overflow.len() < self.overflow_capacity {
+            if fits && tiers.overflow.len() < self.overflow_capacity {
                 tiers.overflow.push_back(envelope);
+                self.bytes.fetch_add(size, Ordering::AcqRel);
                 return Submitted::Overflowed;
             }
             match wait_until {
@@ -143,6 +162,7 @@ impl Lane {
         let from_memory = moving.len();
         moving.extend(self.rx.try_iter());
         moving.extend(overflow.drain(..));
+        self.release(&moving[from_memory..]);
         let count = moving.len();
         let result = if !spool.has_unread() {
             moving.iter().try_for_each(|e| spool.append(e))
@@ -163,6 +183,7 @@ impl Lane {
             Err(e) => {
                 // Put memory back as it was: the held events first, then the queue.
                 let mut rest = moving.split_off(from_memory);
+                self.bytes.fetch_add(rest.iter().map(footprint).sum(), Ordering::AcqRel);
                 overflow.extend(rest.drain(..));
                 Err((moving, e))
             }
@@ -193,6 +214,22 @@ impl Lane {
     /// as soon as the lane is momentarily empty or `window` has passed since the first event.
     /// Waits up to `wait` for a first event. Returns `false` once the lane is closed and empty.
     pub fn next_batch(&self, max: usize, wait: Duration, window: Duration, out: &mut Vec<Envelope>) -> bool {
+        let start = out.len();
+        let more = self.fill_batch(max, wait, window, out);
+        if out[start..].iter().any(|e| e.spool_pos.is_none()) {
+            self.release(&out[start..]);
+            self.room.notify_all();
+        }
+        more
+    }
+
+    /// Memory events leaving the lane give their bytes back.
+    fn release(&self, events: &[Envelope]) {
+        let bytes: usize = events.iter().filter(|e| e.spool_pos.is_none()).map(footprint).sum();
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    fn fill_batch(&self, max: usize, wait: Duration, window: Duration, out: &mut Vec<Envelope>) -> bool {
         let started = Instant::now();
         loop {
             while out.len() < max {
@@ -200,10 +237,7 @@ impl Lane {
                     Ok(e) => out.push(e),
                     Err(_) => {
                         // The channel is empty: anything older is in the overflow, then the spool.
-                        let took = self.tiers.lock().take(max - out.len(), out, !self.closed.load(Ordering::Acquire));
-                        if took > 0 {
-                            self.room.notify_all();
-                        }
+                        self.tiers.lock().take(max - out.len(), out, !self.closed.load(Ordering::Acquire));
                         break;
                     }
                 }
@@ -250,13 +284,13 @@ impl Tiers {
     }
 
     /// Takes up to `n` events from the overflow, then (unless `closed`: the spool keeps them
-    /// across the restart) from the spool. Returns how many came from the overflow.
-    fn take(&mut self, n: usize, out: &mut Vec<Envelope>, read_spool: bool) -> usize {
+    /// across the restart) from the spool.
+    fn take(&mut self, n: usize, out: &mut Vec<Envelope>, read_spool: bool) {
         let from_overflow = n.min(self.overflow.len());
         out.extend(self.overflow.drain(..from_overflow));
         let n = n - from_overflow;
         if n == 0 || !read_spool || !self.spooling || !self.overflow.is_empty() {
-            return from_overflow;
+            return;
         }
         if let Some(spool) = self.spool.as_mut() {
             if let Err(e) = spool.read_batch(n, out) {
@@ -264,7 +298,6 @@ impl Tiers {
             }
             self.spooling = spool.has_unread();
         }
-        from_overflow
     }
 }
 
@@ -279,15 +312,19 @@ pub struct PipelineShape {
     pub lanes: usize,
     pub channel_capacity: usize,
     pub overflow_capacity: usize,
+    /// Bytes of events a lane holds in memory (channel and overflow together).
+    pub max_bytes: usize,
 }
 
 impl PipelineShape {
-    /// Splits `buffer_size` events of memory over `lanes`: a channel of up to 4096 each, the
-    /// rest as overflow.
-    pub fn from_buffer(lanes: usize, buffer_size: usize) -> PipelineShape {
-        let per_lane = (buffer_size / lanes.max(1)).max(2);
+    /// Splits `buffer_size` events and `max_bytes` bytes of memory over `lanes`: a channel of
+    /// up to 4096 events each, the rest as overflow.
+    pub fn from_buffer(lanes: usize, buffer_size: usize, max_bytes: u64) -> PipelineShape {
+        let lanes = lanes.max(1);
+        let per_lane = (buffer_size / lanes).max(2);
         let channel_capacity = (per_lane / 2).clamp(1, 4096);
-        PipelineShape { lanes: lanes.max(1), channel_capacity, overflow_capacity: per_lane - channel_capacity }
+        let max_bytes = usize::try_from(max_bytes / lanes as u64).unwrap_or(usize::MAX);
+        PipelineShape { lanes, channel_capacity, overflow_capacity: per_lane - channel_capacity, max_bytes }
     }
 }
 
@@ -300,11 +337,7 @@ impl Pipeline {
     /// Lanes each backed by its spool (`spools.len()` must equal `shape.lanes`).
     pub fn with_spools(shape: PipelineShape, spools: Vec<Option<LaneSpool>>) -> Arc<Pipeline> {
         assert_eq!(spools.len(), shape.lanes, "one spool slot per lane");
-        let lanes = spools
-            .into_iter()
-            .enumerate()
-            .map(|(i, spool)| Arc::new(Lane::new(i, shape.channel_capacity, shape.overflow_capacity, spool)))
-            .collect();
+        let lanes = spools.into_iter().enumerate().map(|(i, spool)| Arc::new(Lane::new(i, shape, spool))).collect();
         Arc::new(Pipeline { lanes })
     }
 
@@ -343,6 +376,11 @@ impl Pipeline {
             lane.closed.store(true, Ordering::Release);
             lane.room.notify_all();
         }
+    }
+
+    /// Bytes of the events waiting in memory across all lanes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.lanes.iter().map(|l| l.bytes.load(Ordering::Relaxed) as u64).sum()
     }
 
     /// Events waiting in memory across all lanes.
@@ -386,13 +424,15 @@ mod tests {
     /// One lane of `channel` + `overflow` events in memory, backed by a spool in `dir`.
     fn one_spooled_lane(dir: &std::path::Path, channel: usize, overflow: usize) -> Arc<Pipeline> {
         let (spool, _) = LaneSpool::open(dir, crate::spool::SpoolBudget::new(1 << 30)).unwrap();
-        let shape = PipelineShape { lanes: 1, channel_capacity: channel, overflow_capacity: overflow };
+        let shape =
+            PipelineShape { lanes: 1, channel_capacity: channel, overflow_capacity: overflow, max_bytes: usize::MAX };
         Pipeline::with_spools(shape, vec![Some(spool)])
     }
 
     #[test]
     fn overflow_keeps_order_and_full_hands_back() {
-        let p = Pipeline::new(PipelineShape { lanes: 1, channel_capacity: 2, overflow_capacity: 3 });
+        let p =
+            Pipeline::new(PipelineShape { lanes: 1, channel_capacity: 2, overflow_capacity: 3, max_bytes: usize::MAX });
         let outcomes: Vec<_> = (0..6).map(|i| p.submit(env("a", i))).collect();
         assert!(matches!(outcomes[0], Submitted::Queued));
         assert!(matches!(outcomes[2], Submitted::Overflowed));
@@ -472,8 +512,31 @@ mod tests {
     }
 
     #[test]
+    fn memory_is_bounded_in_bytes_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = LaneSpool::open(dir.path(), crate::spool::SpoolBudget::new(1 << 30)).unwrap();
+        let big = |seq| Envelope { body: bytes::Bytes::from(vec![b'x'; 10_000]), ..env("a", seq) };
+        let size = footprint(&big(0));
+        let shape = PipelineShape { lanes: 1, channel_capacity: 100, overflow_capacity: 100, max_bytes: size * 5 / 2 };
+        let p = Pipeline::with_spools(shape, vec![Some(spool)]);
+        assert!(matches!(p.submit(big(0)), Submitted::Queued));
+        assert!(matches!(p.submit(big(1)), Submitted::Queued));
+        assert!(matches!(p.submit(big(2)), Submitted::Spooled), "a third would pass the byte bound");
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            p.lanes()[0].next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut got);
+        }
+        assert_eq!(p.lanes()[0].bytes.load(Ordering::Acquire), 0, "taken events give their bytes back");
+        // Alone in memory, an event fits whatever its size.
+        let huge = Envelope { body: bytes::Bytes::from(vec![b'x'; size * 10]), ..env("a", 3) };
+        assert!(matches!(p.submit(huge), Submitted::Queued));
+        let seqs: Vec<u64> = got.iter().map(|e| e.meta.sequence.parse().unwrap()).collect();
+        assert_eq!(seqs, [0, 1, 2]);
+    }
+
+    #[test]
     fn closed_lane_drains_then_stops() {
-        let p = Pipeline::new(PipelineShape::from_buffer(2, 100));
+        let p = Pipeline::new(PipelineShape::from_buffer(2, 100, 1 << 20));
         for i in 0..10 {
             p.submit(env("x", i));
         }
