@@ -16,10 +16,10 @@ use crate::envelope::Envelope;
 use crate::esl::client::{EslClient, EventSink};
 use crate::logging::RateLimit;
 use crate::metrics::metrics;
-use crate::pipeline::{Pipeline, PipelineShape};
+use crate::pipeline::{Pipeline, PipelineShape, WriteNow};
 use crate::routing::Router;
 use crate::shutdown::Shutdown;
-use crate::sink::writer::{stream_label, Writer};
+use crate::sink::writer::{stream_label, LaneWriter};
 use crate::spool::{open_lanes, SpoolBudget};
 use crate::state::AgentState;
 
@@ -68,12 +68,22 @@ impl Agent {
             std::io::Error::new(e.kind(), format!("cannot open the dead-letter store in {}: {e}", dlq_dir.display()))
         })?);
         let mut writers = Vec::new();
+        let mut write_now: Vec<Arc<dyn WriteNow>> = Vec::new();
         for lane in pipeline.lanes() {
-            let writer =
-                Writer::new(lane.clone(), config.clone(), state.clone(), shutdown.clone(), dead_letters.clone());
+            let writer = Arc::new(LaneWriter::new(
+                lane.clone(),
+                config.clone(),
+                state.clone(),
+                shutdown.clone(),
+                dead_letters.clone(),
+            ));
+            write_now.push(writer.clone());
             writers.push(
                 std::thread::Builder::new().name(format!("writer-{}", lane.index())).spawn(move || writer.run())?,
             );
+        }
+        if config.writer.write_now {
+            pipeline.attach_writers(write_now);
         }
 
         let overflow_state = state.clone();

@@ -46,6 +46,15 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 /// Parses a byte size: `1073741824`, `512MiB`, `1GiB`, `64KB`, `10M`.
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`), any case.
+pub fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 pub fn parse_bytes(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -144,6 +153,8 @@ pub struct WriterConfig {
     pub buffer_size: usize,
     /// `BUFFER_MAX_BYTES`: bytes of event bodies held in memory across all lanes.
     pub buffer_max_bytes: u64,
+    /// `WRITER_WRITE_NOW`: the ESL reader writes an event itself when its lane is idle.
+    pub write_now: bool,
 }
 
 /// Latency thresholds that produce warnings.
@@ -319,6 +330,7 @@ impl Config {
                 "a size such as 67108864, 64MiB or 1GiB",
                 parse_bytes,
             )?,
+            write_now: r.get("WRITER_WRITE_NOW", true, "true or false", parse_bool)?,
         };
         let latency = LatencyThresholds {
             reader: r.positive_duration("READER_MAX_LATENCY", "300ms")?,
@@ -422,6 +434,7 @@ impl Config {
             ("WRITER_RETRY_TTL", d(self.writer.retry_ttl)),
             ("BUFFER_SIZE", self.writer.buffer_size.to_string()),
             ("BUFFER_MAX_BYTES", self.writer.buffer_max_bytes.to_string()),
+            ("WRITER_WRITE_NOW", self.writer.write_now.to_string()),
             ("EVENTS_TO_PUBLISH", self.events_to_publish.join(",")),
             ("EVENTS_TO_PUSH", self.events_to_push.join(",")),
             ("HEALTH_CHECK_INTERVAL", d(self.health_interval)),

@@ -48,6 +48,8 @@ pub struct Metrics {
     /// Seconds the reader waited for room in memory (instead of spooling) while the switch
     /// was less than 250 ms behind.
     pub reader_wait: prometheus::Counter,
+    /// Events the reader wrote itself because their lane was idle (no hand-off to a writer).
+    pub writes_now: IntCounter,
     /// Events waiting in memory (channels and overflow), per lane.
     pub queue_depth: IntGaugeVec,
     /// Events held in memory past the channels, per lane.
@@ -184,6 +186,11 @@ impl Metrics {
                     "eslstream_reader_wait_seconds_total",
                     "Seconds the reader waited for room in memory instead of spooling",
                 ),
+            ),
+            writes_now: counter(
+                &r,
+                "eslstream_writes_now_total",
+                "Events written by the ESL reader itself because their lane was idle",
             ),
             batch_size: histogram(
                 &r,

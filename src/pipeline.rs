@@ -9,13 +9,18 @@
 //! behind, see `esl::lag`) and then spools; [`Pipeline::submit`] never waits. Only when the
 //! spool is full (or disabled) is the event handed back ([`Submitted::Full`]) to be counted as
 //! dropped.
+//!
+//! A source with nothing else to do may offer an event to its lane's writer first
+//! ([`Pipeline::write_or_submit`]): when the lane is idle (nothing queued, nothing being
+//! written) the writer writes it at once on the source's thread. At low rates that saves the
+//! two thread wake-ups a hand-off costs, which are most of the CPU an event takes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Select, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex};
 
 use crate::envelope::{Envelope, SpoolPos};
@@ -36,6 +41,18 @@ pub enum Submitted {
     Spooled,
     /// Nowhere to put it (spool full or failing): the event is handed back with the reason.
     Full(Box<Envelope>, &'static str),
+    /// Written (or settled) by the lane's writer on the caller's thread.
+    Written,
+}
+
+/// A lane's writer, as a source sees it: it may write an event at once, on the caller's
+/// thread, if its lane is idle.
+pub trait WriteNow: Send + Sync {
+    /// Writes `envelope` now and settles it, when nothing older of the lane is queued or being
+    /// written and the writer is healthy; hands it back otherwise (it then goes on the lane).
+    /// (Handed back by value: boxing it would cost an allocation each time a lane is busy.)
+    #[allow(clippy::result_large_err)]
+    fn write_now(&self, envelope: Envelope) -> Result<(), Envelope>;
 }
 
 /// The tiers behind the channel, under one lock shared with submitters.
@@ -210,58 +227,63 @@ impl Lane {
         }
     }
 
-    /// Fills `out` with the next batch, oldest first: whatever is waiting, up to `max`, taken
-    /// as soon as the lane is momentarily empty or `window` has passed since the first event.
-    /// Waits up to `wait` for a first event. Returns `false` once the lane is closed and empty.
+    /// Nothing of this lane is waiting anywhere: not in the channel, the overflow or the spool.
+    pub fn is_idle(&self) -> bool {
+        let tiers = self.tiers.lock();
+        self.rx.is_empty() && tiers.overflow.is_empty() && !tiers.spooling
+    }
+
+    /// Fills `out` with the next batch, oldest first, waiting up to `wait` for a first event
+    /// ([`Lane::take_batch`], then [`Lane::wait_for_events`]). Returns `false` once the lane is
+    /// closed and empty.
     pub fn next_batch(&self, max: usize, wait: Duration, window: Duration, out: &mut Vec<Envelope>) -> bool {
         let start = out.len();
-        let more = self.fill_batch(max, wait, window, out);
+        let open = self.take_batch(max, window, out);
+        if out.len() > start || !open {
+            return open;
+        }
+        self.wait_for_events(wait);
+        self.take_batch(max, window, out)
+    }
+
+    /// Fills `out` with whatever is waiting, oldest first, up to `max`, without waiting: taken
+    /// until the lane is momentarily empty or `window` has passed. Returns `false` once the
+    /// lane is closed and empty.
+    pub fn take_batch(&self, max: usize, window: Duration, out: &mut Vec<Envelope>) -> bool {
+        let start = out.len();
+        let started = Instant::now();
+        while out.len() < max {
+            match self.rx.try_recv() {
+                Ok(e) => out.push(e),
+                Err(_) => {
+                    // The channel is empty: anything older is in the overflow, then the spool.
+                    self.tiers.lock().take(max - out.len(), out, !self.closed.load(Ordering::Acquire));
+                    break;
+                }
+            }
+            if (out.len() - start).is_multiple_of(64) && started.elapsed() >= window {
+                break;
+            }
+        }
         if out[start..].iter().any(|e| e.spool_pos.is_none()) {
             self.release(&out[start..]);
             self.room.notify_all();
         }
-        more
+        out.len() > start || !self.closed.load(Ordering::Acquire) || self.depth() > 0
+    }
+
+    /// Waits up to `wait` for an event to arrive in the channel, without taking it (the
+    /// writer takes events only while it holds its write lock, see `sink::writer`).
+    pub fn wait_for_events(&self, wait: Duration) {
+        let mut select = Select::new();
+        select.recv(&self.rx);
+        let _ = select.ready_timeout(wait);
     }
 
     /// Memory events leaving the lane give their bytes back.
     fn release(&self, events: &[Envelope]) {
         let bytes: usize = events.iter().filter(|e| e.spool_pos.is_none()).map(footprint).sum();
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
-    }
-
-    fn fill_batch(&self, max: usize, wait: Duration, window: Duration, out: &mut Vec<Envelope>) -> bool {
-        let started = Instant::now();
-        loop {
-            while out.len() < max {
-                match self.rx.try_recv() {
-                    Ok(e) => out.push(e),
-                    Err(_) => {
-                        // The channel is empty: anything older is in the overflow, then the spool.
-                        self.tiers.lock().take(max - out.len(), out, !self.closed.load(Ordering::Acquire));
-                        break;
-                    }
-                }
-                if out.len().is_multiple_of(64) && started.elapsed() >= window {
-                    break;
-                }
-            }
-            if !out.is_empty() {
-                return true;
-            }
-            if self.closed.load(Ordering::Acquire) && self.depth() == 0 {
-                return false;
-            }
-            match self.rx.recv_timeout(wait) {
-                Ok(e) => out.push(e),
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.closed.load(Ordering::Acquire) && self.depth() == 0 {
-                        return false;
-                    }
-                    return true;
-                }
-                Err(RecvTimeoutError::Disconnected) => return false,
-            }
-        }
     }
 }
 
@@ -304,6 +326,8 @@ impl Tiers {
 /// All lanes, and the choice of lane by call.
 pub struct Pipeline {
     lanes: Vec<Arc<Lane>>,
+    /// Each lane's writer, for [`Pipeline::write_or_submit`] (once the writers exist).
+    writers: OnceLock<Vec<Arc<dyn WriteNow>>>,
 }
 
 /// Size of each lane: the channel, and the overflow behind it.
@@ -338,7 +362,7 @@ impl Pipeline {
     pub fn with_spools(shape: PipelineShape, spools: Vec<Option<LaneSpool>>) -> Arc<Pipeline> {
         assert_eq!(spools.len(), shape.lanes, "one spool slot per lane");
         let lanes = spools.into_iter().enumerate().map(|(i, spool)| Arc::new(Lane::new(i, shape, spool))).collect();
-        Arc::new(Pipeline { lanes })
+        Arc::new(Pipeline { lanes, writers: OnceLock::new() })
     }
 
     pub fn lanes(&self) -> &[Arc<Lane>] {
@@ -359,6 +383,26 @@ impl Pipeline {
     /// `wait_until` (if any) before spooling it.
     pub fn submit_by(&self, envelope: Envelope, wait_until: Option<Instant>) -> Submitted {
         let lane = self.lane_for(&envelope.meta.unique_id);
+        self.lanes[lane].submit(envelope, wait_until)
+    }
+
+    /// Lets sources offer events to the lanes' writers (`writers[i]` writes lane `i`).
+    pub fn attach_writers(&self, writers: Vec<Arc<dyn WriteNow>>) {
+        assert_eq!(writers.len(), self.lanes.len(), "one writer per lane");
+        let _ = self.writers.set(writers);
+    }
+
+    /// For a source with nothing else to do right now: the lane's writer writes the event at
+    /// once if the lane is idle; otherwise it goes on the lane as with [`Pipeline::submit_by`].
+    pub fn write_or_submit(&self, envelope: Envelope, wait_until: Option<Instant>) -> Submitted {
+        let lane = self.lane_for(&envelope.meta.unique_id);
+        let envelope = match self.writers.get() {
+            Some(writers) => match writers[lane].write_now(envelope) {
+                Ok(()) => return Submitted::Written,
+                Err(envelope) => envelope,
+            },
+            None => envelope,
+        };
         self.lanes[lane].submit(envelope, wait_until)
     }
 
@@ -547,6 +591,42 @@ mod tests {
         assert_eq!(batch.len(), 10);
         batch.clear();
         assert!(!lane.next_batch(100, Duration::from_millis(1), Duration::from_secs(1), &mut batch));
+    }
+
+    /// Takes events while its lane is idle, as the real writer does, and records them.
+    struct IdleTaker(Arc<Lane>, Mutex<Vec<u64>>);
+
+    impl WriteNow for IdleTaker {
+        fn write_now(&self, envelope: Envelope) -> Result<(), Envelope> {
+            if !self.0.is_idle() {
+                return Err(envelope);
+            }
+            self.1.lock().push(envelope.meta.sequence.parse().unwrap());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn write_or_submit_writes_only_through_an_idle_lane() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = one_spooled_lane(dir.path(), 1, 1);
+        assert!(matches!(p.write_or_submit(env("a", 0), None), Submitted::Queued), "no writer attached yet");
+        let taker = Arc::new(IdleTaker(p.lanes()[0].clone(), Mutex::new(Vec::new())));
+        p.attach_writers(vec![taker.clone()]);
+        // Something older waits in each tier in turn: the event queues behind it.
+        assert!(matches!(p.write_or_submit(env("a", 1), None), Submitted::Overflowed));
+        assert!(matches!(p.write_or_submit(env("a", 2), None), Submitted::Spooled));
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            p.lanes()[0].next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut got);
+        }
+        assert!(p.lanes()[0].is_idle(), "spool read to its end");
+        assert!(matches!(p.write_or_submit(env("a", 3), None), Submitted::Written));
+        assert!(matches!(p.submit(env("a", 4)), Submitted::Queued), "plain submit never writes");
+        assert!(matches!(p.write_or_submit(env("a", 5), None), Submitted::Overflowed));
+        let seqs: Vec<u64> = got.iter().map(|e| e.meta.sequence.parse().unwrap()).collect();
+        assert_eq!(seqs, [0, 1, 2]);
+        assert_eq!(*taker.1.lock(), [3]);
     }
 
     #[test]

@@ -105,6 +105,34 @@ fn redis_connection_cut_mid_pipeline_repeatedly() {
     finish(&mut agent, &redis, &sim);
 }
 
+/// At a low rate the reader writes each event itself (its lane is idle). Redis then stops
+/// answering, like a partition: the reader gives up on the reply within its short timeout and
+/// hands the event to the writer's retries, so it keeps reading the switch meanwhile, and
+/// every event still arrives exactly once, in order.
+#[test]
+fn redis_stalls_while_the_reader_writes_events_itself() {
+    let redis = RedisServer::start();
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", redis.port()).parse().unwrap());
+    let sim =
+        Simulator::start(SimulateOptions { rate: Some(500.0), events: Some(3000), ..Default::default() }).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = start_agent(&agent_env(sim.local_addr(), &proxy.redis_url(), spool.path(), port), &[]);
+    wait_until(Duration::from_secs(30), "the reader writing events itself", || {
+        metric_sum(port, "eslstream_writes_now_total", "") >= 100.0
+    });
+    let received = || metric_sum(port, "eslstream_events_received_total", "");
+    proxy.set_blocked(true);
+    let before = received();
+    std::thread::sleep(Duration::from_secs(2));
+    let during = received() - before;
+    proxy.set_blocked(false);
+    // 1,000 events were sent in those two seconds; a reader stuck on Redis reads none.
+    assert!(during >= 700.0, "the reader kept reading while Redis stalled: {during} events");
+    assert!(metric_sum(port, "eslstream_write_retries_total", "") >= 1.0, "the stalled write was retried");
+    finish(&mut agent, &redis, &sim);
+}
+
 #[test]
 fn redis_out_of_memory_until_the_limit_is_raised() {
     let redis = RedisServer::start();

@@ -233,12 +233,15 @@ impl EslClient {
     /// Handles every whole frame in the read buffer.
     fn handle_buffered(&self, conn: &mut Connection<'_>) -> Result<(), SessionError> {
         while let Some(frame) = conn.decoder.decode(&mut conn.buf)? {
-            self.handle(frame)?;
+            // The last whole frame of what arrived: the reader would only wait for the socket
+            // next, so it may write the event itself if its lane is idle.
+            let idle = conn.buf.is_empty();
+            self.handle(frame, idle)?;
         }
         Ok(())
     }
 
-    fn handle(&self, frame: Frame) -> Result<(), SessionError> {
+    fn handle(&self, frame: Frame, idle: bool) -> Result<(), SessionError> {
         let content_type = frame.content_type().unwrap_or("");
         let format = match EventFormat::from_content_type(content_type) {
             Some(format) => format,
@@ -285,7 +288,12 @@ impl EslClient {
         // Memory full: wait for room while the switch is less than MAX_LAG behind, then spool.
         let wait_until = meta.timestamp_us.and_then(|ts| self.lag.wait_until(ts, parsed_at_us, Instant::now()));
         let envelope = Envelope { stream, format, body, meta, parsed_at_us, spool_pos: None, maybe_written: false };
-        if let crate::pipeline::Submitted::Full(envelope, reason) = self.sink.pipeline.submit_by(envelope, wait_until) {
+        let pipeline = &self.sink.pipeline;
+        let submitted = match idle {
+            true => pipeline.write_or_submit(envelope, wait_until),
+            false => pipeline.submit_by(envelope, wait_until),
+        };
+        if let crate::pipeline::Submitted::Full(envelope, reason) = submitted {
             (self.sink.overflow)(*envelope, reason);
         }
         Ok(())

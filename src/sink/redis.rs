@@ -199,6 +199,8 @@ pub struct RedisSink {
     idmp_checked: Vec<String>,
     /// The batch being sent, encoded.
     resp: Resp,
+    /// How long a read waits for the reply now (set on the socket only when it changes).
+    reply_timeout: Duration,
 }
 
 impl RedisSink {
@@ -219,8 +221,18 @@ impl RedisSink {
             lane,
             batches: 0,
             idmp_checked: Vec::new(),
+            reply_timeout: config.write_timeout,
             resp: Resp::with_capacity(1 << 20),
         })
+    }
+
+    /// How long the next writes wait for their reply (a system call only when it changes).
+    pub fn set_reply_timeout(&mut self, timeout: Duration) -> Result<(), WriteError> {
+        if timeout != self.reply_timeout {
+            self.conn.set_read_timeout(Some(timeout)).map_err(classify)?;
+            self.reply_timeout = timeout;
+        }
+        Ok(())
     }
 
     pub fn mode(&self) -> WriteMode {

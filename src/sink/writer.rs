@@ -1,15 +1,21 @@
-//! A writer thread: takes batches off its lane, turns events into entries, writes them
+//! A lane's writer: takes batches off its lane, turns events into entries, writes them
 //! idempotently to Redis, and retries what was not acknowledged, in order.
 //!
 //! A failed write keeps the lane's head batch and retries it with capped exponential backoff
 //! (only the entries not yet acknowledged); newer events of the lane queue up behind it, so
 //! per-call order holds. An entry Redis refuses for good is not retried.
+//!
+//! The writer's state sits behind one lock ([`LaneWriter`]), and events leave the lane only
+//! while it is held: by the writer's thread, or by a source writing an event itself because
+//! the lane was idle ([`WriteNow`]). Whoever holds the lock is the only one writing the lane,
+//! so an event written at once can never pass an older one.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use prometheus::IntCounter;
 use tracing::{debug, error, info, info_span, warn};
 
@@ -19,7 +25,7 @@ use crate::entry::event_json;
 use crate::envelope::{now_us, Envelope, StreamKind};
 use crate::logging::RateLimit;
 use crate::metrics::{metrics, seconds_between};
-use crate::pipeline::Lane;
+use crate::pipeline::{Lane, WriteNow};
 use crate::shutdown::Shutdown;
 use crate::sink::redis::{backoff, Entry, EntryOutcome, RedisSink, WriteError};
 use crate::state::AgentState;
@@ -28,13 +34,25 @@ use crate::state::AgentState;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a writer waits on an empty lane before checking for shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// The longest a source waits for Redis to answer an event it writes itself; past it the
+/// connection is dropped and the event goes on the lane (marked as maybe written), so a
+/// stalled Redis never holds the ESL reader for long.
+const WRITE_NOW_TIMEOUT: Duration = Duration::from_millis(100);
 
 static SLOW_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
 static RETRY_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
 static SPILL_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
 
-/// One writer: a lane, a Redis connection, and the loop between them.
-pub struct Writer {
+/// One lane's writer: the lane, and the writer state behind the lock that makes its holder
+/// the lane's only writer.
+pub struct LaneWriter {
+    lane: Arc<Lane>,
+    config: Arc<Config>,
+    core: Mutex<Writer>,
+}
+
+/// The writer's state: a Redis connection and what a write needs around it.
+struct Writer {
     lane: Arc<Lane>,
     config: Arc<Config>,
     state: Arc<AgentState>,
@@ -46,28 +64,30 @@ pub struct Writer {
     backoff: u32,
 }
 
-impl Writer {
+impl LaneWriter {
     pub fn new(
         lane: Arc<Lane>,
         config: Arc<Config>,
         state: Arc<AgentState>,
         shutdown: Shutdown,
         dead_letters: Arc<DeadLetters>,
-    ) -> Writer {
-        Writer {
-            lane,
-            config,
+    ) -> LaneWriter {
+        let core = Writer {
+            lane: lane.clone(),
+            config: config.clone(),
             state,
             shutdown,
             dead_letters,
             sink: None,
             written: WrittenCounters::default(),
             backoff: 0,
-        }
+        };
+        LaneWriter { lane, config, core: Mutex::new(core) }
     }
 
-    /// Runs until the lane is closed and drained (or the drain deadline passes).
-    pub fn run(mut self) {
+    /// The writer's thread: runs until the lane is closed and drained (or the drain deadline
+    /// passes).
+    pub fn run(&self) {
         let lane = self.lane.index();
         let _span = info_span!("writer", lane).entered();
         let max = self.config.writer.batch_size;
@@ -75,21 +95,65 @@ impl Writer {
         let mut batch: Vec<Envelope> = Vec::with_capacity(max);
         let depth = metrics().queue_depth.with_label_values(&[&lane.to_string()]);
         let overflow = metrics().overflow_depth.with_label_values(&[&lane.to_string()]);
-        while self.lane.next_batch(max, IDLE_WAIT, window, &mut batch) {
+        loop {
+            let mut core = self.core.lock();
+            let open = self.lane.take_batch(max, window, &mut batch);
             depth.set(self.lane.depth() as i64);
             overflow.set(self.lane.overflow_depth() as i64);
-            if batch.is_empty() {
+            if !batch.is_empty() {
+                let (envelopes, entries) = core.prepare(&mut batch);
+                core.write_until_done(envelopes, entries);
                 continue;
             }
-            let (envelopes, entries) = self.prepare(&mut batch);
-            self.write_until_done(envelopes, entries);
+            drop(core);
+            if !open {
+                break;
+            }
+            self.lane.wait_for_events(IDLE_WAIT);
         }
         depth.set(0);
-        if self.sink.take().is_some() {
-            self.state.redis_writers_up.fetch_sub(1, Ordering::Relaxed);
-            metrics().redis_connected.dec();
-        }
+        self.core.lock().disconnect_quietly();
         debug!("writer drained and stopped");
+    }
+}
+
+impl WriteNow for LaneWriter {
+    fn write_now(&self, envelope: Envelope) -> Result<(), Envelope> {
+        let Some(mut core) = self.core.try_lock() else {
+            return Err(envelope); // the writer's thread is writing a batch
+        };
+        if core.sink.is_none() || core.backoff > 0 || !self.lane.is_idle() {
+            return Err(envelope);
+        }
+        core.write_now(envelope)
+    }
+}
+
+impl Writer {
+    /// Writes one event at once, with one attempt and a short timeout; hands it back (marked
+    /// as maybe written where that is so) for the writer's thread to retry if that fails.
+    #[allow(clippy::result_large_err)] // see `WriteNow::write_now`
+    fn write_now(&mut self, envelope: Envelope) -> Result<(), Envelope> {
+        let mut batch = vec![envelope];
+        let (mut pending, mut entries) = self.prepare(&mut batch);
+        if pending.is_empty() {
+            return Ok(()); // undecodable: counted and dropped
+        }
+        let timeout = WRITE_NOW_TIMEOUT.min(self.config.redis.write_timeout);
+        let mut maybe_written = pending[0].maybe_written;
+        match self.attempt(&mut pending, &mut entries, &mut maybe_written, timeout) {
+            Ok(()) => {
+                metrics().writes_now.inc();
+                Ok(())
+            }
+            Err(_) => {
+                // The writer's thread retries it, after a pause, in order with what follows.
+                self.backoff = self.backoff.max(1);
+                let mut envelope = pending.pop().expect("one event, not acknowledged");
+                envelope.maybe_written |= maybe_written;
+                Err(envelope)
+            }
+        }
     }
 
     /// Encodes each event of the batch into its entry; events that cannot be decoded are
@@ -147,46 +211,14 @@ impl Writer {
                 self.hand_off(pending, "drain deadline passed");
                 return;
             }
-            let started = Instant::now();
-            let result = self.sink().and_then(|sink| sink.write(&entries, maybe_written));
-            let failure = match result {
-                Ok(outcomes) => {
-                    metrics().write_duration.with_label_values(&["ok"]).observe(started.elapsed().as_secs_f64());
-                    metrics().batch_size.observe(entries.len() as f64);
-                    let done = outcomes.iter().take_while(|o| **o != EntryOutcome::Pending).count();
-                    let acked_at = now_us();
-                    let mut last_spooled = None;
-                    for ((envelope, entry), outcome) in pending.drain(..done).zip(entries.drain(..done)).zip(outcomes) {
-                        last_spooled = envelope.spool_pos.or(last_spooled);
-                        self.settle(&envelope, &entry, outcome, acked_at);
-                    }
-                    if let Some(pos) = last_spooled {
-                        if let Err(e) = self.lane.commit(pos) {
-                            error!(error = %e, "cannot record spool progress; those events may be re-sent (duplicates are suppressed)");
-                        }
-                    }
-                    if done > 0 {
-                        failing_since = None;
-                        self.backoff = 0;
-                    }
-                    if pending.is_empty() {
-                        break;
-                    }
-                    metrics().write_retries.with_label_values(&["partial"]).inc();
-                    "partial write".to_owned()
-                }
-                Err(e) => {
-                    metrics().write_duration.with_label_values(&["error"]).observe(started.elapsed().as_secs_f64());
-                    metrics().write_retries.with_label_values(&[e.kind()]).inc();
-                    self.state.record_error(e.to_string());
-                    if let WriteError::Connection(_) = e {
-                        // The request may have been executed before the connection failed.
-                        maybe_written = true;
-                        self.disconnect();
-                    }
-                    e.to_string()
-                }
+            let before = pending.len();
+            let timeout = self.config.redis.write_timeout;
+            let Err(failure) = self.attempt(&mut pending, &mut entries, &mut maybe_written, timeout) else {
+                break;
             };
+            if pending.len() < before {
+                failing_since = None;
+            }
             failures += 1;
             let since = *failing_since.get_or_insert_with(Instant::now);
             if let Some(suppressed) = RETRY_WARN.check() {
@@ -216,6 +248,63 @@ impl Writer {
             }
             self.pause();
         }
+    }
+
+    /// One write of what is pending, waiting up to `timeout` for the reply: settles the
+    /// acknowledged prefix (and commits its spool position); says what went wrong if anything
+    /// is left.
+    fn attempt(
+        &mut self,
+        pending: &mut Vec<Envelope>,
+        entries: &mut Vec<Entry>,
+        maybe_written: &mut bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let result = self.sink().and_then(|sink| {
+            sink.set_reply_timeout(timeout)?;
+            sink.write(entries, *maybe_written)
+        });
+        let outcomes = match result {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                metrics().write_duration.with_label_values(&["error"]).observe(started.elapsed().as_secs_f64());
+                return Err(self.failed(e, maybe_written));
+            }
+        };
+        metrics().write_duration.with_label_values(&["ok"]).observe(started.elapsed().as_secs_f64());
+        metrics().batch_size.observe(entries.len() as f64);
+        let done = outcomes.iter().take_while(|o| **o != EntryOutcome::Pending).count();
+        let acked_at = now_us();
+        let mut last_spooled = None;
+        for ((envelope, entry), outcome) in pending.drain(..done).zip(entries.drain(..done)).zip(outcomes) {
+            last_spooled = envelope.spool_pos.or(last_spooled);
+            self.settle(&envelope, &entry, outcome, acked_at);
+        }
+        if let Some(pos) = last_spooled {
+            if let Err(e) = self.lane.commit(pos) {
+                error!(error = %e, "cannot record spool progress; those events may be re-sent (duplicates are suppressed)");
+            }
+        }
+        if done > 0 {
+            self.backoff = 0;
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        metrics().write_retries.with_label_values(&["partial"]).inc();
+        Err("partial write".to_owned())
+    }
+
+    /// Records a failed write; after a lost connection the request may have been executed.
+    fn failed(&mut self, e: WriteError, maybe_written: &mut bool) -> String {
+        metrics().write_retries.with_label_values(&[e.kind()]).inc();
+        self.state.record_error(e.to_string());
+        if let WriteError::Connection(_) = e {
+            *maybe_written = true;
+            self.disconnect();
+        }
+        e.to_string()
     }
 
     /// Waits before the next attempt: capped exponential backoff, cut short by a forced
@@ -291,6 +380,14 @@ impl Writer {
             self.sink = Some(sink);
         }
         Ok(self.sink.as_mut().expect("connected above"))
+    }
+
+    /// Closes the connection at the end of the writer's run.
+    fn disconnect_quietly(&mut self) {
+        if self.sink.take().is_some() {
+            self.state.redis_writers_up.fetch_sub(1, Ordering::Relaxed);
+            metrics().redis_connected.dec();
+        }
     }
 
     fn disconnect(&mut self) {
