@@ -53,6 +53,11 @@ const CEILING_KEY: &str = "eslstream:bench:ceiling";
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 const WARMUP: Duration = Duration::from_secs(1);
 
+/// The simulator runs in this process and shares the machine with the agent under test: it
+/// uses the same allocator as the agent, so its cost stays small next to the agent's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let opts = match Opts::parse(std::env::args().skip(1)) {
         Ok(o) => o,
@@ -68,7 +73,7 @@ fn main() {
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|all] [--events N] \
-[--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large|xl] [--json target/load.json] [--env NAME=value]...";
+[--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large|xl] [--json target/load.json] [--env NAME=value]... [--agent PATH]";
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -81,6 +86,8 @@ struct Opts {
     json: PathBuf,
     /// Extra `NAME=value` for the agent (`--env WRITER_WORKERS=1`), after the defaults.
     env: Vec<(String, String)>,
+    /// Another agent binary to run (to compare two builds on the same machine).
+    agent: PathBuf,
 }
 
 impl Opts {
@@ -94,6 +101,7 @@ impl Opts {
             size: EventSize::Avg,
             json: PathBuf::from("target/load.json"),
             env: Vec::new(),
+            agent: PathBuf::from(env!("CARGO_BIN_EXE_eslstream")),
         };
         let mut rates_given = false;
         let mut mode_given = false;
@@ -138,6 +146,7 @@ impl Opts {
                     let (k, v) = v.split_once('=').ok_or(format!("--env wants NAME=value, not {v:?}"))?;
                     o.env.push((k.to_owned(), v.to_owned()));
                 }
+                "--agent" => o.agent = PathBuf::from(value()?),
                 "-h" | "--help" => return Err("help".into()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -322,7 +331,7 @@ fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunRes
         ("EVENTS_MAX_LEN", "0".into()),
     ];
     env.extend(opts.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
-    let agent = AgentProcess::start(&env)?;
+    let agent = AgentProcess::start(&opts.agent, &env)?;
     let pid = agent.pid();
     let started = Instant::now();
     let others = [redis.child.id(), std::process::id()];
@@ -475,6 +484,9 @@ fn for_each_entry(entries: &Value, mut f: impl FnMut(&[u8], &[u8])) {
 // ---------------------------------------------------------------------------------------------
 // Latency reader
 
+/// Pause between two latency samples under saturation.
+const SAMPLE_PAUSE: Duration = Duration::from_millis(5);
+
 struct LatencyReader {
     stop: Arc<AtomicBool>,
     seen: Arc<AtomicU64>,
@@ -533,6 +545,12 @@ impl LatencyReader {
                         batch.iter().for_each(|&v| h.record(v));
                     }
                     seen2.store(n, Ordering::Relaxed);
+                    if sampling {
+                        // At most ~200 samples a second: a reader blocked on the stream makes
+                        // Redis serve it on every XADD, which would bill the measurement to
+                        // the agent under test.
+                        std::thread::sleep(SAMPLE_PAUSE);
+                    }
                 }
             })
             .map_err(|e| format!("spawn reader: {e}"))?;
@@ -897,8 +915,7 @@ struct AgentProcess {
 }
 
 impl AgentProcess {
-    fn start(env: &[(&str, String)]) -> Result<AgentProcess, String> {
-        let program = Path::new(env!("CARGO_BIN_EXE_eslstream"));
+    fn start(program: &Path, env: &[(&str, String)]) -> Result<AgentProcess, String> {
         let dir = tempfile::Builder::new().prefix("eslstream-load-agent-").tempdir().map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.path().join("output.log")).map_err(|e| e.to_string())?;
         let spool = dir.path().join("spool");

@@ -113,12 +113,13 @@ fn plain_event_json(body: &[u8], out: &mut Vec<u8>) -> Result<bool, EventError> 
         // Where a header named `_body` was written, to take it out again if there is a body.
         let mut body_header: Option<(usize, usize)> = None;
         let mut scanner = PlainScanner::new(body);
-        while let Some((name, value)) = scanner.next_header()? {
+        while let Some(name) = scanner.next_name()? {
             let start = name.as_ptr() as usize - body.as_ptr() as usize;
             let fresh = names.insert(hash_name(name), start as u32, name.len() as u32, |s, l| {
                 body.get(s as usize..(s + l) as usize) == Some(name)
             });
             if !fresh {
+                scanner.take_value();
                 continue;
             }
             let entry_start = out.len();
@@ -128,7 +129,7 @@ fn plain_event_json(body: &[u8], out: &mut Vec<u8>) -> Result<bool, EventError> 
             first = false;
             write_json_bytes(name, out, &mut lossy);
             out.push(b':');
-            write_raw_plain_value(value, decoded, out, &mut lossy);
+            write_raw_plain_value(&mut scanner, decoded, out, &mut lossy);
             if name == b"_body" {
                 body_header = Some((entry_start, out.len()));
             }
@@ -152,16 +153,20 @@ fn plain_event_json(body: &[u8], out: &mut Vec<u8>) -> Result<bool, EventError> 
     })
 }
 
-/// A raw plain value: percent-decoded and JSON-escaped in one pass (the common case), or,
-/// for an array or a value whose decoded bytes are not UTF-8, decoded into `decoded` first.
-fn write_raw_plain_value(value: &[u8], decoded: &mut Vec<u8>, out: &mut Vec<u8>, lossy: &mut bool) {
-    if !value.starts_with(b"ARRAY") {
+/// The scanner's current raw plain value: percent-decoded and JSON-escaped in the same pass
+/// that finds the end of its line (the common case), or, for an array or a value whose decoded
+/// bytes are not UTF-8, decoded into `decoded` first.
+fn write_raw_plain_value(scanner: &mut PlainScanner<'_>, decoded: &mut Vec<u8>, out: &mut Vec<u8>, lossy: &mut bool) {
+    let rest = scanner.value_rest();
+    if !rest.starts_with(b"ARRAY") {
         let mark = out.len();
-        if write_json_percent(value, out) {
+        if let Some(len) = write_json_raw(rest, true, true, true, out) {
+            scanner.value_ended(len);
             return;
         }
         out.truncate(mark);
     }
+    let value = scanner.take_value();
     decoded.clear();
     percent_decode_into(value, decoded);
     write_plain_value(decoded, out, lossy);
@@ -268,7 +273,7 @@ fn write_escape(b: u8, escape: u8, out: &mut Vec<u8>) {
 #[inline]
 fn write_json(bytes: &[u8], mode: Mode, out: &mut Vec<u8>, lossy: &mut bool) {
     let mark = out.len();
-    if write_json_raw(bytes, false, mode == Mode::Bytes, out) {
+    if write_json_raw(bytes, false, mode == Mode::Bytes, false, out).is_some() {
         return;
     }
     *lossy = true;
@@ -276,34 +281,34 @@ fn write_json(bytes: &[u8], mode: Mode, out: &mut Vec<u8>, lossy: &mut bool) {
     write_json_str(&String::from_utf8_lossy(bytes), out);
 }
 
-/// Writes a raw plain value as a JSON string, turning each `%XX` into its byte on the way (as
-/// [`percent_decode_into`] does; a `%` without two hex digits stays). Returns false, having
-/// written part of it, when the decoded bytes are not UTF-8: the caller then takes the lossy
-/// path.
-#[inline]
-fn write_json_percent(bytes: &[u8], out: &mut Vec<u8>) -> bool {
-    write_json_raw(bytes, true, true, out)
-}
-
-/// Writes `bytes` as a JSON string, eight bytes at a time while nothing needs escaping; with
-/// `percent`, each `%XX` becomes its byte. With `check_utf8`, returns false (having written
-/// part of it) when what was written is not UTF-8; escapes are ASCII, so that is exactly when
-/// the (decoded) bytes are not.
+/// Writes `bytes` as a JSON string, eight bytes at a time while nothing needs escaping.
+///
+/// - With `percent`, each `%XX` becomes its byte (as [`percent_decode_into`] does; a `%`
+///   without two hex digits stays).
+/// - With `line`, the string ends at the end of the line: at the first `\n`, or at a `\r`
+///   right before one or at the end of `bytes` (the line terminator is not written).
+/// - With `check_utf8`, returns `None` (having written part of it) when what was written is
+///   not UTF-8; escapes are ASCII, so that is exactly when the (decoded) bytes are not.
+///
+/// Returns how many bytes of `bytes` the string took.
 #[inline(always)]
-fn write_json_raw(bytes: &[u8], percent: bool, check_utf8: bool, out: &mut Vec<u8>) -> bool {
+fn write_json_raw(bytes: &[u8], percent: bool, check_utf8: bool, line: bool, out: &mut Vec<u8>) -> Option<usize> {
     let mark = out.len();
-    out.reserve(bytes.len() + 2);
+    if !line {
+        out.reserve(bytes.len() + 2);
+    }
     out.push(b'"');
     let mut start = 0;
     let mut non_ascii = false;
     let mut i = 0;
-    while i < bytes.len() {
+    let mut end = bytes.len();
+    'scan: while i < bytes.len() {
         if i + 8 <= bytes.len() && attention(word_at(bytes, i), percent) == 0 {
             i += 8;
             continue;
         }
-        let end = (i + 8).min(bytes.len());
-        while i < end {
+        let chunk_end = (i + 8).min(bytes.len());
+        while i < chunk_end {
             let b = bytes[i];
             if b >= 0x80 {
                 non_ascii = true;
@@ -326,6 +331,10 @@ fn write_json_raw(bytes: &[u8], percent: bool, check_utf8: bool, out: &mut Vec<u
                     continue;
                 }
             } else if ESCAPE[b as usize] != 0 {
+                if line && (b == b'\n' || (b == b'\r' && matches!(bytes.get(i + 1), None | Some(b'\n')))) {
+                    end = i;
+                    break 'scan;
+                }
                 out.extend_from_slice(&bytes[start..i]);
                 write_escape(b, ESCAPE[b as usize], out);
                 start = i + 1;
@@ -333,12 +342,12 @@ fn write_json_raw(bytes: &[u8], percent: bool, check_utf8: bool, out: &mut Vec<u
             i += 1;
         }
     }
-    out.extend_from_slice(&bytes[start..]);
+    out.extend_from_slice(&bytes[start..end]);
     if check_utf8 && non_ascii && std::str::from_utf8(&out[mark + 1..]).is_err() {
-        return false;
+        return None;
     }
     out.push(b'"');
-    true
+    Some(end)
 }
 
 #[inline(always)]
@@ -348,21 +357,22 @@ fn word_at(bytes: &[u8], i: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
-/// A cheap hash of a header name (FxHash-style, 8 bytes at a time).
+/// A cheap hash of a header name (FxHash-style, 8 bytes at a time; the last word overlaps
+/// the one before it instead of being copied out byte by byte).
+#[inline]
 fn hash_name(name: &[u8]) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
     let mut h = name.len() as u64;
-    let mut chunks = name.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
-    }
-    let rem = chunks.remainder();
-    if !rem.is_empty() {
-        let mut word = [0u8; 8];
-        word[..rem.len()].copy_from_slice(rem);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+    if name.len() < 8 {
+        h = mix(h, name.iter().rev().fold(0u64, |w, &b| w << 8 | b as u64));
+    } else {
+        let mut i = 0;
+        while i + 8 < name.len() {
+            h = mix(h, word_at(name, i));
+            i += 8;
+        }
+        h = mix(h, word_at(name, name.len() - 8));
     }
     h ^ (h >> 32)
 }
@@ -439,6 +449,11 @@ impl NameSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole value, percent-decoded: false when the decoded bytes are not UTF-8.
+    fn write_json_percent(bytes: &[u8], out: &mut Vec<u8>) -> bool {
+        write_json_raw(bytes, true, true, false, out).is_some()
+    }
 
     fn json(format: EventFormat, body: &[u8]) -> serde_json::Value {
         let mut out = Vec::new();

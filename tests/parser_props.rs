@@ -4,7 +4,7 @@
 //! frames wait for more bytes.
 
 use bytes::BytesMut;
-use eslstream::entry::event_json;
+use eslstream::entry::{event_json, write_event_json};
 use eslstream::esl::encode::{encode_json, encode_plain, event_frame, HeaderValue};
 use eslstream::esl::event::{decode, DecodedValue, EventFormat};
 use eslstream::esl::frame::{Frame, FrameDecoder, FrameError, MAX_CONTENT_LENGTH, MAX_RESERVE};
@@ -278,6 +278,32 @@ proptest! {
             }
         }
         check_garbage(&bytes, &cuts)?;
+    }
+
+    #[test]
+    /// Plain bodies made of the bytes line ends, escapes and percent-decoding trip over (raw
+    /// `\r` inside values, `\r\r\n`, a last line without `\n`, names repeated, `ARRAY::`,
+    /// `%XX` that decodes to invalid UTF-8): the one-pass JSON writer agrees with decoding the
+    /// event first and writing that, byte for byte, and fails exactly when decoding fails.
+    #[test]
+    fn one_pass_plain_json_agrees_with_decode_then_write(
+        bytes in vec(select(vec![
+            &b"a"[..], b"B", b":", b": ", b"\r", b"\n", b"\r\n", b"%", b"%41", b"%0A", b"%C3", b"%A9", b"%FF",
+            "é".as_bytes(), b"\"", b"\\", b"\t", b"ARRAY::", b"|:", b"Content-Length: 3\n\nxyz", b"_body",
+        ]), 0..40)
+    ) {
+        let body: Vec<u8> = bytes.concat();
+        let mut out = Vec::new();
+        let one_pass = event_json(EventFormat::Plain, &body, &mut out);
+        match decode(EventFormat::Plain, &body) {
+            Ok(ev) => {
+                let mut via_event = Vec::new();
+                write_event_json(&ev, &mut via_event);
+                prop_assert!(one_pass.is_ok(), "{:?}: {:?}", String::from_utf8_lossy(&body), one_pass);
+                prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&via_event));
+            }
+            Err(_) => prop_assert!(one_pass.is_err(), "{:?}", String::from_utf8_lossy(&body)),
+        }
     }
 
     #[test]

@@ -12,6 +12,22 @@ use std::io::Write;
 const URL_UNSAFE: &[u8] = b"\r\n #%&+:;<=>?@[\\]^`{|}\"";
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
+/// Bytes written as they are: printable ASCII not in [`URL_UNSAFE`].
+static URL_SAFE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = b' ';
+    while b <= b'~' {
+        table[b as usize] = true;
+        b += 1;
+    }
+    let mut i = 0;
+    while i < URL_UNSAFE.len() {
+        table[URL_UNSAFE[i] as usize] = false;
+        i += 1;
+    }
+    table
+};
+
 /// Percent-encodes `value` the way `switch_url_encode` does, appending to `out`.
 ///
 /// Like FreeSWITCH, a `%` already followed by two uppercase hex digits is passed through
@@ -19,14 +35,18 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 pub fn url_encode(value: &str, out: &mut Vec<u8>) {
     let bytes = value.as_bytes();
     let is_hex = |b: Option<&u8>| matches!(b, Some(b'0'..=b'9' | b'A'..=b'F'));
+    out.reserve(bytes.len());
+    // Runs of safe bytes are copied whole (the simulator encodes ~100 MB/s of values this way).
+    let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let passthrough_percent = b == b'%' && is_hex(bytes.get(i + 1)) && is_hex(bytes.get(i + 2));
-        if !passthrough_percent && (!(b' '..=b'~').contains(&b) || URL_UNSAFE.contains(&b)) {
-            out.extend_from_slice(&[b'%', HEX_UPPER[(b >> 4) as usize], HEX_UPPER[(b & 15) as usize]]);
-        } else {
-            out.push(b);
+        if URL_SAFE[b as usize] || (b == b'%' && is_hex(bytes.get(i + 1)) && is_hex(bytes.get(i + 2))) {
+            continue;
         }
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(&[b'%', HEX_UPPER[(b >> 4) as usize], HEX_UPPER[(b & 15) as usize]]);
+        start = i + 1;
     }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 /// A header value as FreeSWITCH holds it: one string, or an array (`ARRAY::a|:b` on the wire).
@@ -164,6 +184,32 @@ mod tests {
         assert_eq!(enc("a\tb"), "a%09b");
         assert_eq!(enc("a=b&c=d e+f/g"), "a%3Db%26c%3Dd%20e%2Bf/g");
         assert_eq!(enc("a;b c=d&e f%20g/ü€😀"), "a%3Bb%20c%3Dd%26e%20f%20g/%C3%BC%E2%82%AC%F0%9F%98%80");
+    }
+
+    #[test]
+    fn url_encode_is_switch_url_encode_for_every_byte() {
+        // The rule as switch_url_encode states it, byte by byte.
+        let reference = |bytes: &[u8]| {
+            let is_hex = |b: Option<&u8>| matches!(b, Some(b'0'..=b'9' | b'A'..=b'F'));
+            let mut out = Vec::new();
+            for (i, &b) in bytes.iter().enumerate() {
+                let passthrough = b == b'%' && is_hex(bytes.get(i + 1)) && is_hex(bytes.get(i + 2));
+                if !passthrough && (!(b' '..=b'~').contains(&b) || URL_UNSAFE.contains(&b)) {
+                    out.extend_from_slice(format!("%{b:02X}").as_bytes());
+                } else {
+                    out.push(b);
+                }
+            }
+            out
+        };
+        for b in 0..128u8 {
+            for text in [format!("{}", b as char), format!("ab{}cd%4", b as char), format!("%{}F x", b as char)] {
+                let mut out = Vec::new();
+                url_encode(&text, &mut out);
+                assert_eq!(out, reference(text.as_bytes()), "{text:?}");
+            }
+        }
+        assert_eq!(enc("ü%41%4g%"), "%C3%BC%41%254g%25");
     }
 
     #[test]

@@ -235,11 +235,14 @@ pub(crate) struct PlainScanner<'a> {
     pos: usize,
     last: Option<RawHeader<'a>>,
     done: bool,
+    /// The header whose name [`PlainScanner::next_name`] handed out: its name and where its
+    /// raw value starts.
+    current: (&'a [u8], usize),
 }
 
 impl<'a> PlainScanner<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
-        PlainScanner { buf, pos: 0, last: None, done: false }
+        PlainScanner { buf, pos: 0, last: None, done: false, current: (&[], 0) }
     }
 
     /// The next header `(name, raw value)`: the value without the line terminator and without
@@ -247,33 +250,78 @@ impl<'a> PlainScanner<'a> {
     /// the end of the input).
     #[inline]
     pub(crate) fn next_header(&mut self) -> Result<Option<RawHeader<'a>>, EventError> {
+        Ok(match self.next_name()? {
+            Some(name) => Some((name, self.take_value())),
+            None => None,
+        })
+    }
+
+    /// The next header's name, or `None` at the end of the headers. Its value must then be
+    /// consumed, by [`PlainScanner::take_value`] or by reading [`PlainScanner::value_rest`]
+    /// and reporting where the value ended ([`PlainScanner::value_ended`]).
+    #[inline]
+    pub(crate) fn next_name(&mut self) -> Result<Option<&'a [u8]>, EventError> {
         if self.done {
             return Ok(None);
         }
         let rest = &self.buf[self.pos..];
-        let (mut line, next) = match memchr::memchr(b'\n', rest) {
-            Some(i) => (&rest[..i], self.pos + i + 1),
-            None => (rest, self.buf.len()),
-        };
-        if let [head @ .., b'\r'] = line {
-            line = head;
+        match memchr::memchr2(b':', b'\n', rest) {
+            Some(i) if rest[i] == b':' => {
+                let mut value_at = self.pos + i + 1;
+                if self.buf.get(value_at) == Some(&b' ') {
+                    value_at += 1;
+                }
+                self.current = (&rest[..i], value_at);
+                Ok(Some(&rest[..i]))
+            }
+            found => {
+                // A line without a colon: the empty line that ends the headers, or an error.
+                let (line, next) = match found {
+                    Some(i) => (&rest[..i], self.pos + i + 1),
+                    None => (rest, self.buf.len()),
+                };
+                if line.is_empty() || line == b"\r" {
+                    self.done = true;
+                    self.pos = next;
+                    return Ok(None);
+                }
+                Err(EventError::MissingColon(self.pos))
+            }
         }
-        if line.is_empty() {
-            self.done = true;
-            self.pos = next;
-            return Ok(None);
-        }
-        let Some(colon) = memchr::memchr(b':', line) else {
-            return Err(EventError::MissingColon(self.pos));
+    }
+
+    /// The input from the current header's raw value on (its line and everything after).
+    #[inline]
+    pub(crate) fn value_rest(&self) -> &'a [u8] {
+        &self.buf[self.current.1..]
+    }
+
+    /// The current header's value ends `len` bytes into [`PlainScanner::value_rest`] (where
+    /// its `\n`, or the `\r` before it, or the end of the input is).
+    #[inline]
+    pub(crate) fn value_ended(&mut self, len: usize) {
+        let (name, at) = self.current;
+        let end = at + len;
+        self.last = Some((name, &self.buf[at..end]));
+        self.pos = match self.buf.get(end) {
+            Some(b'\r') => (end + 2).min(self.buf.len()),
+            Some(_) => end + 1,
+            None => end,
         };
-        let name = &line[..colon];
-        let value = match &line[colon + 1..] {
-            [b' ', v @ ..] => v,
-            v => v,
+    }
+
+    /// The current header's raw value, up to its line's end.
+    #[inline]
+    pub(crate) fn take_value(&mut self) -> &'a [u8] {
+        let rest = self.value_rest();
+        let len = match memchr::memchr(b'\n', rest) {
+            Some(i) if i > 0 && rest[i - 1] == b'\r' => i - 1,
+            Some(i) => i,
+            None if rest.last() == Some(&b'\r') => rest.len() - 1,
+            None => rest.len(),
         };
-        self.pos = next;
-        self.last = Some((name, value));
-        Ok(Some((name, value)))
+        self.value_ended(len);
+        &rest[..len]
     }
 
     /// After the headers: the body, if bytes follow the empty line. The last header must then
