@@ -7,6 +7,7 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
 # Cache mounts keep the registry and compiled dependencies between builds (BuildKit).

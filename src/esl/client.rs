@@ -29,6 +29,10 @@ use crate::state::AgentState;
 /// How often a blocked read wakes to check for shutdown and silence.
 const READ_TICK: Duration = Duration::from_millis(200);
 const READ_CHUNK: usize = 256 * 1024;
+/// The reader writes an event itself (when its lane is idle) only after waiting at least this
+/// long for it: then it has the time, and the switch sends fewer than ~4,000 events a second.
+/// Busier, a hand-off to the writer costs less than holding the reader for a Redis round trip.
+const WRITE_NOW_AFTER_QUIET: Duration = Duration::from_micros(250);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +177,7 @@ impl EslClient {
             buf: BytesMut::with_capacity(READ_CHUNK),
             decoder: FrameDecoder::new(),
             chunk: vec![0; READ_CHUNK],
+            quiet: Duration::ZERO,
         };
 
         let first = conn.read_frame(&self.shutdown, self.config.health_check_timeout)?;
@@ -200,17 +205,20 @@ impl EslClient {
         info!(subscription = %self.sink.router.subscription(), "ESL connected and subscribed");
 
         let mut last_data = Instant::now();
+        let mut waiting_since = last_data;
         let mut probe_sent: Option<Instant> = None;
         while !self.shutdown.is_triggered() {
             match conn.fill()? {
                 0 => {}
                 _ => {
                     last_data = Instant::now();
+                    conn.quiet = last_data - waiting_since;
                     probe_sent = None;
                     self.state.last_esl_read_us.store(now_us(), Ordering::Relaxed);
                     let handled = self.handle_buffered(&mut conn);
                     self.sink.pipeline.flush_spools();
                     handled?;
+                    waiting_since = Instant::now();
                 }
             }
             let silent = last_data.elapsed();
@@ -233,9 +241,9 @@ impl EslClient {
     /// Handles every whole frame in the read buffer.
     fn handle_buffered(&self, conn: &mut Connection<'_>) -> Result<(), SessionError> {
         while let Some(frame) = conn.decoder.decode(&mut conn.buf)? {
-            // The last whole frame of what arrived: the reader would only wait for the socket
-            // next, so it may write the event itself if its lane is idle.
-            let idle = conn.buf.is_empty();
+            // The last whole frame of what arrived after a quiet spell: the reader would only
+            // wait for the socket next, so it may write the event itself if its lane is idle.
+            let idle = conn.buf.is_empty() && conn.quiet >= WRITE_NOW_AFTER_QUIET;
             self.handle(frame, idle)?;
         }
         Ok(())
@@ -306,6 +314,8 @@ struct Connection<'a> {
     buf: BytesMut,
     decoder: FrameDecoder,
     chunk: Vec<u8>,
+    /// How long the reader waited for the data of the latest read.
+    quiet: Duration,
 }
 
 impl Connection<'_> {
