@@ -6,7 +6,7 @@
 //! are decoded fully by the writers. A connection that goes silent is probed with
 //! `api status`; one that does not answer within `ESL_HEALTH_CHECK_TIMEOUT` is re-made.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -176,7 +176,6 @@ impl EslClient {
             stream: &mut stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
             decoder: FrameDecoder::new(),
-            chunk: vec![0; READ_CHUNK],
             quiet: Duration::ZERO,
         };
 
@@ -313,7 +312,6 @@ struct Connection<'a> {
     stream: &'a mut TcpStream,
     buf: BytesMut,
     decoder: FrameDecoder,
-    chunk: Vec<u8>,
     /// How long the reader waited for the data of the latest read.
     quiet: Duration,
 }
@@ -323,12 +321,18 @@ impl Connection<'_> {
         self.stream.write_all(command.as_bytes())
     }
 
-    /// Reads what is available (waiting at most one tick); 0 when nothing came.
+    /// Reads what is available (waiting at most one tick) straight into the buffer's free
+    /// space; 0 when nothing came.
     fn fill(&mut self) -> Result<usize, SessionError> {
-        match self.stream.read(&mut self.chunk) {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let len = self.buf.len();
+        match socket2::SockRef::from(&*self.stream).recv(self.buf.spare_capacity_mut()) {
             Ok(0) => Err(SessionError::Closed),
             Ok(n) => {
-                self.buf.extend_from_slice(&self.chunk[..n]);
+                // SAFETY: `recv` initialized the first `n` bytes of the spare capacity.
+                unsafe { self.buf.set_len(len + n) };
                 Ok(n)
             }
             Err(e)

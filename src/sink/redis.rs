@@ -44,7 +44,7 @@ pub enum WriteMode {
 }
 
 /// One entry ready to be written.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Entry {
     pub stream_key: String,
     /// `MAXLEN ~` cap, 0 for none.
@@ -58,6 +58,56 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Makes this (used) entry the one for a new event, reusing its buffers: the caller then
+    /// writes the `event` JSON into [`Entry::event_json_mut`]. Fields as [`Entry::fields`].
+    pub fn refill(
+        &mut self,
+        format: EntryFormat,
+        stream: (&str, u64),
+        name: &str,
+        unique_id: &str,
+        core_uuid: &str,
+        sequence: &str,
+    ) {
+        let refill = |s: &mut String, with: &str| {
+            s.clear();
+            s.push_str(with);
+        };
+        refill(&mut self.stream_key, stream.0);
+        self.max_len = stream.1;
+        refill(&mut self.core_uuid, core_uuid);
+        refill(&mut self.sequence, sequence);
+        let index: &[(&'static str, &str)] = match format {
+            EntryFormat::Full => &[
+                ("event_name", name),
+                ("unique_id", unique_id),
+                ("core_uuid", core_uuid),
+                ("event_sequence", sequence),
+            ],
+            EntryFormat::Reference => &[],
+        };
+        self.fields.truncate(1 + index.len());
+        if self.fields.is_empty() {
+            self.fields.push(("event", Vec::new()));
+        }
+        self.fields[0].1.clear();
+        for (i, (field, value)) in index.iter().enumerate() {
+            match self.fields.get_mut(i + 1) {
+                Some(slot) => {
+                    slot.0 = field;
+                    slot.1.clear();
+                    slot.1.extend_from_slice(value.as_bytes());
+                }
+                None => self.fields.push((field, value.as_bytes().to_vec())),
+            }
+        }
+    }
+
+    /// The `event` field's value, for the JSON to be written into.
+    pub fn event_json_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.fields[0].1
+    }
+
     /// Builds the contract's fields: `event` then the index fields (or `event` alone).
     pub fn fields(
         format: EntryFormat,
@@ -493,6 +543,23 @@ mod tests {
         assert!(supports_idmp("redis_version:8.6.0\r\n"));
         assert!(supports_idmp("redis_version:9.0.1\r\n"));
         assert!(!supports_idmp("garbage"));
+    }
+
+    #[test]
+    fn a_refilled_entry_equals_a_new_one() {
+        let mut entry = Entry::default();
+        for (format, name, seq) in [
+            (EntryFormat::Full, "CHANNEL_CREATE", "12"),
+            (EntryFormat::Reference, "DTMF", "13"),
+            (EntryFormat::Full, "HEARTBEAT", "1234567"),
+        ] {
+            entry.refill(format, ("stream", 7), name, "uid", "core", seq);
+            entry.event_json_mut().extend_from_slice(b"{}");
+            let fields = Entry::fields(format, b"{}".to_vec(), name, "uid", "core", seq);
+            assert_eq!(entry.fields, fields);
+            assert_eq!((entry.stream_key.as_str(), entry.max_len), ("stream", 7));
+            assert_eq!((entry.core_uuid.as_str(), entry.sequence.as_str()), ("core", seq));
+        }
     }
 
     #[test]

@@ -39,6 +39,10 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// stalled Redis never holds the ESL reader for long.
 const WRITE_NOW_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// Entries whose JSON buffer grew past this are not kept for reuse (one huge event would
+/// otherwise pin its buffer).
+const MAX_SPARE_JSON: usize = 64 * 1024;
+
 static SLOW_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
 static RETRY_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
 static SPILL_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
@@ -60,6 +64,8 @@ struct Writer {
     dead_letters: Arc<DeadLetters>,
     sink: Option<RedisSink>,
     written: WrittenCounters,
+    /// Entries already written, whose buffers the next batch reuses (up to one batch).
+    spare_entries: Vec<Entry>,
     /// Consecutive failed attempts, for the backoff; reset by any successful write.
     backoff: u32,
 }
@@ -80,6 +86,7 @@ impl LaneWriter {
             dead_letters,
             sink: None,
             written: WrittenCounters::default(),
+            spare_entries: Vec::new(),
             backoff: 0,
         };
         LaneWriter { lane, config, core: Mutex::new(core) }
@@ -156,16 +163,26 @@ impl Writer {
         }
     }
 
-    /// Encodes each event of the batch into its entry; events that cannot be decoded are
-    /// counted and dropped here (they can never be written).
+    /// Encodes each event of the batch into its entry (reusing the buffers of entries already
+    /// written); events that cannot be decoded are counted and dropped here (they can never be
+    /// written).
     fn prepare(&mut self, batch: &mut Vec<Envelope>) -> (Vec<Envelope>, Vec<Entry>) {
         let mut envelopes = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
         for envelope in batch.drain(..) {
+            let stream = match envelope.stream {
+                StreamKind::Events => (self.config.streams.events_key.as_str(), self.config.streams.events_max_len),
+                StreamKind::Jobs => (self.config.streams.jobs_key.as_str(), self.config.streams.jobs_max_len),
+            };
+            let m = &envelope.meta;
+            let mut entry = self.spare_entries.pop().unwrap_or_default();
+            let format = self.config.streams.entry_format;
+            entry.refill(format, stream, &m.name, &m.unique_id, &m.core_uuid, &m.sequence);
+            let json = entry.event_json_mut();
             // Sized for the usual case (decoded values are shorter than the percent-encoded
             // ones, quotes and escapes add a little), so the JSON is written once, in place.
-            let mut json = Vec::with_capacity(envelope.body.len() + 256);
-            match event_json(envelope.format, &envelope.body, &mut json) {
+            json.reserve(envelope.body.len() + 256);
+            match event_json(envelope.format, &envelope.body, json) {
                 Ok(lossy) => {
                     if lossy {
                         metrics().lossy_decodes.inc();
@@ -173,23 +190,10 @@ impl Writer {
                 }
                 Err(e) => {
                     self.drop_event(&envelope, "undecodable", &e.to_string());
+                    self.spare_entries.push(entry);
                     continue;
                 }
             }
-            let (key, max_len) = match envelope.stream {
-                StreamKind::Events => (&self.config.streams.events_key, self.config.streams.events_max_len),
-                StreamKind::Jobs => (&self.config.streams.jobs_key, self.config.streams.jobs_max_len),
-            };
-            let m = &envelope.meta;
-            let fields =
-                Entry::fields(self.config.streams.entry_format, json, &m.name, &m.unique_id, &m.core_uuid, &m.sequence);
-            let entry = Entry {
-                stream_key: key.clone(),
-                max_len,
-                core_uuid: m.core_uuid.clone(),
-                sequence: m.sequence.clone(),
-                fields,
-            };
             envelopes.push(envelope);
             entries.push(entry);
         }
@@ -280,6 +284,10 @@ impl Writer {
         for ((envelope, entry), outcome) in pending.drain(..done).zip(entries.drain(..done)).zip(outcomes) {
             last_spooled = envelope.spool_pos.or(last_spooled);
             self.settle(&envelope, &entry, outcome, acked_at);
+            let small = entry.fields.first().is_none_or(|(_, json)| json.capacity() <= MAX_SPARE_JSON);
+            if small && self.spare_entries.len() < self.config.writer.batch_size {
+                self.spare_entries.push(entry);
+            }
         }
         if let Some(pos) = last_spooled {
             if let Err(e) = self.lane.commit(pos) {
