@@ -446,14 +446,7 @@ fn xlen_both(con: &mut redis::Connection) -> Result<u64, String> {
 
 /// Average length of the `event` field over a sample of entries.
 fn avg_event_size(con: &mut redis::Connection) -> Result<f64, String> {
-    let v: Value = redis::cmd("XRANGE")
-        .arg(EVENTS_KEY)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(2000)
-        .query(con)
-        .map_err(|e| format!("XRANGE: {e}"))?;
+    let v = events_range(con, "XRANGE", 2000)?;
     let (mut total, mut n) = (0usize, 0usize);
     for_each_entry(&v, |_, event| {
         total += event.len();
@@ -566,24 +559,23 @@ impl LatencyReader {
     }
 }
 
+/// The first `count` entries of the events stream (`XRANGE`), or the last (`XREVRANGE`).
+fn events_range(con: &mut redis::Connection, command: &str, count: usize) -> Result<Value, String> {
+    let (from, to) = if command == "XREVRANGE" { ("+", "-") } else { ("-", "+") };
+    redis::cmd(command)
+        .arg(EVENTS_KEY)
+        .arg(from)
+        .arg(to)
+        .arg("COUNT")
+        .arg(count)
+        .query(con)
+        .map_err(|e| format!("{command}: {e}"))
+}
+
 /// Milliseconds between the first and the last entry ID of the events stream.
 fn id_span_ms(con: &mut redis::Connection) -> Result<u64, String> {
-    let first: Value = redis::cmd("XRANGE")
-        .arg(EVENTS_KEY)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(1)
-        .query(con)
-        .map_err(|e| format!("XRANGE: {e}"))?;
-    let last: Value = redis::cmd("XREVRANGE")
-        .arg(EVENTS_KEY)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query(con)
-        .map_err(|e| format!("XREVRANGE: {e}"))?;
+    let first = events_range(con, "XRANGE", 1)?;
+    let last = events_range(con, "XREVRANGE", 1)?;
     let mut ms = [0u64; 2];
     for (slot, reply) in [&first, &last].into_iter().enumerate() {
         for_each_entry(reply, |id, _| ms[slot] = id_ms(id));

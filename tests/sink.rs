@@ -25,13 +25,7 @@ fn sink(redis: &RedisServer) -> RedisSink {
 
 fn entry(stream: &str, sequence: u64) -> Entry {
     let json = format!("{{\"Event-Sequence\":\"{sequence}\"}}").into_bytes();
-    Entry {
-        stream_key: stream.to_owned(),
-        max_len: 0,
-        core_uuid: CORE.to_owned(),
-        sequence: sequence.to_string(),
-        fields: Entry::fields(EntryFormat::Full, json, "CHANNEL_STATE", "call-1", CORE, &sequence.to_string()),
-    }
+    Entry::new(EntryFormat::Full, (stream, 0), "CHANNEL_STATE", "call-1", CORE, &sequence.to_string(), json)
 }
 
 fn sequences(conn: &mut ::redis::Connection, stream: &str) -> Vec<u64> {

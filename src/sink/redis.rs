@@ -58,8 +58,25 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Makes this (used) entry the one for a new event, reusing its buffers: the caller then
-    /// writes the `event` JSON into [`Entry::event_json_mut`]. Fields as [`Entry::fields`].
+    /// An entry for an event whose `event` JSON is written already (see [`Entry::refill`]).
+    pub fn new(
+        format: EntryFormat,
+        stream: (&str, u64),
+        name: &str,
+        unique_id: &str,
+        core_uuid: &str,
+        sequence: &str,
+        event_json: Vec<u8>,
+    ) -> Entry {
+        let mut entry = Entry::default();
+        entry.refill(format, stream, name, unique_id, core_uuid, sequence);
+        *entry.event_json_mut() = event_json;
+        entry
+    }
+
+    /// Makes this (used) entry the one for a new event, reusing its buffers: the contract's
+    /// fields, `event` then the index fields (or `event` alone). The caller then writes the
+    /// `event` JSON into [`Entry::event_json_mut`].
     pub fn refill(
         &mut self,
         format: EntryFormat,
@@ -106,25 +123,6 @@ impl Entry {
     /// The `event` field's value, for the JSON to be written into.
     pub fn event_json_mut(&mut self) -> &mut Vec<u8> {
         &mut self.fields[0].1
-    }
-
-    /// Builds the contract's fields: `event` then the index fields (or `event` alone).
-    pub fn fields(
-        format: EntryFormat,
-        event_json: Vec<u8>,
-        name: &str,
-        unique_id: &str,
-        core_uuid: &str,
-        sequence: &str,
-    ) -> Vec<(&'static str, Vec<u8>)> {
-        let mut fields = vec![("event", event_json)];
-        if format == EntryFormat::Full {
-            fields.push(("event_name", name.as_bytes().to_vec()));
-            fields.push(("unique_id", unique_id.as_bytes().to_vec()));
-            fields.push(("core_uuid", core_uuid.as_bytes().to_vec()));
-            fields.push(("event_sequence", sequence.as_bytes().to_vec()));
-        }
-        fields
     }
 }
 
@@ -547,16 +545,26 @@ mod tests {
 
     #[test]
     fn a_refilled_entry_equals_a_new_one() {
+        let full = |name: &str, seq: &str| -> Vec<(&'static str, Vec<u8>)> {
+            vec![
+                ("event", b"{}".to_vec()),
+                ("event_name", name.into()),
+                ("unique_id", b"uid".to_vec()),
+                ("core_uuid", b"core".to_vec()),
+                ("event_sequence", seq.into()),
+            ]
+        };
         let mut entry = Entry::default();
-        for (format, name, seq) in [
-            (EntryFormat::Full, "CHANNEL_CREATE", "12"),
-            (EntryFormat::Reference, "DTMF", "13"),
-            (EntryFormat::Full, "HEARTBEAT", "1234567"),
+        for (format, name, seq, expected) in [
+            (EntryFormat::Full, "CHANNEL_CREATE", "12", full("CHANNEL_CREATE", "12")),
+            (EntryFormat::Reference, "DTMF", "13", vec![("event", b"{}".to_vec())]),
+            (EntryFormat::Full, "HEARTBEAT", "1234567", full("HEARTBEAT", "1234567")),
         ] {
             entry.refill(format, ("stream", 7), name, "uid", "core", seq);
             entry.event_json_mut().extend_from_slice(b"{}");
-            let fields = Entry::fields(format, b"{}".to_vec(), name, "uid", "core", seq);
-            assert_eq!(entry.fields, fields);
+            assert_eq!(entry.fields, expected);
+            let fresh = Entry::new(format, ("stream", 7), name, "uid", "core", seq, b"{}".to_vec());
+            assert_eq!(entry.fields, fresh.fields);
             assert_eq!((entry.stream_key.as_str(), entry.max_len), ("stream", 7));
             assert_eq!((entry.core_uuid.as_str(), entry.sequence.as_str()), ("core", seq));
         }
