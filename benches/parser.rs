@@ -1,5 +1,5 @@
 //! Parser throughput: frame decoding, `scan_meta` and `event_json` over the real captures
-//! (`../shared/esl-captures`) and over synthetic plain events of about 1, 4 and 16 KB built
+//! (`tests/data/esl-captures`) and over synthetic plain events of about 1, 4 and 16 KB built
 //! with the FreeSWITCH-exact encoder. Each measurement is reported twice, in bytes (MB/s) and
 //! in events (events/s).
 //!
@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use eslstream::entry::event_json;
-use eslstream::esl::encode::{encode_plain, event_frame, HeaderValue};
-use eslstream::esl::event::{scan_meta, EventFormat};
-use eslstream::esl::frame::FrameDecoder;
+use eslstream::sink::entry::event_json;
+use eslstream::source::esl::encode::{encode_plain, event_frame, HeaderValue};
+use eslstream::source::esl::event::{scan_meta, EventFormat};
+use eslstream::source::esl::frame::FrameDecoder;
 
 fn capture(name: &str) -> Vec<u8> {
-    let path = format!("{}/../shared/esl-captures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/data/esl-captures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read capture {path}: {e}"))
 }
 

@@ -6,29 +6,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use eslstream::envelope::{Envelope, EventMeta, StreamKind};
-use eslstream::esl::event::EventFormat;
-use eslstream::spool::{LaneSpool, SpoolBudget};
+use eslstream::envelope::{BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget};
+use eslstream::pipeline::spool::{LaneSpool, SpoolBudget};
 
 const EVENTS: u64 = 20_000;
 
 fn envelope(seq: u64) -> Envelope {
     let body = format!("Event-Name: CHANNEL_STATE\nEvent-Sequence: {seq}\n{}\n\n", "variable_x: y\n".repeat(170));
+    let key = IdempotencyKey { producer: "c76fa84c-21b9-496c-ab66-57208cf171a5".into(), id: EventId::Seq(seq) };
+    let stream = StreamTarget::new("freeswitch:telephony:events", 0, "events");
     Envelope {
-        stream: StreamKind::Events,
-        format: EventFormat::Plain,
-        body: Bytes::from(body),
-        meta: EventMeta {
-            name: "CHANNEL_STATE".into(),
-            unique_id: format!("call-{}", seq % 100),
-            core_uuid: "c76fa84c-21b9-496c-ab66-57208cf171a5".into(),
-            sequence: seq.to_string(),
-            timestamp_us: Some(1),
-            ..Default::default()
-        },
+        name: "CHANNEL_STATE".into(),
+        ordering_key: format!("call-{}", seq % 100),
+        timestamp_us: Some(1),
         parsed_at_us: 1,
-        spool_pos: None,
-        maybe_written: false,
+        ..Envelope::new(Source::Esl, stream, BodyFormat::EslPlain, Bytes::from(body), key)
     }
 }
 

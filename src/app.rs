@@ -1,8 +1,9 @@
 //! The agent: wires source → pipeline → writers, and runs them until a signal, then drains.
 //!
-//! Threads: one ESL reader, `WRITER_WORKERS` writers. A small tokio runtime serves signals
-//! (and the HTTP endpoints). Shutdown order: stop reading the socket, close the pipeline,
-//! let writers drain to Redis within `SHUTDOWN_TIMEOUT`, then force what is left out.
+//! Threads: one ESL reader (unless `ESL_ENABLED=false`), `WRITER_WORKERS` writers. A small
+//! tokio runtime serves signals (and the HTTP endpoints). Shutdown order: stop the sources,
+//! close the pipeline, let writers drain to Redis within `SHUTDOWN_TIMEOUT`, then force what
+//! is left out.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -11,19 +12,17 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::dlq::DeadLetters;
-use crate::envelope::Envelope;
-use crate::esl::client::{EslClient, EventSink};
-use crate::logging::RateLimit;
-use crate::metrics::metrics;
+use crate::ops::context::AppContext;
+use crate::pipeline::spool::record::V1Streams;
+use crate::pipeline::spool::{open_lanes, SpoolBudget};
 use crate::pipeline::{Pipeline, PipelineShape, WriteNow};
-use crate::routing::Router;
 use crate::shutdown::Shutdown;
-use crate::sink::writer::{stream_label, LaneWriter};
-use crate::spool::{open_lanes, SpoolBudget};
+use crate::sink::dlq::DeadLetters;
+use crate::sink::writer::LaneWriter;
+use crate::source::esl::client::EslClient;
+use crate::source::esl::routes::Router;
+use crate::source::Intake;
 use crate::state::AgentState;
-
-static FULL_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
 
 /// A running agent: its threads and the handles to stop them.
 pub struct Agent {
@@ -32,6 +31,8 @@ pub struct Agent {
     pub pipeline: Arc<Pipeline>,
     pub spool: Arc<SpoolBudget>,
     pub dead_letters: Arc<DeadLetters>,
+    /// Where every source hands its events in.
+    pub intake: Arc<Intake>,
     pub shutdown: Shutdown,
     reader: Option<JoinHandle<()>>,
     writers: Vec<JoinHandle<()>>,
@@ -39,10 +40,10 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the writers and the ESL reader.
+    /// Starts the writers and the sources.
     pub fn start(config: Config) -> std::io::Result<Agent> {
         // Bound first: a taken HEALTH_PORT fails the start before anything runs.
-        let listener = crate::http::bind(&config.health_bind, config.health_port)?;
+        let listener = crate::ops::http::bind(&config.health_bind, config.health_port)?;
         let config = Arc::new(config);
         let state = Arc::new(AgentState::default());
         let shutdown = Shutdown::new();
@@ -56,7 +57,8 @@ impl Agent {
             (0..shape.lanes).map(|_| None).collect()
         } else {
             let dir = std::path::Path::new(&config.spool_dir);
-            let spools = open_lanes(dir, shape.lanes, budget.clone()).map_err(|e| {
+            let v1 = V1Streams { events: config.streams.events_target(), jobs: config.streams.jobs_target() };
+            let spools = open_lanes(dir, shape.lanes, budget.clone(), &v1).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot open the spool in SPOOL_DIR={}: {e}", dir.display()))
             })?;
             spools.into_iter().map(Some).collect()
@@ -86,25 +88,32 @@ impl Agent {
             pipeline.attach_writers(write_now);
         }
 
-        let overflow_state = state.clone();
-        let overflow = Arc::new(move |envelope: Envelope, reason: &'static str| {
-            metrics().events_dropped.with_label_values(&[stream_label(envelope.stream), reason]).inc();
-            overflow_state.add_dropped(1);
-            if let Some(suppressed) = FULL_WARN.check() {
-                error!(reason, event = %envelope.meta.name, uuid = %envelope.meta.unique_id, suppressed, "no room in memory or spool; event dropped");
-            }
-        });
-        let sink = EventSink {
-            router: Router::new(&config.events_to_publish, &config.events_to_push),
-            pipeline: pipeline.clone(),
-            overflow,
+        let intake = Intake::new(pipeline.clone(), state.clone());
+        let reader = if config.esl.enabled {
+            let streams = &config.streams;
+            let router = Router::new(
+                &config.events_to_publish,
+                &config.events_to_push,
+                streams.events_target(),
+                streams.jobs_target(),
+            );
+            let client = EslClient::new(
+                config.esl.clone(),
+                config.latency.reader,
+                router,
+                intake.clone(),
+                state.clone(),
+                shutdown.clone(),
+            );
+            Some(std::thread::Builder::new().name("esl-reader".into()).spawn(move || client.run())?)
+        } else {
+            info!("ESL_ENABLED=false: no event socket is read");
+            None
         };
-        let client = EslClient::new(config.esl.clone(), config.latency.reader, sink, state.clone(), shutdown.clone());
-        let reader = Some(std::thread::Builder::new().name("esl-reader".into()).spawn(move || client.run())?);
 
-        let ctx = crate::http::AppContext::new(&config, &state, &pipeline, &budget, &dead_letters);
+        let ctx = AppContext::new(&config, &state, &pipeline, &budget, &dead_letters);
         let ops = crate::ops::Ops::start(listener, ctx, shutdown.clone())?;
-        Ok(Agent { config, state, pipeline, spool: budget, dead_letters, shutdown, reader, writers, ops })
+        Ok(Agent { config, state, pipeline, spool: budget, dead_letters, intake, shutdown, reader, writers, ops })
     }
 
     /// Where `/health` and `/metrics` are served (the real port when `HEALTH_PORT=0`).

@@ -105,6 +105,8 @@ pub enum LogFormat {
 /// Where and how to reach the event socket.
 #[derive(Debug, Clone)]
 pub struct EslConfig {
+    /// `ESL_ENABLED`: read the event socket at all (off for HTTP-only or outbox-only agents).
+    pub enabled: bool,
     pub host: String,
     pub port: u16,
     pub password: String,
@@ -137,6 +139,18 @@ pub struct StreamConfig {
     pub jobs_expire: Duration,
     pub trim_interval: Duration,
     pub entry_format: EntryFormat,
+}
+
+impl StreamConfig {
+    /// `STREAM_EVENTS`, as events are routed to it.
+    pub fn events_target(&self) -> std::sync::Arc<crate::envelope::StreamTarget> {
+        crate::envelope::StreamTarget::new(&self.events_key, self.events_max_len, "events")
+    }
+
+    /// `STREAM_JOBS`, as events are routed to it.
+    pub fn jobs_target(&self) -> std::sync::Arc<crate::envelope::StreamTarget> {
+        crate::envelope::StreamTarget::new(&self.jobs_key, self.jobs_max_len, "jobs")
+    }
 }
 
 /// Writer threads, batching and retry.
@@ -278,6 +292,7 @@ impl Config {
         let r = Reader { vars: &vars };
 
         let esl = EslConfig {
+            enabled: r.get("ESL_ENABLED", true, "true or false", parse_bool)?,
             host: r.string("ESL_HOST", "127.0.0.1"),
             port: r.number("ESL_PORT", 8021u16, 1, u16::MAX)?,
             password: r.vars.get("ESL_PASSWORD").cloned().unwrap_or_else(|| "ClueCon".into()),
@@ -404,6 +419,7 @@ impl Config {
     pub fn describe(&self) -> String {
         let d = |d: Duration| format!("{d:?}");
         let lines: Vec<(&str, String)> = vec![
+            ("ESL_ENABLED", self.esl.enabled.to_string()),
             ("ESL_HOST", self.esl.host.clone()),
             ("ESL_PORT", self.esl.port.to_string()),
             ("ESL_PASSWORD", mask(&self.esl.password)),

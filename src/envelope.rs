@@ -1,54 +1,203 @@
-//! The unit that flows through the pipeline: one event, still in the bytes it arrived in,
-//! plus the few fields needed to route, deduplicate and time it.
+//! The unit that flows through the pipeline, whatever its source: one event, still in the
+//! bytes it arrived in, with where it goes ([`StreamTarget`]), how it is ordered (its ordering
+//! key), how it is deduplicated ([`IdempotencyKey`]), and optionally who wants to hear what
+//! became of it ([`AckToken`]).
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::esl::event::EventFormat;
+use crate::pipeline::ack::AckToken;
 
-/// Which stream an event is written to.
+/// Which source an event came from (the `source` label of metrics and `/health`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StreamKind {
-    /// `STREAM_EVENTS` (events named in `EVENTS_TO_PUSH`).
-    Events,
-    /// `STREAM_JOBS` (events named in `EVENTS_TO_PUBLISH`).
-    Jobs,
+pub enum Source {
+    Esl,
+    Http,
+    Outbox,
 }
 
-/// The fields of an event the pipeline needs without decoding the whole body.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EventMeta {
-    /// `Event-Name`, percent-decoded (`CUSTOM` for custom events).
-    pub name: String,
-    /// `Event-Subclass` for CUSTOM events, else empty.
-    pub subclass: String,
-    /// `Unique-ID`, else `Job-UUID`, else empty: the per-call ordering key.
-    pub unique_id: String,
-    /// `Core-UUID` of the FreeSWITCH process.
-    pub core_uuid: String,
-    /// `Event-Sequence` as sent (decimal digits), empty when absent.
-    pub sequence: String,
-    /// `Event-Date-Timestamp`: microseconds since the Unix epoch, when present.
-    pub timestamp_us: Option<i64>,
-    /// `Event-Calling-Function` (decides whether a BACKGROUND_JOB is a job).
-    pub calling_function: String,
+impl Source {
+    pub const ALL: [Source; 3] = [Source::Esl, Source::Http, Source::Outbox];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Esl => "esl",
+            Source::Http => "http",
+            Source::Outbox => "outbox",
+        }
+    }
+
+    /// The byte that stands for the source in spool records.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Source> {
+        Source::ALL.get(code as usize).copied()
+    }
+}
+
+/// How the body turns into the entry's `event` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// An ESL `text/event-plain` body: headers percent-decoded into a JSON object.
+    EslPlain,
+    /// An ESL `text/event-json` body: re-written as the contract's JSON object.
+    EslJson,
+    /// A JSON document that is already the `event` field, compact (HTTP, outbox).
+    Json,
+}
+
+impl BodyFormat {
+    pub fn code(self) -> u8 {
+        match self {
+            BodyFormat::EslPlain => 0,
+            BodyFormat::EslJson => 1,
+            BodyFormat::Json => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<BodyFormat> {
+        [BodyFormat::EslPlain, BodyFormat::EslJson, BodyFormat::Json].get(code as usize).copied()
+    }
+}
+
+/// A stream an event is written to: its key, its `MAXLEN ~` cap (0 for none), and a short
+/// bounded name for metric labels (`events`, `jobs`, `http`, `outbox`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamTarget {
+    pub key: String,
+    pub max_len: u64,
+    pub label: &'static str,
+}
+
+impl StreamTarget {
+    pub fn new(key: impl Into<String>, max_len: u64, label: &'static str) -> Arc<StreamTarget> {
+        Arc::new(StreamTarget { key: key.into(), max_len, label })
+    }
+
+    /// The label for a name read back from disk: one of the known ones, else `other` (labels
+    /// must stay a bounded set).
+    pub fn known_label(name: &str) -> &'static str {
+        ["events", "jobs", "http", "outbox"].into_iter().find(|l| *l == name).unwrap_or("other")
+    }
+}
+
+/// The id half of an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventId {
+    /// A number (ESL `Event-Sequence`, an outbox row id): deduplicated with bitmaps.
+    Seq(u64),
+    /// A string (an HTTP `Idempotency-Key` or event id): deduplicated with a keyed set.
+    Key(String),
+}
+
+impl EventId {
+    /// The id as the entry's `event_sequence` field shows it.
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        match self {
+            EventId::Seq(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
+            EventId::Key(s) => out.extend_from_slice(s.as_bytes()),
+        }
+    }
+
+    /// The number, for a numeric id.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            EventId::Seq(n) => Some(*n),
+            EventId::Key(_) => None,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            EventId::Seq(n) => n.to_string(),
+            EventId::Key(s) => s.clone(),
+        }
+    }
+}
+
+/// `(producer, id)`: an event with the same key as one already written is not written again.
+/// For ESL the producer is the switch's `Core-UUID` and the id its `Event-Sequence`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    pub producer: String,
+    pub id: EventId,
 }
 
 /// One event on its way to a stream.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Envelope {
-    pub stream: StreamKind,
-    pub format: EventFormat,
-    /// The event body exactly as received (the payload of a `text/event-*` frame).
+    pub source: Source,
+    pub stream: Arc<StreamTarget>,
+    pub format: BodyFormat,
+    /// The event exactly as received (an ESL frame's payload, a JSON document).
     pub body: Bytes,
-    pub meta: EventMeta,
-    /// Wall-clock microseconds since the epoch when the frame was parsed.
+    /// The entry's `event_name` field.
+    pub name: String,
+    /// Events sharing an ordering key keep their order (`Unique-ID`/`Job-UUID` for ESL); the
+    /// entry's `unique_id` field.
+    pub ordering_key: String,
+    pub key: IdempotencyKey,
+    /// When the event happened, microseconds since the epoch, when the source knows.
+    pub timestamp_us: Option<i64>,
+    /// Wall-clock microseconds since the epoch when the source took it in.
     pub parsed_at_us: i64,
     /// Where this event sits in its lane's spool, when it was read back from there (the
     /// spool's read cursor may pass it once Redis has acknowledged it).
     pub spool_pos: Option<SpoolPos>,
-    /// It may already be in Redis (an attempt failed ambiguously, or it was replayed from the
-    /// spool after a restart): it must be written through the checking path.
+    /// It may already be in Redis (an attempt failed ambiguously, it was replayed from the
+    /// spool after a restart, or its producer may have sent it before): it must be written
+    /// through the checking path.
     pub maybe_written: bool,
+    /// Who is waiting to hear what became of this event (an HTTP request, an outbox batch).
+    pub ack: Option<AckToken>,
+}
+
+impl Envelope {
+    /// An event of `source` for `stream`, taken in now; name, ordering key and timestamp are
+    /// empty until the source sets them.
+    pub fn new(
+        source: Source,
+        stream: Arc<StreamTarget>,
+        format: BodyFormat,
+        body: Bytes,
+        key: IdempotencyKey,
+    ) -> Envelope {
+        Envelope {
+            source,
+            stream,
+            format,
+            body,
+            name: String::new(),
+            ordering_key: String::new(),
+            key,
+            timestamp_us: None,
+            parsed_at_us: now_us(),
+            spool_pos: None,
+            maybe_written: false,
+            ack: None,
+        }
+    }
+
+    /// The same event without its acknowledgement (for a copy kept elsewhere).
+    pub fn unacked_copy(&self) -> Envelope {
+        Envelope {
+            source: self.source,
+            stream: self.stream.clone(),
+            format: self.format,
+            body: self.body.clone(),
+            name: self.name.clone(),
+            ordering_key: self.ordering_key.clone(),
+            key: self.key.clone(),
+            timestamp_us: self.timestamp_us,
+            parsed_at_us: self.parsed_at_us,
+            spool_pos: self.spool_pos,
+            maybe_written: self.maybe_written,
+            ack: None,
+        }
+    }
 }
 
 /// A position in a lane's spool: a segment and a byte offset in it.
@@ -61,58 +210,4 @@ pub struct SpoolPos {
 /// Microseconds since the Unix epoch, by the wall clock.
 pub fn now_us() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
-}
-
-/// Gives events that arrive without `(Core-UUID, Event-Sequence)` an idempotency key of the
-/// agent's own: a producer name unique to this process and a counter. The key is assigned
-/// before the event enters the pipeline, so every retry (and the spool) carries the same one.
-pub struct KeyAssigner {
-    producer: String,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl Default for KeyAssigner {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl KeyAssigner {
-    pub fn new() -> KeyAssigner {
-        KeyAssigner {
-            producer: format!("eslstream-{}-{:x}", std::process::id(), now_us()),
-            next: std::sync::atomic::AtomicU64::new(1),
-        }
-    }
-
-    /// Fills in a key when the event has none (or an `Event-Sequence` that is not a decimal
-    /// number, which the dedup bitmaps cannot index); returns whether it did.
-    pub fn fill(&self, meta: &mut EventMeta) -> bool {
-        if !meta.core_uuid.is_empty() && meta.sequence.parse::<u64>().is_ok() {
-            return false;
-        }
-        meta.core_uuid = self.producer.clone();
-        meta.sequence = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string();
-        true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_kept_or_assigned_uniquely() {
-        let keys = KeyAssigner::new();
-        let mut with = EventMeta { core_uuid: "c".into(), sequence: "5".into(), ..Default::default() };
-        assert!(!keys.fill(&mut with));
-        assert_eq!((with.core_uuid.as_str(), with.sequence.as_str()), ("c", "5"));
-        let (mut a, mut b) = (EventMeta::default(), EventMeta { core_uuid: "c".into(), ..Default::default() });
-        assert!(keys.fill(&mut a) && keys.fill(&mut b));
-        assert_eq!(a.core_uuid, b.core_uuid);
-        assert_ne!(a.sequence, b.sequence);
-        let mut odd = EventMeta { core_uuid: "c".into(), sequence: "12a".into(), ..Default::default() };
-        assert!(keys.fill(&mut odd), "a sequence that is not a number is replaced");
-        assert_ne!(odd.core_uuid, "c");
-    }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 
 use parking_lot::Mutex;
 
-use crate::envelope::now_us;
+use crate::envelope::{now_us, Source};
 
 /// What every component reports about itself.
 #[derive(Default)]
@@ -25,6 +25,12 @@ pub struct AgentState {
     pub events_dropped: AtomicU64,
     /// ESL connections made after the first.
     pub esl_reconnects: AtomicU64,
+    /// Events taken in, per source (indexed by [`Source`] order: esl, http, outbox).
+    received: [AtomicU64; 3],
+    /// Events written (or found already written), per source.
+    written: [AtomicU64; 3],
+    /// Events dropped, per source.
+    dropped: [AtomicU64; 3],
     last_error: Mutex<Option<(i64, String)>>,
 }
 
@@ -38,7 +44,26 @@ impl AgentState {
         self.last_error.lock().clone()
     }
 
-    pub fn add_dropped(&self, n: u64) {
+    /// Counts events dropped from `source`.
+    pub fn add_dropped(&self, source: Source, n: u64) {
         self.events_dropped.fetch_add(n, Ordering::Relaxed);
+        self.dropped[source as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn add_received(&self, source: Source, n: u64) {
+        self.received[source as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one event of `source` written (or found already written).
+    pub fn add_written(&self, source: Source) {
+        self.events_written.fetch_add(1, Ordering::Relaxed);
+        self.written[source as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (received, written, dropped) of one source since start.
+    pub fn source_counts(&self, source: Source) -> (u64, u64, u64) {
+        let i = source as usize;
+        let load = |a: &[AtomicU64; 3]| a[i].load(Ordering::Relaxed);
+        (load(&self.received), load(&self.written), load(&self.dropped))
     }
 }

@@ -1,4 +1,4 @@
-//! The parser against real FreeSWITCH captures (`../shared/esl-captures`, described in its
+//! The parser against real FreeSWITCH captures (`tests/data/esl-captures`, described in its
 //! `CAPTURES.md`): framing to the last byte, counts per Content-Type and per event name as the
 //! document's tables give them, specific values checked against a hand reading of the capture
 //! text, chunked delivery, plain vs json agreement, and the entry JSON for every event.
@@ -6,13 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::BytesMut;
-use eslstream::entry::{event_json, write_event_json};
-use eslstream::esl::encode::url_encode;
-use eslstream::esl::event::{decode, percent_decode, scan_meta, DecodedValue, Event, EventFormat};
-use eslstream::esl::frame::{Frame, FrameDecoder};
+use eslstream::sink::entry::{event_json, write_event_json};
+use eslstream::source::esl::encode::url_encode;
+use eslstream::source::esl::event::{decode, percent_decode, scan_meta, DecodedValue, Event, EventFormat};
+use eslstream::source::esl::frame::{Frame, FrameDecoder};
 
 fn capture(name: &str) -> Vec<u8> {
-    let path = format!("{}/../shared/esl-captures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/data/esl-captures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read capture {path}: {e}"))
 }
 

@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 
 use eslstream::app::Agent;
 use eslstream::config::Config;
-use eslstream::envelope::{now_us, Envelope, EventMeta, StreamKind};
-use eslstream::esl::encode::{encode_plain, HeaderValue};
-use eslstream::esl::event::EventFormat;
-use eslstream::http::http_get;
-use eslstream::trim::Trimmer;
+use eslstream::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget};
+use eslstream::ops::http::http_get;
+use eslstream::ops::trim::Trimmer;
+use eslstream::source::esl::encode::{encode_plain, HeaderValue};
 use support::{wait_until, RedisServer};
 
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -152,21 +151,14 @@ fn event(seq: u64, call: &str) -> Envelope {
     ];
     let mut body = Vec::new();
     encode_plain(&headers, None, &mut body);
+    let key = IdempotencyKey { producer: "6c6ef2a4-0000-4000-8000-ops000000001".into(), id: EventId::Seq(seq) };
+    let stream = StreamTarget::new("freeswitch:telephony:events", 0, "events");
     Envelope {
-        stream: StreamKind::Events,
-        format: EventFormat::Plain,
-        body: body.into(),
-        meta: EventMeta {
-            name: "CHANNEL_ANSWER".into(),
-            unique_id: call.into(),
-            core_uuid: "6c6ef2a4-0000-4000-8000-ops000000001".into(),
-            sequence: seq_text,
-            timestamp_us: Some(now - 2_000),
-            ..Default::default()
-        },
+        name: "CHANNEL_ANSWER".into(),
+        ordering_key: call.into(),
+        timestamp_us: Some(now - 2_000),
         parsed_at_us: now - 1_000,
-        spool_pos: None,
-        maybe_written: false,
+        ..Envelope::new(Source::Esl, stream, BodyFormat::EslPlain, body.into(), key)
     }
 }
 
@@ -235,7 +227,7 @@ fn metrics_pass_promtool_and_histograms_move_when_events_flow() {
             && after.contains(r#"eslstream_total_latency_seconds_bucket{le="10"}"#),
         "latency buckets run from 50 µs to 10 s"
     );
-    assert!(after.contains(r#"eslstream_events_written_total{event="CHANNEL_ANSWER",stream="events"}"#));
+    assert!(after.contains(r#"eslstream_events_written_total{event="CHANNEL_ANSWER",source="esl",stream="events"}"#));
     println!(
         "{}",
         after
@@ -281,7 +273,7 @@ fn trimmer_removes_expired_entries_and_keeps_newer_ones() {
             .collect(),
     )
     .expect("valid config");
-    let trimmed_before = eslstream::metrics::metrics().trimmed_entries.with_label_values(&["events"]).get();
+    let trimmed_before = eslstream::ops::metrics::metrics().trimmed_entries.with_label_values(&["events"]).get();
     let mut trimmer = Trimmer::new(std::sync::Arc::new(config));
     let removed = trimmer.trim_all().expect("trim");
 
@@ -294,7 +286,7 @@ fn trimmer_removes_expired_entries_and_keeps_newer_ones() {
     assert!(old_left < 100, "{old_left} expired entries left");
     assert_eq!(count_between(&mut conn, events, &cutoff, "+"), 10, "newer entries are kept");
     assert_eq!(count_between(&mut conn, jobs, "-", "+"), OLD, "JOBS_EXPIRE_TIME=0 keeps the jobs stream");
-    let trimmed_after = eslstream::metrics::metrics().trimmed_entries.with_label_values(&["events"]).get();
+    let trimmed_after = eslstream::ops::metrics::metrics().trimmed_entries.with_label_values(&["events"]).get();
     assert_eq!(trimmed_after - trimmed_before, removed[0].1);
 
     // A second pass finds nothing more to do.
@@ -311,7 +303,7 @@ fn trimmer_survives_redis_being_down() {
             .collect(),
     )
     .expect("valid config");
-    let m = eslstream::metrics::metrics();
+    let m = eslstream::ops::metrics::metrics();
     let (runs, errors) = (m.trim_runs.get(), m.trim_errors.get());
     let mut trimmer = Trimmer::new(std::sync::Arc::new(config));
     trimmer.pass();

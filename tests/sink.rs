@@ -1,15 +1,16 @@
 //! The idempotent write against a real Redis 7.0: the transaction path records each written
-//! key as a bit, the checking script skips what is recorded, refused entries are forgotten,
-//! and old dedup bitmaps are deleted.
+//! key as a bit, the checking script skips what is recorded (bits for numeric ids, a keyed set
+//! for string ids), refused entries are forgotten, and old dedup keys are deleted or bounded.
 
 mod support;
 
 use std::time::Duration;
 
 use eslstream::config::{EntryFormat, RedisConfig};
+use eslstream::envelope::{EventId, IdempotencyKey};
 use eslstream::sink::redis::{
-    dedup_key, Entry, EntryOutcome, RedisSink, WriteMode, DEDUP_GENERATION_BITS, DEDUP_KEEP_GENERATIONS,
-    DEDUP_TRIM_EVERY,
+    dedup_key, dedup_keys_key, Entry, EntryOutcome, RedisSink, WriteMode, DEDUP_GENERATION_BITS,
+    DEDUP_KEEP_GENERATIONS, DEDUP_KEYS_TTL_SECS, DEDUP_TRIM_EVERY,
 };
 use support::*;
 
@@ -18,14 +19,31 @@ const CORE: &str = "11111111-2222-3333-4444-555555555555";
 fn sink(redis: &RedisServer) -> RedisSink {
     let config =
         RedisConfig { url: redis.url(), dial_timeout: Duration::from_secs(5), write_timeout: Duration::from_secs(5) };
-    let sink = RedisSink::connect(&config, 0).expect("connect");
+    let sink = RedisSink::connect(&config).expect("connect");
     assert_eq!(sink.mode(), WriteMode::Script, "Debian's Redis 7.0 has no XADD IDMP");
     sink
 }
 
 fn entry(stream: &str, sequence: u64) -> Entry {
     let json = format!("{{\"Event-Sequence\":\"{sequence}\"}}").into_bytes();
-    Entry::new(EntryFormat::Full, (stream, 0), "CHANNEL_STATE", "call-1", CORE, &sequence.to_string(), json)
+    let key = IdempotencyKey { producer: CORE.into(), id: EventId::Seq(sequence) };
+    Entry::new(EntryFormat::Full, (stream, 0), "CHANNEL_STATE", "call-1", &key, json)
+}
+
+/// An entry keyed by a string id of `producer` (as HTTP ingress makes them).
+fn keyed(stream: &str, producer: &str, id: &str) -> Entry {
+    let json = format!("{{\"event_id\":\"{id}\"}}").into_bytes();
+    let key = IdempotencyKey { producer: producer.into(), id: EventId::Key(id.into()) };
+    Entry::new(EntryFormat::Full, (stream, 0), "order.paid", "order-1", &key, json)
+}
+
+fn ids(conn: &mut ::redis::Connection, stream: &str) -> Vec<String> {
+    let reply: Vec<(String, Vec<(String, String)>)> =
+        ::redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(conn).expect("XRANGE");
+    reply
+        .into_iter()
+        .map(|(_, fields)| fields.into_iter().find(|(k, _)| k == "event_sequence").expect("event_sequence").1)
+        .collect()
 }
 
 fn sequences(conn: &mut ::redis::Connection, stream: &str) -> Vec<u64> {
@@ -113,4 +131,56 @@ fn old_dedup_bitmaps_are_deleted() {
     // A bitmap holds 2^20 bits at most.
     let bytes: i64 = ::redis::cmd("STRLEN").arg(dedup_key(EVENTS, CORE, newest)).query(&mut conn).unwrap();
     assert!(bytes <= 1 << (DEDUP_GENERATION_BITS - 3), "{bytes}");
+}
+
+#[test]
+fn string_ids_are_deduplicated_on_the_script_path() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection();
+    let mut sink = sink(&redis);
+    const HTTP: &str = "freeswitch:telephony:http-events";
+    // Never sent before, not marked maybe-written: a string id still takes the checking path.
+    let batch = vec![keyed(HTTP, "crm", "a"), keyed(HTTP, "crm", "b"), keyed(HTTP, "crm", "a")];
+    let outcomes = sink.write(&batch, false).expect("script");
+    assert!(matches!(outcomes[0], EntryOutcome::Written(_)) && matches!(outcomes[1], EntryOutcome::Written(_)));
+    assert_eq!(outcomes[2], EntryOutcome::Duplicate, "the same id twice in one batch");
+    // A producer re-sending later: duplicates; another producer with the same id: its own.
+    let outcomes = sink.write(&[keyed(HTTP, "crm", "b"), keyed(HTTP, "billing", "a")], false).expect("script");
+    assert_eq!(outcomes[0], EntryOutcome::Duplicate);
+    assert!(matches!(outcomes[1], EntryOutcome::Written(_)), "{outcomes:?}");
+    assert_eq!(ids(&mut conn, HTTP), ["a", "b", "a"]);
+    // Numeric and string ids in one batch, the numeric one re-sent.
+    let outcomes = sink.write(&[entry(HTTP, 7), keyed(HTTP, "crm", "c"), entry(HTTP, 7)], false).expect("script");
+    assert_eq!(written(&outcomes), 2);
+    assert_eq!(outcomes[2], EntryOutcome::Duplicate);
+    // The keyed set lives in the stream's slot, has a TTL, and holds each id once.
+    let set = dedup_keys_key(HTTP, "crm");
+    assert!(set.starts_with("{freeswitch:telephony:http-events}:"), "{set}");
+    let ttl: i64 = ::redis::cmd("TTL").arg(&set).query(&mut conn).unwrap();
+    assert!(ttl > 0 && ttl <= DEDUP_KEYS_TTL_SECS as i64, "{ttl}");
+    let members: Vec<String> = ::redis::cmd("ZRANGE").arg(&set).arg(0).arg(-1).query(&mut conn).unwrap();
+    assert_eq!(members, ["a", "b", "c"]);
+    // A refused string-id entry is forgotten, so its retry writes it.
+    redis.cli(&["SET", JOBS, "not a stream"]);
+    let outcomes = sink.write(&[keyed(JOBS, "crm", "z")], false).expect("script");
+    assert!(matches!(&outcomes[0], EntryOutcome::Rejected(e) if e.contains("WRONGTYPE")), "{outcomes:?}");
+    redis.cli(&["DEL", JOBS]);
+    let outcomes = sink.write(&[keyed(JOBS, "crm", "z")], false).expect("script");
+    assert!(matches!(outcomes[0], EntryOutcome::Written(_)), "{outcomes:?}");
+}
+
+#[test]
+fn the_keyed_set_is_bounded() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection();
+    let mut sink = sink(&redis);
+    sink.set_dedup_keys_max(3);
+    const HTTP: &str = "http";
+    for id in ["1", "2", "3", "4", "5"] {
+        sink.write(&[keyed(HTTP, "p", id)], false).expect("script");
+    }
+    let members: Vec<String> =
+        ::redis::cmd("ZRANGE").arg(dedup_keys_key(HTTP, "p")).arg(0).arg(-1).query(&mut conn).unwrap();
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert!(members.contains(&"5".to_owned()), "the newest is kept: {members:?}");
 }

@@ -1,31 +1,53 @@
 -- Idempotent batch XADD for servers without XADD IDMP (Redis < 8.6).
 --
--- KEYS: the dedup bitmaps of the batch (one bit per Event-Sequence of one Core-UUID, 2^20
---       sequences per key; a set bit means that event was written).
--- ARGV: [1] dedup key TTL in seconds, then per entry: index into KEYS of its bitmap (0 = the
---       entry has no key), its bit, n, and the n arguments of its XADD (key, [MAXLEN ~ len,]
---       *, field, value, ...).
--- Returns one item per entry: the new entry ID, 'dup' when its bit was already set (nothing
--- added), or 'E:<error>' for an entry Redis refused (its bit is cleared again).
+-- KEYS: the dedup keys of the batch. A bitmap records numeric ids (one bit per id of one
+--       producer, 2^20 ids per key; a set bit means that event was written); a sorted set
+--       records string ids (member: the id; score: when it was written, in seconds).
+-- ARGV: [1] bitmap TTL in seconds, [2] how long a string id is remembered (seconds), [3] how
+--       many string ids a set keeps at most, [4] one letter per KEYS entry, 'b' for a bitmap or
+--       's' for a set; then per entry: index into KEYS of its dedup key
+--       (0 = none), its mark (the bit for a bitmap, the id for a set), n, and the n arguments
+--       of its XADD (key, [MAXLEN ~ len,] *, field, value, ...).
+-- Returns one item per entry: the new entry ID, 'dup' when its id was already recorded
+-- (nothing added), or 'E:<error>' for an entry Redis refused (its id is forgotten again).
 --
--- Every bit is checked and set first (SETBIT returns the old value, so one call both asks and
--- records): those are the script's first writes, so an OOM refuses the whole batch before
--- anything is written, and once one succeeded no later write of the script can be refused for
--- memory. The same event twice in one batch finds its bit set the second time.
-local ttl = tonumber(ARGV[1])
+-- Every id is checked and recorded first (SETBIT returns the old bit, so one call both asks
+-- and records; a set member is looked up, then added): those are the script's first writes,
+-- so an OOM refuses the whole batch before anything is written, and once one succeeded no
+-- later write of the script can be refused for memory. The same event twice in one batch
+-- finds its id recorded the second time.
+local bitmap_ttl = tonumber(ARGV[1])
+local keys_ttl = tonumber(ARGV[2])
+local keys_max = tonumber(ARGV[3])
+local kinds = ARGV[4]
+local now = tonumber(redis.call('TIME')[1])
 
 local entries = {}
-local a = 2
+local a = 5
 while a <= #ARGV do
   local n = tonumber(ARGV[a + 2])
-  entries[#entries + 1] = { tonumber(ARGV[a]), tonumber(ARGV[a + 1]), a + 3, a + 2 + n }
+  entries[#entries + 1] = { tonumber(ARGV[a]), ARGV[a + 1], a + 3, a + 2 + n }
   a = a + 3 + n
+end
+
+local function set_key(g)
+  return string.sub(kinds, g, g) == 's'
 end
 
 local skip = {}
 for i, e in ipairs(entries) do
-  if e[1] > 0 and redis.call('SETBIT', KEYS[e[1]], e[2], 1) == 1 then
-    skip[i] = true
+  local g = e[1]
+  if g > 0 then
+    if set_key(g) then
+      local seen = redis.call('ZSCORE', KEYS[g], e[2])
+      if seen and tonumber(seen) > now - keys_ttl then
+        skip[i] = true
+      else
+        redis.call('ZADD', KEYS[g], now, e[2])
+      end
+    elseif redis.call('SETBIT', KEYS[g], tonumber(e[2]), 1) == 1 then
+      skip[i] = true
+    end
   end
 end
 
@@ -36,8 +58,13 @@ for i, e in ipairs(entries) do
   else
     local res = redis.pcall('XADD', unpack(ARGV, e[3], e[4]))
     if type(res) == 'table' and res.err then
-      if e[1] > 0 then
-        redis.call('SETBIT', KEYS[e[1]], e[2], 0)
+      local g = e[1]
+      if g > 0 then
+        if set_key(g) then
+          redis.call('ZREM', KEYS[g], e[2])
+        else
+          redis.call('SETBIT', KEYS[g], tonumber(e[2]), 0)
+        end
       end
       out[i] = 'E:' .. res.err
     else
@@ -47,6 +74,15 @@ for i, e in ipairs(entries) do
 end
 
 for g = 1, #KEYS do
-  redis.call('EXPIRE', KEYS[g], ttl)
+  if set_key(g) then
+    redis.call('ZREMRANGEBYSCORE', KEYS[g], '-inf', '(' .. (now - keys_ttl))
+    local extra = redis.call('ZCARD', KEYS[g]) - keys_max
+    if extra > 0 then
+      redis.call('ZREMRANGEBYRANK', KEYS[g], 0, extra - 1)
+    end
+    redis.call('EXPIRE', KEYS[g], keys_ttl)
+  else
+    redis.call('EXPIRE', KEYS[g], bitmap_ttl)
+  end
 end
 return out

@@ -1,6 +1,9 @@
-//! Sinks: where events end up. [`redis`] owns the connection and the idempotent write;
-//! [`resp`] encodes a batch's commands; [`writer`] owns the per-lane loop around it.
+//! Sinks: where events end up. [`writer`] owns the per-lane loop; [`entry`] turns an event into
+//! its stream entry's `event` JSON; [`redis`] owns the connection and the idempotent write;
+//! [`resp`] encodes a batch's commands; [`dlq`] keeps what Redis refused for good.
 
+pub mod dlq;
+pub mod entry;
 pub mod redis;
 pub mod resp;
 pub mod writer;

@@ -2,19 +2,28 @@
 //!
 //! [`RedisSink::write`] sends a whole batch in one round trip and reports, per entry, whether
 //! it was written (or was already there), refused for good, or not processed (to retry). Every
-//! entry carries its idempotency key `(Core-UUID, Event-Sequence)`, so re-sending a batch after
-//! an ambiguous failure (timeout, connection cut after sending) never creates a second entry:
-//! - on Redis 8.6+ with `XADD ... IDMP <producer> <sequence>`, producer = `<core-uuid>:<lane>`;
-//! - on older servers, the written sequences of each Core-UUID are bits in bitmaps next to the
-//!   stream (`<stream>:idmp:<core-uuid>:<generation>`, 2^20 sequences per key): a batch never
-//!   sent before sets its bits and adds its entries in one `MULTI`/`EXEC`; a batch that may
-//!   already be there goes through one Lua script (`idempotent.lua`) that skips set bits.
+//! entry carries its idempotency key `(producer, id)` (for ESL `(Core-UUID, Event-Sequence)`),
+//! so re-sending a batch after an ambiguous failure (timeout, connection cut after sending)
+//! never creates a second entry:
+//! - on Redis 8.6+ with `XADD ... IDMP <producer> <id>` (numeric and string ids alike);
+//! - on older servers, numeric ids are bits in bitmaps next to the stream
+//!   (`{<stream>}:idmp:<producer>:<generation>`, 2^20 ids per key) and string ids are members
+//!   of a sorted set scored by the time they were written (`{<stream>}:idmp-keys:<producer>`,
+//!   members older than [`DEDUP_KEYS_TTL_SECS`] dropped, at most [`DEDUP_KEYS_MAX`] kept). A
+//!   batch of numeric ids never sent before sets its bits and adds its entries in one
+//!   `MULTI`/`EXEC`; a batch that may already be there, or that has string ids (a producer may
+//!   re-send those at any time), goes through one Lua script (`idempotent.lua`) that skips
+//!   what is recorded.
+//!
+//! Every dedup key carries the stream's hash tag ([`slot_tag`]), so it lives in the stream's
+//! Redis Cluster slot and the transaction and the script touch one slot.
 
 use std::time::Duration;
 
 use redis::{Connection, ConnectionLike, ErrorKind, RedisError, Value};
 
 use crate::config::{EntryFormat, RedisConfig};
+use crate::envelope::{EventId, IdempotencyKey};
 use crate::sink::resp::Resp;
 
 /// The Lua script used where `XADD IDMP` is not available.
@@ -29,6 +38,11 @@ pub const DEDUP_KEEP_GENERATIONS: u64 = 3;
 pub const DEDUP_TTL_SECS: u64 = 24 * 3600;
 /// The transaction path deletes bitmaps behind the window once every this many batches.
 pub const DEDUP_TRIM_EVERY: u64 = 64;
+/// How long a string id is remembered on servers without IDMP (the HTTP ingress's
+/// `HTTP_INGRESS_IDEMPOTENCY_TTL` default).
+pub const DEDUP_KEYS_TTL_SECS: u64 = 24 * 3600;
+/// String ids remembered per producer and stream at most (the oldest go first).
+pub const DEDUP_KEYS_MAX: u64 = 1_000_000;
 /// IDMP entries kept per producer on 8.6+ (the server's maximum).
 pub const IDMP_MAXSIZE: u64 = 10_000;
 /// How long 8.6+ remembers an idempotency key.
@@ -44,17 +58,29 @@ pub enum WriteMode {
 }
 
 /// One entry ready to be written.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Entry {
     pub stream_key: String,
     /// `MAXLEN ~` cap, 0 for none.
     pub max_len: u64,
-    /// Producer for the idempotency key (Core-UUID, plus the lane on IDMP).
-    pub core_uuid: String,
-    /// Idempotent ID within the producer (the Event-Sequence), empty for none.
-    pub sequence: String,
+    /// The idempotency key: its producer ...
+    pub producer: String,
+    /// ... and its id within the producer.
+    pub id: EventId,
     /// Field/value pairs, in order.
     pub fields: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            stream_key: String::new(),
+            max_len: 0,
+            producer: String::new(),
+            id: EventId::Seq(0),
+            fields: Vec::new(),
+        }
+    }
 }
 
 impl Entry {
@@ -63,44 +89,36 @@ impl Entry {
         format: EntryFormat,
         stream: (&str, u64),
         name: &str,
-        unique_id: &str,
-        core_uuid: &str,
-        sequence: &str,
+        ordering_key: &str,
+        key: &IdempotencyKey,
         event_json: Vec<u8>,
     ) -> Entry {
         let mut entry = Entry::default();
-        entry.refill(format, stream, name, unique_id, core_uuid, sequence);
+        entry.refill(format, stream, name, ordering_key, key);
         *entry.event_json_mut() = event_json;
         entry
     }
 
     /// Makes this (used) entry the one for a new event, reusing its buffers: the contract's
-    /// fields, `event` then the index fields (or `event` alone). The caller then writes the
-    /// `event` JSON into [`Entry::event_json_mut`].
+    /// fields, `event` then the index fields (`event_name`, `unique_id` = the ordering key,
+    /// `core_uuid` = the producer, `event_sequence` = the id), or `event` alone. The caller
+    /// then writes the `event` JSON into [`Entry::event_json_mut`].
     pub fn refill(
         &mut self,
         format: EntryFormat,
         stream: (&str, u64),
         name: &str,
-        unique_id: &str,
-        core_uuid: &str,
-        sequence: &str,
+        ordering_key: &str,
+        key: &IdempotencyKey,
     ) {
-        let refill = |s: &mut String, with: &str| {
-            s.clear();
-            s.push_str(with);
-        };
-        refill(&mut self.stream_key, stream.0);
+        self.stream_key.clear();
+        self.stream_key.push_str(stream.0);
         self.max_len = stream.1;
-        refill(&mut self.core_uuid, core_uuid);
-        refill(&mut self.sequence, sequence);
-        let index: &[(&'static str, &str)] = match format {
-            EntryFormat::Full => &[
-                ("event_name", name),
-                ("unique_id", unique_id),
-                ("core_uuid", core_uuid),
-                ("event_sequence", sequence),
-            ],
+        self.producer.clear();
+        self.producer.push_str(&key.producer);
+        self.id.clone_from(&key.id);
+        let index: &[&'static str] = match format {
+            EntryFormat::Full => &["event_name", "unique_id", "core_uuid", "event_sequence"],
             EntryFormat::Reference => &[],
         };
         self.fields.truncate(1 + index.len());
@@ -108,14 +126,18 @@ impl Entry {
             self.fields.push(("event", Vec::new()));
         }
         self.fields[0].1.clear();
-        for (i, (field, value)) in index.iter().enumerate() {
-            match self.fields.get_mut(i + 1) {
-                Some(slot) => {
-                    slot.0 = field;
-                    slot.1.clear();
-                    slot.1.extend_from_slice(value.as_bytes());
-                }
-                None => self.fields.push((field, value.as_bytes().to_vec())),
+        for (i, field) in index.iter().enumerate() {
+            if self.fields.len() <= i + 1 {
+                self.fields.push((field, Vec::new()));
+            }
+            let slot = &mut self.fields[i + 1];
+            slot.0 = field;
+            slot.1.clear();
+            match i {
+                0 => slot.1.extend_from_slice(name.as_bytes()),
+                1 => slot.1.extend_from_slice(ordering_key.as_bytes()),
+                2 => slot.1.extend_from_slice(key.producer.as_bytes()),
+                _ => key.id.write_text(&mut slot.1),
             }
         }
     }
@@ -124,17 +146,38 @@ impl Entry {
     pub fn event_json_mut(&mut self) -> &mut Vec<u8> {
         &mut self.fields[0].1
     }
+
+    /// Whether deduplicating this entry needs the checking path (a string id).
+    fn has_string_id(&self) -> bool {
+        matches!(self.id, EventId::Key(_))
+    }
+}
+
+/// Where an entry's idempotency key is recorded on servers without IDMP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DedupMark {
+    /// This bit of the bitmap of that generation (numeric ids).
+    Bit { generation: u64, bit: u64 },
+    /// A member of the producer's keyed set (string ids; the member is the id).
+    Member,
 }
 
 impl Entry {
-    /// The dedup bitmap generation and bit of this entry's key; `None` when it has no
-    /// numeric key (then it is written without deduplication).
-    fn dedup_slot(&self) -> Option<(u64, u64)> {
-        if self.core_uuid.is_empty() {
-            return None;
+    fn dedup_mark(&self) -> DedupMark {
+        match &self.id {
+            EventId::Seq(n) => {
+                DedupMark::Bit { generation: n >> DEDUP_GENERATION_BITS, bit: n & ((1 << DEDUP_GENERATION_BITS) - 1) }
+            }
+            EventId::Key(_) => DedupMark::Member,
         }
-        let sequence: u64 = self.sequence.parse().ok()?;
-        Some((sequence >> DEDUP_GENERATION_BITS, sequence & ((1 << DEDUP_GENERATION_BITS) - 1)))
+    }
+
+    /// The Redis key that records this entry's idempotency key.
+    fn dedup_key(&self) -> String {
+        match self.dedup_mark() {
+            DedupMark::Bit { generation, .. } => dedup_key(&self.stream_key, &self.producer, generation),
+            DedupMark::Member => dedup_keys_key(&self.stream_key, &self.producer),
+        }
     }
 
     /// Arguments of this entry's `XADD` after the command name: key, `MAXLEN ~ n` when capped,
@@ -155,33 +198,39 @@ impl Entry {
     }
 }
 
-/// The distinct dedup bitmaps of a batch, and which one (and which bit) each entry uses.
+/// The distinct dedup keys of a batch (bitmaps and keyed sets), and which one each entry
+/// uses.
 struct DedupGroups {
-    /// `(key, index of its first entry, generation)` of each bitmap.
-    keys: Vec<(String, usize, u64)>,
-    /// Per entry: index into `keys` and bit, or `None`.
-    of_entry: Vec<Option<(usize, u64)>>,
+    /// `(key, index of its first entry, its mark)` of each dedup key.
+    keys: Vec<(String, usize, DedupMark)>,
+    /// Per entry: index into `keys`.
+    of_entry: Vec<usize>,
 }
 
 impl DedupGroups {
     fn new(entries: &[Entry]) -> DedupGroups {
-        let mut keys: Vec<(String, usize, u64)> = Vec::new();
+        let mut keys: Vec<(String, usize, DedupMark)> = Vec::new();
         let of_entry = entries
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                let (generation, bit) = e.dedup_slot()?;
-                let same = |(_, j, g): &(String, usize, u64)| {
-                    *g == generation && entries[*j].stream_key == e.stream_key && entries[*j].core_uuid == e.core_uuid
+                let mark = e.dedup_mark();
+                let same_key = |(_, j, m): &(String, usize, DedupMark)| {
+                    let other = &entries[*j];
+                    let same_generation = match (m, mark) {
+                        (DedupMark::Bit { generation: a, .. }, DedupMark::Bit { generation: b, .. }) => *a == b,
+                        (DedupMark::Member, DedupMark::Member) => true,
+                        _ => false,
+                    };
+                    same_generation && other.stream_key == e.stream_key && other.producer == e.producer
                 };
-                let group = match keys.iter().position(same) {
+                match keys.iter().position(same_key) {
                     Some(g) => g,
                     None => {
-                        keys.push((dedup_key(&e.stream_key, &e.core_uuid, generation), i, generation));
+                        keys.push((e.dedup_key(), i, mark));
                         keys.len() - 1
                     }
-                };
-                Some((group, bit))
+                }
             })
             .collect();
         DedupGroups { keys, of_entry }
@@ -241,8 +290,9 @@ pub struct RedisSink {
     conn: Connection,
     mode: WriteMode,
     script_sha: String,
-    lane: usize,
     batches: u64,
+    /// String ids kept per producer and stream ([`DEDUP_KEYS_MAX`] unless set).
+    keys_max: u64,
     /// Streams whose IDMP window this connection has checked (8.6+ only).
     idmp_checked: Vec<String>,
     /// The batch being sent, encoded.
@@ -253,7 +303,7 @@ pub struct RedisSink {
 
 impl RedisSink {
     /// Connects, sets timeouts, and detects the server's version to pick the write mode.
-    pub fn connect(config: &RedisConfig, lane: usize) -> Result<RedisSink, WriteError> {
+    pub fn connect(config: &RedisConfig) -> Result<RedisSink, WriteError> {
         let client = redis::Client::open(config.url.as_str()).map_err(|e| WriteError::Connection(e.to_string()))?;
         let mut conn = client.get_connection_with_timeout(config.dial_timeout).map_err(classify)?;
         conn.set_read_timeout(Some(config.write_timeout)).map_err(classify)?;
@@ -266,8 +316,8 @@ impl RedisSink {
             conn,
             mode,
             script_sha,
-            lane,
             batches: 0,
+            keys_max: DEDUP_KEYS_MAX,
             idmp_checked: Vec::new(),
             reply_timeout: config.write_timeout,
             resp: Resp::with_capacity(1 << 20),
@@ -283,18 +333,26 @@ impl RedisSink {
         Ok(())
     }
 
+    /// Bounds the keyed sets of string ids to `n` members (tests of the bound).
+    pub fn set_dedup_keys_max(&mut self, n: u64) {
+        self.keys_max = n;
+    }
+
     pub fn mode(&self) -> WriteMode {
         self.mode
     }
 
     /// Writes `entries` in one round trip; the outcome list is parallel to `entries`.
     /// `maybe_written` says some of them may already be in Redis (an earlier attempt failed
-    /// ambiguously, or they were replayed from the spool after a restart): on servers without
-    /// IDMP they then take the checking path.
+    /// ambiguously, they were replayed from the spool after a restart, or their producer may
+    /// have sent them before): on servers without IDMP they then take the checking path, as
+    /// does any batch with a string id.
     pub fn write(&mut self, entries: &[Entry], maybe_written: bool) -> Result<Vec<EntryOutcome>, WriteError> {
         match self.mode {
             WriteMode::Idmp => self.write_idmp(entries),
-            WriteMode::Script if maybe_written => self.write_script(entries),
+            WriteMode::Script if maybe_written || entries.iter().any(Entry::has_string_id) => {
+                self.write_script(entries)
+            }
             WriteMode::Script => self.write_transaction(entries),
         }
     }
@@ -302,17 +360,31 @@ impl RedisSink {
     /// The checking path: one script call that skips entries whose key was already written.
     fn write_script(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
         let groups = DedupGroups::new(entries);
-        let args = 4 + groups.keys.len() + entries.iter().map(|e| 3 + e.xadd_arg_count()).sum::<usize>();
+        let args = 7 + groups.keys.len() + entries.iter().map(|e| 3 + e.xadd_arg_count()).sum::<usize>();
         let resp = &mut self.resp;
         resp.clear();
         resp.command(args).arg(b"EVALSHA").arg(self.script_sha.as_bytes()).int(groups.keys.len() as i64);
         for (key, _, _) in &groups.keys {
             resp.arg(key.as_bytes());
         }
-        resp.int(DEDUP_TTL_SECS as i64);
-        for (e, slot) in entries.iter().zip(&groups.of_entry) {
-            let (group, bit) = slot.map_or((0, 0), |(g, bit)| (g as i64 + 1, bit as i64));
-            resp.int(group).int(bit).int(e.xadd_arg_count() as i64);
+        resp.int(DEDUP_TTL_SECS as i64).int(DEDUP_KEYS_TTL_SECS as i64).int(self.keys_max as i64);
+        let kinds: Vec<u8> = groups
+            .keys
+            .iter()
+            .map(|(_, _, mark)| match mark {
+                DedupMark::Bit { .. } => b'b',
+                DedupMark::Member => b's',
+            })
+            .collect();
+        resp.arg(&kinds);
+        for (e, group) in entries.iter().zip(&groups.of_entry) {
+            resp.int(*group as i64 + 1);
+            match (&e.id, e.dedup_mark()) {
+                (_, DedupMark::Bit { bit, .. }) => resp.int(bit as i64),
+                (EventId::Key(member), DedupMark::Member) => resp.arg(member.as_bytes()),
+                (EventId::Seq(_), DedupMark::Member) => unreachable!("a numeric id is marked by a bit"),
+            };
+            resp.int(e.xadd_arg_count() as i64);
             e.encode_xadd_args(resp);
         }
         let reply = match self.conn.req_packed_command(self.resp.as_bytes()).map_err(classify)? {
@@ -351,20 +423,27 @@ impl RedisSink {
         Ok(outcomes)
     }
 
-    /// The fast path for entries never sent before: one `MULTI`/`EXEC` that records every key
-    /// (`BITFIELD ... SET u1 <bit> 1`, first, so an OOM refuses the whole transaction) and adds
-    /// every entry. Either all of it happens or none, so a retry after an ambiguous failure can
-    /// take the checking path and find out exactly what is there.
+    /// The fast path for entries with numeric ids never sent before: one `MULTI`/`EXEC` that
+    /// records every key (`BITFIELD ... SET u1 <bit> 1`, first, so an OOM refuses the whole
+    /// transaction) and adds every entry. Either all of it happens or none, so a retry after an
+    /// ambiguous failure can take the checking path and find out exactly what is there.
     fn write_transaction(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
         let groups = DedupGroups::new(entries);
         let resp = &mut self.resp;
         resp.clear();
         resp.command(1).arg(b"MULTI");
         for (g, (key, _, _)) in groups.keys.iter().enumerate() {
-            let bits = groups.of_entry.iter().flatten().filter(|(group, _)| *group == g);
-            resp.command(2 + 4 * bits.clone().count()).arg(b"BITFIELD").arg(key.as_bytes());
-            for (_, bit) in bits {
-                resp.arg(b"SET").arg(b"u1").int(*bit as i64).arg(b"1");
+            let bits = || {
+                entries.iter().zip(&groups.of_entry).filter(move |(_, group)| **group == g).filter_map(|(e, _)| match e
+                    .dedup_mark()
+                {
+                    DedupMark::Bit { bit, .. } => Some(bit),
+                    DedupMark::Member => None,
+                })
+            };
+            resp.command(2 + 4 * bits().count()).arg(b"BITFIELD").arg(key.as_bytes());
+            for bit in bits() {
+                resp.arg(b"SET").arg(b"u1").int(bit as i64).arg(b"1");
             }
             resp.command(3).arg(b"EXPIRE").arg(key.as_bytes()).int(DEDUP_TTL_SECS as i64);
         }
@@ -376,12 +455,13 @@ impl RedisSink {
         let trim_now = self.batches.is_multiple_of(DEDUP_TRIM_EVERY);
         self.batches += 1;
         if trim_now {
-            for (_, first, generation) in groups.keys.iter().filter(|(_, _, g)| *g > DEDUP_KEEP_GENERATIONS) {
-                let old = dedup_key(
-                    &entries[*first].stream_key,
-                    &entries[*first].core_uuid,
-                    generation - DEDUP_KEEP_GENERATIONS - 1,
-                );
+            for (_, first, mark) in &groups.keys {
+                let DedupMark::Bit { generation, .. } = *mark else { continue };
+                if generation <= DEDUP_KEEP_GENERATIONS {
+                    continue;
+                }
+                let e = &entries[*first];
+                let old = dedup_key(&e.stream_key, &e.producer, generation - DEDUP_KEEP_GENERATIONS - 1);
                 resp.command(2).arg(b"UNLINK").arg(old.as_bytes());
             }
         }
@@ -414,12 +494,9 @@ impl RedisSink {
         }
         // A refused entry's key was recorded: forget it, or a later retry would skip it.
         for e in refused {
-            if let Some((generation, bit)) = e.dedup_slot() {
-                let _: redis::RedisResult<Value> = redis::cmd("SETBIT")
-                    .arg(dedup_key(&e.stream_key, &e.core_uuid, generation))
-                    .arg(bit)
-                    .arg(0)
-                    .query(&mut self.conn);
+            if let DedupMark::Bit { bit, .. } = e.dedup_mark() {
+                let _: redis::RedisResult<Value> =
+                    redis::cmd("SETBIT").arg(e.dedup_key()).arg(bit).arg(0).query(&mut self.conn);
             }
         }
         outcomes.resize(entries.len(), EntryOutcome::Pending);
@@ -429,17 +506,12 @@ impl RedisSink {
     fn write_idmp(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
         let resp = &mut self.resp;
         resp.clear();
-        let mut producer = String::new();
+        let mut id = Vec::new();
         for e in entries {
-            let idmp = !e.core_uuid.is_empty() && !e.sequence.is_empty();
-            resp.command(1 + e.xadd_arg_count() + if idmp { 3 } else { 0 }).arg(b"XADD").arg(e.stream_key.as_bytes());
-            if idmp {
-                producer.clear();
-                producer.push_str(&e.core_uuid);
-                producer.push(':');
-                producer.push_str(itoa::Buffer::new().format(self.lane));
-                resp.arg(b"IDMP").arg(producer.as_bytes()).arg(e.sequence.as_bytes());
-            }
+            resp.command(4 + e.xadd_arg_count()).arg(b"XADD").arg(e.stream_key.as_bytes());
+            id.clear();
+            e.id.write_text(&mut id);
+            resp.arg(b"IDMP").arg(e.producer.as_bytes()).arg(&id);
             if e.max_len > 0 {
                 resp.arg(b"MAXLEN").arg(b"~").int(e.max_len as i64);
             }
@@ -510,9 +582,28 @@ fn server_error_text(err: &redis::ServerError) -> String {
     format!("{} {}", err.code(), err.details().unwrap_or(""))
 }
 
-/// One dedup bitmap: sequences `generation * 2^20 ..` of one Core-UUID, kept beside the stream.
-pub fn dedup_key(stream_key: &str, core_uuid: &str, generation: u64) -> String {
-    format!("{stream_key}:idmp:{core_uuid}:{generation}")
+/// The prefix of every key kept beside a stream, in the stream's Redis Cluster slot: the
+/// stream key itself when it has a hash tag (`{...}` with something inside: dedup keys that
+/// start with it hash alike), else the stream key wrapped in braces. (A key with a stray `}`
+/// and no tag cannot be wrapped into its own slot; give such a key a tag for Redis Cluster.)
+pub fn slot_tag(stream_key: &str) -> std::borrow::Cow<'_, str> {
+    let has_tag = stream_key.find('{').and_then(|open| stream_key[open + 1..].find('}')).is_some_and(|len| len > 0);
+    if has_tag {
+        std::borrow::Cow::Borrowed(stream_key)
+    } else {
+        std::borrow::Cow::Owned(format!("{{{stream_key}}}"))
+    }
+}
+
+/// One dedup bitmap: ids `generation * 2^20 ..` of one producer, kept beside the stream.
+pub fn dedup_key(stream_key: &str, producer: &str, generation: u64) -> String {
+    format!("{}:idmp:{producer}:{generation}", slot_tag(stream_key))
+}
+
+/// The keyed set of one producer's string ids written to the stream (member: the id; score:
+/// when it was written, in seconds).
+pub fn dedup_keys_key(stream_key: &str, producer: &str) -> String {
+    format!("{}:idmp-keys:{producer}", slot_tag(stream_key))
 }
 
 /// Whether `INFO server` reports a version with `XADD ... IDMP` (8.6 or later).
@@ -555,19 +646,29 @@ mod tests {
             ]
         };
         let mut entry = Entry::default();
-        for (format, name, seq, expected) in [
-            (EntryFormat::Full, "CHANNEL_CREATE", "12", full("CHANNEL_CREATE", "12")),
-            (EntryFormat::Reference, "DTMF", "13", vec![("event", b"{}".to_vec())]),
-            (EntryFormat::Full, "HEARTBEAT", "1234567", full("HEARTBEAT", "1234567")),
+        let key = |id| IdempotencyKey { producer: "core".into(), id };
+        for (format, name, id, expected) in [
+            (EntryFormat::Full, "CHANNEL_CREATE", EventId::Seq(12), full("CHANNEL_CREATE", "12")),
+            (EntryFormat::Reference, "DTMF", EventId::Seq(13), vec![("event", b"{}".to_vec())]),
+            (EntryFormat::Full, "order.paid", EventId::Key("k-9".into()), full("order.paid", "k-9")),
+            (EntryFormat::Full, "HEARTBEAT", EventId::Seq(1234567), full("HEARTBEAT", "1234567")),
         ] {
-            entry.refill(format, ("stream", 7), name, "uid", "core", seq);
+            entry.refill(format, ("stream", 7), name, "uid", &key(id.clone()));
             entry.event_json_mut().extend_from_slice(b"{}");
             assert_eq!(entry.fields, expected);
-            let fresh = Entry::new(format, ("stream", 7), name, "uid", "core", seq, b"{}".to_vec());
+            let fresh = Entry::new(format, ("stream", 7), name, "uid", &key(id.clone()), b"{}".to_vec());
             assert_eq!(entry.fields, fresh.fields);
             assert_eq!((entry.stream_key.as_str(), entry.max_len), ("stream", 7));
-            assert_eq!((entry.core_uuid.as_str(), entry.sequence.as_str()), ("core", seq));
+            assert_eq!((entry.producer.as_str(), &entry.id), ("core", &id));
         }
+    }
+
+    #[test]
+    fn dedup_keys_share_the_stream_slot() {
+        assert_eq!(dedup_key("freeswitch:telephony:events", "c", 3), "{freeswitch:telephony:events}:idmp:c:3");
+        assert_eq!(dedup_keys_key("a:{sw1}:http", "crm"), "a:{sw1}:http:idmp-keys:crm");
+        // An empty tag is no tag: the whole key is hashed, so the key is wrapped.
+        assert_eq!(dedup_keys_key("a{}b", "p"), "{a{}b}:idmp-keys:p");
     }
 
     #[test]

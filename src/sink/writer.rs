@@ -20,13 +20,14 @@ use prometheus::IntCounter;
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::config::Config;
-use crate::dlq::DeadLetters;
-use crate::entry::event_json;
-use crate::envelope::{now_us, Envelope, StreamKind};
+use crate::envelope::{now_us, Envelope, Source};
 use crate::logging::RateLimit;
-use crate::metrics::{metrics, seconds_between};
+use crate::ops::metrics::{metrics, seconds_between};
+use crate::pipeline::ack::AckStatus;
 use crate::pipeline::{Lane, WriteNow};
 use crate::shutdown::Shutdown;
+use crate::sink::dlq::DeadLetters;
+use crate::sink::entry::event_json;
 use crate::sink::redis::{backoff, Entry, EntryOutcome, RedisSink, WriteError};
 use crate::state::AgentState;
 
@@ -170,14 +171,10 @@ impl Writer {
         let mut envelopes = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
         for envelope in batch.drain(..) {
-            let stream = match envelope.stream {
-                StreamKind::Events => (self.config.streams.events_key.as_str(), self.config.streams.events_max_len),
-                StreamKind::Jobs => (self.config.streams.jobs_key.as_str(), self.config.streams.jobs_max_len),
-            };
-            let m = &envelope.meta;
+            let stream = (envelope.stream.key.as_str(), envelope.stream.max_len);
             let mut entry = self.spare_entries.pop().unwrap_or_default();
             let format = self.config.streams.entry_format;
-            entry.refill(format, stream, &m.name, &m.unique_id, &m.core_uuid, &m.sequence);
+            entry.refill(format, stream, &envelope.name, &envelope.ordering_key, &envelope.key);
             let json = entry.event_json_mut();
             // Sized for the usual case (decoded values are shorter than the percent-encoded
             // ones, quotes and escapes add a little), so the JSON is written once, in place.
@@ -189,7 +186,7 @@ impl Writer {
                     }
                 }
                 Err(e) => {
-                    self.drop_event(&envelope, "undecodable", &e.to_string());
+                    self.drop_event(envelope, "undecodable", &e.to_string());
                     self.spare_entries.push(entry);
                     continue;
                 }
@@ -241,7 +238,7 @@ impl Writer {
                         return;
                     }
                     Err((held, e)) => {
-                        pending = held;
+                        pending = held; // all of it, in order: nothing moved
                         failures = 0;
                         failing_since = None;
                         if let Some(suppressed) = SPILL_WARN.check() {
@@ -283,7 +280,7 @@ impl Writer {
         let mut last_spooled = None;
         for ((envelope, entry), outcome) in pending.drain(..done).zip(entries.drain(..done)).zip(outcomes) {
             last_spooled = envelope.spool_pos.or(last_spooled);
-            self.settle(&envelope, &entry, outcome, acked_at);
+            self.settle(envelope, &entry, outcome, acked_at);
             let small = entry.fields.first().is_none_or(|(_, json)| json.capacity() <= MAX_SPARE_JSON);
             if small && self.spare_entries.len() < self.config.writer.batch_size {
                 self.spare_entries.push(entry);
@@ -331,57 +328,72 @@ impl Writer {
         match self.lane.spill(pending) {
             Ok(moved) => info!(moved, why, "unwritten events moved to the spool for the next start"),
             Err((held, e)) => {
-                for envelope in &held {
+                for envelope in held {
                     self.drop_event(envelope, "shutdown", &format!("{why}; spool unavailable: {e}"));
                 }
             }
         }
     }
 
-    fn settle(&mut self, envelope: &Envelope, entry: &Entry, outcome: EntryOutcome, acked_at: i64) {
-        match outcome {
-            EntryOutcome::Written(_) | EntryOutcome::Duplicate => {
-                if outcome == EntryOutcome::Duplicate {
-                    metrics().duplicates_suppressed.inc();
-                }
-                self.written.get(envelope.stream, &envelope.meta.name).inc();
-                self.state.events_written.fetch_add(1, Ordering::Relaxed);
-                let writer = seconds_between(envelope.parsed_at_us, acked_at);
-                metrics().writer_latency.observe(writer);
-                let total = envelope.meta.timestamp_us.map(|ts| seconds_between(ts, acked_at));
-                if let Some(total) = total {
-                    metrics().total_latency.observe(total);
-                }
-                let limits = &self.config.latency;
-                if writer > limits.writer.as_secs_f64() || total.is_some_and(|t| t > limits.total.as_secs_f64()) {
-                    if let Some(suppressed) = SLOW_WARN.check() {
-                        warn!(event = %envelope.meta.name, uuid = %envelope.meta.unique_id, writer_seconds = writer, total_seconds = total, suppressed, "event over latency threshold");
-                    }
-                }
+    /// Records what became of one event, and tells its source when it asked.
+    fn settle(&mut self, mut envelope: Envelope, entry: &Entry, outcome: EntryOutcome, acked_at: i64) {
+        let status = match outcome {
+            EntryOutcome::Written(id) => AckStatus::Written(id),
+            EntryOutcome::Duplicate => {
+                metrics().duplicates_suppressed.inc();
+                AckStatus::Duplicate
             }
             EntryOutcome::Rejected(reason) => {
-                let m = &envelope.meta;
-                match self.dead_letters.add(entry, &m.name, &m.unique_id, &reason) {
+                match self.dead_letters.add(entry, &envelope.name, &envelope.ordering_key, &reason) {
                     Ok(id) => {
-                        metrics().dead_lettered.with_label_values(&[stream_label(envelope.stream)]).inc();
-                        error!(dead_letter = %id, error = %reason, event = %m.name, uuid = %m.unique_id, "Redis refused the event; kept as a dead letter (GET /dlq)");
+                        metrics()
+                            .dead_lettered
+                            .with_label_values(&[envelope.stream.label, envelope.source.label()])
+                            .inc();
+                        error!(dead_letter = %id, error = %reason, event = %envelope.name, key = %envelope.ordering_key, source = envelope.source.label(), "Redis refused the event; kept as a dead letter (GET /dlq)");
+                        if let Some(ack) = envelope.ack.take() {
+                            ack.resolve(AckStatus::DeadLettered(id));
+                        }
                     }
                     Err(e) => self.drop_event(envelope, "rejected", &format!("{reason}; dead-letter store: {e}")),
                 }
+                return;
             }
             EntryOutcome::Pending => unreachable!("pending entries are retried, not settled"),
+        };
+        self.written.get(envelope.stream.label, envelope.source, &envelope.name).inc();
+        self.state.add_written(envelope.source);
+        let writer = seconds_between(envelope.parsed_at_us, acked_at);
+        metrics().writer_latency.observe(writer);
+        let total = envelope.timestamp_us.map(|ts| seconds_between(ts, acked_at));
+        if let Some(total) = total {
+            metrics().total_latency.observe(total);
+        }
+        let limits = &self.config.latency;
+        if writer > limits.writer.as_secs_f64() || total.is_some_and(|t| t > limits.total.as_secs_f64()) {
+            if let Some(suppressed) = SLOW_WARN.check() {
+                warn!(event = %envelope.name, key = %envelope.ordering_key, writer_seconds = writer, total_seconds = total, suppressed, "event over latency threshold");
+            }
+        }
+        if let Some(ack) = envelope.ack.take() {
+            ack.resolve(status);
         }
     }
 
-    fn drop_event(&self, envelope: &Envelope, reason: &str, detail: &str) {
-        metrics().events_dropped.with_label_values(&[stream_label(envelope.stream), reason]).inc();
-        self.state.add_dropped(1);
-        error!(reason, detail, event = %envelope.meta.name, uuid = %envelope.meta.unique_id, core_uuid = %envelope.meta.core_uuid, sequence = %envelope.meta.sequence, "event dropped");
+    /// An event that will never be written: counted, logged, and its source told.
+    fn drop_event(&self, mut envelope: Envelope, reason: &'static str, detail: &str) {
+        let source = envelope.source;
+        metrics().events_dropped.with_label_values(&[envelope.stream.label, reason, source.label()]).inc();
+        self.state.add_dropped(source, 1);
+        error!(reason, detail, source = source.label(), event = %envelope.name, key = %envelope.ordering_key, producer = %envelope.key.producer, id = %envelope.key.id.text(), "event dropped");
+        if let Some(ack) = envelope.ack.take() {
+            ack.resolve(AckStatus::Dropped(reason));
+        }
     }
 
     fn sink(&mut self) -> Result<&mut RedisSink, WriteError> {
         if self.sink.is_none() {
-            let sink = RedisSink::connect(&self.config.redis, self.lane.index())?;
+            let sink = RedisSink::connect(&self.config.redis)?;
             info!(mode = ?sink.mode(), "connected to Redis");
             self.state.redis_writers_up.fetch_add(1, Ordering::Relaxed);
             metrics().redis_connected.inc();
@@ -407,32 +419,28 @@ impl Writer {
     }
 }
 
-/// `eslstream_events_written_total` by stream and event name, each looked up once (a label
-/// lookup hashes both labels and takes a lock: once per event otherwise).
+/// `eslstream_events_written_total` by stream, source and event name, each looked up once (a
+/// label lookup hashes every label and takes a lock: once per event otherwise).
 #[derive(Default)]
-struct WrittenCounters(HashMap<String, [Option<IntCounter>; 2]>);
+struct WrittenCounters(HashMap<String, Vec<(CounterSlot, IntCounter)>>);
+
+/// The stream label and source a counter of one event name is for.
+type CounterSlot = (&'static str, Source);
 
 impl WrittenCounters {
     /// Names seen past this many are looked up each time (names come off the wire).
     const MAX_NAMES: usize = 256;
 
-    fn get(&mut self, stream: StreamKind, name: &str) -> IntCounter {
-        let slot = stream as usize;
-        if let Some(Some(counter)) = self.0.get(name).map(|c| &c[slot]) {
+    fn get(&mut self, stream: &'static str, source: Source, name: &str) -> IntCounter {
+        let slot = (stream, source);
+        if let Some((_, counter)) = self.0.get(name).and_then(|c| c.iter().find(|(s, _)| *s == slot)) {
             return counter.clone();
         }
-        let counter = metrics().events_written.with_label_values(&[stream_label(stream), event_label(name)]);
+        let counter = metrics().events_written.with_label_values(&[stream, event_label(name), source.label()]);
         if self.0.len() < Self::MAX_NAMES || self.0.contains_key(name) {
-            self.0.entry(name.to_owned()).or_default()[slot] = Some(counter.clone());
+            self.0.entry(name.to_owned()).or_default().push((slot, counter.clone()));
         }
         counter
-    }
-}
-
-pub fn stream_label(stream: StreamKind) -> &'static str {
-    match stream {
-        StreamKind::Events => "events",
-        StreamKind::Jobs => "jobs",
     }
 }
 

@@ -58,7 +58,7 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
 
 /// Path of `esl-captures/<name>` (the real FreeSWITCH captures).
 pub fn capture(name: &str) -> PathBuf {
-    Path::new("/work/shared/esl-captures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/esl-captures").join(name)
 }
 
 /// A child process with its stdout and stderr in a file; dropped = killed.
@@ -229,7 +229,7 @@ pub fn start_agent(env: &[(String, String)], extra: &[(&str, &str)]) -> Agent {
 
 /// GET on the agent's HTTP port: (status, body).
 pub fn http(port: u16, path: &str) -> Option<(u16, String)> {
-    eslstream::http::http_get(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(2)).ok()
+    eslstream::ops::http::http_get(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(2)).ok()
 }
 
 /// Sum of a counter family's samples whose labels contain `label` (e.g. `reason="spool_full"`).

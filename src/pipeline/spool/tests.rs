@@ -6,28 +6,22 @@ use std::io::Write;
 use bytes::Bytes;
 
 use super::*;
-use crate::envelope::{EventMeta, StreamKind};
-use crate::esl::event::EventFormat;
+use crate::envelope::{BodyFormat, EventId, IdempotencyKey, Source, StreamTarget};
+use crate::pipeline::spool::record::V1Streams;
 
 fn env(call: &str, seq: u64) -> Envelope {
+    let body = Bytes::from(format!("Event-Name: DTMF\nEvent-Sequence: {seq}\n\n"));
+    let key = IdempotencyKey { producer: "core".into(), id: EventId::Seq(seq) };
     Envelope {
-        stream: StreamKind::Events,
-        format: EventFormat::Plain,
-        body: Bytes::from(format!("Event-Name: DTMF\nEvent-Sequence: {seq}\n\n")),
-        meta: EventMeta {
-            name: "DTMF".into(),
-            unique_id: call.into(),
-            sequence: seq.to_string(),
-            ..Default::default()
-        },
+        name: "DTMF".into(),
+        ordering_key: call.into(),
         parsed_at_us: seq as i64,
-        spool_pos: None,
-        maybe_written: false,
+        ..Envelope::new(Source::Esl, StreamTarget::new("s", 0, "events"), BodyFormat::EslPlain, body, key)
     }
 }
 
-fn seqs(envs: &[Envelope]) -> Vec<u64> {
-    envs.iter().map(|e| e.meta.sequence.parse().unwrap()).collect()
+fn seqs<'a>(envs: impl IntoIterator<Item = &'a Envelope>) -> Vec<u64> {
+    envs.into_iter().map(|e| e.key.id.seq().unwrap()).collect()
 }
 
 fn read_all(spool: &mut LaneSpool) -> Vec<Envelope> {
@@ -158,24 +152,24 @@ fn budget_is_shared_and_released_on_commit() {
 fn changing_the_lane_count_repartitions_in_order() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut spools = open_lanes(dir.path(), 4, SpoolBudget::new(1 << 30)).unwrap();
+        let mut spools = open_lanes(dir.path(), 4, SpoolBudget::new(1 << 30), &V1Streams::default()).unwrap();
         for call in 0..20 {
             let id = format!("call-{call}");
-            let lane = crate::pipeline::lane_for(&id, 4);
+            let lane = crate::pipeline::routing::lane_for(&id, 4);
             for seq in 0..5 {
                 spools[lane].append(&env(&id, call * 100 + seq)).unwrap();
             }
         }
     }
-    let mut spools = open_lanes(dir.path(), 3, SpoolBudget::new(1 << 30)).unwrap();
+    let mut spools = open_lanes(dir.path(), 3, SpoolBudget::new(1 << 30), &V1Streams::default()).unwrap();
     let mut total = 0;
     for (lane, spool) in spools.iter_mut().enumerate() {
         let events = read_all(spool);
         total += events.len();
         for call in 0..20u64 {
             let id = format!("call-{call}");
-            let mine: Vec<u64> = seqs(&events.iter().filter(|e| e.meta.unique_id == id).cloned().collect::<Vec<_>>());
-            if crate::pipeline::lane_for(&id, 3) == lane {
+            let mine: Vec<u64> = seqs(events.iter().filter(|e| e.ordering_key == id));
+            if crate::pipeline::routing::lane_for(&id, 3) == lane {
                 assert_eq!(mine, (0..5).map(|s| call * 100 + s).collect::<Vec<_>>());
             } else {
                 assert!(mine.is_empty());

@@ -1,10 +1,11 @@
-//! The HTTP side of the agent on `HEALTH_BIND:HEALTH_PORT`: the server, its router, the
-//! handlers for `GET /health` and `GET /metrics`, helpers for handlers to come (bearer auth,
-//! bounded body reads), and the tiny client behind `eslstream health`.
+//! The HTTP side of the agent on `HEALTH_BIND:HEALTH_PORT`: the server, its router, helpers
+//! for handlers (replies, bearer auth, bounded body reads), and the tiny client behind
+//! `eslstream health`. The routes themselves are in [`crate::ops::routes`].
 //!
 //! Adding a route: write a [`Handler`] (`fn(Arc<AppContext>, Request<Body>, Params) ->
-//! HandlerFuture`) and register it in [`routes`]; the router answers 404 for unknown paths,
-//! 405 with `Allow` for known paths and other methods, and `HEAD` for every `GET` route.
+//! HandlerFuture`) and register it in [`crate::ops::routes::routes`]; the router answers 404
+//! for unknown paths, 405 with `Allow` for known paths and other methods, and `HEAD` for every
+//! `GET` route.
 //! Handlers never see a request bigger than [`MAX_HEADER_BYTES`] of headers and read bodies
 //! through [`read_body`], which is bounded.
 
@@ -20,21 +21,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderMap, HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
-use crate::dlq::DeadLetters;
-use crate::health::HealthBoard;
 use crate::logging::RateLimit;
-use crate::metrics::{metrics, render};
-use crate::pipeline::Pipeline;
-use crate::spool::SpoolBudget;
-use crate::state::AgentState;
+use crate::ops::context::AppContext;
 
 /// Connections served at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -45,7 +40,6 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default bound for [`read_body`].
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON: &str = "application/json";
 
 static ACCEPT_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
@@ -57,48 +51,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Reply = Response<Full<Bytes>>;
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 pub type Handler = fn(Arc<AppContext>, Request<Body>, Params) -> HandlerFuture;
-
-/// What handlers (and the monitor and summary line) share: the agent's configuration and
-/// live state.
-pub struct AppContext {
-    pub config: Arc<Config>,
-    pub state: Arc<AgentState>,
-    pub pipeline: Arc<Pipeline>,
-    pub spool: Arc<SpoolBudget>,
-    pub dead_letters: Arc<DeadLetters>,
-    /// The health monitor's latest report.
-    pub health: Arc<HealthBoard>,
-}
-
-impl AppContext {
-    /// A context over the agent's parts, with a fresh health board.
-    pub fn new(
-        config: &Arc<Config>,
-        state: &Arc<AgentState>,
-        pipeline: &Arc<Pipeline>,
-        spool: &Arc<SpoolBudget>,
-        dead_letters: &Arc<DeadLetters>,
-    ) -> Arc<AppContext> {
-        Arc::new(AppContext {
-            config: config.clone(),
-            state: state.clone(),
-            pipeline: pipeline.clone(),
-            spool: spool.clone(),
-            dead_letters: dead_letters.clone(),
-            health: Arc::new(HealthBoard::default()),
-        })
-    }
-}
-
-/// The routes the agent serves.
-pub fn routes() -> Router {
-    Router::default()
-        .get("/health", health)
-        .get("/metrics", metrics_text)
-        .get("/dlq", crate::dlq_api::list)
-        .get("/dlq/{id}", crate::dlq_api::get)
-        .post("/dlq/{id}/retry", crate::dlq_api::retry)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Router
@@ -279,35 +231,6 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Box<Reply>> {
         ))),
         Err(e) => Err(Box::new(error_reply(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}")))),
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Handlers
-// ---------------------------------------------------------------------------------------------
-
-/// `GET /health`: the monitor's latest report; 200 when healthy, else 503.
-fn health(ctx: Arc<AppContext>, _req: Request<Body>, _params: Params) -> HandlerFuture {
-    Box::pin(async move {
-        let report = ctx.health.latest();
-        let status = if report.is_healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-        let mut reply = json_reply(status, &*report);
-        reply.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        reply
-    })
-}
-
-/// `GET /metrics`: the registry in Prometheus text format.
-fn metrics_text(ctx: Arc<AppContext>, _req: Request<Body>, _params: Params) -> HandlerFuture {
-    Box::pin(async move {
-        refresh_gauges(&ctx);
-        reply(StatusCode::OK, PROMETHEUS_TEXT, render())
-    })
-}
-
-/// Copies figures kept outside the registry (the spool's own counters) into gauges.
-fn refresh_gauges(ctx: &AppContext) {
-    metrics().spool_bytes.set(ctx.spool.used().min(i64::MAX as u64) as i64);
-    metrics().spool_events.set(ctx.spool.events().min(i64::MAX as u64) as i64);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,8 +425,12 @@ fn parse_response(response: &[u8]) -> Option<(u16, String)> {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::health::{Check, HealthReport, Status};
-    use crate::pipeline::PipelineShape;
+    use crate::ops::health::{Check, HealthReport, Status};
+    use crate::ops::routes::{routes, PROMETHEUS_TEXT};
+    use crate::pipeline::spool::SpoolBudget;
+    use crate::pipeline::{Pipeline, PipelineShape};
+    use crate::sink::dlq::DeadLetters;
+    use crate::state::AgentState;
     use std::collections::HashMap;
 
     fn context(token: Option<&str>) -> Arc<AppContext> {

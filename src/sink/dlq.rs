@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::now_us;
+use crate::envelope::{now_us, EventId};
 use crate::sink::redis::Entry;
 
 /// The most dead letters kept; past it new ones are dropped (counted).
@@ -31,8 +31,13 @@ pub struct DeadLetter {
     pub max_len: u64,
     pub event_name: String,
     pub unique_id: String,
+    /// The idempotency key's producer (`core_uuid` for ESL events).
     pub core_uuid: String,
+    /// The idempotency key's id (`event_sequence` for ESL events).
     pub event_sequence: String,
+    /// The id is a string (an HTTP idempotency key), not a number.
+    #[serde(default)]
+    pub string_id: bool,
     /// The entry's field/value pairs as they were sent (values as UTF-8 text).
     pub fields: Vec<(String, String)>,
 }
@@ -60,11 +65,15 @@ impl DeadLetter {
                 Ok((*name, value.as_bytes().to_vec()))
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let id = match self.event_sequence.parse::<u64>() {
+            Ok(n) if !self.string_id => EventId::Seq(n),
+            _ => EventId::Key(self.event_sequence.clone()),
+        };
         Ok(Entry {
             stream_key: self.stream_key.clone(),
             max_len: self.max_len,
-            core_uuid: self.core_uuid.clone(),
-            sequence: self.event_sequence.clone(),
+            producer: self.core_uuid.clone(),
+            id,
             fields,
         })
     }
@@ -116,8 +125,9 @@ impl DeadLetters {
             max_len: entry.max_len,
             event_name: event_name.to_owned(),
             unique_id: unique_id.to_owned(),
-            core_uuid: entry.core_uuid.clone(),
-            event_sequence: entry.sequence.clone(),
+            core_uuid: entry.producer.clone(),
+            event_sequence: entry.id.text(),
+            string_id: matches!(entry.id, EventId::Key(_)),
             fields: entry
                 .fields
                 .iter()
@@ -203,8 +213,8 @@ mod tests {
         Entry {
             stream_key: "s".into(),
             max_len: 10,
-            core_uuid: "core".into(),
-            sequence: "7".into(),
+            producer: "core".into(),
+            id: EventId::Seq(7),
             fields: vec![("event", b"{\"Event-Name\":\"DTMF\"}".to_vec()), ("event_name", b"DTMF".to_vec())],
         }
     }

@@ -16,7 +16,8 @@
 
 use std::cell::RefCell;
 
-use crate::esl::event::{
+use crate::envelope::BodyFormat;
+use crate::source::esl::event::{
     decode, hex_val, percent_decode_into, DecodedValue, Event, EventError, EventFormat, PlainScanner, ARRAY_PREFIX,
     ARRAY_SEPARATOR,
 };
@@ -74,15 +75,20 @@ pub fn write_event_json(event: &Event<'_>, out: &mut Vec<u8>) {
 
 /// One-shot for the writer hot path: decodes `body` in `format` and appends the JSON object
 /// to `out` (reuse `out` across calls). Returns whether decoding was lossy (bytes that were
-/// not UTF-8 replaced by U+FFFD). On error `out` is left as it was.
-pub fn event_json(format: EventFormat, body: &[u8], out: &mut Vec<u8>) -> Result<bool, EventError> {
+/// not UTF-8 replaced by U+FFFD). On error `out` is left as it was. A [`BodyFormat::Json`]
+/// body is the field already (its source validated and compacted it) and is copied as is.
+pub fn event_json(format: impl Into<BodyFormat>, body: &[u8], out: &mut Vec<u8>) -> Result<bool, EventError> {
     let start = out.len();
-    let result = match format {
-        EventFormat::Plain => plain_event_json(body, out),
-        EventFormat::Json => decode(format, body).map(|event| {
+    let result = match format.into() {
+        BodyFormat::EslPlain => plain_event_json(body, out),
+        BodyFormat::EslJson => decode(EventFormat::Json, body).map(|event| {
             write_event_json(&event, out);
             event.lossy
         }),
+        BodyFormat::Json => {
+            out.extend_from_slice(body);
+            Ok(false)
+        }
     };
     if result.is_err() {
         out.truncate(start);

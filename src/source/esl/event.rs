@@ -3,7 +3,7 @@
 //! This module owns what an event body means: [`decode`] turns a body into an [`Event`]
 //! (every header in order, duplicates kept, values decoded), [`scan_meta`] is the socket
 //! reader's fast path that decodes only the index fields of
-//! [`EventMeta`](crate::envelope::EventMeta), and [`percent_decode`] is FreeSWITCH's
+//! [`EventMeta`], and [`percent_decode`] is FreeSWITCH's
 //! `switch_url_decode`.
 //!
 //! Plain format, as `switch_event_serialize` writes it: `Name: value\n` lines (names raw,
@@ -26,7 +26,27 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::envelope::EventMeta;
+use crate::envelope::BodyFormat;
+
+/// The fields of an event the ESL source needs without decoding the whole body: to route it,
+/// order it, deduplicate it and time it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventMeta {
+    /// `Event-Name`, percent-decoded (`CUSTOM` for custom events).
+    pub name: String,
+    /// `Event-Subclass` for CUSTOM events, else empty.
+    pub subclass: String,
+    /// `Unique-ID`, else `Job-UUID`, else empty: the per-call ordering key.
+    pub unique_id: String,
+    /// `Core-UUID` of the FreeSWITCH process.
+    pub core_uuid: String,
+    /// `Event-Sequence` as sent (decimal digits), empty when absent.
+    pub sequence: String,
+    /// `Event-Date-Timestamp`: microseconds since the Unix epoch, when present.
+    pub timestamp_us: Option<i64>,
+    /// `Event-Calling-Function` (decides whether a BACKGROUND_JOB is a job).
+    pub calling_function: String,
+}
 
 /// The wire format of an event body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +66,26 @@ impl EventFormat {
         }
     }
 
+    /// How the pipeline turns a body of this format into an entry.
+    pub fn body_format(self) -> BodyFormat {
+        match self {
+            EventFormat::Plain => BodyFormat::EslPlain,
+            EventFormat::Json => BodyFormat::EslJson,
+        }
+    }
+
     /// The frame `Content-Type` that carries this format.
     pub fn content_type(self) -> &'static str {
         match self {
             EventFormat::Plain => "text/event-plain",
             EventFormat::Json => "text/event-json",
         }
+    }
+}
+
+impl From<EventFormat> for BodyFormat {
+    fn from(format: EventFormat) -> BodyFormat {
+        format.body_format()
     }
 }
 

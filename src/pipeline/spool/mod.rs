@@ -76,6 +76,13 @@ pub struct Recovery {
     pub truncated_bytes: u64,
 }
 
+/// What a [`LaneSpool::rewind`] moved back, to undo it.
+#[derive(Debug, Clone, Copy)]
+pub struct Rewound {
+    read: SpoolPos,
+    records: u64,
+}
+
 /// One lane's spool.
 pub struct LaneSpool {
     dir: PathBuf,
@@ -94,6 +101,11 @@ pub struct LaneSpool {
     scratch: Vec<u8>,
     /// Records appended to the tail segment and not yet written to it.
     pending: Vec<u8>,
+    /// The streams records of the previous format name by number.
+    v1_streams: record::V1Streams,
+    /// A segment file was created since the last [`LaneSpool::sync`]: the directory entry
+    /// must reach the disk too.
+    dir_dirty: bool,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -156,8 +168,16 @@ impl LaneSpool {
             budget,
             scratch: Vec::with_capacity(16 * 1024),
             pending: Vec::new(),
+            v1_streams: record::V1Streams::default(),
+            dir_dirty: false,
         };
         Ok((spool, recovery))
+    }
+
+    /// The events and jobs streams, for records of the previous format (which named them by
+    /// number).
+    pub fn set_v1_streams(&mut self, streams: record::V1Streams) {
+        self.v1_streams = streams;
     }
 
     /// Events appended and not yet read back.
@@ -250,6 +270,8 @@ impl LaneSpool {
         };
         if let Err(e) = write() {
             self.budget.used.fetch_sub(len, Ordering::Relaxed);
+            // A segment never listed must not be found at the next start.
+            let _ = fs::remove_file(segment_path(&self.dir, id));
             return Err(e.into());
         }
         self.segments.insert(id, len);
@@ -317,7 +339,7 @@ impl LaneSpool {
             self.read.offset += (record::HEADER_LEN + plen) as u64;
             self.unread -= 1;
             self.budget.events.fetch_sub(1, Ordering::Relaxed);
-            match record::decode(&payload, crc) {
+            match record::decode(&payload, crc, &self.v1_streams) {
                 Ok(mut envelope) => {
                     envelope.spool_pos = Some(self.read);
                     envelope.maybe_written |= self.read <= self.replay_end;
@@ -333,9 +355,10 @@ impl LaneSpool {
 
     /// Sends the read position back to the committed one: records read but not acknowledged
     /// will be read again.
-    pub fn rewind(&mut self) {
+    pub fn rewind(&mut self) -> Rewound {
+        let mark = Rewound { read: self.read, records: 0 };
         if self.read == self.committed {
-            return;
+            return mark;
         }
         let mut back = 0u64;
         let mut pos = self.committed;
@@ -351,6 +374,25 @@ impl LaneSpool {
         self.budget.events.fetch_add(back, Ordering::Relaxed);
         self.read = self.committed;
         self.reader = None;
+        Rewound { records: back, ..mark }
+    }
+
+    /// Undoes a [`LaneSpool::rewind`]: the records it made unread are in flight again.
+    pub fn undo_rewind(&mut self, rewound: Rewound) {
+        self.unread -= rewound.records.min(self.unread);
+        self.budget.events.fetch_sub(rewound.records, Ordering::Relaxed);
+        self.read = rewound.read;
+        self.reader = None;
+    }
+
+    /// Whether `bytes` more fit in the budget now (another lane may take the room before they
+    /// are written, so a write can still find it full).
+    pub fn check_room(&self, bytes: u64) -> Result<(), SpoolError> {
+        let (used, max) = (self.budget.used.load(Ordering::Relaxed), self.budget.max_bytes);
+        match used.checked_add(bytes) {
+            Some(total) if total <= max => Ok(()),
+            _ => Err(SpoolError::Full { used, max }),
+        }
     }
 
     /// Records that everything up to `pos` was acknowledged: persists the cursor and deletes
@@ -378,11 +420,17 @@ impl LaneSpool {
         Ok(())
     }
 
-    /// Writes buffered records and flushes the open segment to disk (on shutdown).
+    /// Writes buffered records and flushes them to disk: the open segment, and the directory
+    /// when a segment was created (for acknowledged events, and on shutdown). Earlier
+    /// segments were synced when they were closed.
     pub fn sync(&mut self) -> io::Result<()> {
         self.flush()?;
         if let Some((_, f)) = &self.tail {
             f.sync_data()?;
+        }
+        if self.dir_dirty {
+            File::open(&self.dir)?.sync_all()?;
+            self.dir_dirty = false;
         }
         self.cursor.sync_data()
     }
@@ -423,6 +471,7 @@ impl LaneSpool {
             let file = OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, id))?;
             self.segments.entry(id).or_insert(0);
             self.tail = Some((id, file));
+            self.dir_dirty = true;
         }
         let (id, file) = self.tail.as_mut().expect("tail set above");
         Ok((*id, file))
@@ -484,7 +533,9 @@ fn verify_segment(path: &Path, from: u64) -> io::Result<(u64, u64, u64)> {
             break;
         }
         payload.resize(len, 0);
-        if reader.read_exact(&mut payload).is_err() || record::decode(&payload, crc).is_err() {
+        if reader.read_exact(&mut payload).is_err()
+            || record::decode(&payload, crc, &record::V1Streams::default()).is_err()
+        {
             break;
         }
         offset += (record::HEADER_LEN + len) as u64;
@@ -516,7 +567,12 @@ fn count_records(path: &Path, from: u64, to: u64) -> io::Result<u64> {
 /// Opens one spool per lane under `dir`. If the spool was written with a different number of
 /// lanes (`WRITER_WORKERS` changed), every unread event is re-partitioned onto the new lanes
 /// first, in order, so each call's events stay on one lane and in order.
-pub fn open_lanes(dir: &Path, lanes: usize, budget: Arc<SpoolBudget>) -> io::Result<Vec<LaneSpool>> {
+pub fn open_lanes(
+    dir: &Path,
+    lanes: usize,
+    budget: Arc<SpoolBudget>,
+    v1_streams: &record::V1Streams,
+) -> io::Result<Vec<LaneSpool>> {
     fs::create_dir_all(dir)?;
     let count_file = dir.join("lanes");
     let previous: Option<usize> = fs::read_to_string(&count_file).ok().and_then(|s| s.trim().parse().ok());
@@ -535,7 +591,7 @@ pub fn open_lanes(dir: &Path, lanes: usize, budget: Arc<SpoolBudget>) -> io::Res
     }
     let mut spools = Vec::with_capacity(lanes);
     for lane in 0..lanes {
-        let (spool, recovery) = LaneSpool::open(&dir.join(format!("lane-{lane}")), budget.clone())?;
+        let (mut spool, recovery) = LaneSpool::open(&dir.join(format!("lane-{lane}")), budget.clone())?;
         if recovery.records > 0 || recovery.truncated_bytes > 0 {
             tracing::info!(
                 lane,
@@ -545,17 +601,19 @@ pub fn open_lanes(dir: &Path, lanes: usize, budget: Arc<SpoolBudget>) -> io::Res
                 "spool holds events from an earlier run; they are written first"
             );
         }
+        spool.set_v1_streams(v1_streams.clone());
         spools.push(spool);
     }
     for old in old_dirs {
         let unlimited = SpoolBudget::new(u64::MAX);
         let (mut spool, _) = LaneSpool::open(&old, unlimited)?;
+        spool.set_v1_streams(v1_streams.clone());
         let mut moved = 0u64;
         let mut batch = Vec::new();
         while spool.read_batch(1024, &mut batch)? > 0 {
             for mut envelope in batch.drain(..) {
                 envelope.spool_pos = None;
-                let lane = crate::pipeline::lane_for(&envelope.meta.unique_id, lanes);
+                let lane = crate::pipeline::routing::lane_for(&envelope.ordering_key, lanes);
                 spools[lane].append(&envelope).map_err(|e| io::Error::other(e.to_string()))?;
                 moved += 1;
             }

@@ -6,15 +6,26 @@
 //! [`Ops::stop`] joins them and then stops the HTTP server, which keeps answering during the
 //! drain.
 
+pub mod context;
+pub mod dlq_api;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod routes;
+pub mod summary;
+pub mod trim;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::health::HealthMonitor;
-use crate::http::{routes, AppContext, HttpServer};
+use crate::ops::context::AppContext;
+use crate::ops::health::HealthMonitor;
+use crate::ops::http::HttpServer;
+use crate::ops::routes::routes;
+use crate::ops::summary::Summarizer;
+use crate::ops::trim::Trimmer;
 use crate::shutdown::Shutdown;
-use crate::summary::Summarizer;
-use crate::trim::Trimmer;
 
 /// The running HTTP server and background threads.
 pub struct Ops {

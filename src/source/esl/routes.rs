@@ -1,7 +1,10 @@
 //! What goes where: which events the agent subscribes to, and which stream each event is
 //! written to (`EVENTS_TO_PUBLISH` → jobs stream, `EVENTS_TO_PUSH` → events stream).
 
-use crate::envelope::{EventMeta, StreamKind};
+use std::sync::Arc;
+
+use crate::envelope::StreamTarget;
+use crate::source::esl::event::EventMeta;
 
 /// A set of event names as configured: `ALL`, plain names, `CUSTOM` (every subclass) and
 /// `CUSTOM::<subclass>`.
@@ -48,21 +51,30 @@ pub struct Router {
     publish: EventSet,
     push: EventSet,
     subscription: String,
+    /// `STREAM_EVENTS` and `STREAM_JOBS`.
+    events: Arc<StreamTarget>,
+    jobs: Arc<StreamTarget>,
 }
 
 impl Router {
-    pub fn new(publish: &[String], push: &[String]) -> Router {
-        Router { publish: EventSet::new(publish), push: EventSet::new(push), subscription: subscription(publish, push) }
+    pub fn new(publish: &[String], push: &[String], events: Arc<StreamTarget>, jobs: Arc<StreamTarget>) -> Router {
+        Router {
+            publish: EventSet::new(publish),
+            push: EventSet::new(push),
+            subscription: subscription(publish, push),
+            events,
+            jobs,
+        }
     }
 
     /// The stream an event belongs to, or `None` when it is not written.
-    pub fn route(&self, meta: &EventMeta) -> Option<StreamKind> {
+    pub fn route(&self, meta: &EventMeta) -> Option<&Arc<StreamTarget>> {
         let is_job = self.publish.contains(&meta.name, &meta.subclass)
             && (meta.name != "BACKGROUND_JOB" || meta.calling_function == "api_exec");
         if is_job {
-            Some(StreamKind::Jobs)
+            Some(&self.jobs)
         } else if self.push.contains(&meta.name, &meta.subclass) {
-            Some(StreamKind::Events)
+            Some(&self.events)
         } else {
             None
         }
@@ -109,31 +121,41 @@ mod tests {
         crate::config::parse_event_list(s)
     }
 
+    fn router(publish: &str, push: &str) -> Router {
+        let events = StreamTarget::new("e", 0, "events");
+        let jobs = StreamTarget::new("j", 0, "jobs");
+        Router::new(&list(publish), &list(push), events, jobs)
+    }
+
+    fn route(r: &Router, name: &str, subclass: &str, func: &str) -> Option<&'static str> {
+        r.route(&meta(name, subclass, func)).map(|s| s.label)
+    }
+
     fn meta(name: &str, subclass: &str, func: &str) -> EventMeta {
         EventMeta { name: name.into(), subclass: subclass.into(), calling_function: func.into(), ..Default::default() }
     }
 
     #[test]
     fn subscription_puts_custom_subclasses_last() {
-        let r = Router::new(&list("BACKGROUND_JOB, DTMF"), &list("CUSTOM::sofia::register,CHANNEL_ANSWER, DTMF"));
+        let r = router("BACKGROUND_JOB, DTMF", "CUSTOM::sofia::register,CHANNEL_ANSWER, DTMF");
         assert_eq!(r.subscription(), "HEARTBEAT BACKGROUND_JOB DTMF CHANNEL_ANSWER CUSTOM sofia::register");
     }
 
     #[test]
     fn bare_custom_subscribes_to_all_and_filters_locally() {
-        let r = Router::new(&list("BACKGROUND_JOB"), &list("CHANNEL_ANSWER,CUSTOM"));
+        let r = router("BACKGROUND_JOB", "CHANNEL_ANSWER,CUSTOM");
         assert_eq!(r.subscription(), "ALL");
-        assert_eq!(r.route(&meta("CUSTOM", "conference::maintenance", "")), Some(StreamKind::Events));
-        assert_eq!(r.route(&meta("CHANNEL_CREATE", "", "")), None);
+        assert_eq!(route(&r, "CUSTOM", "conference::maintenance", ""), Some("events"));
+        assert_eq!(route(&r, "CHANNEL_CREATE", "", ""), None);
     }
 
     #[test]
     fn publish_wins_and_background_job_needs_api_exec() {
-        let r = Router::new(&list("BACKGROUND_JOB,DTMF"), &list("DTMF,BACKGROUND_JOB,CUSTOM::a::b"));
-        assert_eq!(r.route(&meta("DTMF", "", "")), Some(StreamKind::Jobs));
-        assert_eq!(r.route(&meta("BACKGROUND_JOB", "", "api_exec")), Some(StreamKind::Jobs));
-        assert_eq!(r.route(&meta("BACKGROUND_JOB", "", "other")), Some(StreamKind::Events));
-        assert_eq!(r.route(&meta("CUSTOM", "a::b", "")), Some(StreamKind::Events));
-        assert_eq!(r.route(&meta("CUSTOM", "c::d", "")), None);
+        let r = router("BACKGROUND_JOB,DTMF", "DTMF,BACKGROUND_JOB,CUSTOM::a::b");
+        assert_eq!(route(&r, "DTMF", "", ""), Some("jobs"));
+        assert_eq!(route(&r, "BACKGROUND_JOB", "", "api_exec"), Some("jobs"));
+        assert_eq!(route(&r, "BACKGROUND_JOB", "", "other"), Some("events"));
+        assert_eq!(route(&r, "CUSTOM", "a::b", ""), Some("events"));
+        assert_eq!(route(&r, "CUSTOM", "c::d", ""), None);
     }
 }

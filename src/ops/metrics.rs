@@ -19,13 +19,13 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// Every metric the agent exports.
 pub struct Metrics {
     pub registry: Registry,
-    /// Events parsed off a source, by source (`esl`, `http`).
+    /// Events taken in, by source (`esl`, `http`, `outbox`).
     pub events_received: IntCounterVec,
-    /// Entries acknowledged by Redis, by stream and event name.
+    /// Entries acknowledged by Redis, by stream, event name and source.
     pub events_written: IntCounterVec,
-    /// Events that will never reach Redis, by stream and reason.
+    /// Events that will never reach Redis, by stream, reason and source.
     pub events_dropped: IntCounterVec,
-    /// Events Redis refused for good, kept as dead letters, by stream.
+    /// Events Redis refused for good, kept as dead letters, by stream and source.
     pub dead_lettered: IntCounterVec,
     /// Events received but not routed to any stream (not in EVENTS_TO_PUBLISH/PUSH).
     pub events_filtered: IntCounter,
@@ -128,26 +128,26 @@ impl Metrics {
             events_received: counter_vec(
                 &r,
                 "eslstream_events_received_total",
-                "Events parsed off a source",
+                "Events taken in from a source",
                 &["source"],
             ),
             events_written: counter_vec(
                 &r,
                 "eslstream_events_written_total",
                 "Entries acknowledged by Redis",
-                &["stream", "event"],
+                &["stream", "event", "source"],
             ),
             events_dropped: counter_vec(
                 &r,
                 "eslstream_events_dropped_total",
                 "Events that will never reach Redis",
-                &["stream", "reason"],
+                &["stream", "reason", "source"],
             ),
             dead_lettered: counter_vec(
                 &r,
                 "eslstream_dead_lettered_total",
                 "Events Redis refused for good, kept as dead letters",
-                &["stream"],
+                &["stream", "source"],
             ),
             events_filtered: counter(&r, "eslstream_events_filtered_total", "Events received but routed to no stream"),
             duplicates_suppressed: counter(

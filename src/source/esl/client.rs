@@ -2,8 +2,9 @@
 //! rate into the pipeline, forever, reconnecting with capped exponential backoff.
 //!
 //! The reader runs on its own thread and never waits for Redis: each event is framed, its
-//! index fields scanned, and it is handed to [`Pipeline::submit`], which never blocks. Events
-//! are decoded fully by the writers. A connection that goes silent is probed with
+//! index fields scanned, and it is offered to the pipeline through the [`Intake`], which
+//! never blocks (past the short wait for room that [`Lag`] allows). Events are decoded fully
+//! by the writers. A connection that goes silent is probed with
 //! `api status`; one that does not answer within `ESL_HEALTH_CHECK_TIMEOUT` is re-made.
 
 use std::io::{self, Write};
@@ -16,14 +17,15 @@ use bytes::BytesMut;
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::config::EslConfig;
-use crate::envelope::{now_us, Envelope, KeyAssigner};
-use crate::esl::event::{scan_meta, EventFormat};
-use crate::esl::frame::{Frame, FrameDecoder, FrameError};
-use crate::esl::lag::Lag;
+use crate::envelope::{now_us, Envelope, EventId, IdempotencyKey, Source};
 use crate::logging::RateLimit;
-use crate::metrics::{metrics, seconds_between};
-use crate::routing::Router;
+use crate::ops::metrics::{metrics, seconds_between};
 use crate::shutdown::Shutdown;
+use crate::source::esl::event::{scan_meta, EventFormat, EventMeta};
+use crate::source::esl::frame::{Frame, FrameDecoder, FrameError};
+use crate::source::esl::lag::Lag;
+use crate::source::esl::routes::Router;
+use crate::source::{Intake, KeyAssigner, Offer};
 use crate::state::AgentState;
 
 /// How often a blocked read wakes to check for shutdown and silence.
@@ -61,20 +63,14 @@ pub enum SessionError {
     Handshake(String),
 }
 
-/// Where events go once read.
-pub struct EventSink {
-    pub router: Router,
-    pub pipeline: Arc<crate::pipeline::Pipeline>,
-    /// Called with events the pipeline had no room for, and why.
-    pub overflow: Arc<dyn Fn(Envelope, &'static str) + Send + Sync>,
-}
-
 /// The ESL client; [`EslClient::run`] owns the reconnect loop.
 pub struct EslClient {
     config: EslConfig,
     /// `READER_MAX_LATENCY`: events older than this when parsed are logged.
     max_latency: Duration,
-    sink: EventSink,
+    /// Which stream each event goes to, and what to subscribe to.
+    router: Router,
+    intake: Arc<Intake>,
     state: Arc<AgentState>,
     shutdown: Shutdown,
     keys: KeyAssigner,
@@ -91,14 +87,16 @@ impl EslClient {
     pub fn new(
         config: EslConfig,
         max_latency: Duration,
-        sink: EventSink,
+        router: Router,
+        intake: Arc<Intake>,
         state: Arc<AgentState>,
         shutdown: Shutdown,
     ) -> EslClient {
         EslClient {
             config,
             max_latency,
-            sink,
+            router,
+            intake,
             state,
             shutdown,
             keys: KeyAssigner::new(),
@@ -192,7 +190,7 @@ impl EslClient {
         if !reply.starts_with("+OK") {
             return Err(SessionError::AuthRejected);
         }
-        let command = format!("event plain {}\n\n", self.sink.router.subscription());
+        let command = format!("event plain {}\n\n", self.router.subscription());
         conn.send(&command)?;
         let reply = conn.command_reply(&self.shutdown, self.config.health_check_timeout)?;
         if !reply.starts_with("+OK") {
@@ -201,7 +199,7 @@ impl EslClient {
         *subscribed = true;
         self.state.esl_connected.store(true, Ordering::Release);
         metrics().esl_connected.set(1);
-        info!(subscription = %self.sink.router.subscription(), "ESL connected and subscribed");
+        info!(subscription = %self.router.subscription(), "ESL connected and subscribed");
 
         let mut last_data = Instant::now();
         let mut waiting_since = last_data;
@@ -215,7 +213,7 @@ impl EslClient {
                     probe_sent = None;
                     self.state.last_esl_read_us.store(now_us(), Ordering::Relaxed);
                     let handled = self.handle_buffered(&mut conn);
-                    self.sink.pipeline.flush_spools();
+                    self.intake.flush();
                     handled?;
                     waiting_since = Instant::now();
                 }
@@ -261,13 +259,14 @@ impl EslClient {
             }
         };
         self.received.inc();
+        self.intake.received(Source::Esl);
         let parsed_at_us = now_us();
         let body = frame.body().clone();
         let mut meta = match scan_meta(format, &body) {
             Ok(meta) => meta,
             Err(e) => {
-                metrics().events_dropped.with_label_values(&["none", "malformed"]).inc();
-                self.state.add_dropped(1);
+                metrics().events_dropped.with_label_values(&["none", "malformed", "esl"]).inc();
+                self.state.add_dropped(Source::Esl, 1);
                 error!(error = %e, bytes = body.len(), "malformed event dropped");
                 return Ok(());
             }
@@ -281,11 +280,10 @@ impl EslClient {
                 }
             }
         }
-        self.keys.fill(&mut meta);
         if meta.name == "HEARTBEAT" {
             self.state.last_heartbeat_us.store(parsed_at_us, Ordering::Relaxed);
         }
-        let Some(stream) = self.sink.router.route(&meta) else {
+        let Some(stream) = self.router.route(&meta) else {
             metrics().events_filtered.inc();
             if FILTER_DEBUG.check().is_some() {
                 debug!(event = %meta.name, "event not in EVENTS_TO_PUBLISH/EVENTS_TO_PUSH; not written");
@@ -294,16 +292,35 @@ impl EslClient {
         };
         // Memory full: wait for room while the switch is less than MAX_LAG behind, then spool.
         let wait_until = meta.timestamp_us.and_then(|ts| self.lag.wait_until(ts, parsed_at_us, Instant::now()));
-        let envelope = Envelope { stream, format, body, meta, parsed_at_us, spool_pos: None, maybe_written: false };
-        let pipeline = &self.sink.pipeline;
-        let submitted = match idle {
-            true => pipeline.write_or_submit(envelope, wait_until),
-            false => pipeline.submit_by(envelope, wait_until),
+        let envelope = Envelope {
+            source: Source::Esl,
+            stream: stream.clone(),
+            format: format.body_format(),
+            body,
+            key: self.key_of(&mut meta),
+            name: meta.name,
+            ordering_key: meta.unique_id,
+            timestamp_us: meta.timestamp_us,
+            parsed_at_us,
+            spool_pos: None,
+            maybe_written: false,
+            ack: None,
         };
-        if let crate::pipeline::Submitted::Full(envelope, reason) = submitted {
-            (self.sink.overflow)(*envelope, reason);
-        }
+        self.intake.offer(envelope, Offer { wait_until, write_now: idle });
         Ok(())
+    }
+}
+
+impl EslClient {
+    /// `(Core-UUID, Event-Sequence)`, or a key of the agent's own when the event lacks one (or
+    /// its sequence is not a decimal number, which the dedup bitmaps cannot index).
+    fn key_of(&self, meta: &mut EventMeta) -> IdempotencyKey {
+        match meta.sequence.parse::<u64>() {
+            Ok(sequence) if !meta.core_uuid.is_empty() => {
+                IdempotencyKey { producer: std::mem::take(&mut meta.core_uuid), id: EventId::Seq(sequence) }
+            }
+            _ => self.keys.next(),
+        }
     }
 }
 

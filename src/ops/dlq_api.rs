@@ -8,8 +8,9 @@ use hyper::Request;
 use hyper::StatusCode;
 use serde_json::json;
 
-use crate::dlq::DeadLetter;
-use crate::http::{authorize, error_reply, json_reply, AppContext, Body, HandlerFuture, Params, Reply};
+use crate::ops::context::AppContext;
+use crate::ops::http::{authorize, error_reply, json_reply, Body, HandlerFuture, Params, Reply};
+use crate::sink::dlq::DeadLetter;
 use crate::sink::redis::{EntryOutcome, RedisSink};
 
 /// Most dead letters listed by one `GET /dlq` (`?limit=` lowers it).
@@ -80,7 +81,7 @@ pub fn retry(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> Handle
         let store = ctx.dead_letters.clone();
         let id = letter.id.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let mut sink = RedisSink::connect(&redis, 0)?;
+            let mut sink = RedisSink::connect(&redis)?;
             // The checking path: if an earlier retry got through, nothing is added twice.
             let outcome = sink.write(std::slice::from_ref(&entry), true)?.remove(0);
             Ok::<_, crate::sink::redis::WriteError>(outcome)

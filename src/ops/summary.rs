@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::http::AppContext;
-use crate::metrics::{bucket_delta, cumulative_buckets, metrics, quantile};
+use crate::ops::context::AppContext;
+use crate::ops::metrics::{bucket_delta, cumulative_buckets, metrics, quantile};
 use crate::shutdown::Shutdown;
 
 /// The figures of one summary line.

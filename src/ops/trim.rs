@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::logging::RateLimit;
-use crate::metrics::metrics;
+use crate::ops::metrics::metrics;
 use crate::shutdown::Shutdown;
 
 /// Entries one `XTRIM` call may remove.
@@ -100,7 +100,7 @@ impl Trimmer {
         let timeout = self.config.redis.write_timeout;
         let conn = match &mut self.conn {
             Some(conn) => conn,
-            None => self.conn.insert(crate::health::connect_redis(&self.config.redis, timeout)?),
+            None => self.conn.insert(crate::ops::health::monitor::connect_redis(&self.config.redis, timeout)?),
         };
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query(conn)?;
         let now_ms = secs * 1000 + micros / 1000;

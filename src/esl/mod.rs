@@ -1,9 +1,0 @@
-//! The FreeSWITCH event socket: framing ([`frame`]), event decoding ([`event`]), encoding for
-//! the simulator and tests ([`encode`]), the inbound client ([`client`]) and how long it may
-//! hold the socket ([`lag`]).
-
-pub mod client;
-pub mod encode;
-pub mod event;
-pub mod frame;
-pub mod lag;

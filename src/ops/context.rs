@@ -1,0 +1,42 @@
+//! What the admin HTTP handlers, the health monitor and the summary line share: the agent's
+//! configuration and live state.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::ops::health::HealthBoard;
+use crate::pipeline::spool::SpoolBudget;
+use crate::pipeline::Pipeline;
+use crate::sink::dlq::DeadLetters;
+use crate::state::AgentState;
+
+/// The agent's parts, as the ops side sees them.
+pub struct AppContext {
+    pub config: Arc<Config>,
+    pub state: Arc<AgentState>,
+    pub pipeline: Arc<Pipeline>,
+    pub spool: Arc<SpoolBudget>,
+    pub dead_letters: Arc<DeadLetters>,
+    /// The health monitor's latest report.
+    pub health: Arc<HealthBoard>,
+}
+
+impl AppContext {
+    /// A context over the agent's parts, with a fresh health board.
+    pub fn new(
+        config: &Arc<Config>,
+        state: &Arc<AgentState>,
+        pipeline: &Arc<Pipeline>,
+        spool: &Arc<SpoolBudget>,
+        dead_letters: &Arc<DeadLetters>,
+    ) -> Arc<AppContext> {
+        Arc::new(AppContext {
+            config: config.clone(),
+            state: state.clone(),
+            pipeline: pipeline.clone(),
+            spool: spool.clone(),
+            dead_letters: dead_letters.clone(),
+            health: Arc::new(HealthBoard::default()),
+        })
+    }
+}

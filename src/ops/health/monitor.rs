@@ -1,0 +1,226 @@
+//! The health monitor: every `HEALTH_CHECK_INTERVAL` it pings Redis on its own connection,
+//! takes a snapshot of the agent's state, applies the rules and publishes the report.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::config::RedisConfig;
+use crate::envelope::{now_us, Source};
+use crate::ops::context::AppContext;
+use crate::ops::health::report::*;
+use crate::ops::health::rules::*;
+use crate::ops::metrics::{dropped_by_reason, metrics};
+use crate::shutdown::Shutdown;
+
+/// Opens a Redis connection whose connect, read and write each give up after `timeout`.
+pub fn connect_redis(config: &RedisConfig, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(config.url.as_str())?;
+    let conn = client.get_connection_with_timeout(config.dial_timeout.min(timeout))?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    Ok(conn)
+}
+
+/// The monitor's own Redis connection, re-made after any failure.
+struct RedisProbe {
+    config: RedisConfig,
+    timeout: Duration,
+    conn: Option<redis::Connection>,
+}
+
+impl RedisProbe {
+    fn ping(&mut self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let result = self.try_ping();
+        if result.is_err() {
+            self.conn = None;
+        }
+        result.map(|()| started.elapsed()).map_err(|e| e.to_string())
+    }
+
+    fn try_ping(&mut self) -> redis::RedisResult<()> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(connect_redis(&self.config, self.timeout)?),
+        };
+        redis::cmd("PING").query::<String>(conn).map(drop)
+    }
+}
+
+/// The monitor thread's state between checks.
+pub struct HealthMonitor {
+    ctx: Arc<AppContext>,
+    limits: Limits,
+    probe: RedisProbe,
+    streaks: Streaks,
+    started: Instant,
+    /// When the monitor first saw the current ESL connection.
+    esl_seen_connected: Option<Instant>,
+    /// The drop counter at each check within the drop window, plus the last one before it.
+    drop_history: VecDeque<(Instant, u64)>,
+    last_status: Option<Status>,
+}
+
+impl HealthMonitor {
+    pub fn new(ctx: Arc<AppContext>) -> HealthMonitor {
+        let config = &ctx.config;
+        let probe = RedisProbe {
+            config: config.redis.clone(),
+            timeout: config.redis.write_timeout.min(config.health_interval),
+            conn: None,
+        };
+        HealthMonitor {
+            limits: Limits::from_config(config),
+            ctx,
+            probe,
+            streaks: Streaks::default(),
+            started: Instant::now(),
+            esl_seen_connected: None,
+            drop_history: VecDeque::new(),
+            last_status: None,
+        }
+    }
+
+    /// Checks now, then every `HEALTH_CHECK_INTERVAL` until shutdown.
+    pub fn run(mut self, shutdown: Shutdown) {
+        loop {
+            self.check_once();
+            if !shutdown.sleep(self.ctx.config.health_interval) {
+                break;
+            }
+        }
+    }
+
+    /// One round: gather, evaluate, publish, log a change of status.
+    pub fn check_once(&mut self) {
+        let ping = self.probe.ping();
+        let snapshot = self.snapshot(ping);
+        let checks = evaluate(&snapshot, &self.limits);
+        self.streaks.update(&checks);
+        let status = decide(&checks, &self.streaks, &self.limits);
+        let report = self.report(&snapshot, checks, status);
+        self.log_change(&report);
+        metrics().health_status.set(status.gauge_value());
+        if let Ok(ping) = snapshot.redis_ping {
+            metrics().redis_ping.set(ping.as_secs_f64());
+        }
+        self.ctx.health.publish(report);
+    }
+
+    fn snapshot(&mut self, redis_ping: Result<Duration, String>) -> Snapshot {
+        let now = Instant::now();
+        let esl_connected = self.ctx.state.esl_connected.load(Ordering::Acquire);
+        self.esl_seen_connected = if esl_connected { Some(self.esl_seen_connected.unwrap_or(now)) } else { None };
+        let state = &self.ctx.state;
+        let last_alive =
+            state.last_heartbeat_us.load(Ordering::Relaxed).max(state.last_esl_read_us.load(Ordering::Relaxed));
+        let esl_silent_for = (last_alive > 0).then(|| micros_ago(last_alive));
+        let esl_error = self.ctx.state.last_error().and_then(|(_, e)| e.strip_prefix("ESL: ").map(str::to_owned));
+
+        let dropped_total = self.ctx.state.events_dropped.load(Ordering::Relaxed);
+        let dropped_recently = self.dropped_within_window(now, dropped_total);
+
+        Snapshot {
+            esl_connected,
+            esl_connected_for: self.esl_seen_connected.map_or(Duration::ZERO, |at| now.duration_since(at)),
+            esl_silent_for,
+            esl_error,
+            redis_ping,
+            queue_depth: self.ctx.pipeline.depth(),
+            queue_bytes: self.ctx.pipeline.memory_bytes(),
+            spool_bytes: self.ctx.spool.used(),
+            dropped_total,
+            dropped_recently,
+        }
+    }
+
+    /// Drops since the start of the window: the counter now minus its value at the last check
+    /// before the window began (0 while the monitor is younger than the window).
+    fn dropped_within_window(&mut self, now: Instant, total: u64) -> u64 {
+        let window = self.limits.drop_window;
+        self.drop_history.push_back((now, total));
+        while self.drop_history.len() > 1 && now.duration_since(self.drop_history[1].0) >= window {
+            self.drop_history.pop_front();
+        }
+        let base = match self.drop_history.front() {
+            Some(&(at, value)) if now.duration_since(at) >= window => value,
+            _ => 0,
+        };
+        total.saturating_sub(base)
+    }
+
+    fn report(&self, s: &Snapshot, checks: Vec<Check>, status: Status) -> HealthReport {
+        let heartbeat = timestamp(self.ctx.state.last_heartbeat_us.load(Ordering::Relaxed));
+        let last_error = self.ctx.state.last_error();
+        let ping_ms = s.redis_ping.as_ref().ok().map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
+        HealthReport {
+            status,
+            data: HealthData {
+                last_heartbeat: heartbeat.clone(),
+                last_error_at: last_error.as_ref().map(|(at, _)| rfc3339(*at)),
+                last_error: last_error.map(|(_, e)| e),
+                recovery_attempts: self.streaks.any,
+                is_healthy: status == Status::Healthy,
+                last_check: Some(rfc3339(now_us())),
+                esl: EslHealth {
+                    connected: s.esl_connected,
+                    last_heartbeat: heartbeat,
+                    last_data: timestamp(self.ctx.state.last_esl_read_us.load(Ordering::Relaxed)),
+                    reconnects: self.ctx.state.esl_reconnects.load(Ordering::Relaxed),
+                },
+                sources: self.sources(),
+                redis: RedisHealth {
+                    connected: s.redis_ping.is_ok(),
+                    ping_ms,
+                    writers_up: self.ctx.state.redis_writers_up.load(Ordering::Relaxed),
+                },
+                queue_depth: s.queue_depth,
+                queue_bytes: s.queue_bytes,
+                spool: SpoolHealth { bytes: s.spool_bytes, events: self.ctx.spool.events() },
+                dead_letters: self.ctx.dead_letters.len(),
+                dropped: DroppedHealth { total: s.dropped_total, by_reason: dropped_by_reason() },
+                checks,
+                version: env!("CARGO_PKG_VERSION"),
+                uptime_seconds: self.started.elapsed().as_secs(),
+            },
+        }
+    }
+
+    /// Every source, enabled or not, with its counts.
+    fn sources(&self) -> std::collections::BTreeMap<&'static str, SourceHealth> {
+        Source::ALL
+            .into_iter()
+            .map(|source| {
+                let (received, written, dropped) = self.ctx.state.source_counts(source);
+                let enabled = match source {
+                    Source::Esl => self.ctx.config.esl.enabled,
+                    Source::Http | Source::Outbox => false,
+                };
+                (source.label(), SourceHealth { enabled, received, written, dropped })
+            })
+            .collect()
+    }
+
+    fn log_change(&mut self, report: &HealthReport) {
+        if self.last_status == Some(report.status) {
+            return;
+        }
+        match report.status {
+            Status::Healthy => info!(status = "healthy", "health: all checks pass"),
+            // The first check runs as the agent starts, before ESL can have connected.
+            status if self.last_status.is_none() => {
+                info!(status = status.as_str(), reasons = %report.reasons(), "health: starting")
+            }
+            status => warn!(status = status.as_str(), reasons = %report.reasons(), "health: not healthy"),
+        }
+        self.last_status = Some(report.status);
+    }
+}
+
+fn micros_ago(at_us: i64) -> Duration {
+    Duration::from_micros(now_us().saturating_sub(at_us).max(0) as u64)
+}

@@ -1,0 +1,48 @@
+//! The routes of the admin listener: `GET /health`, `GET /metrics`, and the dead-letter
+//! endpoints of [`crate::ops::dlq_api`].
+
+use std::sync::Arc;
+
+use hyper::header::{HeaderValue, CACHE_CONTROL};
+use hyper::{Request, StatusCode};
+
+use crate::ops::context::AppContext;
+use crate::ops::http::{json_reply, reply, Body, HandlerFuture, Params, Router};
+use crate::ops::metrics::{metrics, render};
+
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The routes the agent serves.
+pub fn routes() -> Router {
+    Router::default()
+        .get("/health", health)
+        .get("/metrics", metrics_text)
+        .get("/dlq", crate::ops::dlq_api::list)
+        .get("/dlq/{id}", crate::ops::dlq_api::get)
+        .post("/dlq/{id}/retry", crate::ops::dlq_api::retry)
+}
+
+/// `GET /health`: the monitor's latest report; 200 when healthy, else 503.
+fn health(ctx: Arc<AppContext>, _req: Request<Body>, _params: Params) -> HandlerFuture {
+    Box::pin(async move {
+        let report = ctx.health.latest();
+        let status = if report.is_healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let mut reply = json_reply(status, &*report);
+        reply.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        reply
+    })
+}
+
+/// `GET /metrics`: the registry in Prometheus text format.
+fn metrics_text(ctx: Arc<AppContext>, _req: Request<Body>, _params: Params) -> HandlerFuture {
+    Box::pin(async move {
+        refresh_gauges(&ctx);
+        reply(StatusCode::OK, PROMETHEUS_TEXT, render())
+    })
+}
+
+/// Copies figures kept outside the registry (the spool's own counters) into gauges.
+fn refresh_gauges(ctx: &AppContext) {
+    metrics().spool_bytes.set(ctx.spool.used().min(i64::MAX as u64) as i64);
+    metrics().spool_events.set(ctx.spool.events().min(i64::MAX as u64) as i64);
+}

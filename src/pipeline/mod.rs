@@ -1,0 +1,10 @@
+//! Between sources and sinks: [`lanes`] (one per writer, chosen by ordering key, three tiers:
+//! channel, memory overflow, durable [`spool`]), the choice of lane ([`routing`]), and the
+//! acknowledgements that tell a source what became of its events ([`ack`]).
+
+pub mod ack;
+pub mod lanes;
+pub mod routing;
+pub mod spool;
+
+pub use lanes::{Lane, Pipeline, PipelineShape, Submitted, WriteNow};

@@ -1,0 +1,11 @@
+//! The FreeSWITCH event socket source: framing ([`frame`]), event decoding ([`event`]),
+//! encoding for the simulator and tests ([`encode`]), which stream each event goes to
+//! ([`routes`]), the inbound client ([`client`]) and how long it may hold the socket
+//! ([`lag`]).
+
+pub mod client;
+pub mod encode;
+pub mod event;
+pub mod frame;
+pub mod lag;
+pub mod routes;
