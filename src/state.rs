@@ -25,6 +25,8 @@ pub struct AgentState {
     pub events_dropped: AtomicU64,
     /// ESL connections made after the first.
     pub esl_reconnects: AtomicU64,
+    /// Events handed to the pipeline (routed to a stream), all sources.
+    accepted: AtomicU64,
     /// Events taken in, per source (indexed by [`Source`] order: esl, http, outbox).
     received: [AtomicU64; 3],
     /// Events written (or found already written), per source.
@@ -48,6 +50,15 @@ impl AgentState {
     pub fn add_dropped(&self, source: Source, n: u64) {
         self.events_dropped.fetch_add(n, Ordering::Relaxed);
         self.dropped[source as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts an event handed to the pipeline.
+    pub fn add_accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     pub fn add_received(&self, source: Source, n: u64) {

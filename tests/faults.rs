@@ -1,6 +1,7 @@
 //! Failure tests that count: each sends N events at a steady rate from a fake event socket
 //! while something breaks (Redis killed, paused, out of memory, its connection cut; the agent
-//! SIGKILLed; the event socket cut mid-frame; the spool full or corrupt), then reads the
+//! SIGKILLed, also in the middle of an outage; the event socket cut mid-frame; the spool full,
+//! corrupt, or on a disk that fills up; a Redis user that may not write), then reads the
 //! stream back and asserts exactly N entries (or N minus the counted drops), no duplicate
 //! `(core_uuid, event_sequence)`, and per-call order.
 
@@ -244,5 +245,238 @@ fn corrupt_spool_tail_is_truncated_and_the_rest_delivered() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(agent.stop(Duration::from_secs(15)), 0);
     assert!(agent.output().contains("truncated"), "the repair is logged");
+    assert_exactly_once_in_order(&read_stream(&mut conn, EVENTS), sent);
+}
+
+/// A real small file system for the spool: a tmpfs of `size` mounted on a temporary directory
+/// (root is needed, as CI has); unmounted when dropped. Fails the test, with the reason, when
+/// it cannot be made: a disk-full test that skipped would prove nothing.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::Builder::new().prefix("eslstream-small-disk-").tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a {size} tmpfs for the disk-full test (it needs root, as CI runs): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+fn failing_reasons(h: &serde_json::Value) -> Vec<String> {
+    let checks = h["data"]["checks"].as_array().cloned().unwrap_or_default();
+    checks.iter().filter_map(|c| c["reason"].as_str().map(str::to_owned)).collect()
+}
+
+#[test]
+fn disk_full_under_the_spool_is_a_state_and_lanes_never_stall() {
+    let disk = SmallDisk::mount("2m");
+    let (mut redis, sim, _spool, port) = redis_down();
+    let mut agent = start_agent(&spool_env(&sim, &redis, disk.path(), port), &[]);
+    // Redis down, events flowing: the spool fills the disk, memory fills, the rest is dropped.
+    wait_until(Duration::from_secs(30), "/health names the full disk", || {
+        health(port).is_some_and(|h| failing_reasons(&h).iter().any(|r| r.contains("spool: No space left on device")))
+    });
+    wait_sent(&sim, N / 2);
+    redis.restart();
+    let sent_at_restart = sim.stats().events_sent;
+    assert!(sim.wait_done(Duration::from_secs(60)), "simulator sent everything");
+    let sent = sim.stats().events_sent;
+    let mut conn = redis.connection();
+    // received = written + dropped + held, exactly, and nothing stays held.
+    let accounted = |conn: &mut ::redis::Connection| {
+        let dropped = metric_sum(port, "eslstream_events_dropped_total", "") as u64;
+        (xlen(conn, EVENTS), dropped)
+    };
+    wait_until(Duration::from_secs(60), "every event written or counted as dropped", || {
+        let (written, dropped) = accounted(&mut conn);
+        written + dropped >= sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let received = metric_sum(port, "eslstream_events_received_total", "esl") as u64;
+    let (written, dropped) = accounted(&mut conn);
+    println!("disk full: sent {sent}, received {received}, written {written}, dropped {dropped}, held 0");
+    assert_eq!(received, sent, "every event was read off the socket");
+    assert_eq!(written + dropped, received, "received = written + dropped (nothing held any more)");
+    assert!(dropped > 0, "a 2 MiB disk cannot hold the outage");
+    assert!(written >= sent - sent_at_restart, "everything sent after Redis came back was written");
+    let h = health(port).expect("health");
+    assert_eq!(h["data"]["dropped"]["total"].as_u64(), Some(dropped), "{h}");
+    assert_eq!(agent.stop(Duration::from_secs(15)), 0);
+    let log = agent.output();
+    assert_exactly_once_in_order(&read_stream(&mut conn, EVENTS), written);
+    let lines = log.lines().count();
+    let spool_lines = log.lines().filter(|l| l.contains("spool")).count();
+    println!("disk full: {lines} log lines, {spool_lines} about the spool");
+    assert!(log.contains("cannot write to the spool"), "the failing state is logged");
+    assert!(log.contains("the spool can write again"), "so is the recovery");
+    assert!(lines < 200, "one line per state change, not one per event ({lines} lines):\n{log}");
+}
+
+#[test]
+fn sigkill_during_an_outage_loses_under_one_percent() {
+    const RATE: f64 = 3_000.0;
+    let mut redis = RedisServer::start();
+    let sim = Simulator::start(SimulateOptions { rate: Some(RATE), events: Some(N), ..Default::default() }).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let env = agent_env(sim.local_addr(), &redis.url(), spool.path(), free_port());
+    let mut agent = start_agent(&env, &[]);
+    wait_sent(&sim, N / 4);
+    redis.kill();
+    let sent_at_outage = sim.stats().events_sent;
+    wait_sent(&sim, sent_at_outage + 9_000); // three seconds of outage
+    agent.kill();
+    let outage = sim.stats().events_sent - sent_at_outage;
+    redis.restart();
+    let port2 = free_port().to_string();
+    let mut agent = start_agent(&env, &[("HEALTH_PORT", &port2)]);
+    assert!(sim.wait_done(Duration::from_secs(60)), "simulator sent everything");
+    let sent = sim.stats().events_sent;
+    let mut conn = redis.connection();
+    // Settled: the count stops moving once the spool and memory are drained.
+    let mut last = u64::MAX;
+    wait_until(Duration::from_secs(60), "the stream stops growing", || {
+        let now = xlen(&mut conn, EVENTS);
+        let settled = now == last && now > 0;
+        last = now;
+        std::thread::sleep(Duration::from_millis(500));
+        settled
+    });
+    assert_eq!(agent.stop(Duration::from_secs(15)), 0);
+    let entries = read_stream(&mut conn, EVENTS);
+    let lost = sent - entries.len() as u64;
+    println!(
+        "SIGKILL in an outage: {outage} events sent during the outage, {lost} lost ({:.3}%)",
+        lost as f64 * 100.0 / outage as f64
+    );
+    assert!(lost * 100 < outage, "lost {lost} of the {outage} sent during the outage");
+    assert_exactly_once(&entries, entries.len() as u64);
+}
+
+#[test]
+fn a_redis_user_that_may_not_write_is_unhealthy_named_and_recovers() {
+    let redis = RedisServer::start();
+    redis.cli(&["ACL", "SETUSER", "narrow", "on", ">pw", "~*", "+@all", "-bitfield", "-setbit"]);
+    let url = format!("redis://narrow:pw@127.0.0.1:{}", redis.port());
+    let sim =
+        Simulator::start(SimulateOptions { rate: Some(1000.0), events: Some(3000), ..Default::default() }).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent =
+        start_agent(&agent_env(sim.local_addr(), &url, spool.path(), port), &[("HEALTH_CHECK_INTERVAL", "200ms")]);
+    wait_until(Duration::from_secs(20), "/health unhealthy, naming BITFIELD", || {
+        health(port).is_some_and(|h| {
+            h["status"] == "unhealthy"
+                && failing_reasons(&h).iter().any(|r| r.contains("BITFIELD") && r.contains("+bitfield"))
+        })
+    });
+    let mut conn = redis.connection();
+    assert_eq!(xlen(&mut conn, EVENTS), 0, "nothing can be written without BITFIELD");
+    wait_until(Duration::from_secs(20), "/health says nothing is written", || {
+        health(port).is_some_and(|h| failing_reasons(&h).iter().any(|r| r.contains("none was written")))
+    });
+    // The administrator grants it: the agent notices and writes everything, once, in order.
+    redis.cli(&["ACL", "SETUSER", "narrow", "+bitfield", "+setbit"]);
+    assert!(sim.wait_done(Duration::from_secs(30)));
+    let sent = sim.stats().events_sent;
+    wait_until(Duration::from_secs(60), "every event in Redis", || xlen(&mut conn, EVENTS) >= sent);
+    wait_until(Duration::from_secs(20), "the permissions check passes", || {
+        health(port).is_some_and(|h| !failing_reasons(&h).iter().any(|r| r.contains("may not run")))
+    });
+    assert_eq!(agent.stop(Duration::from_secs(15)), 0);
+    assert!(agent.output().contains("may not run BITFIELD"), "one error names the command");
+    assert_exactly_once_in_order(&read_stream(&mut conn, EVENTS), sent);
+}
+
+#[test]
+fn keys_limited_to_the_stream_names_are_named_with_the_rule_that_grants_them() {
+    let redis = RedisServer::start();
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "streams-only",
+        "on",
+        ">pw",
+        "~freeswitch:telephony:events",
+        "~freeswitch:telephony:background-jobs",
+        "+@all",
+    ]);
+    let url = format!("redis://streams-only:pw@127.0.0.1:{}", redis.port());
+    let sim = Simulator::start(SimulateOptions { rate: Some(100.0), events: Some(100), ..Default::default() }).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent =
+        start_agent(&agent_env(sim.local_addr(), &url, spool.path(), port), &[("HEALTH_CHECK_INTERVAL", "200ms")]);
+    wait_until(Duration::from_secs(20), "/health names the dedup keys' pattern", || {
+        health(port).is_some_and(|h| failing_reasons(&h).iter().any(|r| r.contains("~{freeswitch:telephony:events}*")))
+    });
+    agent.kill();
+}
+
+#[test]
+fn a_value_that_is_not_utf8_is_logged_once_with_its_event() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start(SimulateOptions { events: Some(0), ..Default::default() }).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let mut agent = start_agent(&agent_env(sim.local_addr(), &redis.url(), spool.path(), free_port()), &[]);
+    let mut frames = Vec::new();
+    for seq in 1..=3u64 {
+        let body = format!("Event-Name: CUSTOM\nEvent-Subclass: probe%3A%3Alossy\nCore-UUID: lossy-core\nEvent-Sequence: {seq}\nUnique-ID: call-lossy\nCaller-Name: %FF%FEx\n\n");
+        let mut frame = Vec::new();
+        eslstream::source::esl::encode::event_frame("text/event-plain", body.as_bytes(), &mut frame);
+        frames.push(frame);
+    }
+    std::thread::sleep(Duration::from_millis(500)); // connected and subscribed
+    sim.push_frames(frames);
+    let mut conn = redis.connection();
+    wait_until(Duration::from_secs(20), "the events written", || xlen(&mut conn, EVENTS) >= 3);
+    assert_eq!(agent.stop(Duration::from_secs(15)), 0);
+    let log = agent.output();
+    let lossy: Vec<&str> = log.lines().filter(|l| l.contains("not UTF-8")).collect();
+    assert_eq!(lossy.len(), 1, "logged once (rate-limited), not per event:\n{log}");
+    assert!(lossy[0].contains("lossy-core"), "with its key: {}", lossy[0]);
+}
+
+#[test]
+fn the_readme_minimal_acl_rule_is_enough() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let rule = readme.lines().find(|l| l.starts_with("ACL SETUSER eslstream ")).expect("the README gives the rule");
+    let redis = RedisServer::start();
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    assert_eq!(redis.cli(&words).trim(), "OK", "the rule is valid: {rule}");
+    let url = format!("redis://eslstream:secret@127.0.0.1:{}", redis.port());
+    let sim =
+        Simulator::start(SimulateOptions { rate: Some(1000.0), events: Some(2000), ..Default::default() }).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent =
+        start_agent(&agent_env(sim.local_addr(), &url, spool.path(), port), &[("HEALTH_CHECK_INTERVAL", "200ms")]);
+    assert!(sim.wait_done(Duration::from_secs(30)));
+    let sent = sim.stats().events_sent;
+    let mut conn = redis.connection();
+    wait_until(Duration::from_secs(30), "every event in Redis", || xlen(&mut conn, EVENTS) >= sent);
+    let h = health(port).expect("health");
+    assert!(!failing_reasons(&h).iter().any(|r| r.contains("may not run")), "{h}");
+    assert_eq!(agent.stop(Duration::from_secs(15)), 0);
+    assert!(!agent.output().contains("may not run"), "{}", agent.output());
     assert_exactly_once_in_order(&read_stream(&mut conn, EVENTS), sent);
 }

@@ -67,6 +67,12 @@ struct Tiers {
     /// Acknowledgements of events appended to the spool, resolved as spooled once it is
     /// synced ([`Lane::flush_spool`]).
     unsynced_acks: Vec<AckToken>,
+    /// Events newer than the spool's unread ones that the spool could not take (it cannot
+    /// write): kept in memory, and written after the spool is read out.
+    after_spool: VecDeque<Envelope>,
+    /// Why the spool refused the events in `after_spool` (the drop reason of those that do not
+    /// fit behind them either).
+    after_spool_reason: &'static str,
 }
 
 /// One writer's queue: channel first, overflow behind it.
@@ -82,6 +88,8 @@ pub struct Lane {
     bytes: AtomicUsize,
     max_bytes: usize,
     closed: AtomicBool,
+    /// The writer's last attempt failed: new events go to the spool first.
+    writes_failing: AtomicBool,
 }
 
 /// What an event costs in memory, near enough: its body and the envelope around it.
@@ -98,12 +106,20 @@ impl Lane {
             index,
             tx,
             rx,
-            tiers: Mutex::new(Tiers { overflow: VecDeque::new(), spool, spooling, unsynced_acks: Vec::new() }),
+            tiers: Mutex::new(Tiers {
+                overflow: VecDeque::new(),
+                spool,
+                spooling,
+                unsynced_acks: Vec::new(),
+                after_spool: VecDeque::new(),
+                after_spool_reason: "spool_full",
+            }),
             room: Condvar::new(),
             overflow_capacity,
             bytes: AtomicUsize::new(0),
             max_bytes,
             closed: AtomicBool::new(false),
+            writes_failing: AtomicBool::new(false),
         }
     }
 
@@ -113,27 +129,48 @@ impl Lane {
 
     fn submit(&self, mut envelope: Envelope, wait_until: Option<Instant>) -> Submitted {
         let mut tiers = self.tiers.lock();
+        // Disk first: while the lane's writes fail (Redis down), new events go to the spool,
+        // where a SIGKILL of the agent cannot take them.
+        let disk_first = self.writes_failing.load(Ordering::Acquire) && tiers.spool.is_some();
+        // Why the spool refused this event, when it did: then memory is the last place.
+        let mut refused: Option<&'static str> = None;
         loop {
-            if tiers.spooling {
-                return tiers.spool_one(envelope);
+            if (tiers.spooling || disk_first) && tiers.after_spool.is_empty() && refused.is_none() {
+                match tiers.spool_one(envelope) {
+                    Submitted::Full(e, reason) if tiers.spool.is_some() => (envelope, refused) = (*e, Some(reason)),
+                    done => return done,
+                }
             }
+            // Newer than what the spool holds: in memory only behind it.
+            let behind_spool = tiers.spooling || !tiers.after_spool.is_empty();
             // Within the byte bound (an event alone in memory always fits).
             let size = footprint(&envelope);
             let held = self.bytes.load(Ordering::Acquire);
             let fits = held == 0 || held + size <= self.max_bytes;
-            if fits && tiers.overflow.is_empty() {
-                match self.tx.try_send(envelope) {
-                    Ok(()) => {
-                        self.bytes.fetch_add(size, Ordering::AcqRel);
-                        return Submitted::Queued;
+            if behind_spool {
+                if fits && tiers.after_spool.len() < self.overflow_capacity {
+                    if let Some(reason) = refused {
+                        tiers.after_spool_reason = reason;
                     }
-                    Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => envelope = e,
+                    tiers.after_spool.push_back(envelope);
+                    self.bytes.fetch_add(size, Ordering::AcqRel);
+                    return Submitted::Overflowed;
                 }
-            }
-            if fits && tiers.overflow.len() < self.overflow_capacity {
-                tiers.overflow.push_back(envelope);
-                self.bytes.fetch_add(size, Ordering::AcqRel);
-                return Submitted::Overflowed;
+            } else {
+                if fits && tiers.overflow.is_empty() {
+                    match self.tx.try_send(envelope) {
+                        Ok(()) => {
+                            self.bytes.fetch_add(size, Ordering::AcqRel);
+                            return Submitted::Queued;
+                        }
+                        Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => envelope = e,
+                    }
+                }
+                if fits && tiers.overflow.len() < self.overflow_capacity {
+                    tiers.overflow.push_back(envelope);
+                    self.bytes.fetch_add(size, Ordering::AcqRel);
+                    return Submitted::Overflowed;
+                }
             }
             match wait_until {
                 Some(deadline) if !self.closed.load(Ordering::Acquire) && Instant::now() < deadline => {
@@ -141,21 +178,36 @@ impl Lane {
                     let timed_out = self.room.wait_until(&mut tiers, deadline).timed_out();
                     metrics().reader_wait.inc_by(started.elapsed().as_secs_f64());
                     if timed_out {
-                        return tiers.spool_one(envelope);
+                        break;
                     }
                 }
-                _ => return tiers.spool_one(envelope),
+                _ => break,
             }
+        }
+        match refused {
+            Some(reason) => Submitted::Full(Box::new(envelope), reason),
+            // Behind events the spool could not take: it cannot go before them.
+            None if !tiers.after_spool.is_empty() => Submitted::Full(Box::new(envelope), tiers.after_spool_reason),
+            None => tiers.spool_one(envelope),
+        }
+    }
+
+    /// The lane's writes are failing (or succeed again): see "disk first" in [`Lane::submit`].
+    pub fn set_writes_failing(&self, failing: bool) {
+        if self.writes_failing.load(Ordering::Relaxed) != failing {
+            self.writes_failing.store(failing, Ordering::Release);
         }
     }
 
     /// Events waiting in memory in this lane.
     pub fn depth(&self) -> usize {
-        self.rx.len() + self.tiers.lock().overflow.len()
+        let tiers = self.tiers.lock();
+        self.rx.len() + tiers.overflow.len() + tiers.after_spool.len()
     }
 
     pub fn overflow_depth(&self) -> usize {
-        self.tiers.lock().overflow.len()
+        let tiers = self.tiers.lock();
+        tiers.overflow.len() + tiers.after_spool.len()
     }
 
     /// Redis acknowledged everything up to this spool position.
@@ -173,10 +225,15 @@ impl Lane {
     /// handed back.
     pub fn spill(&self, held: Vec<Envelope>) -> Result<usize, (Vec<Envelope>, SpoolError)> {
         let mut tiers = self.tiers.lock();
-        let Tiers { overflow, spool, spooling, unsynced_acks } = &mut *tiers;
+        let Tiers { overflow, spool, spooling, unsynced_acks, after_spool, .. } = &mut *tiers;
         let Some(spool) = spool.as_mut() else {
             return Err((held, SpoolError::Full { used: 0, max: 0 }));
         };
+        if !after_spool.is_empty() {
+            // Events wait behind the spool because it could not take them: it cannot take more.
+            let kept = spool.failing().map(crate::pipeline::spool::same_error);
+            return Err((held, kept.map_or(SpoolError::Full { used: 0, max: 0 }, SpoolError::Io)));
+        }
         // What would move: the held events from memory, then the queue behind them.
         let mut queue: Vec<Envelope> = self.rx.try_iter().collect();
         queue.extend(overflow.drain(..));
@@ -240,10 +297,10 @@ impl Lane {
         let Some(spool) = spool.as_mut() else { return };
         if !unsynced_acks.is_empty() {
             sync_and_ack(spool, unsynced_acks, self.index);
-        } else if let Err(e) = spool.flush() {
-            if let Some(suppressed) = FLUSH_WARN.check() {
-                tracing::error!(error = %e, lane = self.index, suppressed, "cannot write to the spool; records held in memory");
-            }
+        } else {
+            // A failure is the spool's state, logged by it once (it keeps the records readable).
+            let _ = spool.flush();
+            spool.probe_recovery();
         }
     }
 
@@ -258,7 +315,7 @@ impl Lane {
     /// Nothing of this lane is waiting anywhere: not in the channel, the overflow or the spool.
     pub fn is_idle(&self) -> bool {
         let tiers = self.tiers.lock();
-        self.rx.is_empty() && tiers.overflow.is_empty() && !tiers.spooling
+        self.rx.is_empty() && tiers.overflow.is_empty() && !tiers.spooling && tiers.after_spool.is_empty()
     }
 
     /// Fills `out` with the next batch, oldest first, waiting up to `wait` for a first event
@@ -294,7 +351,8 @@ impl Lane {
                         }
                     }
                     if out.len() < max {
-                        tiers.take(max - out.len(), out, !self.closed.load(Ordering::Acquire));
+                        let read_spool = !self.closed.load(Ordering::Acquire);
+                        tiers.take(max - out.len(), out, read_spool, &self.bytes);
                     }
                     break;
                 }
@@ -325,6 +383,17 @@ impl Lane {
     }
 }
 
+/// Reads up to `n` spooled events into `out`; those served from the spool's write buffer
+/// (it could not write them) count as memory from now on.
+fn read_spool_into(spool: &mut LaneSpool, n: usize, out: &mut Vec<Envelope>, bytes: &AtomicUsize) {
+    let before = out.len();
+    if let Err(e) = spool.read_batch(n, out) {
+        tracing::error!(error = %e, "cannot read the spool; will retry");
+    }
+    let buffered: usize = out[before..].iter().filter(|e| e.spool_pos.is_none()).map(footprint).sum();
+    bytes.fetch_add(buffered, Ordering::AcqRel);
+}
+
 /// Syncs the spool and acknowledges `acks` as spooled; on failure they wait for the next
 /// sync (their sources time out meanwhile, and the events are still written once).
 fn sync_and_ack(spool: &mut LaneSpool, acks: &mut Vec<AckToken>, lane: usize) {
@@ -349,28 +418,35 @@ impl Tiers {
                 self.unsynced_acks.extend(envelope.ack.take());
                 Submitted::Spooled
             }
-            Err(SpoolError::Full { .. }) => Submitted::Full(Box::new(envelope), "spool_full"),
-            Err(SpoolError::Io(e)) => {
-                tracing::error!(error = %e, "cannot write to the spool");
-                Submitted::Full(Box::new(envelope), "spool_error")
-            }
+            // Counted and logged (rate-limited) by whoever gets it back; the spool logs its
+            // own failing state once.
+            Err(e) => Submitted::Full(Box::new(envelope), e.reason()),
         }
     }
 
     /// Takes up to `n` events from the overflow, then (unless `closed`: the spool keeps them
-    /// across the restart) from the spool.
-    fn take(&mut self, n: usize, out: &mut Vec<Envelope>, read_spool: bool) {
+    /// across the restart) from the spool. Events the spool served from its write buffer are
+    /// in memory now: their bytes are added to `bytes`, which taking them gives back.
+    fn take(&mut self, n: usize, out: &mut Vec<Envelope>, read_spool: bool, bytes: &AtomicUsize) {
         let from_overflow = n.min(self.overflow.len());
         out.extend(self.overflow.drain(..from_overflow));
-        let n = n - from_overflow;
-        if n == 0 || !read_spool || !self.spooling || !self.overflow.is_empty() {
+        let mut n = n - from_overflow;
+        if n == 0 || !self.overflow.is_empty() {
             return;
         }
-        if let Some(spool) = self.spool.as_mut() {
-            if let Err(e) = spool.read_batch(n, out) {
-                tracing::error!(error = %e, "cannot read the spool; will retry");
+        // Events waiting behind the spool need it read, also while closing.
+        let read_spool = read_spool || !self.after_spool.is_empty();
+        if self.spooling && read_spool {
+            if let Some(spool) = self.spool.as_mut() {
+                let before = out.len();
+                read_spool_into(spool, n, out, bytes);
+                n -= out.len() - before;
+                self.spooling = spool.has_unread();
             }
-            self.spooling = spool.has_unread();
+        }
+        if !self.spooling {
+            let from_after = n.min(self.after_spool.len());
+            out.extend(self.after_spool.drain(..from_after));
         }
     }
 }
@@ -555,6 +631,31 @@ mod tests {
             lane.next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut got);
         }
         assert_eq!(seqs(&got), (0..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn disk_first_while_writes_fail_and_what_the_spool_refuses_waits_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let two_records = 2 * crate::pipeline::spool::record::encoded_len(&env("a", 0));
+        let (spool, _) = LaneSpool::open(dir.path(), crate::pipeline::spool::SpoolBudget::new(two_records)).unwrap();
+        let shape = PipelineShape { lanes: 1, channel_capacity: 2, overflow_capacity: 2, max_bytes: usize::MAX };
+        let p = Pipeline::with_spools(shape, vec![Some(spool)]);
+        let lane = &p.lanes()[0];
+        assert!(matches!(p.submit(env("a", 0)), Submitted::Queued));
+        lane.set_writes_failing(true);
+        assert!(matches!(p.submit(env("a", 1)), Submitted::Spooled), "disk first, with room in memory");
+        assert!(matches!(p.submit(env("a", 2)), Submitted::Spooled));
+        // The spool is full: newer events wait in memory, behind it, while they fit.
+        assert!(matches!(p.submit(env("a", 3)), Submitted::Overflowed));
+        assert!(matches!(p.submit(env("a", 4)), Submitted::Overflowed));
+        assert!(matches!(p.submit(env("a", 5)), Submitted::Full(_, "spool_full")));
+        lane.set_writes_failing(false);
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            lane.take_batch(10, Duration::from_secs(1), &mut got);
+        }
+        assert_eq!(seqs(&got), [0, 1, 2, 3, 4]);
+        assert_eq!(lane.bytes.load(Ordering::Acquire), 0);
     }
 
     #[test]

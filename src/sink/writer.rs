@@ -47,6 +47,8 @@ const MAX_SPARE_JSON: usize = 64 * 1024;
 static SLOW_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
 static RETRY_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
 static SPILL_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
+static LOSSY_WARN: RateLimit = RateLimit::new(Duration::from_secs(60));
+static DUPLICATE_INFO: RateLimit = RateLimit::new(Duration::from_secs(60));
 
 /// One lane's writer: the lane, and the writer state behind the lock that makes its holder
 /// the lane's only writer.
@@ -183,6 +185,9 @@ impl Writer {
                 Ok(lossy) => {
                     if lossy {
                         metrics().lossy_decodes.inc();
+                        if let Some(suppressed) = LOSSY_WARN.check() {
+                            warn!(event = %envelope.name, producer = %envelope.key.producer, id = %envelope.key.id.text(), suppressed, "an event value is not UTF-8 once percent-decoded; stored with U+FFFD in its place");
+                        }
                     }
                 }
                 Err(e) => {
@@ -270,6 +275,8 @@ impl Writer {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 metrics().write_duration.with_label_values(&["error"]).observe(started.elapsed().as_secs_f64());
+                // Disk first: until a write succeeds, the lane spools new events.
+                self.lane.set_writes_failing(true);
                 return Err(self.failed(e, maybe_written));
             }
         };
@@ -293,6 +300,7 @@ impl Writer {
         }
         if done > 0 {
             self.backoff = 0;
+            self.lane.set_writes_failing(false);
         }
         if pending.is_empty() {
             return Ok(());
@@ -341,6 +349,9 @@ impl Writer {
             EntryOutcome::Written(id) => AckStatus::Written(id),
             EntryOutcome::Duplicate => {
                 metrics().duplicates_suppressed.inc();
+                if let Some(suppressed) = DUPLICATE_INFO.check() {
+                    info!(event = %envelope.name, producer = %envelope.key.producer, id = %envelope.key.id.text(), source = envelope.source.label(), suppressed, "event already written (same idempotency key); not written again");
+                }
                 AckStatus::Duplicate
             }
             EntryOutcome::Rejected(reason) => {

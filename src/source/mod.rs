@@ -60,6 +60,7 @@ impl Intake {
     /// Puts one event on its lane; never waits longer than `offer.wait_until`. Returns whether
     /// the event was kept (written, in memory or spooled); a dropped one is counted here.
     pub fn offer(&self, envelope: Envelope, offer: Offer) -> bool {
+        self.state.add_accepted();
         let submitted = match offer.write_now {
             true => self.pipeline.write_or_submit(envelope, offer.wait_until),
             false => self.pipeline.submit_by(envelope, offer.wait_until),

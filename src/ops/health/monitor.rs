@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::RedisConfig;
 use crate::envelope::{now_us, Source};
@@ -15,6 +15,7 @@ use crate::ops::health::report::*;
 use crate::ops::health::rules::*;
 use crate::ops::metrics::{dropped_by_reason, metrics};
 use crate::shutdown::Shutdown;
+use crate::sink::permissions;
 
 /// Opens a Redis connection whose connect, read and write each give up after `timeout`.
 pub fn connect_redis(config: &RedisConfig, timeout: Duration) -> redis::RedisResult<redis::Connection> {
@@ -25,11 +26,16 @@ pub fn connect_redis(config: &RedisConfig, timeout: Duration) -> redis::RedisRes
     Ok(conn)
 }
 
-/// The monitor's own Redis connection, re-made after any failure.
+/// The monitor's own Redis connection, re-made after any failure. Each new connection first
+/// checks what the user may do ([`permissions::check`]).
 struct RedisProbe {
     config: RedisConfig,
     timeout: Duration,
     conn: Option<redis::Connection>,
+    /// The streams the agent writes (their keys and dedup keys are checked).
+    streams: Vec<String>,
+    /// What the user may not do, as of the last connection.
+    missing: Vec<String>,
 }
 
 impl RedisProbe {
@@ -43,10 +49,26 @@ impl RedisProbe {
     }
 
     fn try_ping(&mut self) -> redis::RedisResult<()> {
+        // On every new connection, and at every check while something is missing (an admin
+        // may fix the ACL at any time).
+        let fresh = self.conn.is_none();
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => self.conn.insert(connect_redis(&self.config, self.timeout)?),
         };
+        if fresh || !self.missing.is_empty() {
+            let streams: Vec<&str> = self.streams.iter().map(String::as_str).collect();
+            let missing: Vec<String> = permissions::check(conn, &streams)?.iter().map(|m| m.to_string()).collect();
+            if missing != self.missing {
+                for m in &missing {
+                    error!("{m}");
+                }
+                if missing.is_empty() {
+                    info!("the Redis user may run every command the agent uses");
+                }
+                self.missing = missing;
+            }
+        }
         redis::cmd("PING").query::<String>(conn).map(drop)
     }
 }
@@ -62,6 +84,8 @@ pub struct HealthMonitor {
     esl_seen_connected: Option<Instant>,
     /// The drop counter at each check within the drop window, plus the last one before it.
     drop_history: VecDeque<(Instant, u64)>,
+    /// The written counter when it last moved, when that was, and the accepted counter then.
+    last_written: (u64, Instant, u64),
     last_status: Option<Status>,
 }
 
@@ -72,6 +96,8 @@ impl HealthMonitor {
             config: config.redis.clone(),
             timeout: config.redis.write_timeout.min(config.health_interval),
             conn: None,
+            streams: vec![config.streams.events_key.clone(), config.streams.jobs_key.clone()],
+            missing: Vec::new(),
         };
         HealthMonitor {
             limits: Limits::from_config(config),
@@ -81,6 +107,7 @@ impl HealthMonitor {
             started: Instant::now(),
             esl_seen_connected: None,
             drop_history: VecDeque::new(),
+            last_written: (0, Instant::now(), 0),
             last_status: None,
         }
     }
@@ -135,7 +162,24 @@ impl HealthMonitor {
             spool_bytes: self.ctx.spool.used(),
             dropped_total,
             dropped_recently,
+            spool_fault: self.ctx.spool.fault(),
+            missing_permissions: self.probe.missing.clone(),
+            unwritten: self.unwritten(now),
         }
+    }
+
+    /// Events taken in since the written counter last moved, once it has not moved for the
+    /// progress window (whatever the cause: Redis down, refusing, the spool or memory stuck).
+    fn unwritten(&mut self, now: Instant) -> Option<(u64, Duration)> {
+        let written = self.ctx.state.events_written.load(Ordering::Relaxed);
+        let accepted = self.ctx.state.accepted();
+        if written != self.last_written.0 {
+            self.last_written = (written, now, accepted);
+            return None;
+        }
+        let since = now.duration_since(self.last_written.1);
+        let arrived = accepted.saturating_sub(self.last_written.2);
+        (arrived > 0 && since >= self.limits.progress_window).then_some((arrived, since))
     }
 
     /// Drops since the start of the window: the counter now minus its value at the last check

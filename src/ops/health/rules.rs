@@ -62,6 +62,13 @@ pub struct Snapshot {
     pub dropped_total: u64,
     /// Events dropped within [`Limits::drop_window`].
     pub dropped_recently: u64,
+    /// Why the spool cannot write now, if it cannot (disk full, I/O error).
+    pub spool_fault: Option<String>,
+    /// What the Redis user may not do (each with the rule that grants it).
+    pub missing_permissions: Vec<String>,
+    /// Events taken in while none was written, and for how long (only once that lasted
+    /// [`Limits::progress_window`]).
+    pub unwritten: Option<(u64, Duration)>,
 }
 
 /// The thresholds the checks compare against.
@@ -79,6 +86,9 @@ pub struct Limits {
     /// `HEALTH_MAX_RETRIES`: failed checks in a row before ESL or Redis counts as down for good.
     pub max_retries: u32,
     pub drop_window: Duration,
+    /// `HEALTH_CHECK_INTERVAL` x `HEALTH_MAX_RETRIES`: events arriving and none written for
+    /// this long is a failed `progress` check.
+    pub progress_window: Duration,
 }
 
 impl Limits {
@@ -91,6 +101,7 @@ impl Limits {
             spool_max_bytes: config.spool_max_bytes,
             max_retries: config.health_max_retries,
             drop_window: DROP_WINDOW,
+            progress_window: config.health_interval * config.health_max_retries,
         }
     }
 }
@@ -121,7 +132,8 @@ impl Check {
 /// Runs every check on a snapshot.
 pub fn evaluate(s: &Snapshot, l: &Limits) -> Vec<Check> {
     let esl = l.esl_enabled.then(|| esl_check(s, l));
-    esl.into_iter().chain([redis_check(s), queue_check(s, l), spool_check(s, l), drops_check(s, l)]).collect()
+    let rest = [redis_check(s), permissions_check(s), queue_check(s, l), spool_check(s, l), drops_check(s, l)];
+    esl.into_iter().chain(rest).chain([progress_check(s)]).collect()
 }
 
 fn esl_check(s: &Snapshot, l: &Limits) -> Check {
@@ -184,7 +196,27 @@ fn queue_check(s: &Snapshot, l: &Limits) -> Check {
     Check::pass("queue")
 }
 
+fn permissions_check(s: &Snapshot) -> Check {
+    match s.missing_permissions.as_slice() {
+        [] => Check::pass("permissions"),
+        missing => Check::fail("permissions", missing.join("; ")),
+    }
+}
+
+fn progress_check(s: &Snapshot) -> Check {
+    match s.unwritten {
+        Some((events, since)) => Check::fail(
+            "progress",
+            format!("{events} events arrived in the last {since:.0?} and none was written to Redis"),
+        ),
+        None => Check::pass("progress"),
+    }
+}
+
 fn spool_check(s: &Snapshot, l: &Limits) -> Check {
+    if let Some(fault) = &s.spool_fault {
+        return Check::fail("spool", format!("spool: {fault}"));
+    }
     if l.spool_max_bytes > 0 && over_high_water(s.spool_bytes, l.spool_max_bytes) {
         return Check::fail(
             "spool",
@@ -239,10 +271,12 @@ pub fn decide(checks: &[Check], streaks: &Streaks, limits: &Limits) -> Status {
         return Status::Healthy;
     }
     let esl_down = streaks.esl >= limits.max_retries;
+    // The user may not write: nothing will be written until someone changes the ACL.
+    let not_allowed = Check::failed(checks, "permissions");
     // The last buffer before drops: the spool, or the memory queue when the spool is off.
     let last_buffer = if limits.spool_max_bytes > 0 { "spool" } else { "queue" };
     let redis_down_and_full = streaks.redis >= limits.max_retries && Check::failed(checks, last_buffer);
-    if esl_down || redis_down_and_full {
+    if esl_down || redis_down_and_full || not_allowed {
         Status::Unhealthy
     } else {
         Status::Degraded
@@ -262,6 +296,7 @@ mod tests {
             spool_max_bytes: 1 << 20,
             max_retries: 3,
             drop_window: DROP_WINDOW,
+            progress_window: Duration::from_secs(15),
         }
     }
 
@@ -278,6 +313,9 @@ mod tests {
             spool_bytes: 0,
             dropped_total: 0,
             dropped_recently: 0,
+            spool_fault: None,
+            missing_permissions: Vec::new(),
+            unwritten: None,
         }
     }
 
@@ -300,9 +338,30 @@ mod tests {
     fn all_checks_pass_when_everything_is_fine() {
         let checks = evaluate(&fine(), &limits());
         let names: Vec<_> = checks.iter().map(|c| c.name).collect();
-        assert_eq!(names, ["esl", "redis", "queue", "spool", "drops"]);
+        assert_eq!(names, ["esl", "redis", "permissions", "queue", "spool", "drops", "progress"]);
         assert!(checks.iter().all(|c| c.ok && c.reason.is_none()));
         assert_eq!(verdict(&fine(), 5).0, Status::Healthy);
+    }
+
+    #[test]
+    fn a_spool_that_cannot_write_missing_permissions_and_no_progress_are_named() {
+        let disk = Snapshot { spool_fault: Some("No space left on device (os error 28)".into()), ..fine() };
+        let (status, failing, _) = verdict(&disk, 1);
+        assert_eq!(status, Status::Degraded);
+        assert_eq!(failing, [("spool", "spool: No space left on device (os error 28)".to_owned())]);
+
+        let acl = Snapshot { missing_permissions: vec!["may not run BITFIELD".into()], ..fine() };
+        let (status, failing, _) = verdict(&acl, 1);
+        assert_eq!(status, Status::Unhealthy, "nothing can be written until the ACL changes");
+        assert_eq!(failing[0].0, "permissions");
+
+        let stuck = Snapshot { unwritten: Some((1200, Duration::from_secs(15))), ..fine() };
+        let (status, failing, _) = verdict(&stuck, 1);
+        assert_eq!(status, Status::Degraded);
+        assert_eq!(
+            failing,
+            [("progress", "1200 events arrived in the last 15s and none was written to Redis".to_owned())]
+        );
     }
 
     #[test]
@@ -310,7 +369,8 @@ mod tests {
         let l = Limits { esl_enabled: false, ..limits() };
         let down = Snapshot { esl_connected: false, esl_error: Some("refused".into()), ..fine() };
         let checks = evaluate(&down, &l);
-        assert_eq!(checks.iter().map(|c| c.name).collect::<Vec<_>>(), ["redis", "queue", "spool", "drops"]);
+        let names: Vec<_> = checks.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["redis", "permissions", "queue", "spool", "drops", "progress"]);
         let mut streaks = Streaks::default();
         for _ in 0..5 {
             streaks.update(&checks);

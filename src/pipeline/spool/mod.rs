@@ -11,6 +11,13 @@
 //! verified; a torn or corrupt record and everything after it in that segment is truncated with a
 //! warning. Records read back but not yet acknowledged are re-read after a restart; the
 //! idempotent writes make that safe.
+//!
+//! A spool that cannot write (disk full, I/O error, read-only) is a state, not a flood: the
+//! first failure is logged once (then a reminder a minute), [`SpoolBudget::fault`] names it for
+//! `/health`, appends are refused at once (the lane keeps events in memory or counts them as
+//! dropped) and a write is tried again at most every [`RETRY_EVERY`]. Records that were
+//! buffered when writing failed are still read back, from the buffer, in order, so the lane
+//! keeps serving Redis. The first write that succeeds ends the state, with one log line.
 
 pub mod record;
 
@@ -19,10 +26,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tracing::warn;
+use parking_lot::Mutex;
+use tracing::{error, info, warn};
 
 use crate::envelope::{Envelope, SpoolPos};
 
@@ -34,6 +43,12 @@ pub const FLUSH_BYTES: usize = 256 * 1024;
 const MAX_PENDING: usize = 8 << 20;
 /// Segment ids start here so that segments can be put in front of the first one.
 const FIRST_SEGMENT: u64 = 1 << 32;
+/// While the spool cannot write, a write is tried again at most this often.
+pub const RETRY_EVERY: Duration = Duration::from_millis(100);
+/// A full disk counts as writable again once this much is free.
+const RECOVERED_FREE_BYTES: u64 = 1 << 20;
+/// While the spool cannot write, the error is logged again this often.
+const REMIND_EVERY: Duration = Duration::from_secs(60);
 
 /// The byte budget shared by all lanes' spools (`SPOOL_MAX_BYTES`).
 #[derive(Debug)]
@@ -41,11 +56,28 @@ pub struct SpoolBudget {
     pub max_bytes: u64,
     used: AtomicU64,
     events: AtomicU64,
+    /// Lanes whose spool cannot write now, and the latest such error.
+    failing_lanes: AtomicUsize,
+    fault: Mutex<Option<String>>,
 }
 
 impl SpoolBudget {
     pub fn new(max_bytes: u64) -> Arc<SpoolBudget> {
-        Arc::new(SpoolBudget { max_bytes, used: AtomicU64::new(0), events: AtomicU64::new(0) })
+        Arc::new(SpoolBudget {
+            max_bytes,
+            used: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            failing_lanes: AtomicUsize::new(0),
+            fault: Mutex::new(None),
+        })
+    }
+
+    /// Why the spool cannot write now (`None` while every lane's spool can).
+    pub fn fault(&self) -> Option<String> {
+        if self.failing_lanes.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.fault.lock().clone()
     }
 
     /// Bytes on disk across all lanes.
@@ -66,6 +98,26 @@ pub enum SpoolError {
     Full { used: u64, max: u64 },
     #[error("spool I/O error: {0}")]
     Io(#[from] io::Error),
+}
+
+impl SpoolError {
+    /// The drop reason for an event this error kept out: `spool_full` when there is no room
+    /// (the budget, or the file system: ENOSPC, EDQUOT), else `spool_error`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SpoolError::Full { .. } => "spool_full",
+            SpoolError::Io(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => "spool_full",
+            SpoolError::Io(_) => "spool_error",
+        }
+    }
+}
+
+/// A spool that cannot write: since when, the error, when a write was last tried.
+#[derive(Debug)]
+struct Failing {
+    error: io::Error,
+    last_try: Instant,
+    last_log: Instant,
 }
 
 /// What opening a lane's spool found.
@@ -106,6 +158,10 @@ pub struct LaneSpool {
     /// A segment file was created since the last [`LaneSpool::sync`]: the directory entry
     /// must reach the disk too.
     dir_dirty: bool,
+    /// Set while writing fails.
+    failing: Option<Failing>,
+    /// This spool's lane, for its log lines.
+    lane: String,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -155,6 +211,8 @@ impl LaneSpool {
         let bytes: u64 = segments.values().sum();
         budget.used.fetch_add(bytes, Ordering::Relaxed);
         budget.events.fetch_add(recovery.records, Ordering::Relaxed);
+        // The cursor's block is taken now, so that recording progress never needs new space.
+        write_cursor(&cursor, committed)?;
         let spool = LaneSpool {
             dir: dir.to_owned(),
             segments,
@@ -170,6 +228,8 @@ impl LaneSpool {
             pending: Vec::new(),
             v1_streams: record::V1Streams::default(),
             dir_dirty: false,
+            failing: None,
+            lane: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         };
         Ok((spool, recovery))
     }
@@ -189,26 +249,84 @@ impl LaneSpool {
         self.unread > 0
     }
 
-    /// Appends one event at the end (buffered: see [`LaneSpool::flush`]).
+    /// Appends one event at the end (buffered: see [`LaneSpool::flush`]). While the spool
+    /// cannot write, refused at once, but for one append every [`RETRY_EVERY`] that tries.
     pub fn append(&mut self, envelope: &Envelope) -> Result<(), SpoolError> {
+        if let Some(failing) = &mut self.failing {
+            if failing.last_try.elapsed() < RETRY_EVERY {
+                return Err(SpoolError::Io(same_error(&failing.error)));
+            }
+            failing.last_try = Instant::now();
+            self.flush()?;
+        }
         self.scratch.clear();
         record::encode(envelope, &mut self.scratch);
         let len = self.scratch.len() as u64;
         self.reserve(len)?;
         if let Err(e) = self.make_room(len) {
             self.budget.used.fetch_sub(len, Ordering::Relaxed);
+            self.write_failed(&e);
             return Err(e.into());
         }
         self.pending.extend_from_slice(&self.scratch);
         self.unread += 1;
         self.budget.events.fetch_add(1, Ordering::Relaxed);
-        if self.pending.len() >= FLUSH_BYTES {
-            // On failure the records stay buffered and the next flush tries again.
-            if let Err(e) = self.flush() {
-                warn!(error = %e, buffered = self.pending.len(), "cannot write to the spool; holding the records in memory");
-            }
+        if self.pending.len() >= FLUSH_BYTES || self.failing.is_some() {
+            // On failure the records stay buffered (and readable) and the spool is failing.
+            let _ = self.flush();
         }
         Ok(())
+    }
+
+    /// Why this spool cannot write now, if it cannot.
+    pub fn failing(&self) -> Option<&io::Error> {
+        self.failing.as_ref().map(|f| &f.error)
+    }
+
+    /// Writing failed: enter (or stay in) the failing state; one log line per change, a
+    /// reminder a minute.
+    fn write_failed(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        let copy = || same_error(e);
+        match &mut self.failing {
+            None => {
+                error!(lane = %self.lane, error = %e, buffered_bytes = self.pending.len(), "cannot write to the spool; new events stay in memory or are dropped (counted) until it can");
+                self.failing = Some(Failing { error: copy(), last_try: now, last_log: now });
+                self.budget.failing_lanes.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(failing) => {
+                failing.error = copy();
+                failing.last_try = now;
+                if now.duration_since(failing.last_log) >= REMIND_EVERY {
+                    failing.last_log = now;
+                    warn!(lane = %self.lane, error = %e, "the spool still cannot write");
+                }
+            }
+        }
+        *self.budget.fault.lock() = Some(e.to_string());
+    }
+
+    /// While failing with nothing buffered, no write tells when the spool could write again:
+    /// for a full disk, look at the free space (at most every [`RETRY_EVERY`]) and end the
+    /// failing state once there is room for a segment's worth of writes. Other errors end with
+    /// the next write that succeeds.
+    pub fn probe_recovery(&mut self) {
+        let Some(failing) = &mut self.failing else { return };
+        if !self.pending.is_empty() || failing.last_try.elapsed() < RETRY_EVERY {
+            return;
+        }
+        failing.last_try = Instant::now();
+        let no_space = matches!(failing.error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        if no_space && free_bytes(&self.dir).is_some_and(|free| free >= RECOVERED_FREE_BYTES) {
+            self.write_succeeded();
+        }
+    }
+
+    fn write_succeeded(&mut self) {
+        if let Some(failing) = self.failing.take() {
+            info!(lane = %self.lane, failed_for = ?failing.last_log.elapsed(), "the spool can write again");
+            self.budget.failing_lanes.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Writes the buffered records to the tail segment in one `write`. On failure the segment
@@ -223,10 +341,12 @@ impl LaneSpool {
             Ok(()) => {
                 *flushed += self.pending.len() as u64;
                 self.pending.clear();
+                self.write_succeeded();
                 Ok(())
             }
             Err(e) => {
                 let _ = file.set_len(*flushed);
+                self.write_failed(&e);
                 Err(e)
             }
         }
@@ -286,9 +406,8 @@ impl LaneSpool {
 
     /// Reads up to `max` events in order into `out`, each tagged with its position.
     pub fn read_batch(&mut self, max: usize, out: &mut Vec<Envelope>) -> io::Result<usize> {
-        if let Err(e) = self.flush() {
-            warn!(error = %e, "cannot write buffered records to the spool; reading what is written");
-        }
+        // A failure is the spool's failing state, logged once; buffered records are read anyway.
+        let _ = self.flush();
         let mut n = 0;
         while n < max && self.unread > 0 {
             match self.read_one()? {
@@ -322,7 +441,13 @@ impl LaneSpool {
                         self.reader = None;
                         continue;
                     }
-                    None => return Ok(None),
+                    None if self.pending.is_empty() => return Ok(None),
+                    // The rest is buffered: written now if the spool can, else read from the
+                    // buffer (it was never on disk, so it goes on as an event in memory).
+                    None => match self.flush() {
+                        Ok(()) => continue,
+                        Err(_) => return Ok(self.take_buffered()),
+                    },
                 }
             }
             if self.reader.as_ref().map(|(id, _)| *id) != Some(self.read.segment) {
@@ -349,6 +474,28 @@ impl LaneSpool {
                     // Verified at open and written whole since: only a disk fault gets here.
                     warn!(segment = self.read.segment, offset = self.read.offset, error = %e, "skipping a corrupt spool record");
                 }
+            }
+        }
+    }
+
+    /// The first buffered record, out of the buffer (only when everything before it was read).
+    fn take_buffered(&mut self) -> Option<Envelope> {
+        loop {
+            let head: &[u8; record::HEADER_LEN] = self.pending.get(..record::HEADER_LEN)?.try_into().ok()?;
+            let (plen, crc) = record::header(head).ok()?;
+            let end = record::HEADER_LEN + plen;
+            let decoded = record::decode(self.pending.get(record::HEADER_LEN..end)?, crc, &self.v1_streams);
+            self.pending.drain(..end);
+            self.budget.used.fetch_sub(end as u64, Ordering::Relaxed);
+            self.budget.events.fetch_sub(1, Ordering::Relaxed);
+            self.unread -= 1;
+            if self.pending.is_empty() && self.unread == 0 && self.read == self.committed {
+                // Read out, and what came from the files is acknowledged: give the room back.
+                let _ = self.delete_acknowledged();
+            }
+            match decoded {
+                Ok(envelope) => return Some(envelope),
+                Err(e) => warn!(lane = %self.lane, error = %e, "skipping a corrupt buffered spool record"),
             }
         }
     }
@@ -402,16 +549,27 @@ impl LaneSpool {
             return Ok(());
         }
         self.committed = pos;
-        write_cursor(&self.cursor, pos)?;
+        // Segments first: on a full disk, deleting them is what makes room (a cursor behind
+        // its deleted segments is safe; the open skips to the next one).
+        self.delete_acknowledged()?;
+        write_cursor(&self.cursor, pos)
+    }
+
+    /// Deletes the segments wholly behind the committed position, and the last one too when
+    /// everything was read and acknowledged, so a drained spool gives its bytes back at once.
+    fn delete_acknowledged(&mut self) -> io::Result<()> {
+        let pos = self.committed;
         let mut done: Vec<u64> = self.segments.range(..pos.segment).map(|(&id, _)| id).collect();
-        // Fully read and acknowledged, with nothing after it: the last segment goes too, so a
-        // drained spool gives its bytes back at once.
         if self.unread == 0 && self.read == pos && self.segments.get(&pos.segment) == Some(&pos.offset) {
             done.push(pos.segment);
         }
         for id in done {
+            // Open handles keep a deleted file's blocks: close them, or the disk stays full.
             if self.tail.as_ref().is_some_and(|(t, _)| *t == id) {
                 self.tail = None;
+            }
+            if self.reader.as_ref().is_some_and(|(r, _)| *r == id) {
+                self.reader = None;
             }
             let len = self.segments.remove(&id).unwrap_or(0);
             fs::remove_file(segment_path(&self.dir, id))?;
@@ -502,6 +660,26 @@ fn read_cursor(file: &File) -> io::Result<Option<SpoolPos>> {
         segment: u64::from_le_bytes(buf[0..8].try_into().expect("8 bytes")),
         offset: u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes")),
     }))
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stat` a valid statvfs to fill.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 || stat.f_flag & libc::ST_RDONLY != 0 {
+        return None;
+    }
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// A copy of an I/O error that keeps its OS code (the drop reason depends on it).
+pub fn same_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
 }
 
 fn write_cursor(file: &File, pos: SpoolPos) -> io::Result<()> {
