@@ -1,17 +1,27 @@
 //! The dead-letter endpoints: `GET /dlq` (list), `GET /dlq/{id}` (inspect),
-//! `POST /dlq/{id}/retry` (write it again; on success it leaves the store). Guarded by the
-//! `HTTP_TOKEN` bearer token when one is set.
+//! `POST /dlq/{id}/retry` (write it again; on success it leaves the store). Dead letters are
+//! call data: with `HTTP_TOKEN` set they need its bearer token, without it they answer loopback
+//! clients only ([`authorize`]); [`announce_access`] says which at start-up.
 
 use std::sync::Arc;
 
 use hyper::Request;
 use hyper::StatusCode;
 use serde_json::json;
+use tracing::info;
 
+use crate::config::Config;
 use crate::ops::context::AppContext;
 use crate::ops::http::{authorize, error_reply, json_reply, Body, HandlerFuture, Params, Reply};
 use crate::sink::dlq::DeadLetter;
 use crate::sink::redis::{EntryOutcome, RedisSink};
+
+/// Logs, once at start-up, who may use these endpoints when that is not obvious.
+pub fn announce_access(config: &Config) {
+    if config.http_token.is_none() {
+        info!("HTTP_TOKEN is unset: /dlq answers loopback clients only (127.0.0.0/8, ::1); set HTTP_TOKEN to use it from elsewhere");
+    }
+}
 
 /// Most dead letters listed by one `GET /dlq` (`?limit=` lowers it).
 const LIST_LIMIT: usize = 1000;
@@ -19,7 +29,7 @@ const LIST_LIMIT: usize = 1000;
 /// `GET /dlq[?limit=N]`
 pub fn list(ctx: Arc<AppContext>, req: Request<Body>, _params: Params) -> HandlerFuture {
     Box::pin(async move {
-        if let Err(reply) = authorize(&ctx, req.headers()) {
+        if let Err(reply) = authorize(&ctx, &req) {
             return *reply;
         }
         let limit = req
@@ -52,7 +62,7 @@ async fn load(ctx: &AppContext, params: &Params) -> Result<DeadLetter, Reply> {
 /// `GET /dlq/{id}`
 pub fn get(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerFuture {
     Box::pin(async move {
-        if let Err(reply) = authorize(&ctx, req.headers()) {
+        if let Err(reply) = authorize(&ctx, &req) {
             return *reply;
         }
         match load(&ctx, &params).await {
@@ -66,7 +76,7 @@ pub fn get(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerF
 /// Redis refuses it again (it stays), 503 when Redis cannot be reached.
 pub fn retry(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerFuture {
     Box::pin(async move {
-        if let Err(reply) = authorize(&ctx, req.headers()) {
+        if let Err(reply) = authorize(&ctx, &req) {
             return *reply;
         }
         let letter = match load(&ctx, &params).await {

@@ -72,6 +72,13 @@ pub struct Metrics {
     pub health_status: IntGauge,
     /// Round trip of the health monitor's last `PING` (absent until one succeeded).
     pub redis_ping: prometheus::Gauge,
+    /// Connections open to the admin HTTP port.
+    pub http_connections: IntGauge,
+    /// New admin HTTP connections closed at once, by reason (`per_peer`, `full`).
+    pub http_rejected: IntCounterVec,
+    /// Admin HTTP connections closed by the server, by reason (`timeout`: no complete request
+    /// head in time; `evicted`: the oldest idle one, to make room).
+    pub http_closed: IntCounterVec,
     /// Always 1; the labels say which build is running.
     pub build_info: IntGaugeVec,
     /// When the process started, in seconds since the epoch.
@@ -249,6 +256,19 @@ impl Metrics {
                 &r,
                 "eslstream_redis_ping_seconds",
                 "Round trip of the health monitor's last Redis PING",
+            ),
+            http_connections: gauge(&r, "eslstream_http_connections", "Connections open to the admin HTTP port"),
+            http_rejected: counter_vec(
+                &r,
+                "eslstream_http_connections_rejected_total",
+                "New admin HTTP connections closed at once: per_peer (too many from the address), full (all busy)",
+                &["reason"],
+            ),
+            http_closed: counter_vec(
+                &r,
+                "eslstream_http_connections_closed_total",
+                "Admin HTTP connections closed by the server: timeout (no complete request head in time), evicted (oldest idle, to make room)",
+                &["reason"],
             ),
             build_info: gauge_vec(
                 &r,

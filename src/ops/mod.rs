@@ -1,5 +1,5 @@
 //! The operational side of a running agent, started and stopped as one: the HTTP server
-//! (`/health`, `/metrics`), the health monitor, the stream trimmer and the summary log line.
+//! (`/health`, `/metrics`, `/dlq`), the health monitor, the stream trimmer and the summary log line.
 //!
 //! [`Ops::start`] takes an already bound listener so that a taken port fails the start before
 //! anything else runs. The background threads end when the agent's [`Shutdown`] triggers;
@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 
 use crate::ops::context::AppContext;
 use crate::ops::health::HealthMonitor;
-use crate::ops::http::HttpServer;
+use crate::ops::http::{HttpServer, Limits};
 use crate::ops::routes::routes;
 use crate::ops::summary::Summarizer;
 use crate::ops::trim::Trimmer;
@@ -46,7 +46,8 @@ impl Ops {
             spawn("trimmer", move || trimmer.run(s2))?,
             spawn("summary", move || summarizer.run(interval, s3))?,
         ];
-        let http = HttpServer::start(listener, routes(), ctx)?;
+        crate::ops::dlq_api::announce_access(&ctx.config);
+        let http = HttpServer::start(listener, routes(), ctx, Limits::default())?;
         Ok(Ops { http, threads })
     }
 
