@@ -14,9 +14,14 @@
 //! - agent peak RSS (`VmHWM`), CPU per 1,000 events and CPU % of one core (`/proc/<pid>/stat`);
 //! - that every event sent by the simulator is in Redis exactly once (`XLEN`), loudly if not.
 //!
-//! Modes: `saturation` (unpaced, `--events`, default 1,000,000) and `rates` (paced, each rate of
-//! `--rates` for `--seconds` after a one-second warm-up that is excluded from latency and CPU). The default is
-//! `all`; `--rates` alone means `rates`. See `docs/performance.md` for results.
+//! Modes: `saturation` (unpaced, `--events`, default 1,000,000), `rates` (paced, each rate of
+//! `--rates` for `--seconds` after a one-second warm-up that is excluded from latency and CPU)
+//! and `http` (HTTP ingress, `POST /events` on the agent with `ESL_ENABLED=false`: single-event
+//! requests at `--http-rate` requests/s (default 1,000) for `--seconds` on one keep-alive
+//! connection, latency from sending the request to reading its `202`; then batches of 100 as
+//! fast as two keep-alive connections go, `--http-events` in all (default 200,000), events/s
+//! from the first request to the last `202`; each checked against `XLEN`). The default is `all`;
+//! `--rates` alone means `rates`. See `docs/performance.md` for results.
 //!
 //! ```text
 //! cargo bench --bench load -- [--mode saturation|rates|all] [--events 1000000]
@@ -72,8 +77,9 @@ fn main() {
     }
 }
 
-const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|all] [--events N] \
-[--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large|xl] [--json target/load.json] [--env NAME=value]... [--agent PATH]";
+const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|http|all, or a comma list] [--events N] \
+[--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large|xl] [--json target/load.json] [--env NAME=value]... [--agent PATH] \
+[--http-rate 1000] [--http-events 200000]";
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -88,6 +94,9 @@ struct Opts {
     env: Vec<(String, String)>,
     /// Another agent binary to run (to compare two builds on the same machine).
     agent: PathBuf,
+    http: bool,
+    http_rate: u64,
+    http_events: u64,
 }
 
 impl Opts {
@@ -102,6 +111,9 @@ impl Opts {
             json: PathBuf::from("target/load.json"),
             env: Vec::new(),
             agent: PathBuf::from(env!("CARGO_BIN_EXE_eslstream")),
+            http: true,
+            http_rate: 1_000,
+            http_events: 200_000,
         };
         let mut rates_given = false;
         let mut mode_given = false;
@@ -118,11 +130,15 @@ impl Opts {
             match name.as_str() {
                 "--mode" => {
                     mode_given = true;
-                    (o.saturation, o.rates_mode) = match value()?.as_str() {
-                        "saturation" => (true, false),
-                        "rates" => (false, true),
-                        "all" => (true, true),
-                        m => return Err(format!("unknown mode {m:?}")),
+                    (o.saturation, o.rates_mode, o.http) = (false, false, false);
+                    for mode in value()?.split(',') {
+                        match mode.trim() {
+                            "saturation" => o.saturation = true,
+                            "rates" => o.rates_mode = true,
+                            "http" => o.http = true,
+                            "all" => (o.saturation, o.rates_mode, o.http) = (true, true, true),
+                            m => return Err(format!("unknown mode {m:?}")),
+                        }
                     }
                 }
                 "--events" => o.events = parse_count(&value()?)?,
@@ -147,12 +163,14 @@ impl Opts {
                     o.env.push((k.to_owned(), v.to_owned()));
                 }
                 "--agent" => o.agent = PathBuf::from(value()?),
+                "--http-rate" => o.http_rate = parse_count(&value()?)?,
+                "--http-events" => o.http_events = parse_count(&value()?)?,
                 "-h" | "--help" => return Err("help".into()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
         if rates_given && !mode_given {
-            (o.saturation, o.rates_mode) = (false, true);
+            (o.saturation, o.rates_mode, o.http) = (false, true, false);
         }
         if o.rates.is_empty() || o.rates.contains(&0) || o.events == 0 || o.seconds == 0 {
             return Err("--events, --rates and --seconds must be positive".into());
@@ -218,8 +236,15 @@ fn run(opts: &Opts) -> Result<(), String> {
             results.push(run_one(&redis, opts, Some(rate))?);
         }
     }
+    let http = match opts.http {
+        true => Some(run_http(&fresh_redis()?, opts)?),
+        false => None,
+    };
     let table = markdown(&results, ceiling.as_ref());
     println!("{table}");
+    if let Some(h) = &http {
+        println!("{}", h.markdown(results.iter().find(|r| r.rate.is_none()).map(|r| r.events_per_sec)));
+    }
     let json = serde_json::json!({
         "machine": machine(),
         "agent_env": opts.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
@@ -228,6 +253,7 @@ fn run(opts: &Opts) -> Result<(), String> {
             "command": c.command, "value_bytes": c.value_bytes, "requests_per_sec": c.requests_per_sec,
         })),
         "runs": results.iter().map(RunResult::json).collect::<Vec<_>>(),
+        "http": http.as_ref().map(HttpResult::json),
     });
     if let Some(dir) = opts.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -236,6 +262,11 @@ fn run(opts: &Opts) -> Result<(), String> {
     std::fs::write(&opts.json, text + "\n").map_err(|e| format!("cannot write {}: {e}", opts.json.display()))?;
     eprintln!("load: wrote {}", opts.json.display());
     let bad: Vec<_> = results.iter().filter(|r| r.in_redis != r.sent).collect();
+    if let Some(h) = &http {
+        if h.in_redis != h.sent {
+            return Err(format!("HTTP ingress: {} events acknowledged, {} in Redis", h.sent, h.in_redis));
+        }
+    }
     if !bad.is_empty() {
         return Err(format!("{} run(s) lost or duplicated events (see the table)", bad.len()));
     }
@@ -960,6 +991,212 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP ingress
+
+const HTTP_STREAM: &str = "freeswitch:telephony:http-events";
+const HTTP_TOKEN: &str = "load-token-0123456789abcdef";
+
+/// What the HTTP mode measured.
+#[derive(Debug, Clone)]
+struct HttpResult {
+    rate: u64,
+    single: Summary,
+    single_sent: u64,
+    batch_events_per_sec: f64,
+    batch_events: u64,
+    sent: u64,
+    in_redis: u64,
+    event_bytes: usize,
+}
+
+impl HttpResult {
+    fn markdown(&self, esl_saturation: Option<f64>) -> String {
+        let ratio = esl_saturation
+            .map_or("-".into(), |esl| format!("{:.0}% of ESL saturation", self.batch_events_per_sec * 100.0 / esl));
+        format!(
+            "| HTTP ingress ({} B events) | requests | p50 ms | p99 ms | p99.9 ms | max ms | events/s |\n|---|---:|---:|---:|---:|---:|---:|\n\
+             | single events at {}/s | {} | {} | {} | {} | {} | - |\n\
+             | batches of 100, 2 connections | {} | - | - | - | - | {:.0} ({ratio}) |\n\
+             \nAcknowledged {} events, {} in Redis.\n",
+            self.event_bytes,
+            self.rate,
+            self.single_sent,
+            ms(self.single.p50),
+            ms(self.single.p99),
+            ms(self.single.p999),
+            ms(self.single.max),
+            self.batch_events / 100,
+            self.batch_events_per_sec,
+            self.sent,
+            self.in_redis,
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "single_rate": self.rate,
+            "single_requests": self.single_sent,
+            "single_latency_us": {"p50": self.single.p50, "p99": self.single.p99, "p999": self.single.p999, "max": self.single.max},
+            "batch_events": self.batch_events,
+            "batch_events_per_sec": self.batch_events_per_sec,
+            "acknowledged": self.sent,
+            "in_redis": self.in_redis,
+            "event_bytes": self.event_bytes,
+        })
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection that posts events and reads the answers.
+struct HttpConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    fn open(port: u16) -> Result<HttpConn, String> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        Ok(HttpConn { stream, buf: Vec::with_capacity(1 << 16) })
+    }
+
+    /// Posts `body` and returns the status of the answer (its body is read and dropped).
+    fn post(&mut self, body: &[u8]) -> Result<u16, String> {
+        let head = format!(
+            "POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {HTTP_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body);
+        self.stream.write_all(&req).map_err(|e| format!("send: {e}"))?;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= end + 4 + len {
+                    self.buf.drain(..end + 4 + len);
+                    return Ok(status);
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self.stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("the agent closed the connection".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// A CRM-like event of about 600 bytes.
+fn http_event(i: u64) -> String {
+    format!(
+        r#"{{"event_type":"call.disposition","event_id":"load-{i}","call_id":"call-{}","agent":"agent-{}","disposition":"SALE","notes":"{}","amount":"12.50","currency":"EUR","tags":["vip","callback"],"at":"2026-12-01T10:00:00Z"}}"#,
+        i % 500,
+        i % 37,
+        "customer asked for a callback about the renewal; ".repeat(9)
+    )
+}
+
+fn run_http(redis: &RedisServer, opts: &Opts) -> Result<HttpResult, String> {
+    let port = free_port()?;
+    let mut env = vec![
+        ("ESL_ENABLED", "false".to_owned()),
+        ("HTTP_INGRESS", "true".into()),
+        ("HTTP_INGRESS_TOKENS", format!("load:{HTTP_TOKEN}")),
+        ("REDIS_URL", redis.url()),
+        ("HEALTH_BIND", "127.0.0.1".into()),
+        ("HEALTH_PORT", port.to_string()),
+        ("HTTP_MAX_LEN", "0".into()),
+        ("LOG_LEVEL", "warn".into()),
+        ("METRICS_PRINT_INTERVAL", "0".into()),
+    ];
+    env.extend(opts.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let env: Vec<(&str, String)> = env;
+    let agent = AgentProcess::start(&opts.agent, &env)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline || !agent.is_running() {
+            return Err(format!("the agent did not start:\n{}", agent.output()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let event_bytes = http_event(0).len();
+    // Single events, paced, one keep-alive connection.
+    let mut conn = HttpConn::open(port)?;
+    let mut hist = Histogram::new();
+    let total = opts.http_rate * opts.seconds;
+    let warmup = opts.http_rate * WARMUP.as_secs();
+    let started = Instant::now();
+    for i in 0..warmup + total {
+        let due = started + Duration::from_secs_f64(i as f64 / opts.http_rate as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let sent_at = Instant::now();
+        let status = conn.post(http_event(i).as_bytes())?;
+        if status != 202 {
+            return Err(format!("single event {i}: HTTP {status}"));
+        }
+        if i >= warmup {
+            hist.record(sent_at.elapsed().as_micros() as u64);
+        }
+        if i % opts.http_rate == 0 {
+            eprintln!("load: http single {i}/{}", warmup + total);
+        }
+    }
+    let single_sent = warmup + total;
+    // Batches of 100 on two connections, as fast as they go.
+    let batches = opts.http_events.div_ceil(100);
+    let next = Arc::new(AtomicU64::new(0));
+    let first = single_sent;
+    let started = Instant::now();
+    let workers: Vec<JoinHandle<Result<(), String>>> = (0..2)
+        .map(|_| {
+            let next = next.clone();
+            std::thread::spawn(move || {
+                let mut conn = HttpConn::open(port)?;
+                loop {
+                    let b = next.fetch_add(1, Ordering::Relaxed);
+                    if b >= batches {
+                        return Ok(());
+                    }
+                    let from = first + b * 100;
+                    let body = format!("[{}]", (from..from + 100).map(http_event).collect::<Vec<_>>().join(","));
+                    let status = conn.post(body.as_bytes())?;
+                    if status != 202 {
+                        return Err(format!("batch {b}: HTTP {status}"));
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().map_err(|_| "a batch thread panicked".to_owned())??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let batch_events = batches * 100;
+    let mut con = redis.connection()?;
+    let in_redis: u64 = redis::cmd("XLEN").arg(HTTP_STREAM).query(&mut con).map_err(|e| format!("XLEN: {e}"))?;
+    drop(agent);
+    Ok(HttpResult {
+        rate: opts.http_rate,
+        single: hist.summary(),
+        single_sent,
+        batch_events_per_sec: batch_events as f64 / elapsed,
+        batch_events,
+        sent: single_sent + batch_events,
+        in_redis,
+        event_bytes,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

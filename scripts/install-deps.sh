@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine: redis-server (the
 # tests start their own on free ports), promtool (checks /metrics), systemd-analyze (checks
-# the unit file). Does nothing for what is already there.
+# the unit file), openssl (makes a throwaway certificate for the TLS test). Does nothing for what is already there.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -21,6 +21,7 @@ use crate::sink::dlq::DeadLetters;
 use crate::sink::writer::LaneWriter;
 use crate::source::esl::client::EslClient;
 use crate::source::esl::routes::Router;
+use crate::source::http::HttpIngress;
 use crate::source::Intake;
 use crate::state::AgentState;
 
@@ -44,6 +45,10 @@ impl Agent {
     pub fn start(config: Config) -> std::io::Result<Agent> {
         // Bound first: a taken HEALTH_PORT fails the start before anything runs.
         let listener = crate::ops::http::bind(&config.health_bind, config.health_port)?;
+        let ingress_listener = match (&config.http_ingress.listen, config.http_ingress.enabled) {
+            (Some((host, port)), true) => Some(crate::ops::http::bind(host, *port)?),
+            _ => None,
+        };
         let config = Arc::new(config);
         let state = Arc::new(AgentState::default());
         let shutdown = Shutdown::new();
@@ -111,14 +116,22 @@ impl Agent {
             None
         };
 
-        let ctx = AppContext::new(&config, &state, &pipeline, &budget, &dead_letters);
-        let ops = crate::ops::Ops::start(listener, ctx, shutdown.clone())?;
+        let mut ctx = AppContext::new(&config, &state, &pipeline, &budget, &dead_letters);
+        if config.http_ingress.enabled {
+            ctx = ctx.with_ingress(HttpIngress::new(config.http_ingress.clone(), intake.clone()));
+        }
+        let ops = crate::ops::Ops::start(listener, ingress_listener, ctx, shutdown.clone())?;
         Ok(Agent { config, state, pipeline, spool: budget, dead_letters, intake, shutdown, reader, writers, ops })
     }
 
     /// Where `/health` and `/metrics` are served (the real port when `HEALTH_PORT=0`).
     pub fn http_addr(&self) -> std::net::SocketAddr {
         self.ops.http_addr()
+    }
+
+    /// Where `POST /events` is served: its own listener, else the admin one.
+    pub fn ingress_addr(&self) -> std::net::SocketAddr {
+        self.ops.ingress_addr().unwrap_or_else(|| self.ops.http_addr())
     }
 
     /// Stops reading, drains the pipeline within `SHUTDOWN_TIMEOUT`, and joins every thread.

@@ -171,6 +171,51 @@ pub struct WriterConfig {
     pub write_now: bool,
 }
 
+/// A producer allowed to post events, and its bearer token (`HTTP_INGRESS_TOKENS`).
+#[derive(Clone)]
+pub struct IngressToken {
+    pub name: String,
+    pub token: String,
+}
+
+impl fmt::Debug for IngressToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:********", self.name)
+    }
+}
+
+/// The HTTP ingress source (`HTTP_INGRESS=true`): `POST /events`.
+#[derive(Debug, Clone)]
+pub struct HttpIngressConfig {
+    pub enabled: bool,
+    /// Its own listener (`HTTP_INGRESS_BIND` / `HTTP_INGRESS_PORT`); `None`: the admin one.
+    pub listen: Option<(String, u16)>,
+    /// `HTTP_INGRESS_TLS_CERT` / `HTTP_INGRESS_TLS_KEY`: PEM files, for the own listener.
+    pub tls: Option<(String, String)>,
+    pub tokens: Vec<IngressToken>,
+    pub hmac_secret: Option<String>,
+    pub allow_anonymous: bool,
+    pub max_body: usize,
+    pub max_batch: usize,
+    pub required_fields: Vec<String>,
+    pub stream_key: String,
+    pub max_len: u64,
+    pub expire: Duration,
+    pub name_field: String,
+    pub order_field: String,
+    pub id_field: String,
+    pub idempotency_ttl: Duration,
+    pub ack_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl HttpIngressConfig {
+    /// `HTTP_STREAM`, as events are routed to it.
+    pub fn stream_target(&self) -> std::sync::Arc<crate::envelope::StreamTarget> {
+        crate::envelope::StreamTarget::new(&self.stream_key, self.max_len, "http")
+    }
+}
+
 /// Latency thresholds that produce warnings.
 #[derive(Debug, Clone)]
 pub struct LatencyThresholds {
@@ -200,6 +245,7 @@ pub struct Config {
     pub spool_max_bytes: u64,
     pub shutdown_timeout: Duration,
     pub http_token: Option<String>,
+    pub http_ingress: HttpIngressConfig,
     /// Reference variables that were set but mean nothing here, with the reason.
     pub ignored: Vec<(String, String)>,
 }
@@ -381,6 +427,24 @@ impl Config {
             return Err(r.error("LOG_LEVEL", "error, warn, info, debug or trace (or a tracing filter)"));
         }
 
+        let http_ingress = http_ingress(&r)?;
+        let health_bind = r.string("HEALTH_BIND", "0.0.0.0");
+        let ingress_bind = http_ingress.listen.as_ref().map_or(health_bind.as_str(), |(h, _)| h.as_str());
+        let loopback =
+            ["127.0.0.1", "localhost", "::1", "[::1]"].contains(&ingress_bind) || ingress_bind.starts_with("127.");
+        if http_ingress.enabled
+            && http_ingress.tokens.is_empty()
+            && http_ingress.hmac_secret.is_none()
+            && !http_ingress.allow_anonymous
+            && !loopback
+        {
+            return Err(ConfigError {
+                variable: "HTTP_INGRESS_ALLOW_ANONYMOUS".into(),
+                value: String::new(),
+                expected: format!("true to accept events from anyone on {ingress_bind}, or set HTTP_INGRESS_TOKENS or HTTP_INGRESS_HMAC_SECRET (with neither, ingress only listens on loopback)"),
+            });
+        }
+
         let ignored = IGNORED
             .iter()
             .filter(|(name, _)| r.raw(name).is_some())
@@ -397,7 +461,7 @@ impl Config {
             events_to_push,
             health_interval: r.positive_duration("HEALTH_CHECK_INTERVAL", "5s")?,
             health_max_retries: r.number("HEALTH_MAX_RETRIES", 3u32, 1, u32::MAX)?,
-            health_bind: r.string("HEALTH_BIND", "0.0.0.0"),
+            health_bind,
             health_port: r.number("HEALTH_PORT", 9876u16, 0, u16::MAX)?,
             metrics_print_interval: r.duration("METRICS_PRINT_INTERVAL", "60s")?,
             log_level,
@@ -411,6 +475,7 @@ impl Config {
             )?,
             shutdown_timeout: r.positive_duration("SHUTDOWN_TIMEOUT", "10s")?,
             http_token: r.raw("HTTP_TOKEN").map(str::to_owned),
+            http_ingress,
             ignored,
         })
     }
@@ -464,6 +529,29 @@ impl Config {
             ("SPOOL_MAX_BYTES", self.spool_max_bytes.to_string()),
             ("SHUTDOWN_TIMEOUT", d(self.shutdown_timeout)),
             ("HTTP_TOKEN", self.http_token.as_deref().map(mask).unwrap_or_default()),
+            ("HTTP_INGRESS", self.http_ingress.enabled.to_string()),
+            ("HTTP_INGRESS_BIND", self.http_ingress.listen.as_ref().map(|(h, _)| h.clone()).unwrap_or_default()),
+            ("HTTP_INGRESS_PORT", self.http_ingress.listen.as_ref().map(|(_, p)| p.to_string()).unwrap_or_default()),
+            (
+                "HTTP_INGRESS_TOKENS",
+                self.http_ingress.tokens.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(","),
+            ),
+            ("HTTP_INGRESS_HMAC_SECRET", self.http_ingress.hmac_secret.as_deref().map(mask).unwrap_or_default()),
+            ("HTTP_INGRESS_TLS_CERT", self.http_ingress.tls.as_ref().map(|(c, _)| c.clone()).unwrap_or_default()),
+            ("HTTP_INGRESS_TLS_KEY", self.http_ingress.tls.as_ref().map(|(_, k)| k.clone()).unwrap_or_default()),
+            ("HTTP_INGRESS_ALLOW_ANONYMOUS", self.http_ingress.allow_anonymous.to_string()),
+            ("HTTP_INGRESS_MAX_BODY", self.http_ingress.max_body.to_string()),
+            ("HTTP_INGRESS_MAX_BATCH", self.http_ingress.max_batch.to_string()),
+            ("HTTP_INGRESS_REQUIRED_FIELDS", self.http_ingress.required_fields.join(",")),
+            ("HTTP_INGRESS_NAME_FIELD", self.http_ingress.name_field.clone()),
+            ("HTTP_INGRESS_ORDER_FIELD", self.http_ingress.order_field.clone()),
+            ("HTTP_INGRESS_ID_FIELD", self.http_ingress.id_field.clone()),
+            ("HTTP_INGRESS_IDEMPOTENCY_TTL", d(self.http_ingress.idempotency_ttl)),
+            ("HTTP_INGRESS_ACK_TIMEOUT", d(self.http_ingress.ack_timeout)),
+            ("HTTP_INGRESS_MAX_CONNECTIONS", self.http_ingress.max_connections.to_string()),
+            ("HTTP_STREAM", self.http_ingress.stream_key.clone()),
+            ("HTTP_MAX_LEN", self.http_ingress.max_len.to_string()),
+            ("HTTP_EXPIRE_TIME", d(self.http_ingress.expire)),
         ];
         let mut out = String::new();
         for (name, value) in lines {
@@ -474,6 +562,82 @@ impl Config {
         }
         out
     }
+}
+
+/// `HTTP_INGRESS*` and `HTTP_STREAM`, `HTTP_MAX_LEN`, `HTTP_EXPIRE_TIME`.
+fn http_ingress(r: &Reader<'_>) -> Result<HttpIngressConfig, ConfigError> {
+    let enabled = r.get("HTTP_INGRESS", false, "true or false", parse_bool)?;
+    let listen = match (r.raw("HTTP_INGRESS_BIND"), r.raw("HTTP_INGRESS_PORT")) {
+        (None, None) => None,
+        (bind, _) => {
+            Some((bind.unwrap_or("0.0.0.0").trim().to_owned(), r.number("HTTP_INGRESS_PORT", 9877u16, 0, u16::MAX)?))
+        }
+    };
+    let mut tokens = Vec::new();
+    if let Some(list) = r.raw("HTTP_INGRESS_TOKENS") {
+        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (name, token) = item.split_once(':').unwrap_or(("", ""));
+            let label_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            if !label_ok || token.len() < 16 || tokens.iter().any(|t: &IngressToken| t.name == name) {
+                return Err(ConfigError {
+                    variable: "HTTP_INGRESS_TOKENS".into(),
+                    value: "********".into(),
+                    expected: "a comma-separated list of name:token, each name unique (letters, digits, _ - .) and each token at least 16 characters".into(),
+                });
+            }
+            tokens.push(IngressToken { name: name.to_owned(), token: token.to_owned() });
+        }
+    }
+    let tls = match (r.raw("HTTP_INGRESS_TLS_CERT"), r.raw("HTTP_INGRESS_TLS_KEY")) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            for (name, path) in [("HTTP_INGRESS_TLS_CERT", cert), ("HTTP_INGRESS_TLS_KEY", key)] {
+                if let Err(e) = std::fs::File::open(path.trim()) {
+                    return Err(r.error(name, &format!("a readable PEM file ({e})")));
+                }
+            }
+            if listen.is_none() {
+                return Err(r.error(
+                    "HTTP_INGRESS_TLS_CERT",
+                    "set together with HTTP_INGRESS_PORT: TLS is served on the ingress's own listener",
+                ));
+            }
+            Some((cert.trim().to_owned(), key.trim().to_owned()))
+        }
+        (Some(_), None) => return Err(r.error("HTTP_INGRESS_TLS_KEY", "the PEM private key for HTTP_INGRESS_TLS_CERT")),
+        (None, Some(_)) => {
+            return Err(r.error("HTTP_INGRESS_TLS_CERT", "the PEM certificate chain for HTTP_INGRESS_TLS_KEY"))
+        }
+    };
+    let list = |name: &str| -> Vec<String> {
+        r.raw(name)
+            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let field = |name: &str, default: &str| r.string(name, default);
+    let config = HttpIngressConfig {
+        enabled,
+        listen,
+        tls,
+        tokens,
+        hmac_secret: r.raw("HTTP_INGRESS_HMAC_SECRET").map(str::to_owned),
+        allow_anonymous: r.get("HTTP_INGRESS_ALLOW_ANONYMOUS", false, "true or false", parse_bool)?,
+        max_body: r.get("HTTP_INGRESS_MAX_BODY", 1 << 20, "a size such as 1048576, 512KiB or 8MiB", |s| {
+            parse_bytes(s).and_then(|b| usize::try_from(b).ok()).filter(|b| *b >= 1024)
+        })?,
+        max_batch: r.number("HTTP_INGRESS_MAX_BATCH", 1000usize, 1, 100_000)?,
+        required_fields: list("HTTP_INGRESS_REQUIRED_FIELDS"),
+        stream_key: r.string("HTTP_STREAM", "freeswitch:telephony:http-events"),
+        max_len: r.number("HTTP_MAX_LEN", 1_000_000u64, 0, u64::MAX)?,
+        expire: r.duration("HTTP_EXPIRE_TIME", "10m")?,
+        name_field: field("HTTP_INGRESS_NAME_FIELD", "event_type"),
+        order_field: field("HTTP_INGRESS_ORDER_FIELD", "call_id"),
+        id_field: field("HTTP_INGRESS_ID_FIELD", "event_id"),
+        idempotency_ttl: r.positive_duration("HTTP_INGRESS_IDEMPOTENCY_TTL", "24h")?,
+        ack_timeout: r.positive_duration("HTTP_INGRESS_ACK_TIMEOUT", "5s")?,
+        max_connections: r.number("HTTP_INGRESS_MAX_CONNECTIONS", 1024usize, 1, 65_536)?,
+    };
+    Ok(config)
 }
 
 fn mask(secret: &str) -> String {
@@ -539,6 +703,43 @@ mod tests {
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn http_ingress_is_secure_by_default() {
+        let err = |pairs: &[(&str, &str)]| Config::from_vars(vars(pairs)).unwrap_err().variable;
+        // Anyone could post on 0.0.0.0 without a token or a secret: refused, naming the switch.
+        assert_eq!(err(&[("HTTP_INGRESS", "true")]), "HTTP_INGRESS_ALLOW_ANONYMOUS");
+        assert_eq!(err(&[("HTTP_INGRESS", "true"), ("HTTP_INGRESS_BIND", "10.0.0.1")]), "HTTP_INGRESS_ALLOW_ANONYMOUS");
+        for ok in [
+            vec![("HTTP_INGRESS", "true"), ("HEALTH_BIND", "127.0.0.1")],
+            vec![("HTTP_INGRESS", "true"), ("HTTP_INGRESS_ALLOW_ANONYMOUS", "true")],
+            vec![("HTTP_INGRESS", "true"), ("HTTP_INGRESS_HMAC_SECRET", "s")],
+            vec![("HTTP_INGRESS", "true"), ("HTTP_INGRESS_TOKENS", "crm:0123456789abcdef, billing:fedcba9876543210")],
+        ] {
+            Config::from_vars(vars(&ok)).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        // Tokens: name:token, names unique, tokens not short; and never shown.
+        for bad in
+            ["crm", "crm:short", ":0123456789abcdef", "a:0123456789abcdef,a:0123456789abcdeg", "b c:0123456789abcdef"]
+        {
+            let e = Config::from_vars(vars(&[("HTTP_INGRESS_TOKENS", bad)])).unwrap_err();
+            assert_eq!(e.variable, "HTTP_INGRESS_TOKENS", "{bad}");
+            assert!(!e.to_string().contains("0123456789abcdef"), "the token is masked: {e}");
+        }
+        let c = Config::from_vars(vars(&[
+            ("HTTP_INGRESS_TOKENS", "crm:0123456789abcdef"),
+            ("HTTP_INGRESS_HMAC_SECRET", "s3"),
+        ]))
+        .unwrap();
+        let shown = c.describe();
+        assert!(shown.contains("HTTP_INGRESS_TOKENS=crm:********") && !shown.contains("0123456789abcdef"), "{shown}");
+        assert!(shown.contains("HTTP_INGRESS_HMAC_SECRET=********"), "{shown}");
+        assert_eq!(err(&[("HTTP_INGRESS_TLS_CERT", "/x.pem")]), "HTTP_INGRESS_TLS_KEY");
+        assert_eq!(
+            err(&[("HTTP_INGRESS_TLS_CERT", "/nope.pem"), ("HTTP_INGRESS_TLS_KEY", "/nope.key")]),
+            "HTTP_INGRESS_TLS_CERT"
+        );
     }
 
     #[test]

@@ -606,9 +606,23 @@ fn every_metric_the_readme_names_is_exported_by_a_live_agent() {
             ("EVENTS_EXPIRE_TIME", "1m"),
             ("JOBS_EXPIRE_TIME", "0"),
             ("TRIM_INTERVAL", "200ms"),
+            ("HTTP_INGRESS", "true"),
+            ("HTTP_INGRESS_TOKENS", "crm:crm-token-0123456789abcdef"),
         ],
     );
     assert!(sim.wait_done(Duration::from_secs(30)), "the simulator sent its events");
+    // One HTTP ingress request, so its labelled series exist.
+    let mut post = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let event = br#"{"event_type":"probe","event_id":"p-1"}"#;
+    let head = format!(
+        "POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer crm-token-0123456789abcdef\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        event.len()
+    );
+    std::io::Write::write_all(&mut post, head.as_bytes()).expect("send");
+    std::io::Write::write_all(&mut post, event).expect("send");
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut post, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
 
     let mut missing: Vec<&String> = names.iter().collect();
     let started = Instant::now();

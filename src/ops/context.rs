@@ -8,6 +8,7 @@ use crate::ops::health::HealthBoard;
 use crate::pipeline::spool::SpoolBudget;
 use crate::pipeline::Pipeline;
 use crate::sink::dlq::DeadLetters;
+use crate::source::http::HttpIngress;
 use crate::state::AgentState;
 
 /// The agent's parts, as the ops side sees them.
@@ -19,6 +20,8 @@ pub struct AppContext {
     pub dead_letters: Arc<DeadLetters>,
     /// The health monitor's latest report.
     pub health: Arc<HealthBoard>,
+    /// `POST /events`, when `HTTP_INGRESS=true`.
+    pub ingress: Option<Arc<HttpIngress>>,
 }
 
 impl AppContext {
@@ -37,6 +40,21 @@ impl AppContext {
             spool: spool.clone(),
             dead_letters: dead_letters.clone(),
             health: Arc::new(HealthBoard::default()),
+            ingress: None,
         })
+    }
+
+    /// The same context serving `POST /events` through `ingress`.
+    pub fn with_ingress(self: Arc<Self>, ingress: Arc<HttpIngress>) -> Arc<AppContext> {
+        let ctx = Arc::try_unwrap(self).unwrap_or_else(|shared| AppContext {
+            config: shared.config.clone(),
+            state: shared.state.clone(),
+            pipeline: shared.pipeline.clone(),
+            spool: shared.spool.clone(),
+            dead_letters: shared.dead_letters.clone(),
+            health: shared.health.clone(),
+            ingress: shared.ingress.clone(),
+        });
+        Arc::new(AppContext { ingress: Some(ingress), ..ctx })
     }
 }

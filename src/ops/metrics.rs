@@ -79,6 +79,12 @@ pub struct Metrics {
     /// Admin HTTP connections closed by the server, by reason (`timeout`: no complete request
     /// head in time; `evicted`: the oldest idle one, to make room).
     pub http_closed: IntCounterVec,
+    /// `POST /events` answers, by status code and producer.
+    pub ingress_requests: IntCounterVec,
+    /// `POST /events`: from the request's arrival to its answer.
+    pub ingress_duration: Histogram,
+    /// Events of `POST /events` by producer and outcome (`accepted`, `duplicate`).
+    pub ingress_events: IntCounterVec,
     /// Always 1; the labels say which build is running.
     pub build_info: IntGaugeVec,
     /// When the process started, in seconds since the epoch.
@@ -263,6 +269,24 @@ impl Metrics {
                 "eslstream_http_connections_rejected_total",
                 "New admin HTTP connections closed at once: per_peer (too many from the address), full (all busy)",
                 &["reason"],
+            ),
+            ingress_requests: counter_vec(
+                &r,
+                "eslstream_http_requests_total",
+                "POST /events answers, by status code and producer",
+                &["code", "producer"],
+            ),
+            ingress_duration: histogram(
+                &r,
+                "eslstream_http_request_duration_seconds",
+                "POST /events: from the request's arrival to its answer",
+                LATENCY_BUCKETS,
+            ),
+            ingress_events: counter_vec(
+                &r,
+                "eslstream_http_events_total",
+                "Events of POST /events by producer and outcome (accepted, duplicate)",
+                &["producer", "outcome"],
             ),
             http_closed: counter_vec(
                 &r,

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use crate::ops::context::AppContext;
 use crate::ops::health::HealthMonitor;
 use crate::ops::http::{HttpServer, Limits};
-use crate::ops::routes::routes;
+use crate::ops::routes::{ingress_routes, routes};
 use crate::ops::summary::Summarizer;
 use crate::ops::trim::Trimmer;
 use crate::shutdown::Shutdown;
@@ -30,12 +30,20 @@ use crate::shutdown::Shutdown;
 /// The running HTTP server and background threads.
 pub struct Ops {
     http: HttpServer,
+    /// The HTTP ingress's own listener, when it has one.
+    ingress: Option<HttpServer>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Ops {
-    /// Starts the monitor, the trimmer, the summary line, and the HTTP server on `listener`.
-    pub fn start(listener: std::net::TcpListener, ctx: Arc<AppContext>, shutdown: Shutdown) -> std::io::Result<Ops> {
+    /// Starts the monitor, the trimmer, the summary line, and the HTTP server on `listener`
+    /// (with `POST /events` there, or on `ingress_listener` when it has one of its own).
+    pub fn start(
+        listener: std::net::TcpListener,
+        ingress_listener: Option<std::net::TcpListener>,
+        ctx: Arc<AppContext>,
+        shutdown: Shutdown,
+    ) -> std::io::Result<Ops> {
         let monitor = HealthMonitor::new(ctx.clone());
         let trimmer = Trimmer::new(ctx.config.clone());
         let summarizer = Summarizer::new(ctx.clone());
@@ -47,8 +55,23 @@ impl Ops {
             spawn("summary", move || summarizer.run(interval, s3))?,
         ];
         crate::ops::dlq_api::announce_access(&ctx.config);
-        let http = HttpServer::start(listener, routes(), ctx, Limits::default())?;
-        Ok(Ops { http, threads })
+        let ingress_here = ctx.ingress.is_some() && ingress_listener.is_none();
+        let ingress = match ingress_listener {
+            Some(listener) => {
+                let ingress = &ctx.config.http_ingress;
+                let limits = Limits { max_connections: ingress.max_connections, ..Limits::default() };
+                let tls = match &ingress.tls {
+                    Some((cert, key)) => {
+                        Some(crate::source::http::tls_config(cert, key).map_err(std::io::Error::other)?)
+                    }
+                    None => None,
+                };
+                Some(HttpServer::start_tls(listener, ingress_routes(), ctx.clone(), limits, tls)?)
+            }
+            None => None,
+        };
+        let http = HttpServer::start(listener, routes(ingress_here), ctx, Limits::default())?;
+        Ok(Ops { http, ingress, threads })
     }
 
     /// Where `/health` and `/metrics` are served.
@@ -56,10 +79,18 @@ impl Ops {
         self.http.addr()
     }
 
+    /// Where `POST /events` is served when it has a listener of its own.
+    pub fn ingress_addr(&self) -> Option<SocketAddr> {
+        self.ingress.as_ref().map(HttpServer::addr)
+    }
+
     /// Joins the background threads (they end on shutdown), then stops the HTTP server.
     pub fn stop(self) {
         for thread in self.threads {
             let _ = thread.join();
+        }
+        if let Some(ingress) = self.ingress {
+            ingress.stop();
         }
         self.http.stop();
     }

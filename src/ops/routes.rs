@@ -1,5 +1,6 @@
-//! The routes of the admin listener: `GET /health`, `GET /metrics`, and the dead-letter
-//! endpoints of [`crate::ops::dlq_api`].
+//! The routes of the admin listener: `GET /health`, `GET /metrics`, the dead-letter endpoints
+//! of [`crate::ops::dlq_api`], and `POST /events` of the HTTP ingress (here, or on a listener
+//! of its own).
 
 use std::sync::Arc;
 
@@ -9,17 +10,44 @@ use hyper::{Request, StatusCode};
 use crate::ops::context::AppContext;
 use crate::ops::http::{json_reply, reply, Body, HandlerFuture, Params, Router};
 use crate::ops::metrics::{metrics, render};
+use crate::source::http::ProducerLabel;
 
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The routes the agent serves.
-pub fn routes() -> Router {
-    Router::default()
+/// The routes of the admin listener; `POST /events` too when `with_ingress` (HTTP ingress on,
+/// without a listener of its own).
+pub fn routes(with_ingress: bool) -> Router {
+    let router = Router::default()
         .get("/health", health)
         .get("/metrics", metrics_text)
         .get("/dlq", crate::ops::dlq_api::list)
         .get("/dlq/{id}", crate::ops::dlq_api::get)
-        .post("/dlq/{id}/retry", crate::ops::dlq_api::retry)
+        .post("/dlq/{id}/retry", crate::ops::dlq_api::retry);
+    match with_ingress {
+        true => router.post("/events", post_events),
+        false => router,
+    }
+}
+
+/// The routes of the ingress's own listener (`HTTP_INGRESS_BIND` / `HTTP_INGRESS_PORT`).
+pub fn ingress_routes() -> Router {
+    Router::default().post("/events", post_events)
+}
+
+/// `POST /events`: the HTTP ingress source ([`crate::source::http`]).
+fn post_events(ctx: Arc<AppContext>, req: Request<Body>, _params: Params) -> HandlerFuture {
+    Box::pin(async move {
+        let started = std::time::Instant::now();
+        let Some(ingress) = ctx.ingress.clone() else {
+            return crate::ops::http::error_reply(StatusCode::NOT_FOUND, "HTTP ingress is off (HTTP_INGRESS=false)");
+        };
+        let reply = ingress.handle(req).await;
+        let producer = reply.extensions().get::<ProducerLabel>().map(|p| p.0.as_str()).unwrap_or("unknown");
+        let m = metrics();
+        m.ingress_requests.with_label_values(&[reply.status().as_str(), producer]).inc();
+        m.ingress_duration.observe(started.elapsed().as_secs_f64());
+        reply
+    })
 }
 
 /// `GET /health`: the monitor's latest report; 200 when healthy, else 503.

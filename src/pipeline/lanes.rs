@@ -237,6 +237,14 @@ impl Lane {
         // What would move: the held events from memory, then the queue behind them.
         let mut queue: Vec<Envelope> = self.rx.try_iter().collect();
         queue.extend(overflow.drain(..));
+        // A batch is memory events, then spool events, so the lane's order is: the held memory
+        // events, the held spool events, the queue (it came into memory after the batch read
+        // the spool), then the rest of the spool. The spool cannot take the queue between the
+        // held spool events and the rest: then nothing moves, and the writer keeps its batch.
+        if !queue.is_empty() && held.iter().any(|e| e.spool_pos.is_some()) {
+            *overflow = queue.into();
+            return Err((held, SpoolError::Behind));
+        }
         let needed = held.iter().filter(|e| e.spool_pos.is_none()).chain(&queue).map(encoded_len).sum();
         if let Err(e) = spool.check_room(needed) {
             // Nothing moves: the queue stays in memory, in order, and the writer keeps `held`.
@@ -244,27 +252,15 @@ impl Lane {
             return Err((held, e));
         }
         let rewound = spool.rewind();
-        // A batch is memory events, then spool events: the held memory events are older than
-        // anything unread in the spool. The queue in memory is older than the spool's unread
-        // events while the lane is spooling, and newer once the spool was read to its end.
         let (mut moving, in_flight): (Vec<Envelope>, Vec<Envelope>) =
             held.into_iter().partition(|e| e.spool_pos.is_none());
         let from_memory = moving.len();
         moving.extend(queue);
         let count = moving.len();
-        let result = if !spool.has_unread() || *spooling {
-            spool.prepend(&moving)
-        } else {
-            // Read to its end before the rewind: [held][what was in flight][the queue]. Should
-            // an append fail half way, what it left in the spool is marked for the checking
-            // path, so its copy still in memory and it are written once between them.
-            for e in &mut moving[from_memory..] {
-                e.maybe_written = true;
-            }
-            spool
-                .prepend(&moving[..from_memory])
-                .and_then(|()| moving[from_memory..].iter().try_for_each(|e| spool.append(e)))
-        };
+        // In front of everything unread: either the held spool events (the queue is empty
+        // then), or a queue older than every unread spool event (it entered memory before the
+        // lane spooled them).
+        let result = spool.prepend(&moving);
         match result.and_then(|()| spool.flush().map_err(SpoolError::Io)) {
             Ok(()) => {
                 self.release(&moving[from_memory..]);
@@ -551,6 +547,19 @@ impl Pipeline {
         }
     }
 
+    /// Whether `bytes` more of events can be taken now without dropping any: the spool has room
+    /// for them and can write, or memory has room (a source that must accept all or nothing
+    /// asks first).
+    pub fn has_room(&self, bytes: u64) -> bool {
+        let max_memory: u64 = self.lanes.iter().map(|l| l.max_bytes as u64).sum();
+        if self.memory_bytes().saturating_add(bytes) <= max_memory {
+            return true;
+        }
+        let Some(lane) = self.lanes.first() else { return false };
+        let tiers = lane.tiers.lock();
+        tiers.spool.as_ref().is_some_and(|s| s.failing().is_none() && s.check_room(bytes).is_ok())
+    }
+
     /// Bytes of the events waiting in memory across all lanes.
     pub fn memory_bytes(&self) -> u64 {
         self.lanes.iter().map(|l| l.bytes.load(Ordering::Relaxed) as u64).sum()
@@ -613,7 +622,7 @@ mod tests {
     }
 
     #[test]
-    fn spill_keeps_order_when_the_queue_is_newer_than_the_spool() {
+    fn spill_keeps_order_and_refuses_when_newer_events_are_queued_behind() {
         let dir = tempfile::tempdir().unwrap();
         let p = one_spooled_lane(dir.path(), 2, 0);
         for i in 0..6 {
@@ -624,13 +633,30 @@ mod tests {
         lane.next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut batch);
         assert_eq!(batch.len(), 6, "channel then the whole spool");
         assert!(matches!(p.submit(env("a", 6)), Submitted::Queued), "spool read to its end: back to memory");
-        // The write of the whole batch failed for good: spill it.
-        lane.spill(batch).unwrap();
-        let mut got = Vec::new();
+        // The write of the whole batch failed for good. 6 is newer than the batch's spooled
+        // part (2..5) and cannot go behind it in the spool: nothing moves, the writer keeps it.
+        let (held, e) = lane.spill(batch).unwrap_err();
+        assert!(matches!(e, SpoolError::Behind), "{e}");
+        assert_eq!(seqs(&held), (0..6).collect::<Vec<_>>());
+        let mut got = held;
         for _ in 0..10 {
             lane.next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut got);
         }
-        assert_eq!(seqs(&got), (0..7).collect::<Vec<_>>());
+        assert_eq!(seqs(&got), (0..7).collect::<Vec<_>>(), "the batch (written by its writer), then 6");
+        lane.commit(got.iter().filter_map(|e| e.spool_pos).max().unwrap()).unwrap(); // written
+                                                                                     // With nothing queued behind it, a batch with spooled events goes back to the spool.
+        for i in 7..10 {
+            p.submit(env("a", i)); // 7, 8 in the channel, 9 spooled
+        }
+        let mut batch = Vec::new();
+        lane.next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut batch);
+        assert_eq!(seqs(&batch), [7, 8, 9]);
+        lane.spill(batch).unwrap();
+        let mut again = Vec::new();
+        for _ in 0..5 {
+            lane.next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut again);
+        }
+        assert_eq!(seqs(&again), [7, 8, 9]);
     }
 
     #[test]

@@ -293,6 +293,8 @@ pub struct RedisSink {
     batches: u64,
     /// String ids kept per producer and stream ([`DEDUP_KEYS_MAX`] unless set).
     keys_max: u64,
+    /// How long a string id is remembered ([`DEDUP_KEYS_TTL_SECS`] unless set).
+    keys_ttl_secs: u64,
     /// Streams whose IDMP window this connection has checked (8.6+ only).
     idmp_checked: Vec<String>,
     /// The batch being sent, encoded.
@@ -318,6 +320,7 @@ impl RedisSink {
             script_sha,
             batches: 0,
             keys_max: DEDUP_KEYS_MAX,
+            keys_ttl_secs: DEDUP_KEYS_TTL_SECS,
             idmp_checked: Vec::new(),
             reply_timeout: config.write_timeout,
             resp: Resp::with_capacity(1 << 20),
@@ -331,6 +334,11 @@ impl RedisSink {
             self.reply_timeout = timeout;
         }
         Ok(())
+    }
+
+    /// How long string ids are remembered (`HTTP_INGRESS_IDEMPOTENCY_TTL`), at least a second.
+    pub fn set_dedup_keys_ttl(&mut self, ttl: Duration) {
+        self.keys_ttl_secs = ttl.as_secs().max(1);
     }
 
     /// Bounds the keyed sets of string ids to `n` members (tests of the bound).
@@ -367,7 +375,7 @@ impl RedisSink {
         for (key, _, _) in &groups.keys {
             resp.arg(key.as_bytes());
         }
-        resp.int(DEDUP_TTL_SECS as i64).int(DEDUP_KEYS_TTL_SECS as i64).int(self.keys_max as i64);
+        resp.int(DEDUP_TTL_SECS as i64).int(self.keys_ttl_secs as i64).int(self.keys_max as i64);
         let kinds: Vec<u8> = groups
             .keys
             .iter()

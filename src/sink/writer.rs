@@ -404,7 +404,8 @@ impl Writer {
 
     fn sink(&mut self) -> Result<&mut RedisSink, WriteError> {
         if self.sink.is_none() {
-            let sink = RedisSink::connect(&self.config.redis)?;
+            let mut sink = RedisSink::connect(&self.config.redis)?;
+            sink.set_dedup_keys_ttl(self.config.http_ingress.idempotency_ttl);
             info!(mode = ?sink.mode(), "connected to Redis");
             self.state.redis_writers_up.fetch_add(1, Ordering::Relaxed);
             metrics().redis_connected.inc();

@@ -1,5 +1,5 @@
-//! Sources: where events come from. Each source (the ESL reader in [`esl`]; HTTP and the
-//! outbox with their issues) turns what it receives into [`Envelope`]s and hands them to the
+//! Sources: where events come from. Each source (the ESL reader in [`esl`], the HTTP ingress
+//! in [`http`]; the outbox with its issue) turns what it receives into [`Envelope`]s and hands them to the
 //! pipeline through one [`Intake`], the only way in.
 //!
 //! The intake never waits on Redis. A source that must not wait at all (the ESL reader: the
@@ -10,6 +10,7 @@
 //! source, and its acknowledgement says so.
 
 pub mod esl;
+pub mod http;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

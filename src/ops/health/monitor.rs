@@ -96,7 +96,11 @@ impl HealthMonitor {
             config: config.redis.clone(),
             timeout: config.redis.write_timeout.min(config.health_interval),
             conn: None,
-            streams: vec![config.streams.events_key.clone(), config.streams.jobs_key.clone()],
+            streams: [&config.streams.events_key, &config.streams.jobs_key]
+                .into_iter()
+                .chain(config.http_ingress.enabled.then_some(&config.http_ingress.stream_key))
+                .cloned()
+                .collect(),
             missing: Vec::new(),
         };
         HealthMonitor {
@@ -242,7 +246,8 @@ impl HealthMonitor {
                 let (received, written, dropped) = self.ctx.state.source_counts(source);
                 let enabled = match source {
                     Source::Esl => self.ctx.config.esl.enabled,
-                    Source::Http | Source::Outbox => false,
+                    Source::Http => self.ctx.config.http_ingress.enabled,
+                    Source::Outbox => false,
                 };
                 (source.label(), SourceHealth { enabled, received, written, dropped })
             })

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 
@@ -59,13 +59,23 @@ pub fn error_reply(status: StatusCode, message: &str) -> Reply {
 }
 
 /// Reads a whole body of at most `limit` bytes; the `Err` is the 413 or 400 to answer with.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Box<Reply>> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Box::new(error_reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body larger than {limit} bytes"),
-        ))),
-        Err(e) => Err(Box::new(error_reply(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}")))),
+/// (Frame by frame rather than through `Limited`, whose error conversion keeps the future from
+/// being provably `Send` inside a boxed handler.)
+pub async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Box<Reply>> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Box::new(error_reply(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}")))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(Box::new(error_reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("request body larger than {limit} bytes"),
+                )));
+            }
+            out.extend_from_slice(&data);
+        }
     }
+    Ok(out.freeze())
 }

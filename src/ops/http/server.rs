@@ -84,6 +84,18 @@ impl HttpServer {
         ctx: Arc<AppContext>,
         limits: Limits,
     ) -> io::Result<HttpServer> {
+        HttpServer::start_tls(listener, router, ctx, limits, None)
+    }
+
+    /// The same, over TLS when `tls` is given (the handshake must finish within the header
+    /// timeout, like a request head).
+    pub fn start_tls(
+        listener: std::net::TcpListener,
+        router: Router,
+        ctx: Arc<AppContext>,
+        limits: Limits,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<HttpServer> {
         let addr = listener.local_addr()?;
         // Shown at 0 from the start, so that alerts and rate() see them before the first one.
         for refused in Refused::ALL {
@@ -97,7 +109,7 @@ impl HttpServer {
         let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
             runtime.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, Arc::new(router), ctx, limits, stopped).await,
+                    Ok(listener) => serve(listener, Arc::new(router), ctx, limits, tls, stopped).await,
                     Err(e) => warn!(error = %e, "HTTP server cannot use its socket"),
                 }
             })
@@ -157,8 +169,10 @@ async fn serve(
     router: Arc<Router>,
     ctx: Arc<AppContext>,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let table = Arc::new(Mutex::new(Connections::new(limits)));
     loop {
         let accepted = tokio::select! {
@@ -217,22 +231,35 @@ async fn serve(
         }
         let registered = Registered { table: table.clone(), id: admitted.id };
         let (router, ctx, slot) = (router.clone(), ctx.clone(), admitted.slot);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, router, ctx, slot, limits.header_timeout).await;
+            match tls {
+                None => serve_connection(stream, peer, router, ctx, slot, limits.header_timeout).await,
+                Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, peer, router, ctx, slot, limits.header_timeout).await,
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => {
+                        metrics().http_closed.with_label_values(&[TIMED_OUT]).inc();
+                        debug!(%peer, "TLS handshake not done in time");
+                    }
+                },
+            }
             drop(registered);
         });
     }
     debug!("HTTP server stopped");
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     router: Arc<Router>,
     ctx: Arc<AppContext>,
     slot: Arc<Slot>,
     header_timeout: Duration,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let handlers = slot.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let busy = handlers.enter();

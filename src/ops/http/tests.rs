@@ -76,12 +76,12 @@ fn healthy_report() -> HealthReport {
 fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     run(async {
         let ctx = context(None);
-        let reply = routes().handle(ctx.clone(), request(Method::GET, "/nope")).await;
+        let reply = routes(false).handle(ctx.clone(), request(Method::GET, "/nope")).await;
         assert_eq!(reply.status(), StatusCode::NOT_FOUND);
         assert!(body_of(reply).await.contains("no such endpoint: /nope"));
-        let reply = routes().handle(ctx.clone(), request(Method::GET, "/health/extra")).await;
+        let reply = routes(false).handle(ctx.clone(), request(Method::GET, "/health/extra")).await;
         assert_eq!(reply.status(), StatusCode::NOT_FOUND);
-        let reply = routes().handle(ctx, request(Method::POST, "/health")).await;
+        let reply = routes(false).handle(ctx, request(Method::POST, "/health")).await;
         assert_eq!(reply.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(reply.headers()[ALLOW], "GET, HEAD");
     });
@@ -91,9 +91,9 @@ fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
 fn head_has_the_get_headers_and_no_body() {
     run(async {
         let ctx = context(None);
-        let get = routes().handle(ctx.clone(), request(Method::GET, "/metrics")).await;
+        let get = routes(false).handle(ctx.clone(), request(Method::GET, "/metrics")).await;
         let get_len = body_of(get).await.len();
-        let head = routes().handle(ctx, request(Method::HEAD, "/metrics")).await;
+        let head = routes(false).handle(ctx, request(Method::HEAD, "/metrics")).await;
         assert_eq!(head.status(), StatusCode::OK);
         assert_eq!(head.headers()[CONTENT_TYPE], PROMETHEUS_TEXT);
         assert_eq!(head.headers()[CONTENT_LENGTH], get_len.to_string().as_str());
@@ -104,7 +104,7 @@ fn head_has_the_get_headers_and_no_body() {
 #[test]
 fn metrics_is_prometheus_text() {
     run(async {
-        let reply = routes().handle(context(None), request(Method::GET, "/metrics?x=1")).await;
+        let reply = routes(false).handle(context(None), request(Method::GET, "/metrics?x=1")).await;
         assert_eq!(reply.status(), StatusCode::OK);
         assert_eq!(reply.headers()[CONTENT_TYPE], "text/plain; version=0.0.4; charset=utf-8");
         let body = body_of(reply).await;
@@ -116,14 +116,14 @@ fn metrics_is_prometheus_text() {
 fn health_is_503_until_healthy_then_200_with_the_reference_shape() {
     run(async {
         let ctx = context(None);
-        let reply = routes().handle(ctx.clone(), request(Method::GET, "/health")).await;
+        let reply = routes(false).handle(ctx.clone(), request(Method::GET, "/health")).await;
         assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body: serde_json::Value = serde_json::from_str(&body_of(reply).await).expect("JSON");
         assert_eq!(body["status"], "unhealthy");
         assert_eq!(body["data"]["checks"][0]["name"], "startup");
 
         ctx.health.publish(healthy_report());
-        let reply = routes().handle(ctx, request(Method::GET, "/health")).await;
+        let reply = routes(false).handle(ctx, request(Method::GET, "/health")).await;
         assert_eq!(reply.status(), StatusCode::OK);
         assert_eq!(reply.headers()[CONTENT_TYPE], JSON);
         let body: serde_json::Value = serde_json::from_str(&body_of(reply).await).expect("JSON");
@@ -186,7 +186,7 @@ fn without_a_token_the_dead_letters_answer_loopback_only() {
         let (ctx, _store) = context_with_store(None);
         for path in ["/dlq", "/dlq/1700000000000-0"] {
             for peer in ["192.0.2.2:40000", "10.0.0.5:1", "[fd00::2]:40000", "[::ffff:10.0.0.5]:1"] {
-                let reply = routes().handle(ctx.clone(), request_from(Method::GET, path, peer)).await;
+                let reply = routes(false).handle(ctx.clone(), request_from(Method::GET, path, peer)).await;
                 assert_eq!(reply.status(), StatusCode::FORBIDDEN, "{path} from {peer}");
                 assert_eq!(reply.headers()[CONTENT_TYPE], JSON);
                 let body: serde_json::Value = serde_json::from_str(&body_of(reply).await).expect("JSON");
@@ -194,23 +194,26 @@ fn without_a_token_the_dead_letters_answer_loopback_only() {
                 assert!(error.contains("set HTTP_TOKEN") && error.contains("loopback"), "{body}");
             }
         }
-        let reply = routes().handle(ctx.clone(), request_from(Method::POST, "/dlq/x/retry", "192.0.2.2:1")).await;
+        let reply = routes(false).handle(ctx.clone(), request_from(Method::POST, "/dlq/x/retry", "192.0.2.2:1")).await;
         assert_eq!(reply.status(), StatusCode::FORBIDDEN);
         // No address at all (not through the server): refused, never assumed local.
-        assert_eq!(routes().handle(ctx.clone(), request(Method::GET, "/dlq")).await.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            routes(false).handle(ctx.clone(), request(Method::GET, "/dlq")).await.status(),
+            StatusCode::FORBIDDEN
+        );
 
         for peer in ["127.0.0.1:40000", "127.0.0.2:1", "[::1]:40000", "[::ffff:127.0.0.1]:1"] {
-            let reply = routes().handle(ctx.clone(), request_from(Method::GET, "/dlq", peer)).await;
+            let reply = routes(false).handle(ctx.clone(), request_from(Method::GET, "/dlq", peer)).await;
             assert_eq!(reply.status(), StatusCode::OK, "from {peer}");
             let body: serde_json::Value = serde_json::from_str(&body_of(reply).await).expect("JSON");
             assert_eq!(body["count"], 0);
         }
-        let reply = routes().handle(ctx.clone(), request_from(Method::GET, "/dlq/none", "127.0.0.1:1")).await;
+        let reply = routes(false).handle(ctx.clone(), request_from(Method::GET, "/dlq/none", "127.0.0.1:1")).await;
         assert_eq!(reply.status(), StatusCode::NOT_FOUND, "past the guard");
 
         // /health and /metrics stay open to everyone.
         for path in ["/health", "/metrics"] {
-            let reply = routes().handle(ctx.clone(), request_from(Method::GET, path, "192.0.2.2:40000")).await;
+            let reply = routes(false).handle(ctx.clone(), request_from(Method::GET, path, "192.0.2.2:40000")).await;
             assert_ne!(reply.status(), StatusCode::FORBIDDEN, "{path}");
         }
     });
@@ -231,7 +234,7 @@ fn the_server_answers_over_tcp_and_the_client_reads_it() {
     let listener = bind("127.0.0.1", 0).expect("bind");
     let ctx = context(None);
     ctx.health.publish(healthy_report());
-    let server = HttpServer::start(listener, routes(), ctx, Limits::default()).expect("start");
+    let server = HttpServer::start(listener, routes(false), ctx, Limits::default()).expect("start");
     let url = format!("http://{}/health", server.addr());
     let (status, body) = http_get(&url, Duration::from_secs(5)).expect("answer");
     assert_eq!(status, 200);

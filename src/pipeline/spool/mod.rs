@@ -98,6 +98,10 @@ pub enum SpoolError {
     Full { used: u64, max: u64 },
     #[error("spool I/O error: {0}")]
     Io(#[from] io::Error),
+    /// Events queued behind a batch are newer than the batch's spooled part: the batch cannot
+    /// go back to the spool ahead of them (it stays with the writer).
+    #[error("newer events are queued behind the batch; it stays in memory")]
+    Behind,
 }
 
 impl SpoolError {
@@ -107,7 +111,7 @@ impl SpoolError {
         match self {
             SpoolError::Full { .. } => "spool_full",
             SpoolError::Io(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => "spool_full",
-            SpoolError::Io(_) => "spool_error",
+            SpoolError::Io(_) | SpoolError::Behind => "spool_error",
         }
     }
 }
