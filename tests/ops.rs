@@ -649,82 +649,24 @@ fn metric_names_are_read_from_prose_with_brace_forms_expanded() {
     assert_eq!(names.iter().map(String::as_str).collect::<Vec<_>>(), expected);
 }
 
-/// The metric families in Prometheus text: name → type, from the `# TYPE` lines.
-fn families(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_once(' '))
-        .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
-        .collect()
-}
-
-/// A README name is exported when it is a family, or a histogram's `_bucket`/`_sum`/`_count`.
-fn exported(name: &str, families: &HashMap<String, String>) -> bool {
-    families.contains_key(name)
-        || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
-            name.strip_suffix(suffix).is_some_and(|base| families.get(base).is_some_and(|t| t == "histogram"))
-        })
-}
-
-/// A frame FreeSWITCH could never send: a plain `CHANNEL_ANSWER` with a header line that has
-/// no `:` (dropped as `malformed`).
-fn malformed_frame() -> Vec<u8> {
-    let body = b"Event-Name: CHANNEL_ANSWER\nthis header line has no colon\n\n";
-    let mut frame = format!("Content-Length: {}\nContent-Type: text/event-plain\n\n", body.len()).into_bytes();
-    frame.extend_from_slice(body);
-    frame
-}
-
-/// Every metric the README names is on a live agent's `/metrics`. Families with labels appear
-/// only once a labelled value exists, so the agent is driven through each case: events
-/// written, filtered, dead-lettered (the jobs stream key holds a string), one malformed frame
-/// dropped, old entries trimmed. The same agent shows the `/dlq` default: no `HTTP_TOKEN`, so
+/// Every metric the README names is on a live agent's `/metrics` (driven through each case by
+/// `support::metrics::LiveMetrics`, so that labelled families appear). The same agent shows the `/dlq` default: no `HTTP_TOKEN`, so
 /// the start-up log says `/dlq` is loopback-only, and a loopback client is answered.
 #[test]
 fn every_metric_the_readme_names_is_exported_by_a_live_agent() {
-    use support::{SimulateOptions, Simulator};
     let readme = repo_file("README.md");
     let names = metric_names_in(&readme);
     assert!(names.len() >= 20, "the README names metrics: {names:?}");
 
-    let redis = support::RedisServer::start();
-    redis.cli(&["SET", support::JOBS, "not a stream"]);
-    for seq in 0..500 {
-        redis.cli(&["XADD", support::EVENTS, &format!("1000-{seq}"), "event", "{}"]);
-    }
-    let options = SimulateOptions { events: Some(400), replay: vec![malformed_frame()], ..Default::default() };
-    let sim = Simulator::start(options).expect("simulator");
-    let spool = tempfile::tempdir().expect("temp dir");
-    let port = support::free_port();
-    let env = support::agent_env(sim.local_addr(), &redis.url(), spool.path(), port);
-    let mut agent = support::start_agent(
-        &env,
-        &[
-            ("EVENTS_TO_PUSH", "CHANNEL_ANSWER,CHANNEL_HANGUP"),
-            ("EVENTS_TO_PUBLISH", "CHANNEL_EXECUTE,CHANNEL_EXECUTE_COMPLETE"),
-            ("EVENTS_EXPIRE_TIME", "1m"),
-            ("JOBS_EXPIRE_TIME", "0"),
-            ("TRIM_INTERVAL", "200ms"),
-        ],
-    );
-    assert!(sim.wait_done(Duration::from_secs(30)), "the simulator sent its events");
-
-    let mut missing: Vec<&String> = names.iter().collect();
-    let started = Instant::now();
-    while !missing.is_empty() && started.elapsed() < Duration::from_secs(20) {
-        if let Some((200, text)) = support::http(port, "/metrics") {
-            let families = families(&text);
-            missing.retain(|name| !exported(name, &families));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(missing.is_empty(), "named in README.md but not on /metrics: {missing:?}\n{}", agent.output());
+    let mut live = support::metrics::LiveMetrics::start();
+    let (missing, _) = live.missing(&names, Duration::from_secs(20));
+    assert!(missing.is_empty(), "named in README.md but not on /metrics: {missing:?}\n{}", live.agent.output());
     println!("{} metric names from README.md, all exported: {names:?}", names.len());
 
-    let output = agent.output();
+    let output = live.agent.output();
     let line = "HTTP_TOKEN is unset: /dlq answers loopback clients only";
     assert_eq!(output.matches(line).count(), 1, "said once at start-up:\n{output}");
-    let (status, body) = support::http(port, "/dlq?limit=1").expect("/dlq answers");
+    let (status, body) = support::http(live.port, "/dlq?limit=1").expect("/dlq answers");
     assert_eq!(status, 200, "a loopback client without a token: {body}");
-    assert_eq!(agent.stop(Duration::from_secs(10)), 0);
+    assert_eq!(live.agent.stop(Duration::from_secs(10)), 0);
 }
