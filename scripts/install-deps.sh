@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need on a fresh Debian machine: redis-server (the
-# tests start their own on free ports), promtool (checks /metrics), systemd-analyze (checks
-# the unit file), openssl (makes a throwaway certificate for the TLS test). Does nothing for what is already there.
+# Installs what the tests need on a fresh Debian machine: redis-server and redis-cli (the
+# tests start their own servers on free ports), promtool (checks /metrics and the alert
+# rules), systemd-analyze (checks the unit file), openssl (makes a throwaway certificate for
+# the TLS test). `scripts/install-deps.sh demo` installs only
+# what scripts/demo.sh needs: redis-server and redis-cli. Does nothing for what is already
+# there.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
-command -v promtool >/dev/null || need+=(prometheus)
-command -v systemd-analyze >/dev/null || need+=(systemd)
-command -v openssl >/dev/null || need+=(openssl)
+case "${1:-tests}" in
+  demo) ;;
+  tests)
+    command -v promtool >/dev/null || need+=(prometheus)
+    command -v systemd-analyze >/dev/null || need+=(systemd)
+    command -v openssl >/dev/null || need+=(openssl)
+    ;;
+  *) echo "usage: $0 [tests|demo]" >&2; exit 2 ;;
+esac
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

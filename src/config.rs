@@ -327,6 +327,16 @@ const DEFAULT_PUBLISH: &str = "BACKGROUND_JOB,CHANNEL_EXECUTE,CHANNEL_EXECUTE_CO
 const DEFAULT_PUSH: &str = "CHANNEL_ANSWER,CHANNEL_HANGUP,DTMF,CUSTOM";
 
 impl Config {
+    /// Whether this agent reads `source` (only the event socket exists so far, unless
+    /// `ESL_ENABLED=false`).
+    pub fn reads(&self, source: crate::envelope::Source) -> bool {
+        match source {
+            crate::envelope::Source::Esl => self.esl.enabled,
+            crate::envelope::Source::Http => self.http_ingress.enabled,
+            crate::envelope::Source::Outbox => false,
+        }
+    }
+
     /// Loads `.env` (if present; the real environment wins) and the environment.
     pub fn from_env() -> Result<Config, ConfigError> {
         let _ = dotenvy::dotenv();

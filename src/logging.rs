@@ -1,6 +1,7 @@
-//! Log set-up (`LOG_LEVEL`, `LOG_FORMAT=text|json`) and rate limiting for warnings that
-//! would otherwise flood the log under a sustained error.
+//! Log set-up (`LOG_LEVEL`, `LOG_FORMAT=text|json`, colour only on a terminal) and rate
+//! limiting for warnings that would otherwise flood the log under a sustained error.
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -8,14 +9,26 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber, writing to stderr.
+/// Installs the global subscriber, writing to stderr. Text lines are coloured only when stderr
+/// is a terminal and `NO_COLOR` is unset (or empty), so files, `docker logs` and journald get
+/// plain text; JSON lines never carry colour.
 pub fn init(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR");
+    let ansi = use_colour(std::io::stderr().is_terminal(), no_color.as_deref());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
-        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => {
+            builder.json().with_ansi(false).flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        }
+        LogFormat::Text => builder.with_ansi(ansi).with_target(false).try_init(),
     };
+}
+
+/// Colour text logs? Only on a terminal, and never when `NO_COLOR` is set to a non-empty value
+/// (<https://no-color.org>).
+pub fn use_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Lets one message through per interval and counts the ones held back.
@@ -51,6 +64,16 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))), "an empty NO_COLOR does not count");
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some(OsStr::new("1"))));
+    }
 
     #[test]
     fn rate_limit_counts_suppressed() {

@@ -22,6 +22,9 @@ enum Command {
     Simulate(eslstream::simulate::SimulateArgs),
     /// Load and validate the configuration, print the effective values.
     CheckConfig,
+    /// Follow the streams the agent writes: one readable line per entry (or --json), with
+    /// filters by call and event name; Ctrl-C to stop.
+    Tail(eslstream::ops::tail::TailArgs),
     /// Ask a running agent's /health (for container health checks without curl): prints the
     /// answer, exits 0 when healthy, 1 otherwise.
     Health {
@@ -116,6 +119,10 @@ fn main() -> ExitCode {
         Command::Run => run_agent(),
         Command::Simulate(args) => ExitCode::from(eslstream::simulate::run_cli(args) as u8),
         Command::Health { url } => health_command(url),
+        Command::Tail(args) => match load_config() {
+            Ok(config) => ExitCode::from(eslstream::ops::tail::run(&args, &config)),
+            Err(code) => code,
+        },
         Command::CheckConfig => match load_config() {
             Ok(config) => {
                 print!("{}", config.describe());

@@ -1,6 +1,7 @@
 //! Operate and deploy: `/health` through Redis and ESL outages, `/metrics` checked by promtool,
-//! the trimmer against a real Redis, the `health` subcommand, start-up failures, JSON logs, and
-//! the deployment files (Dockerfile structure, `systemd-analyze verify`).
+//! the trimmer against a real Redis, the `health` subcommand, start-up failures, JSON logs, text
+//! logs coloured only on a terminal, and the deployment files (Dockerfile structure,
+//! `systemd-analyze verify`).
 //!
 //! Needs `redis-server`, `promtool` and `systemd-analyze` (`scripts/install-deps.sh` installs
 //! them); a missing tool fails the test that needs it.
@@ -387,6 +388,104 @@ fn a_taken_health_port_is_a_clear_fatal_error_logged_as_json() {
     assert!(error.contains(&format!("cannot listen on 127.0.0.1:{port}")) && error.contains("HEALTH_PORT"), "{fatal}");
 }
 
+/// Text logs written to a file (as under `docker logs`, journald or a redirect) carry no
+/// colour codes: the agent runs a simulator's traffic into Redis with its output in a file.
+#[test]
+fn text_logs_written_to_a_file_have_no_colour_codes() {
+    use support::{SimulateOptions, Simulator};
+    let redis = RedisServer::start();
+    let sim = Simulator::start(SimulateOptions { events: Some(200), ..Default::default() }).expect("simulator");
+    let spool = tempfile::tempdir().expect("temp dir");
+    let env = support::agent_env(sim.local_addr(), &redis.url(), spool.path(), support::free_port());
+    let mut agent = support::start_agent(&env, &[("LOG_FORMAT", "text"), ("REDIS_REMOTE_POOL_SIZE", "10")]);
+    assert!(sim.wait_done(Duration::from_secs(30)), "the simulator sent its events");
+    let mut conn = redis.connection();
+    wait_until(Duration::from_secs(30), "the events in Redis", || {
+        support::xlen(&mut conn, support::EVENTS) >= sim.stats().events_sent
+    });
+    assert_eq!(agent.stop(Duration::from_secs(10)), 0);
+    let log = std::fs::read(agent.dir().join("output.log")).expect("the agent's output file");
+    let text = String::from_utf8_lossy(&log);
+    for line in ["eslstream started", "connected to Redis", "WARN", "stopped"] {
+        assert!(text.contains(line), "{line:?} is logged:\n{text}");
+    }
+    assert!(!log.contains(&0x1b), "ANSI escape codes in a log file:\n{text}");
+}
+
+/// Runs the agent with stdout and stderr on a new pseudo-terminal until it exits (a taken
+/// `HEALTH_PORT` makes it log a warning and an error and exit 1); returns what it wrote.
+fn output_on_a_terminal(extra_env: &[(&str, &str)]) -> Vec<u8> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::FromRawFd;
+    // SAFETY: plain libc calls on a descriptor this function owns; ptsname_r writes at most
+    // `name.len()` bytes.
+    let (mut master, slave_path) = unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(fd >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::grantpt(fd), 0, "grantpt: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::unlockpt(fd), 0, "unlockpt: {}", std::io::Error::last_os_error());
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(fd, name.as_mut_ptr(), name.len()), 0, "ptsname_r");
+        let path = std::ffi::CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned();
+        (std::fs::File::from_raw_fd(fd), path)
+    };
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&slave_path)
+        .expect("open the terminal");
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let spool = tempfile::tempdir().expect("temp dir");
+    let mut child = binary()
+        .envs([
+            ("HEALTH_BIND", "127.0.0.1"),
+            ("HEALTH_PORT", port.as_str()),
+            ("REDIS_REMOTE_POOL_SIZE", "10"),
+            ("SPOOL_DIR", spool.path().to_str().expect("UTF-8 path")),
+        ])
+        .envs(extra_env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(slave.try_clone().expect("dup terminal"))
+        .stderr(slave)
+        .spawn()
+        .expect("run eslstream");
+    let status = support::wait_child(&mut child, Duration::from_secs(10)).expect("eslstream exits on its own");
+    assert_eq!(status.code(), Some(1));
+    // Every writer is gone: the master reads what was written, then EIO.
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+#[test]
+fn text_logs_are_coloured_on_a_terminal_unless_no_color_is_set() {
+    let coloured = output_on_a_terminal(&[]);
+    let text = String::from_utf8_lossy(&coloured).into_owned();
+    assert!(text.contains("cannot start"), "{text}");
+    assert!(coloured.contains(&0x1b), "a terminal gets colour:\n{text}");
+
+    let plain = output_on_a_terminal(&[("NO_COLOR", "1")]);
+    let text = String::from_utf8_lossy(&plain).into_owned();
+    assert!(text.contains("cannot start"), "{text}");
+    assert!(!plain.contains(&0x1b), "NO_COLOR=1: no colour even on a terminal:\n{text}");
+
+    let json = output_on_a_terminal(&[("LOG_FORMAT", "json")]);
+    let text = String::from_utf8_lossy(&json).into_owned();
+    assert!(!json.contains(&0x1b), "JSON lines carry no colour:\n{text}");
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line.trim_end_matches('\r'))
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+    }
+}
+
 fn repo_file(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {}: {e}", full.display()))
@@ -550,96 +649,24 @@ fn metric_names_are_read_from_prose_with_brace_forms_expanded() {
     assert_eq!(names.iter().map(String::as_str).collect::<Vec<_>>(), expected);
 }
 
-/// The metric families in Prometheus text: name → type, from the `# TYPE` lines.
-fn families(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_once(' '))
-        .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
-        .collect()
-}
-
-/// A README name is exported when it is a family, or a histogram's `_bucket`/`_sum`/`_count`.
-fn exported(name: &str, families: &HashMap<String, String>) -> bool {
-    families.contains_key(name)
-        || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
-            name.strip_suffix(suffix).is_some_and(|base| families.get(base).is_some_and(|t| t == "histogram"))
-        })
-}
-
-/// A frame FreeSWITCH could never send: a plain `CHANNEL_ANSWER` with a header line that has
-/// no `:` (dropped as `malformed`).
-fn malformed_frame() -> Vec<u8> {
-    let body = b"Event-Name: CHANNEL_ANSWER\nthis header line has no colon\n\n";
-    let mut frame = format!("Content-Length: {}\nContent-Type: text/event-plain\n\n", body.len()).into_bytes();
-    frame.extend_from_slice(body);
-    frame
-}
-
-/// Every metric the README names is on a live agent's `/metrics`. Families with labels appear
-/// only once a labelled value exists, so the agent is driven through each case: events
-/// written, filtered, dead-lettered (the jobs stream key holds a string), one malformed frame
-/// dropped, old entries trimmed. The same agent shows the `/dlq` default: no `HTTP_TOKEN`, so
+/// Every metric the README names is on a live agent's `/metrics` (driven through each case by
+/// `support::metrics::LiveMetrics`, so that labelled families appear). The same agent shows the `/dlq` default: no `HTTP_TOKEN`, so
 /// the start-up log says `/dlq` is loopback-only, and a loopback client is answered.
 #[test]
 fn every_metric_the_readme_names_is_exported_by_a_live_agent() {
-    use support::{SimulateOptions, Simulator};
     let readme = repo_file("README.md");
     let names = metric_names_in(&readme);
     assert!(names.len() >= 20, "the README names metrics: {names:?}");
 
-    let redis = support::RedisServer::start();
-    redis.cli(&["SET", support::JOBS, "not a stream"]);
-    for seq in 0..500 {
-        redis.cli(&["XADD", support::EVENTS, &format!("1000-{seq}"), "event", "{}"]);
-    }
-    let options = SimulateOptions { events: Some(400), replay: vec![malformed_frame()], ..Default::default() };
-    let sim = Simulator::start(options).expect("simulator");
-    let spool = tempfile::tempdir().expect("temp dir");
-    let port = support::free_port();
-    let env = support::agent_env(sim.local_addr(), &redis.url(), spool.path(), port);
-    let mut agent = support::start_agent(
-        &env,
-        &[
-            ("EVENTS_TO_PUSH", "CHANNEL_ANSWER,CHANNEL_HANGUP"),
-            ("EVENTS_TO_PUBLISH", "CHANNEL_EXECUTE,CHANNEL_EXECUTE_COMPLETE"),
-            ("EVENTS_EXPIRE_TIME", "1m"),
-            ("JOBS_EXPIRE_TIME", "0"),
-            ("TRIM_INTERVAL", "200ms"),
-            ("HTTP_INGRESS", "true"),
-            ("HTTP_INGRESS_TOKENS", "crm:crm-token-0123456789abcdef"),
-        ],
-    );
-    assert!(sim.wait_done(Duration::from_secs(30)), "the simulator sent its events");
-    // One HTTP ingress request, so its labelled series exist.
-    let mut post = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let event = br#"{"event_type":"probe","event_id":"p-1"}"#;
-    let head = format!(
-        "POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer crm-token-0123456789abcdef\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        event.len()
-    );
-    std::io::Write::write_all(&mut post, head.as_bytes()).expect("send");
-    std::io::Write::write_all(&mut post, event).expect("send");
-    let mut answer = String::new();
-    let _ = std::io::Read::read_to_string(&mut post, &mut answer);
-    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
-
-    let mut missing: Vec<&String> = names.iter().collect();
-    let started = Instant::now();
-    while !missing.is_empty() && started.elapsed() < Duration::from_secs(20) {
-        if let Some((200, text)) = support::http(port, "/metrics") {
-            let families = families(&text);
-            missing.retain(|name| !exported(name, &families));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(missing.is_empty(), "named in README.md but not on /metrics: {missing:?}\n{}", agent.output());
+    let mut live = support::metrics::LiveMetrics::start();
+    let (missing, _) = live.missing(&names, Duration::from_secs(20));
+    assert!(missing.is_empty(), "named in README.md but not on /metrics: {missing:?}\n{}", live.agent.output());
     println!("{} metric names from README.md, all exported: {names:?}", names.len());
 
-    let output = agent.output();
+    let output = live.agent.output();
     let line = "HTTP_TOKEN is unset: /dlq answers loopback clients only";
     assert_eq!(output.matches(line).count(), 1, "said once at start-up:\n{output}");
-    let (status, body) = support::http(port, "/dlq?limit=1").expect("/dlq answers");
+    let (status, body) = support::http(live.port, "/dlq?limit=1").expect("/dlq answers");
     assert_eq!(status, 200, "a loopback client without a token: {body}");
-    assert_eq!(agent.stop(Duration::from_secs(10)), 0);
+    assert_eq!(live.agent.stop(Duration::from_secs(10)), 0);
 }

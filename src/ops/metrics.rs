@@ -68,6 +68,14 @@ pub struct Metrics {
     /// Bytes and events in the durable spool (copied from `AgentState` when scraped).
     pub spool_bytes: IntGauge,
     pub spool_events: IntGauge,
+    /// `SPOOL_MAX_BYTES` (0: no spool), so a rule can compare `eslstream_spool_bytes` with it.
+    pub spool_max_bytes: IntGauge,
+    /// Dead letters stored now under `SPOOL_DIR/dlq` (copied from the store when scraped).
+    pub dead_letters: IntGauge,
+    /// 1 when the health monitor's last `PING` succeeded, 0 when it failed.
+    pub redis_up: IntGauge,
+    /// 1 for each source this agent reads (`esl` unless `ESL_ENABLED=false`), 0 for the others.
+    pub source_enabled: IntGaugeVec,
     /// Result of the last health check: 0 healthy, 1 degraded, 2 unhealthy.
     pub health_status: IntGauge,
     /// Round trip of the health monitor's last `PING` (absent until one succeeded).
@@ -253,6 +261,15 @@ impl Metrics {
             trim_errors: counter(&r, "eslstream_trim_errors_total", "Trimmer passes that failed"),
             spool_bytes: gauge(&r, "eslstream_spool_bytes", "Bytes held in the durable spool"),
             spool_events: gauge(&r, "eslstream_spool_events", "Events held in the durable spool"),
+            spool_max_bytes: gauge(&r, "eslstream_spool_max_bytes", "SPOOL_MAX_BYTES: the spool's budget (0: no spool)"),
+            dead_letters: gauge(&r, "eslstream_dead_letters", "Dead letters stored now (GET /dlq lists them)"),
+            redis_up: gauge(&r, "eslstream_redis_up", "1 when the health monitor's last Redis PING succeeded, else 0"),
+            source_enabled: gauge_vec(
+                &r,
+                "eslstream_source_enabled",
+                "1 for each source the agent reads, 0 for the others",
+                &["source"],
+            ),
             health_status: gauge(
                 &r,
                 "eslstream_health_status",

@@ -1,5 +1,6 @@
 //! The operational side of a running agent, started and stopped as one: the HTTP server
 //! (`/health`, `/metrics`, `/dlq`), the health monitor, the stream trimmer and the summary log line.
+//! Beside them, [`tail`]: the `eslstream tail` command, which reads what the agent wrote.
 //!
 //! [`Ops::start`] takes an already bound listener so that a taken port fails the start before
 //! anything else runs. The background threads end when the agent's [`Shutdown`] triggers;
@@ -13,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod routes;
 pub mod summary;
+pub mod tail;
 pub mod trim;
 
 use std::net::SocketAddr;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use hyper::header::{HeaderValue, CACHE_CONTROL};
 use hyper::{Request, StatusCode};
 
+use crate::envelope::Source;
 use crate::ops::context::AppContext;
 use crate::ops::http::{json_reply, reply, Body, HandlerFuture, Params, Router};
 use crate::ops::metrics::{metrics, render};
@@ -69,8 +70,16 @@ fn metrics_text(ctx: Arc<AppContext>, _req: Request<Body>, _params: Params) -> H
     })
 }
 
-/// Copies figures kept outside the registry (the spool's own counters) into gauges.
+/// Copies figures kept outside the registry (the spool's and the dead-letter store's own
+/// counters, the configuration) into gauges.
 fn refresh_gauges(ctx: &AppContext) {
-    metrics().spool_bytes.set(ctx.spool.used().min(i64::MAX as u64) as i64);
-    metrics().spool_events.set(ctx.spool.events().min(i64::MAX as u64) as i64);
+    let m = metrics();
+    let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
+    m.spool_bytes.set(clamp(ctx.spool.used()));
+    m.spool_events.set(clamp(ctx.spool.events()));
+    m.spool_max_bytes.set(clamp(ctx.config.spool_max_bytes));
+    m.dead_letters.set(clamp(ctx.dead_letters.len()));
+    for source in Source::ALL {
+        m.source_enabled.with_label_values(&[source.label()]).set(i64::from(ctx.config.reads(source)));
+    }
 }

@@ -105,6 +105,10 @@ impl LaneWriter {
         let mut batch: Vec<Envelope> = Vec::with_capacity(max);
         let depth = metrics().queue_depth.with_label_values(&[&lane.to_string()]);
         let overflow = metrics().overflow_depth.with_label_values(&[&lane.to_string()]);
+        // Shown at 0 from the start, so that alerts and rate() see the first retry.
+        for kind in ["connection", "transient", "partial"] {
+            metrics().write_retries.with_label_values(&[kind]);
+        }
         loop {
             let mut core = self.core.lock();
             let open = self.lane.take_batch(max, window, &mut batch);

@@ -136,6 +136,7 @@ impl HealthMonitor {
         let report = self.report(&snapshot, checks, status);
         self.log_change(&report);
         metrics().health_status.set(status.gauge_value());
+        metrics().redis_up.set(i64::from(snapshot.redis_ping.is_ok()));
         if let Ok(ping) = snapshot.redis_ping {
             metrics().redis_ping.set(ping.as_secs_f64());
         }
@@ -244,11 +245,7 @@ impl HealthMonitor {
             .into_iter()
             .map(|source| {
                 let (received, written, dropped) = self.ctx.state.source_counts(source);
-                let enabled = match source {
-                    Source::Esl => self.ctx.config.esl.enabled,
-                    Source::Http => self.ctx.config.http_ingress.enabled,
-                    Source::Outbox => false,
-                };
+                let enabled = self.ctx.config.reads(source);
                 (source.label(), SourceHealth { enabled, received, written, dropped })
             })
             .collect()
