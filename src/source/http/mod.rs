@@ -48,6 +48,10 @@ use crate::source::{Intake, KeyAssigner};
 
 static REJECT_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
 
+/// A body must arrive within this of its request head (a slow client cannot hold a
+/// connection inside the handler; the head itself has the listener's deadline).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a client is told to wait before retrying a `503`.
 const RETRY_AFTER_SECS: &str = "1";
 
@@ -171,9 +175,14 @@ impl HttpIngress {
     async fn try_handle(&self, req: Request<Body>) -> Result<Reply, Refusal> {
         let (producer, kind, idem) = self.head(req.headers())?;
         let headers = req.headers().clone();
-        let raw = match read_body(req.into_body(), self.config.max_body).await {
-            Ok(raw) => raw,
-            Err(reply) => {
+        let read = tokio::time::timeout(BODY_TIMEOUT, read_body(req.into_body(), self.config.max_body));
+        let raw = match read.await {
+            Err(_) => {
+                let message = format!("the body did not arrive within {BODY_TIMEOUT:?}");
+                return Err(Refusal::new(StatusCode::REQUEST_TIMEOUT, message).by(&producer));
+            }
+            Ok(Ok(raw)) => raw,
+            Ok(Err(reply)) => {
                 let message = format!(
                     "the body is larger than HTTP_INGRESS_MAX_BODY={} bytes, or unreadable",
                     self.config.max_body
