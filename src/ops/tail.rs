@@ -14,7 +14,6 @@
 
 use std::cmp::Ordering as CmpOrdering;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::Value;
@@ -342,23 +341,8 @@ fn xread_entries(reply: &Value, streams: &[Followed]) -> Vec<Entry> {
     out
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
-
 fn stopped() -> bool {
-    STOP.load(Ordering::SeqCst)
+    crate::shutdown::stop_requested()
 }
 
 fn connect(config: &Config) -> redis::RedisResult<redis::Connection> {
@@ -427,7 +411,7 @@ fn pause(pause: Duration) {
 /// Runs `eslstream tail` with an already loaded configuration; returns the exit code: 0 after
 /// SIGINT/SIGTERM or when stdout is closed, 1 when Redis cannot be reached at the start.
 pub fn run(args: &TailArgs, config: &Config) -> u8 {
-    install_signal_handlers();
+    crate::shutdown::stop_on_signals();
     let var = |name: &str| std::env::var(name).ok();
     let mut streams: Vec<Followed> = Vec::new();
     for name in &args.streams {

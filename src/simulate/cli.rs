@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{event_frames, stats_of, EventSize, Fault, Shared, SimulateOptions, Simulator};
@@ -65,21 +65,6 @@ pub struct SimulateArgs {
     pub quiet: bool,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
-
 /// Runs `eslstream simulate`; returns the process exit code.
 pub fn run_cli(args: SimulateArgs) -> i32 {
     let opts = match options_from(&args) {
@@ -98,10 +83,10 @@ pub fn run_cli(args: SimulateArgs) -> i32 {
             return 1;
         }
     };
-    install_signal_handlers();
+    crate::shutdown::stop_on_signals();
     eprintln!("simulate: listening on {} (Core-UUID {})", sim.local_addr(), sim.core_uuid());
     let mut summarized = false;
-    while !STOP.load(Ordering::SeqCst) {
+    while !crate::shutdown::stop_requested() {
         std::thread::sleep(Duration::from_millis(100));
         if sim.stats().done && !summarized {
             summarized = true;
