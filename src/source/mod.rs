@@ -1,5 +1,5 @@
 //! Sources: where events come from. Each source (the ESL reader in [`esl`], the HTTP ingress
-//! in [`http`]; the outbox with its issue) turns what it receives into [`Envelope`]s and hands them to the
+//! in [`http`]; the outbox when it comes) turns what it receives into [`Envelope`]s and hands them to the
 //! pipeline through one [`Intake`], the only way in.
 //!
 //! The intake never waits on Redis. A source that must not wait at all (the ESL reader: the
