@@ -180,24 +180,6 @@ impl Envelope {
             ack: None,
         }
     }
-
-    /// The same event without its acknowledgement (for a copy kept elsewhere).
-    pub fn unacked_copy(&self) -> Envelope {
-        Envelope {
-            source: self.source,
-            stream: self.stream.clone(),
-            format: self.format,
-            body: self.body.clone(),
-            name: self.name.clone(),
-            ordering_key: self.ordering_key.clone(),
-            key: self.key.clone(),
-            timestamp_us: self.timestamp_us,
-            parsed_at_us: self.parsed_at_us,
-            spool_pos: self.spool_pos,
-            maybe_written: self.maybe_written,
-            ack: None,
-        }
-    }
 }
 
 /// A position in a lane's spool: a segment and a byte offset in it.

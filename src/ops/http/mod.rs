@@ -24,7 +24,7 @@ pub mod limits;
 pub mod router;
 pub mod server;
 
-pub use access::{authorize, is_private_peer, Peer};
+pub use access::{authorize, constant_time_eq, is_private_peer, Peer};
 pub use client::{http_get, local_health_url};
 pub use handler::{
     error_reply, json_reply, read_body, reply, Body, BoxError, Handler, HandlerFuture, Params, Reply, MAX_BODY_BYTES,

@@ -40,7 +40,7 @@ use tracing::warn;
 use crate::config::HttpIngressConfig;
 use crate::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget};
 use crate::logging::RateLimit;
-use crate::ops::http::{json_reply, read_body, Body, Reply};
+use crate::ops::http::{constant_time_eq, json_reply, read_body, Body, Reply};
 use crate::ops::metrics::metrics;
 use crate::pipeline::ack::AckStatus;
 use crate::source::http::body::{parse, scalar_text, BodyEvent, BodyKind};
@@ -336,13 +336,6 @@ impl Refusal {
         }
         reply
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
