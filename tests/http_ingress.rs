@@ -166,6 +166,11 @@ fn ten_thousand_events_singles_batches_ndjson_and_resends_exactly_once_in_order(
         i += sent;
     }
     assert_eq!(duplicates, N / 10);
+    let received = metric_sum(port, "eslstream_events_received_total", r#"source="http""#) as u64;
+    assert_eq!(received, N + N / 10, "every event taken in is counted, re-sends too");
+    let (_, health) = http(port, "/health").expect("health");
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["data"]["sources"]["http"]["enabled"], true, "{health}");
     assert_eq!(agent.stop(Duration::from_secs(15)), 0);
     assert_exactly_once_in_call_order(&stored(&redis), N);
 }

@@ -42,20 +42,25 @@ pub struct Offer {
 pub struct Intake {
     pipeline: Arc<Pipeline>,
     state: Arc<AgentState>,
+    /// `eslstream_events_received_total{source}`, per [`Source`] (looked up once).
+    received: [prometheus::IntCounter; 3],
 }
 
 impl Intake {
     pub fn new(pipeline: Arc<Pipeline>, state: Arc<AgentState>) -> Arc<Intake> {
-        Arc::new(Intake { pipeline, state })
+        let received = Source::ALL.map(|s| metrics().events_received.with_label_values(&[s.label()]));
+        Arc::new(Intake { pipeline, state, received })
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.pipeline
     }
 
-    /// Counts an event taken in from `source` (whether or not it is then routed anywhere).
-    pub fn received(&self, source: Source) {
-        self.state.add_received(source, 1);
+    /// Counts `n` events taken in from `source` (whether or not they are then routed or
+    /// accepted): `eslstream_events_received_total{source}` and `/health`'s per-source count.
+    pub fn received(&self, source: Source, n: u64) {
+        self.received[source as usize].inc_by(n);
+        self.state.add_received(source, n);
     }
 
     /// Puts one event on its lane; never waits longer than `offer.wait_until`. Returns whether

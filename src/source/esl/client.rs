@@ -76,8 +76,6 @@ pub struct EslClient {
     keys: KeyAssigner,
     /// How far behind the switch the reader is (decides whether it may wait for room).
     lag: Lag,
-    /// `eslstream_events_received_total{source="esl"}`.
-    received: prometheus::IntCounter,
 }
 
 static FILTER_DEBUG: RateLimit = RateLimit::new(Duration::from_secs(60));
@@ -101,7 +99,6 @@ impl EslClient {
             shutdown,
             keys: KeyAssigner::new(),
             lag: Lag::default(),
-            received: metrics().events_received.with_label_values(&["esl"]),
         }
     }
 
@@ -258,8 +255,7 @@ impl EslClient {
                 };
             }
         };
-        self.received.inc();
-        self.intake.received(Source::Esl);
+        self.intake.received(Source::Esl, 1);
         let parsed_at_us = now_us();
         let body = frame.body().clone();
         let mut meta = match scan_meta(format, &body) {

@@ -191,6 +191,7 @@ impl HttpIngress {
             }
         };
         let envelopes = self.prepare(&producer, kind, idem.as_deref(), &headers, raw).map_err(|r| r.by(&producer))?;
+        self.intake.received(Source::Http, envelopes.len() as u64);
         let bytes: u64 = envelopes.iter().map(|e| e.body.len() as u64).sum();
         if !self.intake.pipeline().has_room(bytes) {
             return Err(
