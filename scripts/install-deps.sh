@@ -2,7 +2,8 @@
 # Installs what the tests need on a fresh Debian machine: redis-server and redis-cli (the
 # tests start their own servers on free ports), promtool (checks /metrics and the alert
 # rules), systemd-analyze (checks the unit file), openssl (makes a throwaway certificate for
-# the TLS test). `scripts/install-deps.sh demo` installs only
+# the TLS test), PostgreSQL's server binaries (the outbox tests initdb and start their own
+# clusters as the packaged `postgres` user). `scripts/install-deps.sh demo` installs only
 # what scripts/demo.sh needs: redis-server and redis-cli. Does nothing for what is already
 # there.
 set -euo pipefail
@@ -15,6 +16,9 @@ case "${1:-tests}" in
     command -v promtool >/dev/null || need+=(prometheus)
     command -v systemd-analyze >/dev/null || need+=(systemd)
     command -v openssl >/dev/null || need+=(openssl)
+    if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+      need+=(postgresql)
+    fi
     ;;
   *) echo "usage: $0 [tests|demo]" >&2; exit 2 ;;
 esac

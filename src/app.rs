@@ -1,8 +1,8 @@
 //! The agent: wires source → pipeline → writers, and runs them until a signal, then drains.
 //!
-//! Threads: one ESL reader (unless `ESL_ENABLED=false`), `WRITER_WORKERS` writers. A small
-//! tokio runtime serves signals (and the HTTP endpoints). Shutdown order: stop the sources,
-//! close the pipeline, let writers drain to Redis within `SHUTDOWN_TIMEOUT`, then force what
+//! Threads: one ESL reader (unless `ESL_ENABLED=false`), the outbox relay (when
+//! `OUTBOX_DATABASE_URL` is set), `WRITER_WORKERS` writers. A small tokio runtime serves
+//! signals (and the HTTP endpoints). Shutdown order: stop the sources, close the pipeline, let writers drain to Redis within `SHUTDOWN_TIMEOUT`, then force what
 //! is left out.
 
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use crate::sink::writer::LaneWriter;
 use crate::source::esl::client::EslClient;
 use crate::source::esl::routes::Router;
 use crate::source::http::HttpIngress;
+use crate::source::outbox::OutboxSource;
 use crate::source::Intake;
 use crate::state::AgentState;
 
@@ -36,13 +37,38 @@ pub struct Agent {
     pub intake: Arc<Intake>,
     pub shutdown: Shutdown,
     reader: Option<JoinHandle<()>>,
+    outbox: Option<OutboxSource>,
     writers: Vec<JoinHandle<()>>,
     ops: crate::ops::Ops,
 }
 
+/// Why the agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A port, the spool, a thread: exit 1.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Something the operator must change (the outbox table is wrong): exit 2.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl StartError {
+    /// The process's exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Io(_) => 1,
+            StartError::Setup(_) => 2,
+        }
+    }
+}
+
+/// How long the start waits for the outbox database to answer its table check.
+const OUTBOX_STARTUP_CHECK: Duration = Duration::from_secs(5);
+
 impl Agent {
     /// Starts the writers and the sources.
-    pub fn start(config: Config) -> std::io::Result<Agent> {
+    pub fn start(config: Config) -> Result<Agent, StartError> {
         // Bound first: a taken HEALTH_PORT fails the start before anything runs.
         let listener = crate::ops::http::bind(&config.health_bind, config.health_port)?;
         let ingress_listener = match (&config.http_ingress.listen, config.http_ingress.enabled) {
@@ -116,12 +142,43 @@ impl Agent {
             None
         };
 
+        let outbox = match &config.outbox {
+            None => None,
+            Some(outbox) => {
+                let source =
+                    OutboxSource::start(outbox.clone(), intake.clone(), shutdown.clone(), OUTBOX_STARTUP_CHECK);
+                match source {
+                    Ok(source) => Some(source),
+                    Err(crate::source::outbox::StartError::Io(e)) => return Err(StartError::Io(e)),
+                    Err(e) => {
+                        shutdown.trigger();
+                        return Err(StartError::Setup(e.to_string()));
+                    }
+                }
+            }
+        };
+
         let mut ctx = AppContext::new(&config, &state, &pipeline, &budget, &dead_letters);
+        if let Some(outbox) = &outbox {
+            ctx = ctx.with_outbox(outbox.status.clone());
+        }
         if config.http_ingress.enabled {
             ctx = ctx.with_ingress(HttpIngress::new(config.http_ingress.clone(), intake.clone()));
         }
         let ops = crate::ops::Ops::start(listener, ingress_listener, ctx, shutdown.clone())?;
-        Ok(Agent { config, state, pipeline, spool: budget, dead_letters, intake, shutdown, reader, writers, ops })
+        Ok(Agent {
+            config,
+            state,
+            pipeline,
+            spool: budget,
+            dead_letters,
+            intake,
+            shutdown,
+            reader,
+            outbox,
+            writers,
+            ops,
+        })
     }
 
     /// Where `/health` and `/metrics` are served (the real port when `HEALTH_PORT=0`).
@@ -141,6 +198,9 @@ impl Agent {
         self.shutdown.trigger();
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
+        }
+        if let Some(outbox) = self.outbox.as_mut() {
+            outbox.join();
         }
         self.pipeline.close();
         let in_flight = self.pipeline.depth();

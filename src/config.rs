@@ -216,6 +216,42 @@ impl HttpIngressConfig {
     }
 }
 
+/// The PostgreSQL outbox source (`OUTBOX_DATABASE_URL` set): rows an application commits to
+/// an outbox table, relayed to a stream.
+#[derive(Clone)]
+pub struct OutboxConfig {
+    /// `OUTBOX_DATABASE_URL`: a libpq-style URL or `key=value` string (TLS per `sslmode`).
+    pub database_url: String,
+    /// `OUTBOX_TABLE`: `table` or `schema.table`.
+    pub table: String,
+    pub stream_key: String,
+    pub max_len: u64,
+    pub expire: Duration,
+    pub batch_size: usize,
+    pub poll_interval: Duration,
+    /// `OUTBOX_KEEP=true`: published rows get `published_at` instead of being deleted.
+    pub keep: bool,
+    /// `OUTBOX_PRODUCER`: the idempotency keys' producer; `None`: `<database>.<schema>.<table>`.
+    pub producer: Option<String>,
+}
+
+impl fmt::Debug for OutboxConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxConfig")
+            .field("database_url", &outbox_mask(&self.database_url))
+            .field("table", &self.table)
+            .field("stream_key", &self.stream_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OutboxConfig {
+    /// `OUTBOX_STREAM`, as rows without a `stream` of their own are routed to it.
+    pub fn stream_target(&self) -> std::sync::Arc<crate::envelope::StreamTarget> {
+        crate::envelope::StreamTarget::new(&self.stream_key, self.max_len, "outbox")
+    }
+}
+
 /// Latency thresholds that produce warnings.
 #[derive(Debug, Clone)]
 pub struct LatencyThresholds {
@@ -246,6 +282,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub http_token: Option<String>,
     pub http_ingress: HttpIngressConfig,
+    /// The outbox source, when `OUTBOX_DATABASE_URL` is set.
+    pub outbox: Option<OutboxConfig>,
     /// Reference variables that were set but mean nothing here, with the reason.
     pub ignored: Vec<(String, String)>,
 }
@@ -327,13 +365,12 @@ const DEFAULT_PUBLISH: &str = "BACKGROUND_JOB,CHANNEL_EXECUTE,CHANNEL_EXECUTE_CO
 const DEFAULT_PUSH: &str = "CHANNEL_ANSWER,CHANNEL_HANGUP,DTMF,CUSTOM";
 
 impl Config {
-    /// Whether this agent reads `source` (only the event socket exists so far, unless
-    /// `ESL_ENABLED=false`).
+    /// Whether this agent reads `source`.
     pub fn reads(&self, source: crate::envelope::Source) -> bool {
         match source {
             crate::envelope::Source::Esl => self.esl.enabled,
             crate::envelope::Source::Http => self.http_ingress.enabled,
-            crate::envelope::Source::Outbox => false,
+            crate::envelope::Source::Outbox => self.outbox.is_some(),
         }
     }
 
@@ -486,6 +523,7 @@ impl Config {
             shutdown_timeout: r.positive_duration("SHUTDOWN_TIMEOUT", "10s")?,
             http_token: r.raw("HTTP_TOKEN").map(str::to_owned),
             http_ingress,
+            outbox: outbox(&r)?,
             ignored,
         })
     }
@@ -563,8 +601,20 @@ impl Config {
             ("HTTP_MAX_LEN", self.http_ingress.max_len.to_string()),
             ("HTTP_EXPIRE_TIME", d(self.http_ingress.expire)),
         ];
+        let o = self.outbox.as_ref();
+        let outbox: Vec<(&str, String)> = vec![
+            ("OUTBOX_DATABASE_URL", o.map(|o| outbox_mask(&o.database_url)).unwrap_or_default()),
+            ("OUTBOX_TABLE", o.map(|o| o.table.clone()).unwrap_or_default()),
+            ("OUTBOX_STREAM", o.map(|o| o.stream_key.clone()).unwrap_or_default()),
+            ("OUTBOX_MAX_LEN", o.map(|o| o.max_len.to_string()).unwrap_or_default()),
+            ("OUTBOX_EXPIRE_TIME", o.map(|o| d(o.expire)).unwrap_or_default()),
+            ("OUTBOX_BATCH_SIZE", o.map(|o| o.batch_size.to_string()).unwrap_or_default()),
+            ("OUTBOX_POLL_INTERVAL", o.map(|o| d(o.poll_interval)).unwrap_or_default()),
+            ("OUTBOX_KEEP", o.map(|o| o.keep.to_string()).unwrap_or_default()),
+            ("OUTBOX_PRODUCER", o.and_then(|o| o.producer.clone()).unwrap_or_default()),
+        ];
         let mut out = String::new();
-        for (name, value) in lines {
+        for (name, value) in lines.into_iter().chain(outbox) {
             out.push_str(&format!("{name}={value}\n"));
         }
         for (name, why) in &self.ignored {
@@ -650,6 +700,51 @@ fn http_ingress(r: &Reader<'_>) -> Result<HttpIngressConfig, ConfigError> {
     Ok(config)
 }
 
+/// `OUTBOX_*`: `None` unless `OUTBOX_DATABASE_URL` is set.
+fn outbox(r: &Reader<'_>) -> Result<Option<OutboxConfig>, ConfigError> {
+    let Some(url) = r.raw("OUTBOX_DATABASE_URL").map(str::trim) else { return Ok(None) };
+    if let Err(e) = crate::source::outbox::connect::ConnectTarget::parse(url) {
+        return Err(ConfigError {
+            variable: "OUTBOX_DATABASE_URL".into(),
+            value: outbox_mask(url),
+            expected: format!("a PostgreSQL URL such as postgres://user:password@host:5432/db?sslmode=require ({e})"),
+        });
+    }
+    let table = r.string("OUTBOX_TABLE", "eslstream_outbox");
+    if crate::source::outbox::schema::TableName::parse(&table).is_none() {
+        return Err(r.error(
+            "OUTBOX_TABLE",
+            "a table name such as eslstream_outbox or app.outbox (letters, digits, _; at most 63 each)",
+        ));
+    }
+    let producer = r.raw("OUTBOX_PRODUCER").map(|p| p.trim().to_owned());
+    if producer.as_ref().is_some_and(|p| p.len() > 200 || !p.bytes().all(|b| b.is_ascii_graphic())) {
+        return Err(r.error("OUTBOX_PRODUCER", "1-200 visible ASCII characters"));
+    }
+    Ok(Some(OutboxConfig {
+        database_url: url.to_owned(),
+        table,
+        stream_key: r.string("OUTBOX_STREAM", "freeswitch:telephony:outbox-events"),
+        max_len: r.number("OUTBOX_MAX_LEN", 1_000_000u64, 0, u64::MAX)?,
+        expire: r.duration("OUTBOX_EXPIRE_TIME", "10m")?,
+        batch_size: r.number("OUTBOX_BATCH_SIZE", 500usize, 1, 10_000)?,
+        poll_interval: r.positive_duration("OUTBOX_POLL_INTERVAL", "1s")?,
+        keep: r.get("OUTBOX_KEEP", false, "true or false", parse_bool)?,
+        producer,
+    }))
+}
+
+/// Hides the password of an `OUTBOX_DATABASE_URL` (URL or libpq `key=value` form).
+pub fn outbox_mask(url: &str) -> String {
+    if url.contains("://") {
+        return mask_url(url);
+    }
+    url.split_ascii_whitespace()
+        .map(|t| if t.starts_with("password=") { "password=********" } else { t })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn mask(secret: &str) -> String {
     if secret.is_empty() {
         String::new()
@@ -713,6 +808,22 @@ mod tests {
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn outbox_passwords_are_masked_in_both_forms() {
+        assert_eq!(outbox_mask("postgres://u:secret@db/app"), "postgres://u:********@db/app");
+        assert_eq!(outbox_mask("host=db password=secret"), "host=db password=********");
+        let c = Config::from_vars(vars(&[("OUTBOX_DATABASE_URL", "postgres://u:secret@db/app")])).unwrap();
+        assert!(c.describe().contains("OUTBOX_DATABASE_URL=postgres://u:********@db/app"));
+        assert!(!format!("{:?}", c.outbox).contains("secret"));
+        let bad = |pairs: &[(&str, &str)]| Config::from_vars(vars(pairs)).unwrap_err().variable;
+        assert_eq!(bad(&[("OUTBOX_DATABASE_URL", "postgres://db/app?sslmode=maybe")]), "OUTBOX_DATABASE_URL");
+        let url = ("OUTBOX_DATABASE_URL", "postgres://db/app");
+        assert_eq!(bad(&[url, ("OUTBOX_TABLE", "a;b")]), "OUTBOX_TABLE");
+        assert_eq!(bad(&[url, ("OUTBOX_BATCH_SIZE", "0")]), "OUTBOX_BATCH_SIZE");
+        assert_eq!(bad(&[url, ("OUTBOX_POLL_INTERVAL", "0s")]), "OUTBOX_POLL_INTERVAL");
+        assert!(Config::from_vars(vars(&[("OUTBOX_TABLE", "a;b")])).unwrap().outbox.is_none());
     }
 
     #[test]

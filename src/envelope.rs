@@ -28,6 +28,13 @@ impl Source {
         }
     }
 
+    /// Whether the source keeps each event until it is written (an outbox row stays in its
+    /// table): the pipeline never spools such an event; where it would, it hands it back
+    /// ([`crate::pipeline::ack::AckStatus::Deferred`]).
+    pub fn keeps_its_events(self) -> bool {
+        self == Source::Outbox
+    }
+
     /// The byte that stands for the source in spool records.
     pub fn code(self) -> u8 {
         self as u8

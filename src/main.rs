@@ -25,6 +25,8 @@ enum Command {
     /// Follow the streams the agent writes: one readable line per entry (or --json), with
     /// filters by call and event name; Ctrl-C to stop.
     Tail(eslstream::ops::tail::TailArgs),
+    /// The PostgreSQL outbox: `outbox init` creates its table (or `--print`s the SQL).
+    Outbox(eslstream::source::outbox::cli::OutboxArgs),
     /// Ask a running agent's /health (for container health checks without curl): prints the
     /// answer, exits 0 when healthy, 1 otherwise.
     Health {
@@ -61,7 +63,7 @@ fn run_agent() -> ExitCode {
         Ok(agent) => agent,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
-            return ExitCode::from(1);
+            return ExitCode::from(e.exit_code());
         }
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "eslstream started");
@@ -121,6 +123,10 @@ fn main() -> ExitCode {
         Command::Health { url } => health_command(url),
         Command::Tail(args) => match load_config() {
             Ok(config) => ExitCode::from(eslstream::ops::tail::run(&args, &config)),
+            Err(code) => code,
+        },
+        Command::Outbox(args) => match load_config() {
+            Ok(config) => ExitCode::from(eslstream::source::outbox::cli::run(&args, &config)),
             Err(code) => code,
         },
         Command::CheckConfig => match load_config() {

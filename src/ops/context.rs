@@ -9,6 +9,7 @@ use crate::pipeline::spool::SpoolBudget;
 use crate::pipeline::Pipeline;
 use crate::sink::dlq::DeadLetters;
 use crate::source::http::HttpIngress;
+use crate::source::outbox::OutboxStatus;
 use crate::state::AgentState;
 
 /// The agent's parts, as the ops side sees them.
@@ -22,6 +23,8 @@ pub struct AppContext {
     pub health: Arc<HealthBoard>,
     /// `POST /events`, when `HTTP_INGRESS=true`.
     pub ingress: Option<Arc<HttpIngress>>,
+    /// The outbox relay's state, when `OUTBOX_DATABASE_URL` is set.
+    pub outbox: Option<Arc<OutboxStatus>>,
 }
 
 impl AppContext {
@@ -41,12 +44,23 @@ impl AppContext {
             dead_letters: dead_letters.clone(),
             health: Arc::new(HealthBoard::default()),
             ingress: None,
+            outbox: None,
         })
     }
 
     /// The same context serving `POST /events` through `ingress`.
     pub fn with_ingress(self: Arc<Self>, ingress: Arc<HttpIngress>) -> Arc<AppContext> {
-        let ctx = Arc::try_unwrap(self).unwrap_or_else(|shared| AppContext {
+        Arc::new(AppContext { ingress: Some(ingress), ..self.unshared() })
+    }
+
+    /// The same context reporting the outbox relay's state.
+    pub fn with_outbox(self: Arc<Self>, outbox: Arc<OutboxStatus>) -> Arc<AppContext> {
+        Arc::new(AppContext { outbox: Some(outbox), ..self.unshared() })
+    }
+
+    /// The context itself, or a copy of it when it is shared already.
+    fn unshared(self: Arc<Self>) -> AppContext {
+        Arc::try_unwrap(self).unwrap_or_else(|shared| AppContext {
             config: shared.config.clone(),
             state: shared.state.clone(),
             pipeline: shared.pipeline.clone(),
@@ -54,7 +68,7 @@ impl AppContext {
             dead_letters: shared.dead_letters.clone(),
             health: shared.health.clone(),
             ingress: shared.ingress.clone(),
-        });
-        Arc::new(AppContext { ingress: Some(ingress), ..ctx })
+            outbox: shared.outbox.clone(),
+        })
     }
 }

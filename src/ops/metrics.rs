@@ -93,6 +93,19 @@ pub struct Metrics {
     pub ingress_duration: Histogram,
     /// Events of `POST /events` by producer and outcome (`accepted`, `duplicate`).
     pub ingress_events: IntCounterVec,
+    /// Events handed back to a source that keeps its own (outbox rows stay in their table and
+    /// are sent again), by source.
+    pub events_deferred: IntCounterVec,
+    /// Outbox rows relayed, by outcome (`written`, `duplicate`, `dead_lettered`).
+    pub outbox_rows: IntCounterVec,
+    /// Rows waiting in the outbox table (as of the relay's last count).
+    pub outbox_backlog: IntGauge,
+    /// From a row's `created_at` to its entry acknowledged by Redis.
+    pub outbox_lag: Histogram,
+    /// 1 while this agent's relay is the active one (holds the outbox lock), else 0.
+    pub outbox_active: IntGauge,
+    /// Connections to PostgreSQL made after the first.
+    pub outbox_reconnections: IntCounter,
     /// Always 1; the labels say which build is running.
     pub build_info: IntGaugeVec,
     /// When the process started, in seconds since the epoch.
@@ -310,6 +323,35 @@ impl Metrics {
                 "eslstream_http_connections_closed_total",
                 "Admin HTTP connections closed by the server: timeout (no complete request head in time), evicted (oldest idle, to make room)",
                 &["reason"],
+            ),
+            events_deferred: counter_vec(
+                &r,
+                "eslstream_events_deferred_total",
+                "Events handed back to a source that keeps its own (outbox rows stay in their table and are sent again)",
+                &["source"],
+            ),
+            outbox_rows: counter_vec(
+                &r,
+                "eslstream_outbox_rows_total",
+                "Outbox rows relayed and removed from the table, by outcome (written, duplicate, dead_lettered)",
+                &["outcome"],
+            ),
+            outbox_backlog: gauge(&r, "eslstream_outbox_backlog_rows", "Rows waiting in the outbox table (last count)"),
+            outbox_lag: histogram(
+                &r,
+                "eslstream_outbox_lag_seconds",
+                "From an outbox row's created_at to its entry acknowledged by Redis",
+                LATENCY_BUCKETS,
+            ),
+            outbox_active: gauge(
+                &r,
+                "eslstream_outbox_active",
+                "1 while this agent's relay is the active one for the outbox table, else 0",
+            ),
+            outbox_reconnections: counter(
+                &r,
+                "eslstream_outbox_reconnections_total",
+                "Connections to PostgreSQL made after the first",
             ),
             build_info: gauge_vec(
                 &r,

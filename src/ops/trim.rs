@@ -29,7 +29,7 @@ static TRIM_WARN: RateLimit = RateLimit::new(Duration::from_secs(60));
 /// One stream to trim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrimTarget {
-    /// Metric label: `events`, `jobs` or `http`.
+    /// Metric label: `events`, `jobs`, `http` or `outbox`.
     pub label: &'static str,
     pub key: String,
     pub expire: Duration,
@@ -40,9 +40,11 @@ pub fn targets(config: &Config) -> Vec<TrimTarget> {
     let s = &config.streams;
     let h = &config.http_ingress;
     let http = h.enabled.then_some(("http", &h.stream_key, h.expire));
+    let outbox = config.outbox.as_ref().map(|o| ("outbox", &o.stream_key, o.expire));
     [("events", &s.events_key, s.events_expire), ("jobs", &s.jobs_key, s.jobs_expire)]
         .into_iter()
         .chain(http)
+        .chain(outbox)
         .filter(|(_, _, expire)| !expire.is_zero())
         .map(|(label, key, expire)| TrimTarget { label, key: key.clone(), expire })
         .collect()

@@ -4,7 +4,8 @@
 //! A source that wants to know makes an [`AckBatch`] of `n` tokens, puts one [`AckToken`] on
 //! each envelope, and keeps the [`AckReceiver`]. Whoever settles an event resolves its token:
 //! the writer (written, duplicate, dead-lettered), the spool once the record is fsynced
-//! (spooled), or the pipeline when there is no room (dropped). A token resolves once: it is
+//! (spooled), or the pipeline when there is no room (dropped; deferred, for a source that
+//! keeps its events itself). A token resolves once: it is
 //! consumed by [`AckToken::resolve`], and one dropped unresolved (a bug, or a forced shutdown)
 //! resolves as dropped, so no receiver waits forever. When the last token of a batch resolves,
 //! the receiver gets every outcome in the order the tokens were made.
@@ -31,6 +32,9 @@ pub enum AckStatus {
     DeadLettered(String),
     /// Kept nowhere, for this reason (`spool_full`, `memory_full`, `spool_error`, ...).
     Dropped(&'static str),
+    /// Handed back to a source that keeps its events until they are written (an outbox row
+    /// stays in its table): not written, not lost; the source sends it again later.
+    Deferred,
 }
 
 impl AckStatus {
@@ -46,6 +50,7 @@ impl AckStatus {
             AckStatus::Spooled => "spooled",
             AckStatus::DeadLettered(_) => "dead_lettered",
             AckStatus::Dropped(_) => "dropped",
+            AckStatus::Deferred => "deferred",
         }
     }
 }

@@ -132,10 +132,14 @@ impl Lane {
         // Disk first: while the lane's writes fail (Redis down), new events go to the spool,
         // where a SIGKILL of the agent cannot take them.
         let disk_first = self.writes_failing.load(Ordering::Acquire) && tiers.spool.is_some();
+        // A source that keeps its events (outbox rows) keeps them while Redis is down: they
+        // wait in memory only (the writer's next attempt is also the probe that sees Redis
+        // back), and go back to their source where others would be spilled to disk.
+        let kept_by_source = envelope.source.keeps_its_events();
         // Why the spool refused this event, when it did: then memory is the last place.
         let mut refused: Option<&'static str> = None;
         loop {
-            if (tiers.spooling || disk_first) && tiers.after_spool.is_empty() && refused.is_none() {
+            if (tiers.spooling || disk_first) && !kept_by_source && tiers.after_spool.is_empty() && refused.is_none() {
                 match tiers.spool_one(envelope) {
                     Submitted::Full(e, reason) if tiers.spool.is_some() => (envelope, refused) = (*e, Some(reason)),
                     done => return done,
@@ -188,6 +192,7 @@ impl Lane {
             Some(reason) => Submitted::Full(Box::new(envelope), reason),
             // Behind events the spool could not take: it cannot go before them.
             None if !tiers.after_spool.is_empty() => Submitted::Full(Box::new(envelope), tiers.after_spool_reason),
+            None if kept_by_source => Submitted::Full(Box::new(envelope), "memory_full"),
             None => tiers.spool_one(envelope),
         }
     }
@@ -223,8 +228,21 @@ impl Lane {
     /// `held` that came from the spool are still there and are simply read again.
     /// On failure (spool full or disabled) everything is left where it was and `held` is
     /// handed back.
-    pub fn spill(&self, held: Vec<Envelope>) -> Result<usize, (Vec<Envelope>, SpoolError)> {
+    /// Events of a source that keeps its own ([`Source::keeps_its_events`]) never move to the
+    /// spool: those held and those queued are handed back to their source first, whatever
+    /// happens next.
+    pub fn spill(&self, mut held: Vec<Envelope>) -> Result<usize, (Vec<Envelope>, SpoolError)> {
         let mut tiers = self.tiers.lock();
+        hand_back(&mut held);
+        {
+            let mut queue: Vec<Envelope> = self.rx.try_iter().collect();
+            queue.extend(tiers.overflow.drain(..));
+            self.release(&hand_back(&mut queue));
+            tiers.overflow = queue.into();
+            let mut behind: Vec<Envelope> = tiers.after_spool.drain(..).collect();
+            self.release(&hand_back(&mut behind));
+            tiers.after_spool = behind.into();
+        }
         let Tiers { overflow, spool, spooling, unsynced_acks, after_spool, .. } = &mut *tiers;
         let Some(spool) = spool.as_mut() else {
             return Err((held, SpoolError::Full { used: 0, max: 0 }));
@@ -377,6 +395,24 @@ impl Lane {
         let bytes: usize = events.iter().filter(|e| e.spool_pos.is_none()).map(footprint).sum();
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
+}
+
+/// Takes the events of sources that keep their own out of `events` (in order, the rest keep
+/// theirs) and tells each source it has its event back; returns them (for their memory bytes).
+fn hand_back(events: &mut Vec<Envelope>) -> Vec<Envelope> {
+    if !events.iter().any(|e| e.source.keeps_its_events()) {
+        return Vec::new();
+    }
+    let (mut back, keep): (Vec<Envelope>, Vec<Envelope>) =
+        std::mem::take(events).into_iter().partition(|e| e.source.keeps_its_events());
+    *events = keep;
+    for envelope in &mut back {
+        metrics().events_deferred.with_label_values(&[envelope.source.label()]).inc();
+        if let Some(ack) = envelope.ack.take() {
+            ack.resolve(AckStatus::Deferred);
+        }
+    }
+    back
 }
 
 /// Reads up to `n` spooled events into `out`; those served from the spool's write buffer
@@ -595,6 +631,45 @@ mod tests {
         let shape =
             PipelineShape { lanes: 1, channel_capacity: channel, overflow_capacity: overflow, max_bytes: usize::MAX };
         Pipeline::with_spools(shape, vec![Some(spool)])
+    }
+
+    fn outbox_env(call: &str, seq: u64, ack: AckToken) -> Envelope {
+        Envelope { source: Source::Outbox, ack: Some(ack), ..env(call, seq) }
+    }
+
+    #[test]
+    fn events_their_source_keeps_never_reach_the_spool_and_go_back_when_it_would_spill() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = one_spooled_lane(dir.path(), 2, 1);
+        let lane = &p.lanes()[0];
+        let (tokens, rx) = crate::pipeline::ack::AckBatch::make(4);
+        let mut tokens = tokens.into_iter();
+        let mut outbox = |seq| outbox_env("a", seq, tokens.next().unwrap());
+        assert!(matches!(p.submit(outbox(0)), Submitted::Queued));
+        p.submit(env("a", 1));
+        assert!(matches!(p.submit(env("a", 2)), Submitted::Overflowed));
+        assert!(matches!(p.submit(env("a", 3)), Submitted::Spooled), "memory full: an ESL event spools");
+        assert!(matches!(p.submit(outbox(4)), Submitted::Overflowed), "an outbox row waits in memory behind it");
+        let mut batch = Vec::new();
+        lane.next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut batch);
+        assert_eq!(seqs(&batch), [0, 1, 2, 3, 4]);
+        // While writes fail, ESL events go to disk first; outbox rows wait in memory.
+        lane.set_writes_failing(true);
+        assert!(matches!(p.submit(outbox(5)), Submitted::Queued));
+        assert!(matches!(p.submit(env("a", 6)), Submitted::Spooled));
+        assert!(matches!(p.submit(outbox(7)), Submitted::Overflowed));
+        // The writer gives up on its batch: the outbox rows (held, queued, waiting behind the
+        // spool) go back to their source; the ESL events go to the spool, in order.
+        assert_eq!(lane.spill(batch).unwrap(), 2, "1 and 2 from memory (3 is still in the spool)");
+        let outcomes = rx.wait_blocking(Duration::from_secs(1)).unwrap();
+        assert_eq!(outcomes, vec![AckStatus::Deferred; 4]);
+        assert_eq!((lane.depth(), p.memory_bytes()), (0, 0));
+        lane.set_writes_failing(false);
+        let mut again = Vec::new();
+        for _ in 0..5 {
+            lane.next_batch(10, Duration::ZERO, Duration::from_secs(1), &mut again);
+        }
+        assert_eq!(seqs(&again), [1, 2, 3, 6], "only ESL events were spooled");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Sources: where events come from. Each source (the ESL reader in [`esl`], the HTTP ingress
-//! in [`http`]; the outbox when it comes) turns what it receives into [`Envelope`]s and hands them to the
+//! in [`http`], the PostgreSQL outbox relay in [`outbox`]) turns what it receives into [`Envelope`]s and hands them to the
 //! pipeline through one [`Intake`], the only way in.
 //!
 //! The intake never waits on Redis. A source that must not wait at all (the ESL reader: the
@@ -11,6 +11,7 @@
 
 pub mod esl;
 pub mod http;
+pub mod outbox;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -102,9 +103,17 @@ impl Intake {
         self.pipeline.flush_spools();
     }
 
-    /// An event with no room anywhere: counted, logged (rate-limited), acknowledged as dropped.
+    /// An event with no room anywhere: counted, logged (rate-limited), acknowledged as dropped;
+    /// or, when its source keeps it (an outbox row), handed back to be sent again later.
     fn dropped(&self, mut envelope: Envelope, reason: &'static str) {
         let source = envelope.source;
+        if source.keeps_its_events() {
+            metrics().events_deferred.with_label_values(&[source.label()]).inc();
+            if let Some(ack) = envelope.ack.take() {
+                ack.resolve(AckStatus::Deferred);
+            }
+            return;
+        }
         metrics().events_dropped.with_label_values(&[envelope.stream.label, reason, source.label()]).inc();
         self.state.add_dropped(source, 1);
         if let Some(ack) = envelope.ack.take() {

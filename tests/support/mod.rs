@@ -1,13 +1,15 @@
 //! Integration-test harness, included by each test file with `mod support;`: real Redis servers
 //! ([`redis::RedisServer`]), a controllable TCP proxy ([`proxy::TcpProxy`]), the simulator
 //! (re-exported from the library), a runner for the built `eslstream` binary ([`Agent`]), and a
-//! live agent whose `/metrics` shows every family ([`metrics::LiveMetrics`]).
+//! live agent whose `/metrics` shows every family ([`metrics::LiveMetrics`]), and a real
+//! PostgreSQL cluster ([`postgres::PgServer`]).
 //!
 //! Everything here is bounded in time: waits take a timeout and panic with a message (and the
 //! child's stderr) instead of hanging.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod metrics;
+pub mod postgres;
 pub mod proxy;
 pub mod redis;
 pub mod streams;

@@ -99,6 +99,7 @@ impl HealthMonitor {
             streams: [&config.streams.events_key, &config.streams.jobs_key]
                 .into_iter()
                 .chain(config.http_ingress.enabled.then_some(&config.http_ingress.stream_key))
+                .chain(config.outbox.as_ref().map(|o| &o.stream_key))
                 .cloned()
                 .collect(),
             missing: Vec::new(),
@@ -170,6 +171,7 @@ impl HealthMonitor {
             spool_fault: self.ctx.spool.fault(),
             missing_permissions: self.probe.missing.clone(),
             unwritten: self.unwritten(now),
+            outbox: self.ctx.outbox.as_ref().map(|o| o.view()),
         }
     }
 
@@ -222,6 +224,7 @@ impl HealthMonitor {
                     reconnects: self.ctx.state.esl_reconnects.load(Ordering::Relaxed),
                 },
                 sources: self.sources(),
+                outbox: s.outbox.clone(),
                 redis: RedisHealth {
                     connected: s.redis_ping.is_ok(),
                     ping_ms,

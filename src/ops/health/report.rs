@@ -30,6 +30,9 @@ pub struct HealthData {
     pub esl: EslHealth,
     /// Each source: whether it runs, and what it took in, wrote and dropped since start.
     pub sources: BTreeMap<&'static str, SourceHealth>,
+    /// The outbox relay (`null` unless `OUTBOX_DATABASE_URL` is set): role (`active`,
+    /// `standby`, `connecting`, `misconfigured`), backlog and the oldest row's age.
+    pub outbox: Option<crate::source::outbox::OutboxView>,
     pub redis: RedisHealth,
     pub queue_depth: usize,
     pub queue_bytes: u64,
@@ -95,6 +98,7 @@ impl HealthReport {
                 last_check: None,
                 esl: EslHealth { connected: false, last_heartbeat: None, last_data: None, reconnects: 0 },
                 sources: BTreeMap::new(),
+                outbox: None,
                 redis: RedisHealth { connected: false, ping_ms: None, writers_up: 0 },
                 queue_depth: 0,
                 queue_bytes: 0,

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::source::outbox::{OutboxView, Role};
 
 /// FreeSWITCH sends a HEARTBEAT event every 20 s.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
@@ -12,6 +13,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
 pub const ESL_SILENCE_TOLERANCE: Duration = Duration::from_secs(50);
 /// The queue and the spool fail their checks at this fill level, before anything is dropped.
 pub const HIGH_WATER_PERCENT: u64 = 90;
+/// The oldest outbox row may wait this long before the `outbox` check fails.
+pub const OUTBOX_MAX_AGE: Duration = Duration::from_secs(30);
 /// A drop keeps the `drops` check failing for this long.
 pub const DROP_WINDOW: Duration = Duration::from_secs(15 * 60);
 
@@ -69,6 +72,8 @@ pub struct Snapshot {
     /// Events taken in while none was written, and for how long (only once that lasted
     /// [`Limits::progress_window`]).
     pub unwritten: Option<(u64, Duration)>,
+    /// The outbox relay's state, when the agent relays an outbox.
+    pub outbox: Option<OutboxView>,
 }
 
 /// The thresholds the checks compare against.
@@ -133,7 +138,29 @@ impl Check {
 pub fn evaluate(s: &Snapshot, l: &Limits) -> Vec<Check> {
     let esl = l.esl_enabled.then(|| esl_check(s, l));
     let rest = [redis_check(s), permissions_check(s), queue_check(s, l), spool_check(s, l), drops_check(s, l)];
-    esl.into_iter().chain(rest).chain([progress_check(s)]).collect()
+    let outbox = s.outbox.as_ref().map(outbox_check);
+    esl.into_iter().chain(rest).chain([progress_check(s)]).chain(outbox).collect()
+}
+
+fn outbox_check(o: &OutboxView) -> Check {
+    let error = o.last_error.as_deref().unwrap_or("none yet");
+    match o.role {
+        Role::Misconfigured => Check::fail("outbox", format!("outbox table {}: {error}", o.table)),
+        Role::Connecting | Role::Stopped => {
+            Check::fail("outbox", format!("outbox: not connected to PostgreSQL (last error: {error})"))
+        }
+        Role::Standby => Check::pass("outbox"),
+        Role::Active => match o.oldest_row_age_seconds {
+            Some(age) if age > OUTBOX_MAX_AGE.as_secs_f64() => Check::fail(
+                "outbox",
+                format!(
+                    "outbox: the oldest of {} waiting rows is {age:.0}s old (a long-running transaction holds the relay back, or Redis is not taking writes)",
+                    o.backlog_rows.unwrap_or(0)
+                ),
+            ),
+            _ => Check::pass("outbox"),
+        },
+    }
 }
 
 fn esl_check(s: &Snapshot, l: &Limits) -> Check {
@@ -316,6 +343,7 @@ mod tests {
             spool_fault: None,
             missing_permissions: Vec::new(),
             unwritten: None,
+            outbox: None,
         }
     }
 
