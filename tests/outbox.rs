@@ -390,3 +390,69 @@ fn keep_mode_marks_rows_published_instead_of_deleting_them() {
     assert_exactly_once_in_order(&entries, committed);
     assert_eq!(rows_left(&pg), 500, "the rows are kept");
 }
+
+#[test]
+fn a_poison_row_is_dead_lettered_with_its_row_id_and_does_not_block_the_rest() {
+    let pg = PgServer::start();
+    let redis = RedisServer::start();
+    init(&pg);
+    redis.cli(&["SET", "not-a-stream", "a string"]);
+    let mut c = pg.client();
+    for n in 0..10 {
+        let stream: Option<&str> = if n == 4 { Some("not-a-stream") } else { None };
+        let payload = format!(r#"{{"text": "a b\"c", "n": {n}}}"#);
+        c.execute(
+            "INSERT INTO eslstream_outbox (stream, event_name, ordering_key, payload) VALUES ($1, 'order.updated', 'k', $2::text::jsonb)",
+            &[&stream, &payload],
+        )
+        .unwrap();
+    }
+    let poison: i64 = c.query_one("SELECT id FROM eslstream_outbox WHERE stream = 'not-a-stream'", &[]).unwrap().get(0);
+    let port = free_port();
+    let _agent = start_agent(&env(&pg.url(), &redis, port), &[]);
+    assert_relayed(&pg, &redis, 9, Duration::from_secs(30));
+    let (status, body) = http(port, "/dlq").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list["count"], 1, "{body}");
+    let letter = &list["items"][0];
+    assert_eq!((letter["stream_key"].as_str(), letter["core_uuid"].as_str()), (Some("not-a-stream"), Some(PRODUCER)));
+    assert_eq!(letter["event_sequence"].as_str(), Some(poison.to_string().as_str()), "{letter}");
+    assert_eq!(metric_sum(port, "eslstream_outbox_rows_total", "outcome=\"dead_lettered\""), 1.0);
+}
+
+#[test]
+fn awkward_rows_arrive_with_their_exact_values() {
+    let pg = PgServer::start();
+    let redis = RedisServer::start();
+    init(&pg);
+    let big = "x".repeat(1 << 20);
+    let nested = format!("{}1{}", "[".repeat(60), "]".repeat(60));
+    let rows: Vec<(Option<String>, String)> = vec![
+        (Some("call-ü-日本".into()), r#"{"text": "a b\"c", "emoji": "📞", "ctl": "\u0001\t\n", "esc": "\\/"}"#.into()),
+        (None, format!(r#"{{"text": "a b\"c", "big": "{big}"}}"#)),
+        (Some("k".repeat(2000)), format!(r#"{{"text": "a b\"c", "deep": {nested}, "num": 1e308, "neg": -0.0}}"#)),
+        (Some(String::new()), r#"{"text": "a b\"c", "empty": {}, "list": []}"#.into()),
+    ];
+    let mut c = pg.client();
+    for (key, payload) in &rows {
+        c.execute(INSERT, &[&"order.updated", key, payload]).unwrap();
+    }
+    let stored: std::collections::HashMap<u64, (String, String)> = c
+        .query("SELECT id, coalesce(ordering_key, ''), payload::text FROM eslstream_outbox", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, i64>(0) as u64, (r.get(1), r.get(2))))
+        .collect();
+    let _agent = start_agent(&env(&pg.url(), &redis, free_port()), &[]);
+    assert_relayed(&pg, &redis, rows.len() as u64, Duration::from_secs(30));
+    let entries = read_stream(&mut redis.connection(), STREAM);
+    for entry in &entries {
+        // Lanes are per ordering key: entries of different keys may be in any order.
+        let (key, text) = &stored[&entry.sequence];
+        let want: serde_json::Value = serde_json::from_str(text).unwrap();
+        let got: serde_json::Value = serde_json::from_str(&entry.event).expect("valid JSON");
+        assert_eq!(got, want);
+        assert_eq!(&entry.unique_id, key);
+    }
+}

@@ -51,6 +51,9 @@ pub struct Summary {
     pub stream_key: String,
     pub event_name: String,
     pub unique_id: String,
+    /// The idempotency key: producer and id (an outbox row's id, an ESL event's sequence).
+    pub core_uuid: String,
+    pub event_sequence: String,
 }
 
 impl DeadLetter {
@@ -160,6 +163,8 @@ impl DeadLetters {
                     stream_key: d.stream_key,
                     event_name: d.event_name,
                     unique_id: d.unique_id,
+                    core_uuid: d.core_uuid,
+                    event_sequence: d.event_sequence,
                 });
             }
         }

@@ -196,6 +196,24 @@ mod tests {
         }
 
         #[test]
+        fn any_row_makes_an_envelope_of_its_own_fields(
+            id in any::<i64>(),
+            stream in "\\PC{0,40}",
+            name in "\\PC{0,40}",
+            key in "\\PC{0,40}",
+            v in json_value(),
+        ) {
+            let mut enc = RowEncoder::new("p".into(), StreamTarget::new("default", 0, "outbox"));
+            let payload = serde_json::to_string_pretty(&v).unwrap();
+            let row = OutboxRow { id, stream: stream.clone(), event_name: name.clone(), ordering_key: key.clone(), payload, created_at_us: 0, age_at_fetch: 0.0 };
+            let e = enc.envelope(&row);
+            prop_assert_eq!(&e.stream.key, if stream.is_empty() { "default" } else { stream.as_str() });
+            prop_assert_eq!((&e.name, &e.ordering_key), (&name, &key));
+            prop_assert_eq!(e.key.id, EventId::Seq(id as u64));
+            prop_assert_eq!(serde_json::from_slice::<serde_json::Value>(&e.body).unwrap(), v);
+        }
+
+        #[test]
         fn garbage_never_panics(text in "\\PC{0,64}") {
             let out = compact_json(&text);
             prop_assert!(out.len() <= text.len());
