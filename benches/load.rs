@@ -20,8 +20,11 @@
 //! requests at `--http-rate` requests/s (default 1,000) for `--seconds` on one keep-alive
 //! connection, latency from sending the request to reading its `202`; then batches of 100 as
 //! fast as two keep-alive connections go, `--http-events` in all (default 200,000), events/s
-//! from the first request to the last `202`; each checked against `XLEN`). The default is `all`;
-//! `--rates` alone means `rates`. See `docs/performance.md` for results.
+//! from the first request to the last `202`; each checked against `XLEN`) and `outbox` (the
+//! PostgreSQL outbox: commit-to-readable latency at `--outbox-rate` rows/s, then rows/s relayed
+//! while four writers commit `--outbox-rows` as fast as they can; see [`outbox`]). The default
+//! `all` runs every mode but `outbox` (it needs PostgreSQL's server binaries); `--rates` alone
+//! means `rates`. See `docs/performance.md` for results.
 //!
 //! ```text
 //! cargo bench --bench load -- [--mode saturation|rates|all] [--events 1000000]
@@ -51,6 +54,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use eslstream::simulate::{EventSize, SimulateOptions, Simulator};
 use redis::Value;
 
+#[path = "load/outbox.rs"]
+mod outbox;
+
 const EVENTS_KEY: &str = "freeswitch:telephony:events";
 const JOBS_KEY: &str = "freeswitch:telephony:background-jobs";
 const CEILING_KEY: &str = "eslstream:bench:ceiling";
@@ -79,7 +85,7 @@ fn main() {
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|http|all, or a comma list] [--events N] \
 [--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large|xl] [--json target/load.json] [--env NAME=value]... [--agent PATH] \
-[--http-rate 1000] [--http-events 200000]";
+[--http-rate 1000] [--http-events 200000] [--outbox-rate 1000] [--outbox-rows 200000]";
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -97,6 +103,9 @@ struct Opts {
     http: bool,
     http_rate: u64,
     http_events: u64,
+    outbox: bool,
+    outbox_rate: u64,
+    outbox_rows: u64,
 }
 
 impl Opts {
@@ -114,6 +123,9 @@ impl Opts {
             http: true,
             http_rate: 1_000,
             http_events: 200_000,
+            outbox: false,
+            outbox_rate: 1_000,
+            outbox_rows: 200_000,
         };
         let mut rates_given = false;
         let mut mode_given = false;
@@ -136,6 +148,7 @@ impl Opts {
                             "saturation" => o.saturation = true,
                             "rates" => o.rates_mode = true,
                             "http" => o.http = true,
+                            "outbox" => o.outbox = true,
                             "all" => (o.saturation, o.rates_mode, o.http) = (true, true, true),
                             m => return Err(format!("unknown mode {m:?}")),
                         }
@@ -165,6 +178,8 @@ impl Opts {
                 "--agent" => o.agent = PathBuf::from(value()?),
                 "--http-rate" => o.http_rate = parse_count(&value()?)?,
                 "--http-events" => o.http_events = parse_count(&value()?)?,
+                "--outbox-rate" => o.outbox_rate = parse_count(&value()?)?.max(1),
+                "--outbox-rows" => o.outbox_rows = parse_count(&value()?)?,
                 "-h" | "--help" => return Err("help".into()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -240,10 +255,18 @@ fn run(opts: &Opts) -> Result<(), String> {
         true => Some(run_http(&fresh_redis()?, opts)?),
         false => None,
     };
-    let table = markdown(&results, ceiling.as_ref());
-    println!("{table}");
+    let outbox = match opts.outbox {
+        true => Some(outbox::run_outbox(&fresh_redis()?, opts)?),
+        false => None,
+    };
+    if !results.is_empty() {
+        println!("{}", markdown(&results, ceiling.as_ref()));
+    }
     if let Some(h) = &http {
         println!("{}", h.markdown(results.iter().find(|r| r.rate.is_none()).map(|r| r.events_per_sec)));
+    }
+    if let Some(o) = &outbox {
+        println!("{}", o.markdown());
     }
     let json = serde_json::json!({
         "machine": machine(),
@@ -254,6 +277,7 @@ fn run(opts: &Opts) -> Result<(), String> {
         })),
         "runs": results.iter().map(RunResult::json).collect::<Vec<_>>(),
         "http": http.as_ref().map(HttpResult::json),
+        "outbox": outbox.as_ref().map(outbox::OutboxResult::json),
     });
     if let Some(dir) = opts.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -266,6 +290,9 @@ fn run(opts: &Opts) -> Result<(), String> {
         if h.in_redis != h.sent {
             return Err(format!("HTTP ingress: {} events acknowledged, {} in Redis", h.sent, h.in_redis));
         }
+    }
+    if outbox.as_ref().is_some_and(|o| !o.complete()) {
+        return Err("the outbox run lost, duplicated or left rows (see the table)".into());
     }
     if !bad.is_empty() {
         return Err(format!("{} run(s) lost or duplicated events (see the table)", bad.len()));

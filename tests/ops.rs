@@ -655,7 +655,13 @@ fn metric_names_are_read_from_prose_with_brace_forms_expanded() {
 #[test]
 fn every_metric_the_readme_names_is_exported_by_a_live_agent() {
     let readme = repo_file("README.md");
-    let names = metric_names_in(&readme);
+    let mut names = metric_names_in(&readme);
+    // The outbox's SQL objects share the prefix; they are not metrics.
+    for sql in
+        ["eslstream_outbox", "eslstream_outbox_notify", "eslstream_outbox_id_seq", "eslstream_outbox_unpublished"]
+    {
+        names.remove(sql);
+    }
     assert!(names.len() >= 20, "the README names metrics: {names:?}");
 
     let mut live = support::metrics::LiveMetrics::start();

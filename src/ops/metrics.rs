@@ -376,6 +376,11 @@ pub fn metrics() -> &'static Metrics {
         let m = Metrics::new();
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         m.start_time.set(crate::envelope::now_us() as f64 / 1e6);
+        // Known label values start at 0, so a rule sees the series before the first event.
+        for outcome in ["written", "duplicate", "dead_lettered"] {
+            m.outbox_rows.with_label_values(&[outcome]);
+        }
+        m.events_deferred.with_label_values(&["outbox"]);
         m
     })
 }

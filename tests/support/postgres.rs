@@ -1,24 +1,36 @@
 //! A real PostgreSQL cluster for the outbox tests: `initdb` in a temporary directory and
 //! `pg_ctl` on a free loopback port. PostgreSQL refuses to run as root, so as root (CI) the
 //! server runs as the packaged `postgres` user; otherwise as the current user.
+//!
+//! Self-contained (the load harness includes this file too): std, `tempfile`, `libc` and the
+//! `postgres` client only.
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{free_port, wait_until};
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
 
 /// A throwaway cluster; stopped and removed when dropped.
 pub struct PgServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    options: String,
 }
 
 /// The directory holding `initdb` and `pg_ctl`: on `PATH`, else Debian's
 /// `/usr/lib/postgresql/<version>/bin` (the newest).
 fn bin_dir() -> PathBuf {
-    if let Some(initdb) = super::find_on_path("initdb") {
+    if let Some(initdb) = find_on_path("initdb") {
         return initdb.canonicalize().unwrap_or(initdb).parent().expect("initdb's directory").to_owned();
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -39,13 +51,19 @@ fn is_root() -> bool {
 
 impl PgServer {
     pub fn start() -> PgServer {
+        Self::start_with(&["-c", "fsync=off", "-c", "full_page_writes=off"])
+    }
+
+    /// A cluster started with these extra `postgres` options (the load harness keeps fsync on).
+    pub fn start_with(options: &[&str]) -> PgServer {
         let bin = bin_dir();
         let dir = tempfile::Builder::new().prefix("eslstream-pg-").tempdir().expect("temp dir");
         if is_root() {
             let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
             assert!(status.is_ok_and(|s| s.success()), "chown the cluster directory to postgres");
         }
-        let server = PgServer { dir, bin, port: free_port() };
+        let options = options.join(" ");
+        let server = PgServer { dir, bin, port: free_port(), options };
         let data = server.data();
         server
             .run("initdb", &["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
@@ -75,15 +93,20 @@ impl PgServer {
         let data = self.data();
         let log = self.dir.path().join("server.log");
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=50",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=50 {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.options
         );
         self.run(
             "pg_ctl",
             &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &options, "-w", "-t", "30", "start"],
         );
-        wait_until(Duration::from_secs(30), "PostgreSQL to accept connections", || self.try_client().is_some());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.try_client().is_none() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not accept connections within 30 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the server (fast shutdown: open sessions are ended).
