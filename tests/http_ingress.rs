@@ -405,45 +405,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 #[test]
 fn tls_on_the_ingress_listener() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let ca = dir.path().join("ca.pem");
-    let openssl = find_on_path("openssl").expect("openssl not found: scripts/install-deps.sh installs it");
-    let run = |args: &[&str]| {
-        let out =
-            std::process::Command::new(&openssl).current_dir(dir.path()).args(args).output().expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    // A throwaway CA, and a server certificate for localhost signed by it.
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(&[
-        &["req", "-x509"],
-        &ec[..],
-        &["-days", "1", "-subj", "/CN=eslstream test CA", "-keyout", "ca.key", "-out", "ca.pem"],
-    ]
-    .concat());
-    run(&[&["req"], &ec[..], &["-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "leaf.csr"]].concat());
-    std::fs::write(
-        dir.path().join("leaf.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "cert.pem",
-    ]);
+    let support::certs::TestCerts { ca, cert, key } = support::certs::make(dir.path());
     let redis = RedisServer::start();
     let spool = tempfile::tempdir().unwrap();
     let port = free_port();

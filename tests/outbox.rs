@@ -456,3 +456,49 @@ fn awkward_rows_arrive_with_their_exact_values() {
         assert_eq!(&entry.unique_id, key);
     }
 }
+
+#[test]
+fn tls_per_sslmode_verifies_against_the_given_root() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    let certs = support::certs::make(certs_dir.path());
+    // The server reads its key as the postgres user and wants it private.
+    std::fs::set_permissions(&certs.key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    if unsafe { libc::geteuid() } == 0 {
+        let status =
+            std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(certs_dir.path()).status();
+        assert!(status.is_ok_and(|s| s.success()));
+    }
+    let (cert, key) =
+        (format!("ssl_cert_file={}", certs.cert.display()), format!("ssl_key_file={}", certs.key.display()));
+    let pg = PgServer::start_with(&["-c", "fsync=off", "-c", "ssl=on", "-c", &cert, "-c", &key]);
+    let redis = RedisServer::start();
+    init(&pg);
+    insert_rows(pg.port(), 1, 20, 5, 0, Arc::new(AtomicBool::new(false)));
+    let base = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port());
+
+    // Without the private root, verify-full refuses the server, and says why.
+    let port = free_port();
+    let unverified = format!("{base}?sslmode=verify-full");
+    let agent = start_agent(&env(&unverified, &redis, port), &[]);
+    wait_until(Duration::from_secs(20), "a certificate error in /health", || {
+        outbox_health(port).is_some_and(|o| {
+            o["connected"] == false && o["last_error"].as_str().is_some_and(|e| e.contains("certificate"))
+        })
+    });
+    assert!(agent.output().contains("certificate"), "{}", agent.output());
+    assert_eq!(xlen(&mut redis.connection(), STREAM), 0);
+    drop(agent);
+
+    // With it, the relay connects over TLS and relays.
+    let root = certs.ca.display().to_string();
+    let verified = format!("{base}?sslmode=verify-full&sslrootcert={root}");
+    let port = free_port();
+    let _agent = start_agent(&env(&verified, &redis, port), &[]);
+    assert_relayed(&pg, &redis, 20, Duration::from_secs(30));
+    let mut c = pg.client();
+    let tls_sessions: i64 = c
+        .query_one("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'eslstream outbox relay'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(tls_sessions, 1, "the relay's session is encrypted");
+}

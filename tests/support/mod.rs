@@ -8,6 +8,7 @@
 //! child's stderr) instead of hanging.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod certs;
 pub mod metrics;
 pub mod postgres;
 pub mod proxy;
