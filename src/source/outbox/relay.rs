@@ -229,7 +229,11 @@ impl Relay {
         let mut sessions = 0u64;
         let mut last_problem: Option<String> = None;
         while !self.shutdown.is_triggered() {
-            let wait = match self.target.connect().await {
+            let connected = tokio::select! {
+                connected = self.target.connect() => connected,
+                _ = self.shutdown.wait() => break,
+            };
+            let wait = match connected {
                 Err(e) => {
                     self.lost(&e, &mut last_problem);
                     backoff
@@ -239,7 +243,16 @@ impl Relay {
                         metrics().outbox_reconnections.inc();
                     }
                     sessions += 1;
-                    let end = self.serve(&session).await;
+                    // A database that stops answering must not hold the agent's shutdown: past
+                    // the grace the session is dropped (its rows stay; a re-send is harmless).
+                    let shutdown = self.shutdown.clone();
+                    let end = tokio::select! {
+                        end = self.serve(&session) => end,
+                        _ = async {
+                            shutdown.wait().await;
+                            tokio::time::sleep(STOP_GRACE * 2).await;
+                        } => SessionEnd::Shutdown,
+                    };
                     metrics().outbox_active.set(0);
                     match end {
                         SessionEnd::Shutdown => break,
