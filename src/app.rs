@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::ops::context::AppContext;
+use crate::pipeline::fence::Fence;
 use crate::pipeline::spool::record::V1Streams;
 use crate::pipeline::spool::{open_lanes, SpoolBudget};
 use crate::pipeline::{Pipeline, PipelineShape, WriteNow};
@@ -20,6 +21,7 @@ use crate::shutdown::Shutdown;
 use crate::sink::dlq::DeadLetters;
 use crate::sink::writer::LaneWriter;
 use crate::source::esl::client::EslClient;
+use crate::source::esl::pair::Pair;
 use crate::source::esl::routes::Router;
 use crate::source::http::HttpIngress;
 use crate::source::outbox::OutboxSource;
@@ -37,6 +39,8 @@ pub struct Agent {
     pub intake: Arc<Intake>,
     pub shutdown: Shutdown,
     reader: Option<JoinHandle<()>>,
+    /// The hot-standby pair's lease thread, and the signal that ends it (after the drain).
+    pair: Option<(Arc<Pair>, JoinHandle<()>, Shutdown)>,
     outbox: Option<OutboxSource>,
     writers: Vec<JoinHandle<()>>,
     ops: crate::ops::Ops,
@@ -100,16 +104,16 @@ impl Agent {
         let dead_letters = Arc::new(DeadLetters::open(&dlq_dir).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot open the dead-letter store in {}: {e}", dlq_dir.display()))
         })?);
+        let fence = config.ha.as_ref().map(|ha| Arc::new(Fence::new(&ha.group)));
         let mut writers = Vec::new();
         let mut write_now: Vec<Arc<dyn WriteNow>> = Vec::new();
         for lane in pipeline.lanes() {
-            let writer = Arc::new(LaneWriter::new(
-                lane.clone(),
-                config.clone(),
-                state.clone(),
-                shutdown.clone(),
-                dead_letters.clone(),
-            ));
+            let writer =
+                LaneWriter::new(lane.clone(), config.clone(), state.clone(), shutdown.clone(), dead_letters.clone());
+            let writer = Arc::new(match &fence {
+                Some(fence) => writer.with_fence(fence.clone()),
+                None => writer,
+            });
             write_now.push(writer.clone());
             writers.push(
                 std::thread::Builder::new().name(format!("writer-{}", lane.index())).spawn(move || writer.run())?,
@@ -120,6 +124,19 @@ impl Agent {
         }
 
         let intake = Intake::new(pipeline.clone(), state.clone());
+        let pair = match (&config.ha, &fence) {
+            (Some(ha), Some(fence)) => {
+                let pair = Pair::new(ha.clone(), config.redis.clone(), fence.clone(), intake.clone());
+                let stop = Shutdown::new();
+                let thread = {
+                    let (pair, stop) = (pair.clone(), stop.clone());
+                    std::thread::Builder::new().name("ha-lease".into()).spawn(move || pair.run(stop))?
+                };
+                info!(group = %ha.group, agent = %ha.agent_id, "hot-standby pair: starting as standby");
+                Some((pair, thread, stop))
+            }
+            _ => None,
+        };
         let reader = if config.esl.enabled {
             let streams = &config.streams;
             let router = Router::new(
@@ -136,6 +153,10 @@ impl Agent {
                 state.clone(),
                 shutdown.clone(),
             );
+            let client = match &pair {
+                Some((pair, _, _)) => client.with_pair(pair.clone()),
+                None => client,
+            };
             Some(std::thread::Builder::new().name("esl-reader".into()).spawn(move || client.run())?)
         } else {
             info!("ESL_ENABLED=false: no event socket is read");
@@ -162,6 +183,9 @@ impl Agent {
         if let Some(outbox) = &outbox {
             ctx = ctx.with_outbox(outbox.status.clone());
         }
+        if let Some((pair, _, _)) = &pair {
+            ctx = ctx.with_pair(pair.clone());
+        }
         if config.http_ingress.enabled {
             ctx = ctx.with_ingress(HttpIngress::new(config.http_ingress.clone(), intake.clone()));
         }
@@ -175,6 +199,7 @@ impl Agent {
             intake,
             shutdown,
             reader,
+            pair,
             outbox,
             writers,
             ops,
@@ -216,6 +241,11 @@ impl Agent {
         }
         for w in self.writers.drain(..) {
             let _ = w.join();
+        }
+        // Drained: now the pair's lease can go (the other agent takes over at once).
+        if let Some((_, thread, stop)) = self.pair.take() {
+            stop.trigger();
+            let _ = thread.join();
         }
         for lane in self.pipeline.lanes() {
             if let Err(e) = lane.sync_spool() {

@@ -252,6 +252,20 @@ impl OutboxConfig {
     }
 }
 
+/// The hot-standby pair (`HA_GROUP` set): two agents beside one switch, one writing.
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// `HA_GROUP`: one name per switch; both agents of the pair use it.
+    pub group: String,
+    /// `HA_LEASE_TTL`: how long the active's lease lasts unless renewed.
+    pub lease_ttl: Duration,
+    /// `HA_REPLAY_WINDOW` / `HA_REPLAY_MAX_BYTES`: what a standby keeps to replay at takeover.
+    pub replay_window: Duration,
+    pub replay_max_bytes: u64,
+    /// `HA_AGENT_ID`: how this agent is named as the lease holder (default `<hostname>:<pid>`).
+    pub agent_id: String,
+}
+
 /// Latency thresholds that produce warnings.
 #[derive(Debug, Clone)]
 pub struct LatencyThresholds {
@@ -284,6 +298,8 @@ pub struct Config {
     pub http_ingress: HttpIngressConfig,
     /// The outbox source, when `OUTBOX_DATABASE_URL` is set.
     pub outbox: Option<OutboxConfig>,
+    /// The hot-standby pair, when `HA_GROUP` is set.
+    pub ha: Option<HaConfig>,
     /// Reference variables that were set but mean nothing here, with the reason.
     pub ignored: Vec<(String, String)>,
 }
@@ -524,6 +540,7 @@ impl Config {
             http_token: r.raw("HTTP_TOKEN").map(str::to_owned),
             http_ingress,
             outbox: outbox(&r)?,
+            ha: ha(&r)?,
             ignored,
         })
     }
@@ -613,8 +630,16 @@ impl Config {
             ("OUTBOX_KEEP", o.map(|o| o.keep.to_string()).unwrap_or_default()),
             ("OUTBOX_PRODUCER", o.and_then(|o| o.producer.clone()).unwrap_or_default()),
         ];
+        let h = self.ha.as_ref();
+        let ha: Vec<(&str, String)> = vec![
+            ("HA_GROUP", h.map(|h| h.group.clone()).unwrap_or_default()),
+            ("HA_LEASE_TTL", h.map(|h| d(h.lease_ttl)).unwrap_or_default()),
+            ("HA_REPLAY_WINDOW", h.map(|h| d(h.replay_window)).unwrap_or_default()),
+            ("HA_REPLAY_MAX_BYTES", h.map(|h| h.replay_max_bytes.to_string()).unwrap_or_default()),
+            ("HA_AGENT_ID", h.map(|h| h.agent_id.clone()).unwrap_or_default()),
+        ];
         let mut out = String::new();
-        for (name, value) in lines.into_iter().chain(outbox) {
+        for (name, value) in lines.into_iter().chain(outbox).chain(ha) {
             out.push_str(&format!("{name}={value}\n"));
         }
         for (name, why) in &self.ignored {
@@ -732,6 +757,53 @@ fn outbox(r: &Reader<'_>) -> Result<Option<OutboxConfig>, ConfigError> {
         keep: r.get("OUTBOX_KEEP", false, "true or false", parse_bool)?,
         producer,
     }))
+}
+
+/// `HA_*`: `None` unless `HA_GROUP` is set.
+fn ha(r: &Reader<'_>) -> Result<Option<HaConfig>, ConfigError> {
+    let Some(group) = r.raw("HA_GROUP").map(str::trim) else { return Ok(None) };
+    let name_ok = |s: &str| {
+        !s.is_empty() && s.len() <= 100 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+    };
+    if !name_ok(group) {
+        return Err(r.error("HA_GROUP", "a name for the switch's pair: 1-100 letters, digits, _ - . :"));
+    }
+    let lease_ttl = r.positive_duration("HA_LEASE_TTL", "2s")?;
+    if lease_ttl < Duration::from_millis(500) {
+        return Err(r.error("HA_LEASE_TTL", "500ms or more (it is renewed every quarter of it)"));
+    }
+    let agent_id = match r.raw("HA_AGENT_ID") {
+        Some(id) if name_ok(id.trim()) => id.trim().to_owned(),
+        Some(_) => return Err(r.error("HA_AGENT_ID", "1-100 letters, digits, _ - . :")),
+        None => format!("{}:{}", hostname(), std::process::id()),
+    };
+    Ok(Some(HaConfig {
+        group: group.to_owned(),
+        lease_ttl,
+        replay_window: r.positive_duration("HA_REPLAY_WINDOW", "10s")?,
+        replay_max_bytes: r.get("HA_REPLAY_MAX_BYTES", 128 << 20, "a size such as 134217728 or 128MiB", |s| {
+            parse_bytes(s).filter(|b| *b >= 1 << 20)
+        })?,
+        agent_id,
+    }))
+}
+
+/// This host's name (for the default `HA_AGENT_ID`), its characters kept to the safe set.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname(2) writes at most `buf.len()` bytes into `buf`.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name: String = String::from_utf8_lossy(&buf[..if ok { len } else { 0 }])
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' })
+        .take(80)
+        .collect();
+    if name.is_empty() {
+        "agent".into()
+    } else {
+        name
+    }
 }
 
 /// Hides the password of an `OUTBOX_DATABASE_URL` (URL or libpq `key=value` form).

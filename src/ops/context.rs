@@ -8,6 +8,7 @@ use crate::ops::health::HealthBoard;
 use crate::pipeline::spool::SpoolBudget;
 use crate::pipeline::Pipeline;
 use crate::sink::dlq::DeadLetters;
+use crate::source::esl::pair::Pair;
 use crate::source::http::HttpIngress;
 use crate::source::outbox::OutboxStatus;
 use crate::state::AgentState;
@@ -25,6 +26,8 @@ pub struct AppContext {
     pub ingress: Option<Arc<HttpIngress>>,
     /// The outbox relay's state, when `OUTBOX_DATABASE_URL` is set.
     pub outbox: Option<Arc<OutboxStatus>>,
+    /// This agent's side of a hot-standby pair, when `HA_GROUP` is set.
+    pub pair: Option<Arc<Pair>>,
 }
 
 impl AppContext {
@@ -45,6 +48,7 @@ impl AppContext {
             health: Arc::new(HealthBoard::default()),
             ingress: None,
             outbox: None,
+            pair: None,
         })
     }
 
@@ -58,6 +62,11 @@ impl AppContext {
         Arc::new(AppContext { outbox: Some(outbox), ..self.unshared() })
     }
 
+    /// The same context reporting this agent's side of a hot-standby pair.
+    pub fn with_pair(self: Arc<Self>, pair: Arc<Pair>) -> Arc<AppContext> {
+        Arc::new(AppContext { pair: Some(pair), ..self.unshared() })
+    }
+
     /// The context itself, or a copy of it when it is shared already.
     fn unshared(self: Arc<Self>) -> AppContext {
         Arc::try_unwrap(self).unwrap_or_else(|shared| AppContext {
@@ -69,6 +78,7 @@ impl AppContext {
             health: shared.health.clone(),
             ingress: shared.ingress.clone(),
             outbox: shared.outbox.clone(),
+            pair: shared.pair.clone(),
         })
     }
 }

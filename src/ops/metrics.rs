@@ -106,6 +106,14 @@ pub struct Metrics {
     pub outbox_active: IntGauge,
     /// Connections to PostgreSQL made after the first.
     pub outbox_reconnections: IntCounter,
+    /// Hot-standby pair: 1 while this agent is the active one, 0 while standby.
+    pub ha_role: IntGauge,
+    /// Times this agent took the pair's lease over.
+    pub ha_takeovers: IntCounter,
+    /// Events of the replay window written at a takeover, by outcome (`written`, `duplicate`).
+    pub ha_replayed: IntCounterVec,
+    /// Switch events this agent did not write because it held no lease (the active one did).
+    pub ha_fenced: IntCounter,
     /// Always 1; the labels say which build is running.
     pub build_info: IntGaugeVec,
     /// When the process started, in seconds since the epoch.
@@ -353,6 +361,19 @@ impl Metrics {
                 "eslstream_outbox_reconnections_total",
                 "Connections to PostgreSQL made after the first",
             ),
+            ha_role: gauge(&r, "eslstream_ha_role", "Hot-standby pair: 1 while this agent is active, 0 while standby"),
+            ha_takeovers: counter(&r, "eslstream_ha_takeovers_total", "Times this agent took the pair's lease over"),
+            ha_replayed: counter_vec(
+                &r,
+                "eslstream_ha_replayed_events_total",
+                "Events of the replay window written at a takeover, by outcome (written, duplicate)",
+                &["outcome"],
+            ),
+            ha_fenced: counter(
+                &r,
+                "eslstream_ha_fenced_total",
+                "Switch events not written by this agent because it held no lease (the pair's active agent wrote them)",
+            ),
             build_info: gauge_vec(
                 &r,
                 "eslstream_build_info",
@@ -381,6 +402,9 @@ pub fn metrics() -> &'static Metrics {
             m.outbox_rows.with_label_values(&[outcome]);
         }
         m.events_deferred.with_label_values(&["outbox"]);
+        for outcome in ["written", "duplicate"] {
+            m.ha_replayed.with_label_values(&[outcome]);
+        }
         m
     })
 }

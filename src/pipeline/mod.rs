@@ -1,8 +1,10 @@
 //! Between sources and sinks: [`lanes`] (one per writer, chosen by ordering key, three tiers:
 //! channel, memory overflow, durable [`spool`]), the choice of lane ([`routing`]), and the
-//! acknowledgements that tell a source what became of its events ([`ack`]).
+//! acknowledgements that tell a source what became of its events ([`ack`]), and the write
+//! [`fence`] of a hot-standby pair.
 
 pub mod ack;
+pub mod fence;
 pub mod lanes;
 pub mod routing;
 pub mod spool;

@@ -60,6 +60,10 @@ pub struct SimulateArgs {
     /// With --drop-after: drop again every N events.
     #[arg(long)]
     pub drop_repeat: bool,
+    /// Start sending once this many listeners are subscribed (every listener gets every
+    /// event, as FreeSWITCH sends them: `--listeners 2` to demonstrate a hot-standby pair).
+    #[arg(long, default_value_t = 1)]
+    pub listeners: usize,
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
@@ -126,6 +130,7 @@ fn options_from(args: &SimulateArgs) -> Result<SimulateOptions, String> {
             mid_frame: args.drop_mid_frame,
             repeat: args.drop_repeat,
         }),
+        min_listeners: args.listeners.max(1),
         ..SimulateOptions::default()
     };
     if let Some(path) = &args.replay {

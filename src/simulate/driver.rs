@@ -114,7 +114,7 @@ impl Driver {
     /// One turn of the loop: send one thing, or wait a little.
     fn step(&mut self) {
         self.refresh_targets();
-        if self.targets.is_empty() {
+        if self.targets.is_empty() || self.first_subscribed.is_none() {
             self.idle(IDLE_WAIT);
             return;
         }
@@ -155,7 +155,7 @@ impl Driver {
             self.fault = control.fault;
             self.fault_countdown = self.fault.map_or(0, |f| f.after_events);
         }
-        if !self.targets.is_empty() && self.first_subscribed.is_none() {
+        if self.targets.len() >= self.shared.opts.min_listeners.max(1) && self.first_subscribed.is_none() {
             self.first_subscribed = Some(Instant::now());
         }
     }

@@ -63,6 +63,10 @@ pub struct SimulateOptions {
     pub fault: Option<Fault>,
     /// `FreeSWITCH-Hostname` / `FreeSWITCH-Switchname`.
     pub hostname: String,
+    /// Traffic starts once this many listeners are subscribed (a hot-standby pair: both see
+    /// every event from the first). Every subscribed listener gets every event it asked for,
+    /// as FreeSWITCH sends them; once traffic runs, it goes on for whoever is still there.
+    pub min_listeners: usize,
 }
 
 impl Default for SimulateOptions {
@@ -83,6 +87,7 @@ impl Default for SimulateOptions {
             replay: Vec::new(),
             fault: None,
             hostname: "eslstream-sim".into(),
+            min_listeners: 1,
         }
     }
 }

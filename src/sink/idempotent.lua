@@ -4,12 +4,16 @@
 --       producer, 2^20 ids per key; a set bit means that event was written); a sorted set
 --       records string ids (member: the id; score: when it was written, in seconds).
 -- ARGV: [1] bitmap TTL in seconds, [2] how long a string id is remembered (seconds), [3] how
---       many string ids a set keeps at most, [4] one letter per KEYS entry, 'b' for a bitmap or
---       's' for a set; then per entry: index into KEYS of its dedup key
+--       many string ids a set keeps at most, [4] one letter per KEYS entry, 'b' for a bitmap,
+--       's' for a set, 'f' for a stream's fence (hot-standby pairs), [5] the lease epoch the
+--       write carries (0: not fenced); then per entry: index into KEYS of its dedup key
 --       (0 = none), its mark (the bit for a bitmap, the id for a set), n, and the n arguments
 --       of its XADD (key, [MAXLEN ~ len,] *, field, value, ...).
 -- Returns one item per entry: the new entry ID, 'dup' when its id was already recorded
 -- (nothing added), or 'E:<error>' for an entry Redis refused (its id is forgotten again).
+-- A fence key holds the highest epoch that wrote to its stream: a write whose epoch is lower
+-- (an agent that lost its lease and does not know it yet) writes nothing and fails with
+-- FENCED; otherwise the fence is raised to the write's epoch before anything else is written.
 --
 -- Every id is checked and recorded first (SETBIT returns the old bit, so one call both asks
 -- and records; a set member is looked up, then added): those are the script's first writes,
@@ -20,10 +24,29 @@ local bitmap_ttl = tonumber(ARGV[1])
 local keys_ttl = tonumber(ARGV[2])
 local keys_max = tonumber(ARGV[3])
 local kinds = ARGV[4]
+local epoch = tonumber(ARGV[5])
 local now = tonumber(redis.call('TIME')[1])
 
+local function kind(g)
+  return string.sub(kinds, g, g)
+end
+
+for g = 1, #KEYS do
+  if kind(g) == 'f' then
+    local seen = tonumber(redis.call('GET', KEYS[g]) or '0')
+    if seen > epoch then
+      return redis.error_reply('FENCED lease epoch ' .. epoch .. ' is older than ' .. seen .. ' on ' .. KEYS[g])
+    end
+  end
+end
+for g = 1, #KEYS do
+  if kind(g) == 'f' then
+    redis.call('SET', KEYS[g], epoch, 'EX', bitmap_ttl)
+  end
+end
+
 local entries = {}
-local a = 5
+local a = 6
 while a <= #ARGV do
   local n = tonumber(ARGV[a + 2])
   entries[#entries + 1] = { tonumber(ARGV[a]), ARGV[a + 1], a + 3, a + 2 + n }
@@ -31,7 +54,7 @@ while a <= #ARGV do
 end
 
 local function set_key(g)
-  return string.sub(kinds, g, g) == 's'
+  return kind(g) == 's'
 end
 
 local skip = {}
@@ -81,7 +104,7 @@ for g = 1, #KEYS do
       redis.call('ZREMRANGEBYRANK', KEYS[g], 0, extra - 1)
     end
     redis.call('EXPIRE', KEYS[g], keys_ttl)
-  else
+  elseif kind(g) == 'b' then
     redis.call('EXPIRE', KEYS[g], bitmap_ttl)
   end
 end

@@ -260,6 +260,10 @@ pub enum WriteError {
     /// Redis answered with an error that may pass (OOM, LOADING, BUSY, paused ...).
     #[error("Redis is refusing writes for now: {0}")]
     Transient(String),
+    /// A hot-standby pair's fence refused the write: another agent holds a newer lease and
+    /// has written to the stream. Nothing of the batch was written.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl WriteError {
@@ -267,6 +271,7 @@ impl WriteError {
         match self {
             WriteError::Connection(_) => "connection",
             WriteError::Transient(_) => "transient",
+            WriteError::Fenced(_) => "fenced",
         }
     }
 }
@@ -301,6 +306,10 @@ pub struct RedisSink {
     resp: Resp,
     /// How long a read waits for the reply now (set on the socket only when it changes).
     reply_timeout: Duration,
+    /// The hot-standby pair's group and the lease epoch the next writes carry.
+    fence: Option<(String, u64)>,
+    /// Every batch takes the checking script ([`RedisSink::use_script_only`]).
+    always_check: bool,
 }
 
 impl RedisSink {
@@ -324,7 +333,25 @@ impl RedisSink {
             idmp_checked: Vec::new(),
             reply_timeout: config.write_timeout,
             resp: Resp::with_capacity(1 << 20),
+            fence: None,
+            always_check: false,
         })
+    }
+
+    /// Writes every batch through the checking script, on every server (a hot-standby pair:
+    /// the other agent may have written any event already, both must record ids in the same
+    /// place, and only the script checks the fence).
+    pub fn use_script_only(&mut self) {
+        self.mode = WriteMode::Script;
+        self.always_check = true;
+    }
+
+    /// The lease epoch the next writes carry (`None`: not fenced), for pair `group`.
+    pub fn set_fence(&mut self, fence: Option<(&str, u64)>) {
+        match (fence, &mut self.fence) {
+            (Some((group, epoch)), Some((g, e))) if g == group => *e = epoch,
+            (fence, slot) => *slot = fence.map(|(g, e)| (g.to_owned(), e)),
+        }
     }
 
     /// How long the next writes wait for their reply (a system call only when it changes).
@@ -358,7 +385,7 @@ impl RedisSink {
     pub fn write(&mut self, entries: &[Entry], maybe_written: bool) -> Result<Vec<EntryOutcome>, WriteError> {
         match self.mode {
             WriteMode::Idmp => self.write_idmp(entries),
-            WriteMode::Script if maybe_written || entries.iter().any(Entry::has_string_id) => {
+            WriteMode::Script if maybe_written || self.always_check || entries.iter().any(Entry::has_string_id) => {
                 self.write_script(entries)
             }
             WriteMode::Script => self.write_transaction(entries),
@@ -368,15 +395,30 @@ impl RedisSink {
     /// The checking path: one script call that skips entries whose key was already written.
     fn write_script(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
         let groups = DedupGroups::new(entries);
-        let args = 7 + groups.keys.len() + entries.iter().map(|e| 3 + e.xadd_arg_count()).sum::<usize>();
+        // A fenced write checks and raises the fence of every stream it writes to.
+        let mut fences: Vec<String> = Vec::new();
+        if let Some((group, _)) = &self.fence {
+            for e in entries {
+                let key = fence_key(&e.stream_key, group);
+                if !fences.contains(&key) {
+                    fences.push(key);
+                }
+            }
+        }
+        let epoch = self.fence.as_ref().map_or(0, |(_, epoch)| *epoch);
+        let keys = groups.keys.len() + fences.len();
+        let args = 8 + keys + entries.iter().map(|e| 3 + e.xadd_arg_count()).sum::<usize>();
         let resp = &mut self.resp;
         resp.clear();
-        resp.command(args).arg(b"EVALSHA").arg(self.script_sha.as_bytes()).int(groups.keys.len() as i64);
+        resp.command(args).arg(b"EVALSHA").arg(self.script_sha.as_bytes()).int(keys as i64);
         for (key, _, _) in &groups.keys {
             resp.arg(key.as_bytes());
         }
+        for key in &fences {
+            resp.arg(key.as_bytes());
+        }
         resp.int(DEDUP_TTL_SECS as i64).int(self.keys_ttl_secs as i64).int(self.keys_max as i64);
-        let kinds: Vec<u8> = groups
+        let mut kinds: Vec<u8> = groups
             .keys
             .iter()
             .map(|(_, _, mark)| match mark {
@@ -384,7 +426,8 @@ impl RedisSink {
                 DedupMark::Member => b's',
             })
             .collect();
-        resp.arg(&kinds);
+        kinds.extend(fences.iter().map(|_| b'f'));
+        resp.arg(&kinds).int(epoch as i64);
         for (e, group) in entries.iter().zip(&groups.of_entry) {
             resp.int(*group as i64 + 1);
             match (&e.id, e.dedup_mark()) {
@@ -403,6 +446,9 @@ impl RedisSink {
                     .query::<String>(&mut self.conn)
                     .map_err(classify)?;
                 return Err(WriteError::Transient("script was not loaded (server restarted?); loaded it".into()));
+            }
+            Value::ServerError(err) if err.code() == "FENCED" => {
+                return Err(WriteError::Fenced(server_error_text(&err)));
             }
             Value::ServerError(err) => return Err(WriteError::Transient(server_error_text(&err))),
             reply => reply,
@@ -601,6 +647,12 @@ pub fn slot_tag(stream_key: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Owned(format!("{{{stream_key}}}"))
     }
+}
+
+/// The fence of a hot-standby pair on one stream (the highest lease epoch that wrote to it),
+/// kept beside the stream.
+pub fn fence_key(stream_key: &str, group: &str) -> String {
+    format!("{}:ha-fence:{group}", slot_tag(stream_key))
 }
 
 /// One dedup bitmap: ids `generation * 2^20 ..` of one producer, kept beside the stream.

@@ -24,6 +24,7 @@ use crate::envelope::{now_us, Envelope, Source};
 use crate::logging::RateLimit;
 use crate::ops::metrics::{metrics, seconds_between};
 use crate::pipeline::ack::AckStatus;
+use crate::pipeline::fence::Fence;
 use crate::pipeline::{Lane, WriteNow};
 use crate::shutdown::Shutdown;
 use crate::sink::dlq::DeadLetters;
@@ -50,6 +51,13 @@ static SPILL_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
 static LOSSY_WARN: RateLimit = RateLimit::new(Duration::from_secs(60));
 static DUPLICATE_INFO: RateLimit = RateLimit::new(Duration::from_secs(60));
 
+/// What the pair's fence allows for one batch.
+enum Fenced {
+    Nothing,
+    Epoch(String, u64),
+    AllDropped,
+}
+
 /// One lane's writer: the lane, and the writer state behind the lock that makes its holder
 /// the lane's only writer.
 pub struct LaneWriter {
@@ -71,9 +79,17 @@ struct Writer {
     spare_entries: Vec<Entry>,
     /// Consecutive failed attempts, for the backoff; reset by any successful write.
     backoff: u32,
+    /// A hot-standby pair's fence (`HA_GROUP`): ESL events are written only under a lease.
+    fence: Option<Arc<Fence>>,
 }
 
 impl LaneWriter {
+    /// The same writer, fencing the switch's events with the pair's lease.
+    pub fn with_fence(self, fence: Arc<Fence>) -> LaneWriter {
+        self.core.lock().fence = Some(fence);
+        self
+    }
+
     pub fn new(
         lane: Arc<Lane>,
         config: Arc<Config>,
@@ -91,6 +107,7 @@ impl LaneWriter {
             written: WrittenCounters::default(),
             spare_entries: Vec::new(),
             backoff: 0,
+            fence: None,
         };
         LaneWriter { lane, config, core: Mutex::new(core) }
     }
@@ -270,13 +287,28 @@ impl Writer {
         maybe_written: &mut bool,
         timeout: Duration,
     ) -> Result<(), String> {
+        let fence = match self.fence_for(pending, entries) {
+            Fenced::Nothing => None,
+            Fenced::Epoch(group, epoch) => Some((group, epoch)),
+            Fenced::AllDropped => return Ok(()),
+        };
         let started = Instant::now();
         let result = self.sink().and_then(|sink| {
+            sink.set_fence(fence.as_ref().map(|(g, e)| (g.as_str(), *e)));
             sink.set_reply_timeout(timeout)?;
             sink.write(entries, *maybe_written)
         });
         let outcomes = match result {
             Ok(outcomes) => outcomes,
+            Err(WriteError::Fenced(why)) => {
+                // Another agent of the pair holds a newer lease and writes these events itself.
+                if let Some(fence) = &self.fence {
+                    fence.revoke();
+                }
+                warn!(error = %why, "this agent lost the pair's lease; the other agent writes the switch's events now");
+                self.drop_live_esl(pending, entries);
+                return if pending.is_empty() { Ok(()) } else { Err("fenced".into()) };
+            }
             Err(e) => {
                 metrics().write_duration.with_label_values(&["error"]).observe(started.elapsed().as_secs_f64());
                 // Disk first: until a write succeeds, the lane spools new events.
@@ -311,6 +343,46 @@ impl Writer {
         }
         metrics().write_retries.with_label_values(&["partial"]).inc();
         Err("partial write".to_owned())
+    }
+
+    /// What the pair's fence allows for this batch: no fence (no pair, or no ESL event in
+    /// it), the epoch to carry, or nothing left once live ESL events are dropped because
+    /// another agent holds the lease (it writes them; events read back from the spool are
+    /// still written, unfenced: the other agent may never have seen them).
+    fn fence_for(&mut self, pending: &mut Vec<Envelope>, entries: &mut Vec<Entry>) -> Fenced {
+        let Some(fence) = self.fence.clone() else { return Fenced::Nothing };
+        if !pending.iter().any(|e| e.source == Source::Esl) {
+            return Fenced::Nothing;
+        }
+        if let Some(epoch) = fence.current() {
+            return Fenced::Epoch(fence.group().to_owned(), epoch);
+        }
+        self.drop_live_esl(pending, entries);
+        if pending.is_empty() {
+            Fenced::AllDropped
+        } else {
+            Fenced::Nothing
+        }
+    }
+
+    /// Takes the live ESL events (not read back from the spool) out of the batch: the pair's
+    /// active agent writes them. Counted in `eslstream_ha_fenced_total`.
+    fn drop_live_esl(&mut self, pending: &mut Vec<Envelope>, entries: &mut Vec<Entry>) {
+        let (mut kept, mut kept_entries) = (Vec::with_capacity(pending.len()), Vec::with_capacity(entries.len()));
+        let mut dropped = 0u64;
+        for (envelope, entry) in pending.drain(..).zip(entries.drain(..)) {
+            if envelope.source == Source::Esl && envelope.spool_pos.is_none() {
+                dropped += 1;
+                if self.spare_entries.len() < self.config.writer.batch_size {
+                    self.spare_entries.push(entry);
+                }
+            } else {
+                kept.push(envelope);
+                kept_entries.push(entry);
+            }
+        }
+        (*pending, *entries) = (kept, kept_entries);
+        metrics().ha_fenced.inc_by(dropped);
     }
 
     /// Records a failed write; after a lost connection the request may have been executed.
@@ -410,6 +482,9 @@ impl Writer {
         if self.sink.is_none() {
             let mut sink = RedisSink::connect(&self.config.redis)?;
             sink.set_dedup_keys_ttl(self.config.http_ingress.idempotency_ttl);
+            if self.fence.is_some() {
+                sink.use_script_only();
+            }
             info!(mode = ?sink.mode(), "connected to Redis");
             self.state.redis_writers_up.fetch_add(1, Ordering::Relaxed);
             metrics().redis_connected.inc();

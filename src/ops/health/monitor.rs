@@ -225,6 +225,7 @@ impl HealthMonitor {
                 },
                 sources: self.sources(),
                 outbox: s.outbox.clone(),
+                ha: self.ctx.pair.as_ref().map(|p| p.view()),
                 redis: RedisHealth {
                     connected: s.redis_ping.is_ok(),
                     ping_ms,

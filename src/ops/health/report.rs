@@ -33,6 +33,9 @@ pub struct HealthData {
     /// The outbox relay (`null` unless `OUTBOX_DATABASE_URL` is set): role (`active`,
     /// `standby`, `connecting`, `misconfigured`), backlog and the oldest row's age.
     pub outbox: Option<crate::source::outbox::OutboxView>,
+    /// This agent's side of a hot-standby pair (`null` unless `HA_GROUP` is set): its role,
+    /// the lease holder and epoch, the replay window held.
+    pub ha: Option<crate::source::esl::pair::PairView>,
     pub redis: RedisHealth,
     pub queue_depth: usize,
     pub queue_bytes: u64,
@@ -99,6 +102,7 @@ impl HealthReport {
                 esl: EslHealth { connected: false, last_heartbeat: None, last_data: None, reconnects: 0 },
                 sources: BTreeMap::new(),
                 outbox: None,
+                ha: None,
                 redis: RedisHealth { connected: false, ping_ms: None, writers_up: 0 },
                 queue_depth: 0,
                 queue_bytes: 0,

@@ -24,6 +24,7 @@ use crate::shutdown::Shutdown;
 use crate::source::esl::event::{scan_meta, EventFormat, EventMeta};
 use crate::source::esl::frame::{Frame, FrameDecoder, FrameError};
 use crate::source::esl::lag::Lag;
+use crate::source::esl::pair::Pair;
 use crate::source::esl::routes::Router;
 use crate::source::{Intake, KeyAssigner, Offer};
 use crate::state::AgentState;
@@ -76,6 +77,8 @@ pub struct EslClient {
     keys: KeyAssigner,
     /// How far behind the switch the reader is (decides whether it may wait for room).
     lag: Lag,
+    /// One agent of a hot-standby pair (`HA_GROUP`).
+    pair: Option<Arc<Pair>>,
 }
 
 static FILTER_DEBUG: RateLimit = RateLimit::new(Duration::from_secs(60));
@@ -99,7 +102,14 @@ impl EslClient {
             shutdown,
             keys: KeyAssigner::new(),
             lag: Lag::default(),
+            pair: None,
         }
+    }
+
+    /// The same reader as one agent of a hot-standby pair: events go through the pair's gate
+    /// (written when active, kept for replay when standby).
+    pub fn with_pair(self, pair: Arc<Pair>) -> EslClient {
+        EslClient { pair: Some(pair), ..self }
     }
 
     /// Connects and reads until shutdown, reconnecting after every failure.
@@ -302,7 +312,13 @@ impl EslClient {
             maybe_written: false,
             ack: None,
         };
-        self.intake.offer(envelope, Offer { wait_until, write_now: idle });
+        let offer = Offer { wait_until, write_now: idle };
+        match &self.pair {
+            Some(pair) => pair.offer(envelope, offer),
+            None => {
+                self.intake.offer(envelope, offer);
+            }
+        }
         Ok(())
     }
 }
