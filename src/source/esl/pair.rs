@@ -357,10 +357,10 @@ mod tests {
         let seqs: Vec<u64> = w.events.iter().map(|e| e.key.id.seq().unwrap()).collect();
         assert_eq!(seqs, [5, 6, 7, 8, 9]);
         assert_eq!(w.bytes, 500);
-        w.push(event(10, now, 450), Duration::from_secs(15), 1000);
+        w.push(event(10, now, 450), Duration::from_millis(15_500), 1000);
         let seqs: Vec<u64> = w.events.iter().map(|e| e.key.id.seq().unwrap()).collect();
         assert_eq!(seqs, [5, 6, 7, 8, 9, 10], "950 bytes fit in 1000");
-        w.push(event(11, now, 450), Duration::from_secs(15), 1000);
+        w.push(event(11, now, 450), Duration::from_millis(15_500), 1000);
         assert!(w.bytes <= 1000);
         assert_eq!(w.events.back().unwrap().key.id.seq(), Some(11));
         assert!(w.seconds() >= 0.0);
