@@ -113,7 +113,7 @@ fn primary_connection_with(config: &RedisConfig, timeout: Duration) -> RedisResu
 pub fn connect_primary_for(config: &RedisConfig, key: &str, timeout: Duration) -> RedisResult<Connection> {
     match &config.topology {
         RedisTopology::Cluster { .. } => {
-            let primary = primaries_for(config, &[key.to_owned()], timeout)?.remove(0);
+            let primary = primaries_for(config, &[key.to_owned()], &[], timeout)?.remove(0);
             let node = split_host_port(&primary.address)
                 .ok_or_else(|| unreachable(format!("bad address {}", primary.address)))?;
             connect_node(config, Some(&node), timeout)
@@ -183,11 +183,17 @@ fn primary_named_by(
 }
 
 /// The primaries that hold `streams`, each with the streams it holds: one for a single
-/// server or Sentinel, the owner of each stream's slot for a cluster.
-pub fn primaries_for(config: &RedisConfig, streams: &[String], timeout: Duration) -> RedisResult<Vec<Primary>> {
+/// server or Sentinel, the owner of each stream's slot for a cluster (whose map is asked of
+/// the `known` nodes first, then of the seeds).
+pub fn primaries_for(
+    config: &RedisConfig,
+    streams: &[String],
+    known: &[String],
+    timeout: Duration,
+) -> RedisResult<Vec<Primary>> {
     match &config.topology {
         RedisTopology::Cluster { .. } => {
-            let map = SlotMap::fetch(config, &[], timeout)?;
+            let map = SlotMap::fetch(config, known, timeout)?;
             let mut out: Vec<Primary> = Vec::new();
             for stream in streams {
                 let node = map.node_for_key(stream).ok_or_else(|| {
@@ -245,7 +251,10 @@ impl PrimaryConnections {
                 }
                 vec![Primary { address, streams: streams.to_vec() }]
             }
-            _ => primaries_for(&self.config, streams, self.timeout)?,
+            _ => {
+                let known: Vec<String> = self.conns.iter().map(|(a, _)| a.clone()).collect();
+                primaries_for(&self.config, streams, &known, self.timeout)?
+            }
         };
         self.conns.retain(|(a, _)| primaries.iter().any(|p| p.address == *a));
         Ok(primaries)
