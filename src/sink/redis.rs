@@ -800,6 +800,20 @@ mod tests {
     }
 
     #[test]
+    fn topology_errors_are_recognised() {
+        assert!(names_topology_error("Transaction aborted: [(Index 3, error: Moved: 1234 127.0.0.1:7001)]"));
+        assert!(names_topology_error("ReadOnly: You can't write against a read only replica."));
+        assert!(names_topology_error("CLUSTERDOWN The cluster is down"));
+        assert!(names_topology_error("ASK 866 127.0.0.1:7002"));
+        assert!(!names_topology_error("OOM command not allowed when used memory > 'maxmemory'"));
+        assert!(!names_topology_error("TASK failed; MOVEDX"));
+        let e = classify(RedisError::from((ErrorKind::Server(redis::ServerErrorKind::ReadOnly), "read only")));
+        assert_eq!(e.kind(), "topology");
+        assert!(e.maybe_written() && WriteError::Unconfirmed(String::new()).maybe_written());
+        assert!(!WriteError::Transient(String::new()).maybe_written());
+    }
+
+    #[test]
     fn backoff_is_capped() {
         let b = Duration::from_millis(100);
         assert_eq!(backoff(b, 0, Duration::from_secs(5)), b);

@@ -260,6 +260,10 @@ impl PrimaryConnections {
         Ok(primaries)
     }
 
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
     /// The connection to `address` (made now when there is none: `true`).
     pub fn get(&mut self, address: &str) -> RedisResult<(&mut Connection, bool)> {
         if let Some(i) = self.conns.iter().position(|(a, _)| a == address) {

@@ -55,8 +55,9 @@ impl RedisProbe {
             let mut missing = Vec::new();
             for p in &primaries {
                 let streams: Vec<&str> = p.streams.iter().map(String::as_str).collect();
+                let topology = permissions::TopologyCommands::of(self.conns.config());
                 let (conn, _) = self.conns.get(&p.address)?;
-                missing.extend(permissions::check(conn, &streams)?.iter().map(|m| m.to_string()));
+                missing.extend(permissions::check(conn, &streams, topology)?.iter().map(|m| m.to_string()));
             }
             if missing != self.missing {
                 for m in &missing {
