@@ -143,6 +143,10 @@ fn sentinel_primary_killed_mid_run_with_wait_replicas() {
     });
     // The sentinels make the old primary a replica of the new one: WAIT can be satisfied.
     set.primary.restart();
+    let address = format!("127.0.0.1:{replica_port}");
+    wait_until(Duration::from_secs(30), "/health naming the new primary", || {
+        health(port).is_some_and(|h| h["data"]["redis"]["primaries"] == serde_json::json!([address]))
+    });
     eprintln!("sentinel failover: replica promoted {promoted:?} after the kill, writing resumed after {resumed:?}");
     finish(&mut agent, &sim, port, || set.replica.connection());
     let out = agent.output();

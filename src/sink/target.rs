@@ -244,11 +244,9 @@ impl PrimaryConnections {
     pub fn resolve(&mut self, streams: &[String]) -> RedisResult<Vec<Primary>> {
         let primaries = match &self.config.topology {
             RedisTopology::Sentinel { .. } => {
-                let (address, conn) = primary_connection_with(&self.config, self.timeout)?;
-                if !self.conns.iter().any(|(a, _)| *a == address) {
-                    self.conns.clear();
-                    self.conns.push((address.clone(), conn));
-                }
+                // Asked every round, so a failover is seen even while the old primary answers;
+                // the connection kept is made by `get` (a new one counts as fresh).
+                let (address, _) = primary_connection_with(&self.config, self.timeout)?;
                 vec![Primary { address, streams: streams.to_vec() }]
             }
             _ => {
