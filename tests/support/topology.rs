@@ -118,18 +118,26 @@ impl RedisCluster {
         self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect::<Vec<_>>().join(",")
     }
 
-    /// The slot map as a live node sees it.
+    /// The slot map most live nodes agree on (a node just restarted may still claim its old
+    /// slots for a moment).
     pub fn slot_map(&self) -> SlotMap {
+        let mut maps: Vec<(SlotMap, usize)> = Vec::new();
         for node in self.nodes.iter().filter(|n| n.pid().is_some()) {
             let Ok(mut conn) = node.client().get_connection_with_timeout(Duration::from_millis(500)) else { continue };
             let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
             if let Ok(reply) = redis::cmd("CLUSTER").arg("SLOTS").query::<redis::Value>(&mut conn) {
                 if let Ok(map) = SlotMap::parse(&reply, "127.0.0.1") {
-                    return map;
+                    match maps.iter_mut().find(|(m, _)| *m == map) {
+                        Some((_, votes)) => *votes += 1,
+                        None => maps.push((map, 1)),
+                    }
                 }
             }
         }
-        panic!("no cluster node answered CLUSTER SLOTS");
+        maps.into_iter()
+            .max_by_key(|(_, votes)| *votes)
+            .map(|(map, _)| map)
+            .expect("a cluster node answered CLUSTER SLOTS")
     }
 
     /// Index into `nodes` of the primary serving `key` now.
