@@ -792,6 +792,12 @@ fn redis_config(r: &Reader<'_>) -> Result<RedisConfig, ConfigError> {
             return Err(r.error("REDIS_CLUSTER_NODES", "unset when REDIS_SENTINELS is set (one topology at a time)"))
         }
     };
+    if matches!(topology, RedisTopology::Cluster { .. }) {
+        use redis::IntoConnectionInfo;
+        if url.as_str().into_connection_info().is_ok_and(|info| info.redis_settings().db() != 0) {
+            return Err(r.error("REDIS_URL", "database 0 with REDIS_CLUSTER_NODES (a cluster has no other)"));
+        }
+    }
     let socket = url.starts_with("redis+unix://") || url.starts_with("unix://");
     if socket && topology != RedisTopology::Standalone {
         return Err(r.error("REDIS_URL", "a redis:// or rediss:// URL with Sentinel or Cluster (not a socket)"));
@@ -957,6 +963,7 @@ mod tests {
             "REDIS_CLUSTER_NODES"
         );
         assert_eq!(err(&[("REDIS_WAIT_REPLICAS", "-1")]), "REDIS_WAIT_REPLICAS");
+        assert_eq!(err(&[("REDIS_CLUSTER_NODES", "a:1"), ("REDIS_URL", "redis://h:1/3")]), "REDIS_URL");
         // TLS files: named when missing or not PEM, and only with rediss://.
         let tls = [("REDIS_URL", "rediss://127.0.0.1:6380/")];
         let missing = [tls[0], ("REDIS_TLS_CA_CERT", "/nonexistent/ca.pem")];
