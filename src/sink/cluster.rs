@@ -20,8 +20,8 @@ use std::time::Duration;
 use redis::{RedisResult, Value};
 
 use crate::config::{split_host_port, RedisConfig, RedisTopology};
+use crate::sink::connect::{connect_node, unreachable};
 use crate::sink::redis::{classify, Entry, EntryOutcome, RedisSink, WriteError, WriteMode};
-use crate::sink::target::{connect_node, unreachable};
 
 /// Slots in a Redis Cluster.
 pub const SLOTS: u16 = 16384;

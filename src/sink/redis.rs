@@ -354,10 +354,11 @@ pub struct RedisSink {
 }
 
 impl RedisSink {
-    /// Connects to the primary (`REDIS_URL`'s server, or the one the sentinels name), sets
-    /// timeouts, and detects the server's version to pick the write mode.
+    /// Connects to the server of `REDIS_URL` (whatever the topology: the writers connect
+    /// through [`crate::sink::target::Sink`]), sets timeouts, and detects the server's
+    /// version to pick the write mode.
     pub fn connect(config: &RedisConfig) -> Result<RedisSink, WriteError> {
-        let (_, conn) = crate::sink::target::primary_connection(config).map_err(classify)?;
+        let conn = crate::sink::connect::connect_node(config, None, config.write_timeout).map_err(classify)?;
         RedisSink::on(conn, config)
     }
 

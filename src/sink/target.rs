@@ -1,8 +1,8 @@
-//! Where writes go: connections to the server of `REDIS_URL`, to the primary the sentinels
-//! name (`REDIS_SENTINELS`), or to the primaries of a Redis Cluster (`REDIS_CLUSTER_NODES`),
-//! every one made the same way (the URL's credentials, database and scheme, the TLS files of
-//! `REDIS_TLS_*`, the dial and read timeouts); and the [`Sink`] a writer writes through,
-//! whichever topology it is.
+//! Where writes go: the server of `REDIS_URL`, the primary the sentinels name
+//! (`REDIS_SENTINELS`), or the primaries of a Redis Cluster (`REDIS_CLUSTER_NODES`) holding
+//! each stream; connections to them kept for the monitor and the trimmer
+//! ([`PrimaryConnections`]); and the [`Sink`] a writer writes through, whichever topology it
+//! is. Every connection is made by [`crate::sink::connect`].
 //!
 //! Sentinel discovery is done here rather than with redis-rs's `sentinel` module because its
 //! synchronous client connects and queries without timeouts: one sentinel that stops
@@ -11,85 +11,12 @@
 
 use std::time::Duration;
 
-use redis::{
-    ClientTlsConfig, Connection, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult,
-    TlsCertificates, Value,
-};
+use redis::{Connection, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisResult, Value};
 
 use crate::config::{split_host_port, RedisConfig, RedisTopology};
 use crate::sink::cluster::{ClusterSink, SlotMap};
+use crate::sink::connect::{connect_node, connect_with, unreachable};
 use crate::sink::redis::{classify, Entry, EntryOutcome, RedisSink, WriteError, WriteMode};
-
-/// A failure that is not Redis's own reply (no primary found, not a primary): reported like
-/// a lost connection, so the writer re-discovers and retries.
-pub fn unreachable(text: String) -> RedisError {
-    RedisError::from(std::io::Error::other(text))
-}
-
-/// Opens a connection to `node` (`None`: the URL's own host) with the URL's credentials and
-/// database, TLS as configured, and `timeout` for connect, read and write.
-pub fn connect_node(config: &RedisConfig, node: Option<&(String, u16)>, timeout: Duration) -> RedisResult<Connection> {
-    connect_with(config, node, None, timeout)
-}
-
-/// [`connect_node`], with other credentials (`Some`: a sentinel's, no database).
-fn connect_with(
-    config: &RedisConfig,
-    node: Option<&(String, u16)>,
-    auth: Option<RedisConnectionInfo>,
-    timeout: Duration,
-) -> RedisResult<Connection> {
-    let mut info = config.url.as_str().into_connection_info()?;
-    if let Some((host, port)) = node {
-        let addr = match info.addr() {
-            ConnectionAddr::TcpTls { insecure, .. } => {
-                ConnectionAddr::TcpTls { host: host.clone(), port: *port, insecure: *insecure, tls_params: None }
-            }
-            _ => ConnectionAddr::Tcp(host.clone(), *port),
-        };
-        info = info.set_addr(addr);
-    }
-    if let Some(auth) = auth {
-        info = info.set_redis_settings(auth);
-    }
-    let tls = &config.tls;
-    let client =
-        if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) && (tls.ca_cert.is_some() || tls.client.is_some()) {
-            redis::Client::build_with_tls(
-                info,
-                TlsCertificates {
-                    client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
-                        client_cert: cert.pem.clone(),
-                        client_key: key.pem.clone(),
-                    }),
-                    root_cert: tls.ca_cert.as_ref().map(|ca| ca.pem.clone()),
-                },
-            )?
-        } else {
-            redis::Client::open(info)?
-        };
-    let conn = client.get_connection_with_timeout(config.dial_timeout.min(timeout)).map_err(|e| explain(config, e))?;
-    conn.set_read_timeout(Some(timeout))?;
-    conn.set_write_timeout(Some(timeout))?;
-    Ok(conn)
-}
-
-/// Adds what to do to a TLS failure the configuration can fix.
-fn explain(config: &RedisConfig, e: RedisError) -> RedisError {
-    let text = e.to_string();
-    let hint = if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
-        if config.tls.ca_cert.is_some() {
-            "the server's certificate is not signed by REDIS_TLS_CA_CERT (or names another host)"
-        } else {
-            "the server's certificate is not signed by a known CA; set REDIS_TLS_CA_CERT to the CA that signed it"
-        }
-    } else if text.contains("CertificateRequired") || text.contains("certificate required") {
-        "the server requires a client certificate: set REDIS_TLS_CERT and REDIS_TLS_KEY"
-    } else {
-        return e;
-    };
-    unreachable(format!("TLS: {hint} ({text})"))
-}
 
 /// The primary's address and a connection to it: the URL's server, or the primary the
 /// sentinels name, checked with `ROLE`. (Not for Cluster, which has one primary per slot.)
