@@ -141,6 +141,12 @@ fn sentinel_primary_killed_mid_run_with_wait_replicas() {
     let resumed = time_until(killed_at, Duration::from_secs(60), "writes on the new primary", || {
         xlen(&mut new_primary, EVENTS) > at_promotion
     });
+    // Alone, the new primary confirms nothing: /health says so.
+    let warned =
+        |h: &serde_json::Value| h["data"]["redis"]["warnings"].to_string().contains("0 replicas are connected");
+    wait_until(Duration::from_secs(30), "/health warning that no replica can confirm", || {
+        health(port).is_some_and(|h| warned(&h))
+    });
     // The sentinels make the old primary a replica of the new one: WAIT can be satisfied.
     set.primary.restart();
     let address = format!("127.0.0.1:{replica_port}");
@@ -148,6 +154,9 @@ fn sentinel_primary_killed_mid_run_with_wait_replicas() {
         health(port).is_some_and(|h| h["data"]["redis"]["primaries"] == serde_json::json!([address]))
     });
     eprintln!("sentinel failover: replica promoted {promoted:?} after the kill, writing resumed after {resumed:?}");
+    wait_until(Duration::from_secs(60), "the warning gone once the old primary is a replica", || {
+        health(port).is_some_and(|h| !warned(&h))
+    });
     finish(&mut agent, &sim, port, || set.replica.connection());
     let out = agent.output();
     assert!(out.contains(&format!("127.0.0.1:{replica_port}")), "the log names the new primary:\n{out}");

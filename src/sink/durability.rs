@@ -1,7 +1,9 @@
 //! Whether the Redis server itself keeps what it is given: a `maxmemory-policy` other than
 //! `noeviction` lets Redis evict streams and dedup keys when memory runs out, and a server
-//! without AOF and without RDB save points loses everything on a restart. Neither stops the
-//! agent; each is a warning, logged and shown in `/health` (`data.redis.warnings`).
+//! without AOF and without RDB save points loses everything on a restart; and with
+//! `REDIS_WAIT_REPLICAS=N`, a primary with fewer than N replicas connected confirms nothing.
+//! None stops the agent; each is a warning, logged and shown in `/health`
+//! (`data.redis.warnings`).
 
 use std::collections::HashMap;
 
@@ -10,7 +12,25 @@ use redis::Connection;
 /// The warnings for one server (empty: it keeps what it is given). `Err` only when Redis
 /// could not be asked at all (a connection error); a refused `CONFIG GET` (ACL, renamed
 /// command) is a warning that says the settings could not be checked.
-pub fn check(conn: &mut Connection) -> redis::RedisResult<Vec<String>> {
+pub fn check(conn: &mut Connection, wait_replicas: u32) -> redis::RedisResult<Vec<String>> {
+    let mut out = settings_warnings(conn)?;
+    if wait_replicas > 0 {
+        let info: String = redis::cmd("INFO").arg("replication").query(conn)?;
+        let connected = info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_slaves:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        if connected < wait_replicas {
+            out.push(format!(
+                "REDIS_WAIT_REPLICAS={wait_replicas} but {connected} replicas are connected: no batch can be confirmed (events wait, then spool)"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn settings_warnings(conn: &mut Connection) -> redis::RedisResult<Vec<String>> {
     let settings: HashMap<String, String> =
         match redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").arg("appendonly").arg("save").query(conn) {
             Ok(settings) => settings,

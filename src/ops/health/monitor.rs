@@ -18,8 +18,8 @@ use crate::sink::target::PrimaryConnections;
 use crate::sink::{durability, permissions};
 
 /// The monitor's connections to every primary holding a stream, found again at each check.
-/// Each new connection first checks what the user may do ([`permissions::check`]) and
-/// whether the server keeps what it is given ([`durability::check`]).
+/// Each new connection first checks what the user may do ([`permissions::check`]); every
+/// check asks whether the server keeps what it is given ([`durability::check`]).
 struct RedisProbe {
     conns: PrimaryConnections,
     /// The streams the agent writes (their keys and dedup keys are checked).
@@ -30,6 +30,8 @@ struct RedisProbe {
     warnings: Vec<String>,
     /// `host:port` of the primaries written to, as of the last check.
     primaries: Vec<String>,
+    /// `REDIS_WAIT_REPLICAS`.
+    wait_replicas: u32,
 }
 
 impl RedisProbe {
@@ -69,18 +71,22 @@ impl RedisProbe {
                 self.missing = missing;
             }
         }
-        if fresh {
-            let mut warnings = Vec::new();
-            for p in &primaries {
-                let (conn, _) = self.conns.get(&p.address)?;
-                warnings.extend(durability::check(conn)?.into_iter().map(|w| format!("{}: {w}", p.address)));
+        // Every check: settings and replicas can change at any time (a failover leaves the new
+        // primary without replicas for a while).
+        let mut warnings = Vec::new();
+        for p in &primaries {
+            let (conn, _) = self.conns.get(&p.address)?;
+            let found = durability::check(conn, self.wait_replicas)?;
+            warnings.extend(found.into_iter().map(|w| format!("{}: {w}", p.address)));
+        }
+        if warnings != self.warnings {
+            for w in warnings.iter().filter(|w| !self.warnings.contains(w)) {
+                warn!("Redis could lose or hold back writes: {w}");
             }
-            if warnings != self.warnings {
-                for w in warnings.iter().filter(|w| !self.warnings.contains(w)) {
-                    warn!("Redis could lose data on its own: {w}");
-                }
-                self.warnings = warnings;
+            if warnings.is_empty() {
+                info!("Redis keeps what it is given again (no durability warning)");
             }
+            self.warnings = warnings;
         }
         for p in &primaries {
             let (conn, _) = self.conns.get(&p.address)?;
@@ -120,6 +126,7 @@ impl HealthMonitor {
             missing: Vec::new(),
             warnings: Vec::new(),
             primaries: Vec::new(),
+            wait_replicas: config.redis.wait_replicas,
         };
         HealthMonitor {
             limits: Limits::from_config(config),
