@@ -187,6 +187,11 @@ fn wait_replicas_holds_batches_until_a_replica_confirms() {
     });
     assert_eq!(written(), before, "nothing counts as written while no replica confirms");
     replica.resume();
+    assert!(sim.wait_done(Duration::from_secs(90)), "simulator sent everything");
+    let sent = sim.stats().events_sent;
+    wait_until(Duration::from_secs(60), "every event in Redis", || xlen(&mut primary.connection(), EVENTS) >= sent);
+    // Each retried batch found its entries there: they count as written, not as duplicates.
+    assert_eq!(metric_sum(port, "eslstream_duplicates_suppressed_total", ""), 0.0);
     finish(&mut agent, &sim, port, || primary.connection());
 }
 

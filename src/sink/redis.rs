@@ -351,7 +351,16 @@ pub struct RedisSink {
     wait_replicas: u32,
     /// `REDIS_WAIT_TIMEOUT`.
     wait_timeout: Duration,
+    /// Entries written by a batch `WAIT` did not confirm, with their IDs (see
+    /// [`RedisSink::confirm`]).
+    unconfirmed: Vec<(EntryKey, String)>,
 }
+
+/// An entry's stream, producer and id.
+type EntryKey = (String, String, EventId);
+
+/// Entries not confirmed by `WAIT` remembered at most (see [`RedisSink::confirm`]).
+const UNCONFIRMED_MAX: usize = 100_000;
 
 impl RedisSink {
     /// Connects to the server of `REDIS_URL` (whatever the topology: the writers connect
@@ -385,6 +394,7 @@ impl RedisSink {
             resp: Resp::with_capacity(1 << 20),
             wait_replicas: config.wait_replicas,
             wait_timeout: config.wait_timeout,
+            unconfirmed: Vec::new(),
         })
     }
 
@@ -413,6 +423,48 @@ impl RedisSink {
         let ms = self.wait_for(self.reply_timeout).as_millis() as i64;
         self.resp.command(3).arg(b"WAIT").int(i64::from(self.wait_replicas)).int(ms);
         1
+    }
+
+    /// The outcomes of a write once `WAIT` (if sent) confirmed it. Not confirmed: the entries
+    /// written now are remembered with their IDs, so the retry, which finds them already there,
+    /// reports them written with those IDs rather than as duplicates (the producer sent them
+    /// once); confirmed: a duplicate remembered so is reported written, and forgotten. (On
+    /// this connection only: after a reconnect such a retry reports a duplicate.)
+    fn confirm<E: Borrow<Entry>>(
+        &mut self,
+        entries: &[E],
+        waits: usize,
+        wait: Option<Value>,
+        mut outcomes: Vec<EntryOutcome>,
+    ) -> Result<Vec<EntryOutcome>, WriteError> {
+        if waits == 0 {
+            return Ok(outcomes);
+        }
+        if let Err(e) = self.check_wait(wait) {
+            // Bounded: the oldest go first (their retry, if any, reports a duplicate).
+            let excess = (self.unconfirmed.len() + entries.len()).saturating_sub(UNCONFIRMED_MAX);
+            self.unconfirmed.drain(..excess.min(self.unconfirmed.len()));
+            for (entry, outcome) in entries.iter().map(Borrow::borrow).zip(&outcomes) {
+                if let EntryOutcome::Written(id) = outcome {
+                    self.unconfirmed
+                        .push(((entry.stream_key.clone(), entry.producer.clone(), entry.id.clone()), id.clone()));
+                }
+            }
+            return Err(e);
+        }
+        if !self.unconfirmed.is_empty() {
+            for (entry, outcome) in entries.iter().map(Borrow::borrow).zip(outcomes.iter_mut()) {
+                if *outcome != EntryOutcome::Duplicate {
+                    continue;
+                }
+                let key =
+                    |(k, _): &&(EntryKey, String)| k.0 == entry.stream_key && k.1 == entry.producer && k.2 == entry.id;
+                if let Some(i) = self.unconfirmed.iter().position(|u| key(&u)) {
+                    *outcome = EntryOutcome::Written(self.unconfirmed.swap_remove(i).1);
+                }
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Checks `WAIT`'s reply: the number of replicas that have the batch.
@@ -471,8 +523,8 @@ impl RedisSink {
     /// The checking path: one script call that skips entries whose key was already written.
     fn write_script<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, WriteError> {
         let groups = DedupGroups::new(entries);
-        let entries = || entries.iter().map(Borrow::borrow);
-        let args = 7 + groups.keys.len() + entries().map(|e: &Entry| 3 + e.xadd_arg_count()).sum::<usize>();
+        let all = || entries.iter().map(Borrow::borrow);
+        let args = 7 + groups.keys.len() + all().map(|e: &Entry| 3 + e.xadd_arg_count()).sum::<usize>();
         let resp = &mut self.resp;
         resp.clear();
         resp.command(args).arg(b"EVALSHA").arg(self.script_sha.as_bytes()).int(groups.keys.len() as i64);
@@ -489,7 +541,7 @@ impl RedisSink {
             })
             .collect();
         resp.arg(&kinds);
-        for (e, group) in entries().zip(&groups.of_entry) {
+        for (e, group) in all().zip(&groups.of_entry) {
             resp.int(*group as i64 + 1);
             match (&e.id, e.dedup_mark()) {
                 (_, DedupMark::Bit { bit, .. }) => resp.int(bit as i64),
@@ -514,9 +566,6 @@ impl RedisSink {
             Value::ServerError(err) => return Err(server_error(&err)),
             reply => reply,
         };
-        if waits > 0 {
-            self.check_wait(wait)?;
-        }
         let Value::Array(items) = reply else {
             return Err(WriteError::Transient(format!("unexpected script reply {reply:?}")));
         };
@@ -537,8 +586,8 @@ impl RedisSink {
                 }
             })
             .collect();
-        outcomes.resize(entries().count(), EntryOutcome::Pending);
-        Ok(outcomes)
+        outcomes.resize(all().count(), EntryOutcome::Pending);
+        self.confirm(entries, waits, wait, outcomes)
     }
 
     /// The fast path for entries with numeric ids never sent before: one `MULTI`/`EXEC` that
@@ -621,11 +670,8 @@ impl RedisSink {
                     redis::cmd("SETBIT").arg(e.dedup_key()).arg(bit).arg(0).query(&mut self.conn);
             }
         }
-        if waits > 0 {
-            self.check_wait(wait)?;
-        }
         outcomes.resize(entries.len(), EntryOutcome::Pending);
-        Ok(outcomes)
+        self.confirm(entries, waits, wait, outcomes)
     }
 
     fn write_idmp<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, WriteError> {
@@ -676,11 +722,8 @@ impl RedisSink {
                 other => outcomes.push(EntryOutcome::Rejected(format!("unexpected reply {other:?}"))),
             }
         }
-        if waits > 0 && !outcomes.is_empty() {
-            self.check_wait(wait)?;
-        }
         outcomes.resize(entries.len(), EntryOutcome::Pending);
-        Ok(outcomes)
+        self.confirm(entries, waits, wait, outcomes)
     }
 
     /// Configures the IDMP window of a stream on 8.6+ where it differs from ours (calling
