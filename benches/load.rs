@@ -20,11 +20,15 @@
 //! requests at `--http-rate` requests/s (default 1,000) for `--seconds` on one keep-alive
 //! connection, latency from sending the request to reading its `202`; then batches of 100 as
 //! fast as two keep-alive connections go, `--http-events` in all (default 200,000), events/s
-//! from the first request to the last `202`; each checked against `XLEN`) and `outbox` (the
+//! from the first request to the last `202`; each checked against `XLEN`), `outbox` (the
 //! PostgreSQL outbox: commit-to-readable latency at `--outbox-rate` rows/s, then rows/s relayed
-//! while four writers commit `--outbox-rows` as fast as they can; see [`outbox`]). The default
-//! `all` runs every mode but `outbox` (it needs PostgreSQL's server binaries); `--rates` alone
-//! means `rates`. See `docs/performance.md` for results.
+//! while four writers commit `--outbox-rows` as fast as they can; see [`outbox`]) and `cluster`
+//! (saturation against one server, then against a 3-primary Redis Cluster made with
+//! `redis-cli --cluster create`, with `REDIS_CLUSTER_NODES`, and 10,000 events/s on a fresh
+//! cluster: the cluster's events/s as a share of the same run's single-server figure, and its
+//! latency; both streams carry one hash tag there, so they share a slot). The default `all`
+//! runs every mode but `outbox` (it needs PostgreSQL's server binaries) and `cluster`;
+//! `--rates` alone means `rates`. See `docs/performance.md` for results.
 //!
 //! ```text
 //! cargo bench --bench load -- [--mode saturation|rates|all] [--events 1000000]
@@ -59,6 +63,18 @@ mod outbox;
 
 const EVENTS_KEY: &str = "freeswitch:telephony:events";
 const JOBS_KEY: &str = "freeswitch:telephony:background-jobs";
+/// With `--mode cluster` both streams share one hash tag (one slot), so the harness reads
+/// them with one `XREAD` from the primary holding them; every run of the process uses them.
+const TAGGED_KEYS: [&str; 2] = ["{freeswitch:telephony}:events", "{freeswitch:telephony}:background-jobs"];
+static KEYS: std::sync::OnceLock<[&'static str; 2]> = std::sync::OnceLock::new();
+
+fn events_key() -> &'static str {
+    KEYS.get_or_init(|| [EVENTS_KEY, JOBS_KEY])[0]
+}
+
+fn jobs_key() -> &'static str {
+    KEYS.get_or_init(|| [EVENTS_KEY, JOBS_KEY])[1]
+}
 const CEILING_KEY: &str = "eslstream:bench:ceiling";
 /// A run fails when nothing new reaches Redis for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -83,7 +99,7 @@ fn main() {
     }
 }
 
-const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|http|all, or a comma list] [--events N] \
+const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|http|cluster|all, or a comma list] [--events N] \
 [--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large|xl] [--json target/load.json] [--env NAME=value]... [--agent PATH] \
 [--http-rate 1000] [--http-events 200000] [--outbox-rate 1000] [--outbox-rows 200000]";
 
@@ -106,6 +122,8 @@ struct Opts {
     outbox: bool,
     outbox_rate: u64,
     outbox_rows: u64,
+    /// `--mode cluster`: single server vs a Redis Cluster.
+    cluster: bool,
 }
 
 impl Opts {
@@ -126,6 +144,7 @@ impl Opts {
             outbox: false,
             outbox_rate: 1_000,
             outbox_rows: 200_000,
+            cluster: false,
         };
         let mut rates_given = false;
         let mut mode_given = false;
@@ -142,13 +161,14 @@ impl Opts {
             match name.as_str() {
                 "--mode" => {
                     mode_given = true;
-                    (o.saturation, o.rates_mode, o.http) = (false, false, false);
+                    (o.saturation, o.rates_mode, o.http, o.cluster) = (false, false, false, false);
                     for mode in value()?.split(',') {
                         match mode.trim() {
                             "saturation" => o.saturation = true,
                             "rates" => o.rates_mode = true,
                             "http" => o.http = true,
                             "outbox" => o.outbox = true,
+                            "cluster" => o.cluster = true,
                             "all" => (o.saturation, o.rates_mode, o.http) = (true, true, true),
                             m => return Err(format!("unknown mode {m:?}")),
                         }
@@ -234,10 +254,13 @@ fn run(opts: &Opts) -> Result<(), String> {
     let mut results = Vec::new();
     let mut ceiling: Option<Ceiling> = None;
     let mut version = String::new();
+    if opts.cluster {
+        KEYS.set(TAGGED_KEYS).map_err(|_| "stream keys chosen twice")?;
+    }
     if opts.saturation {
         let redis = fresh_redis()?;
         version.clone_from(&redis.version);
-        let mut r = run_one(&redis, opts, None)?;
+        let mut r = run_one(&Target::one(&redis), opts, None)?;
         drop(redis);
         let c = ceiling_for(&fresh_redis()?, r.avg_event_bytes)?;
         r.ceiling_ratio = Some(r.events_per_sec / c.requests_per_sec);
@@ -248,8 +271,25 @@ fn run(opts: &Opts) -> Result<(), String> {
         for &rate in &opts.rates {
             let redis = fresh_redis()?;
             version.clone_from(&redis.version);
-            results.push(run_one(&redis, opts, Some(rate))?);
+            results.push(run_one(&Target::one(&redis), opts, Some(rate))?);
         }
+    }
+    let mut cluster_ratio = None;
+    if opts.cluster {
+        let redis = fresh_redis()?;
+        version.clone_from(&redis.version);
+        let single = run_one(&Target::one(&redis), opts, None)?;
+        drop(redis);
+        let cluster = LoadCluster::start(3)?;
+        let mut saturated = run_one(&cluster.target()?, opts, None)?;
+        drop(cluster);
+        let ratio = saturated.events_per_sec / single.events_per_sec;
+        saturated.ceiling_ratio = None;
+        cluster_ratio = Some(ratio);
+        let cluster = LoadCluster::start(3)?;
+        let paced = run_one(&cluster.target()?, opts, Some(10_000))?;
+        drop(cluster);
+        results.extend([single, saturated, paced]);
     }
     let http = match opts.http {
         true => Some(run_http(&fresh_redis()?, opts)?),
@@ -261,6 +301,12 @@ fn run(opts: &Opts) -> Result<(), String> {
     };
     if !results.is_empty() {
         println!("{}", markdown(&results, ceiling.as_ref()));
+    }
+    if let Some(ratio) = cluster_ratio {
+        println!(
+            "Cluster saturation: {:.0}% of the single server's events/s in the same run (target >= 80%)\n",
+            ratio * 100.0
+        );
     }
     if let Some(h) = &http {
         println!("{}", h.markdown(results.iter().find(|r| r.rate.is_none()).map(|r| r.events_per_sec)));
@@ -276,6 +322,7 @@ fn run(opts: &Opts) -> Result<(), String> {
             "command": c.command, "value_bytes": c.value_bytes, "requests_per_sec": c.requests_per_sec,
         })),
         "runs": results.iter().map(RunResult::json).collect::<Vec<_>>(),
+        "cluster_vs_single_saturation": cluster_ratio,
         "http": http.as_ref().map(HttpResult::json),
         "outbox": outbox.as_ref().map(outbox::OutboxResult::json),
     });
@@ -303,6 +350,8 @@ fn run(opts: &Opts) -> Result<(), String> {
 #[derive(Debug, Clone)]
 struct RunResult {
     mode: &'static str,
+    /// `standalone` or `cluster`.
+    topology: &'static str,
     size: EventSize,
     rate: Option<u64>,
     sent: u64,
@@ -322,15 +371,20 @@ struct RunResult {
 
 impl RunResult {
     fn label(&self) -> String {
-        match self.rate {
+        let run = match self.rate {
             Some(r) => format!("rate {r}/s"),
             None => "saturation".into(),
+        };
+        match self.topology {
+            "cluster" => format!("cluster {run}"),
+            _ => run,
         }
     }
 
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "mode": self.mode,
+            "topology": self.topology,
             "size": size_name(self.size),
             "rate": self.rate,
             "sent": self.sent,
@@ -354,7 +408,22 @@ impl RunResult {
     }
 }
 
-fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunResult, String> {
+/// Where a run writes: one server, or a cluster (then `server` is the primary holding the
+/// streams, which the harness reads and measures, and the agent gets the seeds).
+struct Target<'a> {
+    server: &'a RedisServer,
+    topology: &'static str,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Target<'_> {
+    fn one(server: &RedisServer) -> Target<'_> {
+        Target { server, topology: "standalone", env: Vec::new() }
+    }
+}
+
+fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunResult, String> {
+    let redis = target.server;
     let mut con = redis.connection()?;
     redis::cmd("FLUSHALL").exec(&mut con).map_err(|e| format!("FLUSHALL: {e}"))?;
     let (events, label) = match rate {
@@ -387,7 +456,10 @@ fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunRes
         ("LOG_LEVEL", "warn".into()),
         ("METRICS_PRINT_INTERVAL", "0".into()),
         ("EVENTS_MAX_LEN", "0".into()),
+        ("STREAM_EVENTS", events_key().into()),
+        ("STREAM_JOBS", jobs_key().into()),
     ];
+    env.extend(target.env.iter().cloned());
     env.extend(opts.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let agent = AgentProcess::start(&opts.agent, &env)?;
     let pid = agent.pid();
@@ -473,6 +545,7 @@ fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunRes
     }
     Ok(RunResult {
         mode: if rate.is_some() { "rates" } else { "saturation" },
+        topology: target.topology,
         size: opts.size,
         rate,
         sent,
@@ -494,9 +567,9 @@ fn run_one(redis: &RedisServer, opts: &Opts, rate: Option<u64>) -> Result<RunRes
 fn xlen_both(con: &mut redis::Connection) -> Result<u64, String> {
     let (a, b): (u64, u64) = redis::pipe()
         .cmd("XLEN")
-        .arg(EVENTS_KEY)
+        .arg(events_key())
         .cmd("XLEN")
-        .arg(JOBS_KEY)
+        .arg(jobs_key())
         .query(con)
         .map_err(|e| format!("XLEN: {e}"))?;
     Ok(a + b)
@@ -565,9 +638,9 @@ impl LatencyReader {
                     let mut cmd = redis::cmd("XREAD");
                     cmd.arg("BLOCK").arg(1000).arg("COUNT");
                     if sampling {
-                        cmd.arg(1).arg("STREAMS").arg(EVENTS_KEY).arg("$");
+                        cmd.arg(1).arg("STREAMS").arg(events_key()).arg("$");
                     } else {
-                        cmd.arg(1000).arg("STREAMS").arg(EVENTS_KEY).arg(JOBS_KEY).arg(&ids[0]).arg(&ids[1]);
+                        cmd.arg(1000).arg("STREAMS").arg(events_key()).arg(jobs_key()).arg(&ids[0]).arg(&ids[1]);
                     }
                     let reply: Value = match cmd.query(&mut con) {
                         Ok(v) => v,
@@ -580,7 +653,7 @@ impl LatencyReader {
                     let now = now_us();
                     batch.clear();
                     for (key, entries) in stream_replies(&reply) {
-                        let slot = usize::from(key != EVENTS_KEY.as_bytes());
+                        let slot = usize::from(key != events_key().as_bytes());
                         for_each_entry(entries, |id, event| {
                             ids[slot] = id.to_vec();
                             n += 1;
@@ -621,7 +694,7 @@ impl LatencyReader {
 fn events_range(con: &mut redis::Connection, command: &str, count: usize) -> Result<Value, String> {
     let (from, to) = if command == "XREVRANGE" { ("+", "-") } else { ("-", "+") };
     redis::cmd(command)
-        .arg(EVENTS_KEY)
+        .arg(events_key())
         .arg(from)
         .arg(to)
         .arg("COUNT")
@@ -891,6 +964,11 @@ struct RedisServer {
 
 impl RedisServer {
     fn start() -> Result<RedisServer, String> {
+        Self::start_with(&[], free_port)
+    }
+
+    /// With extra arguments, on a port from `pick`.
+    fn start_with(extra: &[&str], pick: fn() -> Result<u16, String>) -> Result<RedisServer, String> {
         let binary =
             find_on_path("redis-server").ok_or("redis-server not found on PATH (apt-get install redis-server)")?;
         let version = Command::new(&binary)
@@ -906,9 +984,10 @@ impl RedisServer {
         let mut last_error = String::new();
         for _ in 0..5 {
             let dir = tempfile::Builder::new().prefix("eslstream-load-").tempdir().map_err(|e| e.to_string())?;
-            let port = free_port()?;
+            let port = pick()?;
             let child = Command::new(&binary)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(extra)
                 .args(["--dir", dir.path().to_str().ok_or("non-UTF-8 temp dir")?, "--daemonize", "no"])
                 .args(["--logfile", dir.path().join("redis.log").to_str().ok_or("non-UTF-8 temp dir")?])
                 .stdin(Stdio::null())
@@ -946,6 +1025,77 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A Redis Cluster of `primaries` primaries without replicas; dropped = every node killed.
+struct LoadCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl LoadCluster {
+    fn start(primaries: usize) -> Result<LoadCluster, String> {
+        let args =
+            ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"];
+        let nodes =
+            (0..primaries).map(|_| RedisServer::start_with(&args, cluster_port)).collect::<Result<Vec<_>, _>>()?;
+        let cli = find_on_path("redis-cli").ok_or("redis-cli not found on PATH (apt-get install redis-tools)")?;
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new(cli)
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout)));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &nodes {
+            let mut con = node.connection()?;
+            loop {
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut con).unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("cluster not ok on port {}: {info}", node.port));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        eprintln!("load: Redis Cluster of {primaries} primaries on {}", addresses.join(","));
+        Ok(LoadCluster { nodes })
+    }
+
+    /// The primary holding the streams, and the seeds for the agent.
+    fn target(&self) -> Result<Target<'_>, String> {
+        let mut con = self.nodes[0].connection()?;
+        let reply: Value =
+            redis::cmd("CLUSTER").arg("SLOTS").query(&mut con).map_err(|e| format!("CLUSTER SLOTS: {e}"))?;
+        let map = eslstream::sink::cluster::SlotMap::parse(&reply, "127.0.0.1")?;
+        let owner = map.node_for_key(events_key()).ok_or("the streams' slot has no primary")?;
+        let server = self
+            .nodes
+            .iter()
+            .find(|n| format!("127.0.0.1:{}", n.port) == map.nodes[owner])
+            .ok_or("the owner is not one of ours")?;
+        let seeds = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",");
+        Ok(Target { server, topology: "cluster", env: vec![("REDIS_CLUSTER_NODES", seeds)] })
+    }
+}
+
+/// A port below 55536 whose cluster bus port (10000 higher) is free too.
+fn cluster_port() -> Result<u16, String> {
+    for _ in 0..1000 {
+        let port = free_port()?;
+        let port = 20_000 + port % 30_000;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return Ok(port);
+        }
+    }
+    Err("no free port pair for a cluster node".into())
 }
 
 fn ping(port: u16) -> bool {

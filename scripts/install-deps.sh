@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine: redis-server and redis-cli (the
-# tests start their own servers on free ports), promtool (checks /metrics and the alert
+# tests start their own servers on free ports; the scale-out tests also run them as a Redis
+# Cluster, made with `redis-cli --cluster create`, and as sentinels, `redis-server
+# --sentinel`, so no other package is needed), promtool (checks /metrics and the alert
 # rules), systemd-analyze (checks the unit file), openssl (makes a throwaway certificate for
 # the TLS test), PostgreSQL's server binaries (the outbox tests initdb and start their own
 # clusters as the packaged `postgres` user). `scripts/install-deps.sh demo` installs only

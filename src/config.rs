@@ -123,9 +123,59 @@ pub struct EslConfig {
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// A `redis://` or `rediss://` URL (built from `REDIS_REMOTE_*` when `REDIS_URL` is unset).
+    /// With Sentinel or Cluster its credentials, database and scheme apply to every node.
     pub url: String,
     pub dial_timeout: Duration,
     pub write_timeout: Duration,
+    /// One server, a Sentinel-managed primary, or a Redis Cluster.
+    pub topology: RedisTopology,
+    /// `REDIS_TLS_CA_CERT`, `REDIS_TLS_CERT` / `REDIS_TLS_KEY`, read at start-up.
+    pub tls: RedisTls,
+    /// `REDIS_WAIT_REPLICAS`: replicas that must confirm a batch (`WAIT`) before it counts as
+    /// written (0: the primary's reply is enough).
+    pub wait_replicas: u32,
+    /// `REDIS_WAIT_TIMEOUT`: how long a batch waits for those replicas.
+    pub wait_timeout: Duration,
+}
+
+/// How the Redis that holds the streams is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// The server of `REDIS_URL`.
+    Standalone,
+    /// `REDIS_SENTINELS`: the primary the sentinels name for `master`.
+    Sentinel {
+        /// `host:port` of each sentinel.
+        sentinels: Vec<String>,
+        /// `REDIS_SENTINEL_MASTER`.
+        master: String,
+        /// `REDIS_SENTINEL_PASSWORD` (the sentinels' own, not the primary's).
+        password: Option<String>,
+    },
+    /// `REDIS_CLUSTER_NODES`: `host:port` seeds of a Redis Cluster.
+    Cluster { seeds: Vec<String> },
+}
+
+/// A PEM file named by a variable, read at start-up.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemFile {
+    pub path: String,
+    pub pem: Vec<u8>,
+}
+
+impl fmt::Debug for PemFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} bytes)", self.path, self.pem.len())
+    }
+}
+
+/// TLS material for `rediss://` beyond the system's roots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// `REDIS_TLS_CA_CERT`: the certificates trusted instead of the built-in roots.
+    pub ca_cert: Option<PemFile>,
+    /// `REDIS_TLS_CERT` and `REDIS_TLS_KEY`: the client certificate chain and its key.
+    pub client: Option<(PemFile, PemFile)>,
 }
 
 /// Stream keys, caps and retention.
@@ -415,11 +465,7 @@ impl Config {
             return Err(r.error("ESL_MAX_RECONNECT_DELAY", "a duration not below ESL_RECONNECT_DELAY"));
         }
 
-        let redis = RedisConfig {
-            url: redis_url(&r)?,
-            dial_timeout: r.positive_duration("REDIS_REMOTE_DIAL_TIMEOUT", "3s")?,
-            write_timeout: r.positive_duration("REDIS_REMOTE_WRITE_TIMEOUT", "2s")?,
-        };
+        let redis = redis_config(&r)?;
 
         let entry_format = match r.string("STREAM_ENTRY_FORMAT", "full").to_ascii_lowercase().as_str() {
             "full" => EntryFormat::Full,
@@ -561,6 +607,21 @@ impl Config {
             ("REDIS_URL", mask_url(&self.redis.url)),
             ("REDIS_REMOTE_DIAL_TIMEOUT", d(self.redis.dial_timeout)),
             ("REDIS_REMOTE_WRITE_TIMEOUT", d(self.redis.write_timeout)),
+            ("REDIS_SENTINELS", self.redis.sentinel_field(|s, _, _| s.join(","))),
+            ("REDIS_SENTINEL_MASTER", self.redis.sentinel_field(|_, m, _| m.to_owned())),
+            ("REDIS_SENTINEL_PASSWORD", self.redis.sentinel_field(|_, _, p| p.map(mask).unwrap_or_default())),
+            (
+                "REDIS_CLUSTER_NODES",
+                match &self.redis.topology {
+                    RedisTopology::Cluster { seeds } => seeds.join(","),
+                    _ => String::new(),
+                },
+            ),
+            ("REDIS_WAIT_REPLICAS", self.redis.wait_replicas.to_string()),
+            ("REDIS_WAIT_TIMEOUT", d(self.redis.wait_timeout)),
+            ("REDIS_TLS_CA_CERT", self.redis.tls.ca_cert.as_ref().map(|f| f.path.clone()).unwrap_or_default()),
+            ("REDIS_TLS_CERT", self.redis.tls.client.as_ref().map(|(c, _)| c.path.clone()).unwrap_or_default()),
+            ("REDIS_TLS_KEY", self.redis.tls.client.as_ref().map(|(_, k)| k.path.clone()).unwrap_or_default()),
             ("STREAM_EVENTS", self.streams.events_key.clone()),
             ("STREAM_JOBS", self.streams.jobs_key.clone()),
             ("STREAM_ENTRY_FORMAT", format!("{:?}", self.streams.entry_format).to_lowercase()),
@@ -837,6 +898,117 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
+impl RedisConfig {
+    /// One server at `url`, no TLS files, no `WAIT`.
+    pub fn standalone(url: String, dial_timeout: Duration, write_timeout: Duration) -> RedisConfig {
+        RedisConfig {
+            url,
+            dial_timeout,
+            write_timeout,
+            topology: RedisTopology::Standalone,
+            tls: RedisTls::default(),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// One field of the Sentinel settings as text (empty when not in Sentinel mode).
+    fn sentinel_field(&self, f: impl Fn(&[String], &str, Option<&str>) -> String) -> String {
+        match &self.topology {
+            RedisTopology::Sentinel { sentinels, master, password } => f(sentinels, master, password.as_deref()),
+            _ => String::new(),
+        }
+    }
+}
+
+/// `REDIS_URL` (or `REDIS_REMOTE_*`), the timeouts, the topology, TLS and `WAIT`.
+fn redis_config(r: &Reader<'_>) -> Result<RedisConfig, ConfigError> {
+    let url = redis_url(r)?;
+    let addresses = |name: &str| -> Result<Vec<String>, ConfigError> {
+        let list: Vec<String> = r
+            .raw(name)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if list.iter().any(|a| split_host_port(a).is_none()) {
+            return Err(r.error(name, "a comma-separated list of host:port"));
+        }
+        Ok(list)
+    };
+    let sentinels = addresses("REDIS_SENTINELS")?;
+    let seeds = addresses("REDIS_CLUSTER_NODES")?;
+    let topology = match (sentinels.is_empty(), seeds.is_empty()) {
+        (true, true) => {
+            if r.raw("REDIS_SENTINEL_MASTER").is_some() {
+                return Err(r.error("REDIS_SENTINELS", "the sentinels' host:port list for REDIS_SENTINEL_MASTER"));
+            }
+            RedisTopology::Standalone
+        }
+        (false, true) => {
+            let Some(master) = r.raw("REDIS_SENTINEL_MASTER") else {
+                return Err(r.error("REDIS_SENTINEL_MASTER", "the name the sentinels monitor the primary under"));
+            };
+            let password = r.vars.get("REDIS_SENTINEL_PASSWORD").filter(|p| !p.is_empty()).cloned();
+            RedisTopology::Sentinel { sentinels, master: master.trim().to_owned(), password }
+        }
+        (true, false) => RedisTopology::Cluster { seeds },
+        (false, false) => {
+            return Err(r.error("REDIS_CLUSTER_NODES", "unset when REDIS_SENTINELS is set (one topology at a time)"))
+        }
+    };
+    if matches!(topology, RedisTopology::Cluster { .. }) {
+        use redis::IntoConnectionInfo;
+        if url.as_str().into_connection_info().is_ok_and(|info| info.redis_settings().db() != 0) {
+            return Err(r.error("REDIS_URL", "database 0 with REDIS_CLUSTER_NODES (a cluster has no other)"));
+        }
+    }
+    let socket = url.starts_with("redis+unix://") || url.starts_with("unix://");
+    if socket && topology != RedisTopology::Standalone {
+        return Err(r.error("REDIS_URL", "a redis:// or rediss:// URL with Sentinel or Cluster (not a socket)"));
+    }
+    let pem = |name: &str| -> Result<Option<PemFile>, ConfigError> {
+        let Some(path) = r.raw(name).map(str::trim) else { return Ok(None) };
+        let pem = std::fs::read(path).map_err(|e| r.error(name, &format!("a readable PEM file ({e})")))?;
+        if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(r.error(name, "a PEM file (no -----BEGIN line in it)"));
+        }
+        Ok(Some(PemFile { path: path.to_owned(), pem }))
+    };
+    let tls = RedisTls {
+        ca_cert: pem("REDIS_TLS_CA_CERT")?,
+        client: match (pem("REDIS_TLS_CERT")?, pem("REDIS_TLS_KEY")?) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (Some(_), None) => return Err(r.error("REDIS_TLS_KEY", "the PEM private key for REDIS_TLS_CERT")),
+            (None, Some(_)) => return Err(r.error("REDIS_TLS_CERT", "the PEM certificate chain for REDIS_TLS_KEY")),
+        },
+    };
+    if tls != RedisTls::default() && !url.starts_with("rediss://") {
+        let name = if tls.ca_cert.is_some() { "REDIS_TLS_CA_CERT" } else { "REDIS_TLS_CERT" };
+        return Err(r.error(name, "set only with a rediss:// REDIS_URL (TLS)"));
+    }
+    Ok(RedisConfig {
+        url,
+        dial_timeout: r.positive_duration("REDIS_REMOTE_DIAL_TIMEOUT", "3s")?,
+        write_timeout: r.positive_duration("REDIS_REMOTE_WRITE_TIMEOUT", "2s")?,
+        topology,
+        tls,
+        wait_replicas: r.number("REDIS_WAIT_REPLICAS", 0u32, 0, 100)?,
+        wait_timeout: r.positive_duration("REDIS_WAIT_TIMEOUT", "1s")?,
+    })
+}
+
+/// `host:port` split into its parts (`[v6]:port` too).
+pub fn split_host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.trim().rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
 fn redis_url(r: &Reader<'_>) -> Result<String, ConfigError> {
     if let Some(url) = r.raw("REDIS_URL") {
         let url = url.trim();
@@ -933,6 +1105,72 @@ mod tests {
             err(&[("HTTP_INGRESS_TLS_CERT", "/nope.pem"), ("HTTP_INGRESS_TLS_KEY", "/nope.key")]),
             "HTTP_INGRESS_TLS_CERT"
         );
+    }
+
+    #[test]
+    fn redis_topologies_wait_and_tls() {
+        let c = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!((c.redis.topology.clone(), c.redis.wait_replicas), (RedisTopology::Standalone, 0));
+        assert_eq!(c.redis.wait_timeout, Duration::from_secs(1));
+        let c = Config::from_vars(vars(&[
+            ("REDIS_SENTINELS", "10.0.0.1:26379, 10.0.0.2:26379"),
+            ("REDIS_SENTINEL_MASTER", "events"),
+            ("REDIS_SENTINEL_PASSWORD", "s3cret"),
+            ("REDIS_WAIT_REPLICAS", "1"),
+            ("REDIS_WAIT_TIMEOUT", "250ms"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.redis.topology,
+            RedisTopology::Sentinel {
+                sentinels: vec!["10.0.0.1:26379".into(), "10.0.0.2:26379".into()],
+                master: "events".into(),
+                password: Some("s3cret".into()),
+            }
+        );
+        assert_eq!((c.redis.wait_replicas, c.redis.wait_timeout), (1, Duration::from_millis(250)));
+        let shown = c.describe();
+        assert!(shown.contains("REDIS_SENTINEL_PASSWORD=********") && !shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("REDIS_SENTINELS=10.0.0.1:26379,10.0.0.2:26379"), "{shown}");
+        let c = Config::from_vars(vars(&[("REDIS_CLUSTER_NODES", "127.0.0.1:7000,127.0.0.1:7001")])).unwrap();
+        assert_eq!(
+            c.redis.topology,
+            RedisTopology::Cluster { seeds: vec!["127.0.0.1:7000".into(), "127.0.0.1:7001".into()] }
+        );
+        let err = |pairs: &[(&str, &str)]| Config::from_vars(vars(pairs)).unwrap_err().variable;
+        assert_eq!(err(&[("REDIS_SENTINELS", "a:1")]), "REDIS_SENTINEL_MASTER");
+        assert_eq!(err(&[("REDIS_SENTINEL_MASTER", "m")]), "REDIS_SENTINELS");
+        assert_eq!(err(&[("REDIS_CLUSTER_NODES", "nohost")]), "REDIS_CLUSTER_NODES");
+        assert_eq!(
+            err(&[("REDIS_CLUSTER_NODES", "a:1"), ("REDIS_SENTINELS", "b:2"), ("REDIS_SENTINEL_MASTER", "m")]),
+            "REDIS_CLUSTER_NODES"
+        );
+        assert_eq!(err(&[("REDIS_WAIT_REPLICAS", "-1")]), "REDIS_WAIT_REPLICAS");
+        assert_eq!(err(&[("REDIS_CLUSTER_NODES", "a:1"), ("REDIS_URL", "redis://h:1/3")]), "REDIS_URL");
+        // TLS files: named when missing or not PEM, and only with rediss://.
+        let tls = [("REDIS_URL", "rediss://127.0.0.1:6380/")];
+        let missing = [tls[0], ("REDIS_TLS_CA_CERT", "/nonexistent/ca.pem")];
+        let e = Config::from_vars(vars(&missing)).unwrap_err();
+        assert_eq!(e.variable, "REDIS_TLS_CA_CERT");
+        assert!(e.to_string().contains("readable PEM file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n").unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let path = pem.to_str().unwrap();
+        assert_eq!(err(&[tls[0], ("REDIS_TLS_CA_CERT", junk.to_str().unwrap())]), "REDIS_TLS_CA_CERT");
+        assert_eq!(err(&[("REDIS_TLS_CA_CERT", path)]), "REDIS_TLS_CA_CERT", "plain redis:// has no TLS");
+        assert_eq!(err(&[tls[0], ("REDIS_TLS_CERT", path)]), "REDIS_TLS_KEY");
+        let c = Config::from_vars(vars(&[
+            tls[0],
+            ("REDIS_TLS_CA_CERT", path),
+            ("REDIS_TLS_CERT", path),
+            ("REDIS_TLS_KEY", path),
+        ]))
+        .unwrap();
+        assert_eq!(c.redis.tls.ca_cert.as_ref().map(|f| f.path.as_str()), Some(path));
+        assert!(c.describe().contains(&format!("REDIS_TLS_KEY={path}")));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! HTTP ingress against the agent binary and a real Redis 7.0, with a real HTTP/1.1 client over
 //! TCP: `202` only once durable, exactly once per id across re-sends, Redis outages and a
-//! SIGKILL after the answer, per-ordering-key order, every refusal with its status, and
-//! garbage that never gets a 5xx.
+//! SIGKILL after the answer, per-ordering-key order, every refusal with its status, garbage
+//! that never gets a 5xx, and `written` meaning a replica has it with `REDIS_WAIT_REPLICAS`.
 
 mod support;
 
@@ -331,6 +331,36 @@ fn not_durable_in_time_is_503_and_still_written_once() {
     assert_eq!(again.json()["duplicates"], 20, "the retry is safe: {}", again.body);
     assert_eq!(agent.stop(Duration::from_secs(15)), 0);
     assert_exactly_once_in_call_order(&stored(&redis), 20);
+}
+
+/// With `REDIS_WAIT_REPLICAS=1`, `written` means a replica has it too: with the replica
+/// stopped, the primary's reply is not enough, so the events are answered as `spooled` (held
+/// on the agent's disk) and written once the replica confirms again.
+#[test]
+fn with_wait_replicas_written_means_a_replica_has_it() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+    support::topology::wait_replica_synced(&primary, &replica);
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent =
+        start(&primary.url(), spool.path(), port, &[("REDIS_WAIT_REPLICAS", "1"), ("REDIS_WAIT_TIMEOUT", "200ms")]);
+    let statuses = |answer: &Answer| -> Vec<String> {
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        answer.json()["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap().to_owned()).collect()
+    };
+    let first: Vec<Value> = (0..50).map(event).collect();
+    let a = post(port, "application/json", "", serde_json::to_vec(&first).unwrap().as_slice());
+    assert!(statuses(&a).iter().all(|s| s == "written"), "{}", a.body);
+    replica.pause();
+    let second: Vec<Value> = (50..100).map(event).collect();
+    let b = post(port, "application/json", "", serde_json::to_vec(&second).unwrap().as_slice());
+    assert!(statuses(&b).iter().all(|s| s == "spooled"), "not confirmed, so not written: {}", b.body);
+    assert!(metric_sum(port, "eslstream_redis_wait_timeouts_total", "") >= 1.0);
+    replica.resume();
+    wait_until(Duration::from_secs(30), "the held events written", || stored(&primary).len() >= 100);
+    assert_eq!(agent.stop(Duration::from_secs(15)), 0);
+    assert_exactly_once_in_call_order(&stored(&primary), 100);
 }
 
 #[test]

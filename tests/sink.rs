@@ -17,8 +17,7 @@ use support::*;
 const CORE: &str = "11111111-2222-3333-4444-555555555555";
 
 fn sink(redis: &RedisServer) -> RedisSink {
-    let config =
-        RedisConfig { url: redis.url(), dial_timeout: Duration::from_secs(5), write_timeout: Duration::from_secs(5) };
+    let config = RedisConfig::standalone(redis.url(), Duration::from_secs(5), Duration::from_secs(5));
     let sink = RedisSink::connect(&config).expect("connect");
     assert_eq!(sink.mode(), WriteMode::Script, "Debian's Redis 7.0 has no XADD IDMP");
     sink

@@ -14,7 +14,8 @@ use crate::config::Config;
 use crate::ops::context::AppContext;
 use crate::ops::http::{authorize, error_reply, json_reply, Body, HandlerFuture, Params, Reply};
 use crate::sink::dlq::DeadLetter;
-use crate::sink::redis::{EntryOutcome, RedisSink};
+use crate::sink::redis::EntryOutcome;
+use crate::sink::target::Sink;
 
 /// Logs, once at start-up, who may use these endpoints when that is not obvious.
 pub fn announce_access(config: &Config) {
@@ -91,7 +92,7 @@ pub fn retry(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> Handle
         let store = ctx.dead_letters.clone();
         let id = letter.id.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let mut sink = RedisSink::connect(&redis)?;
+            let mut sink = Sink::connect(&redis)?;
             // The checking path: if an earlier retry got through, nothing is added twice.
             let outcome = sink.write(std::slice::from_ref(&entry), true)?.remove(0);
             Ok::<_, crate::sink::redis::WriteError>(outcome)

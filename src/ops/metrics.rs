@@ -40,6 +40,8 @@ pub struct Metrics {
     /// Redis connections currently open, one per writer.
     pub redis_connected: IntGauge,
     pub redis_reconnections: IntCounter,
+    /// Batches fewer replicas than `REDIS_WAIT_REPLICAS` confirmed in time (retried).
+    pub redis_wait_timeouts: IntCounter,
     /// Failed write attempts that were retried, by kind of failure.
     pub write_retries: IntCounterVec,
     pub batch_size: Histogram,
@@ -214,6 +216,11 @@ impl Metrics {
                 &r,
                 "eslstream_redis_reconnections_total",
                 "Redis connections re-made after a failure",
+            ),
+            redis_wait_timeouts: counter(
+                &r,
+                "eslstream_redis_wait_timeouts_total",
+                "Batches that fewer replicas than REDIS_WAIT_REPLICAS confirmed within REDIS_WAIT_TIMEOUT (retried)",
             ),
             write_retries: counter_vec(
                 &r,

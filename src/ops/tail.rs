@@ -345,9 +345,11 @@ fn stopped() -> bool {
     crate::shutdown::stop_requested()
 }
 
+/// The primary holding the events stream (in a cluster, every followed stream must share
+/// its slot: give them one hash tag).
 fn connect(config: &Config) -> redis::RedisResult<redis::Connection> {
-    let client = redis::Client::open(config.redis.url.as_str())?;
-    let conn = client.get_connection_with_timeout(config.redis.dial_timeout)?;
+    let timeout = config.redis.write_timeout;
+    let conn = crate::sink::target::connect_primary_for(&config.redis, &config.streams.events_key, timeout)?;
     conn.set_read_timeout(Some(BLOCK + config.redis.write_timeout))?;
     conn.set_write_timeout(Some(config.redis.write_timeout))?;
     Ok(conn)

@@ -8,6 +8,10 @@
 //! never blocked long; a pass repeats the call while it removed a full `LIMIT`. The trimmer owns
 //! its connection; when Redis is down a pass fails, is counted and logged (rate-limited), and
 //! the next pass tries again.
+//!
+//! Each stream is trimmed on the primary that holds it: the one server, the primary the
+//! sentinels name, or, in a cluster, the owner of the stream's slot (found again each pass),
+//! with that node's own `TIME`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +22,7 @@ use crate::config::Config;
 use crate::logging::RateLimit;
 use crate::ops::metrics::metrics;
 use crate::shutdown::Shutdown;
+use crate::sink::target::PrimaryConnections;
 
 /// Entries one `XTRIM` call may remove.
 pub const TRIM_LIMIT: u64 = 10_000;
@@ -55,16 +60,17 @@ pub fn min_id(redis_now_ms: u64, expire: Duration) -> String {
     format!("{}-0", redis_now_ms.saturating_sub(expire.as_millis().min(u64::MAX as u128) as u64))
 }
 
-/// The trimmer and its connection.
+/// The trimmer and its connections (one per primary holding a stream).
 pub struct Trimmer {
     config: Arc<Config>,
     targets: Vec<TrimTarget>,
-    conn: Option<redis::Connection>,
+    conns: PrimaryConnections,
 }
 
 impl Trimmer {
     pub fn new(config: Arc<Config>) -> Trimmer {
-        Trimmer { targets: targets(&config), config, conn: None }
+        let conns = PrimaryConnections::new(config.redis.clone(), config.redis.write_timeout);
+        Trimmer { targets: targets(&config), config, conns }
     }
 
     /// Trims now, then every `TRIM_INTERVAL`, until shutdown. Returns at once when no stream
@@ -91,7 +97,7 @@ impl Trimmer {
         match result {
             Ok(removed) => debug!(?removed, elapsed = ?started.elapsed(), "trimmed streams"),
             Err(e) => {
-                self.conn = None;
+                self.conns.forget(None);
                 metrics().trim_errors.inc();
                 if let Some(suppressed) = TRIM_WARN.check() {
                     warn!(error = %e, suppressed, "stream trimming failed; retrying next TRIM_INTERVAL");
@@ -102,18 +108,17 @@ impl Trimmer {
 
     /// Trims every target; returns the entries removed per stream key.
     pub fn trim_all(&mut self) -> redis::RedisResult<Vec<(String, u64)>> {
-        let timeout = self.config.redis.write_timeout;
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => self.conn.insert(crate::ops::health::monitor::connect_redis(&self.config.redis, timeout)?),
-        };
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(conn)?;
-        let now_ms = secs * 1000 + micros / 1000;
+        let keys: Vec<String> = self.targets.iter().map(|t| t.key.clone()).collect();
         let mut removed = Vec::with_capacity(self.targets.len());
-        for target in &self.targets {
-            let n = trim_stream(conn, &target.key, &min_id(now_ms, target.expire))?;
-            metrics().trimmed_entries.with_label_values(&[target.label]).inc_by(n);
-            removed.push((target.key.clone(), n));
+        for primary in self.conns.resolve(&keys)? {
+            let (conn, _) = self.conns.get(&primary.address)?;
+            let (secs, micros): (u64, u64) = redis::cmd("TIME").query(conn)?;
+            let now_ms = secs * 1000 + micros / 1000;
+            for target in self.targets.iter().filter(|t| primary.streams.contains(&t.key)) {
+                let n = trim_stream(conn, &target.key, &min_id(now_ms, target.expire))?;
+                metrics().trimmed_entries.with_label_values(&[target.label]).inc_by(n);
+                removed.push((target.key.clone(), n));
+            }
         }
         Ok(removed)
     }

@@ -1,11 +1,19 @@
 //! Sinks: where events end up. [`writer`] owns the per-lane loop; [`entry`] turns an event into
 //! its stream entry's `event` JSON; [`redis`] owns the connection and the idempotent write;
+//! [`connect`] makes every connection (credentials, TLS, timeouts); [`target`] finds the
+//! primary (one server, Sentinel, or per stream in a cluster) and is what writers write to;
+//! [`cluster`] routes a batch over a Redis Cluster's primaries; [`durability`] checks that
+//! the server itself keeps what it is given;
 //! [`resp`] encodes a batch's commands; [`dlq`] keeps what Redis refused for good;
 //! [`permissions`] checks that the Redis user may do all of it.
 
+pub mod cluster;
+pub mod connect;
 pub mod dlq;
+pub mod durability;
 pub mod entry;
 pub mod permissions;
 pub mod redis;
 pub mod resp;
+pub mod target;
 pub mod writer;

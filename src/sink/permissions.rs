@@ -10,7 +10,29 @@
 
 use redis::{Connection, Value};
 
+use crate::config::{RedisConfig, RedisTopology};
 use crate::sink::redis::{dedup_key, dedup_keys_key, IDEMPOTENT_SCRIPT};
+
+/// The commands beyond the write path that the configured topology needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopologyCommands {
+    /// `WAIT` (`REDIS_WAIT_REPLICAS` > 0).
+    pub wait: bool,
+    /// `ROLE` (Sentinel: the primary is checked with it).
+    pub role: bool,
+    /// `CLUSTER SLOTS` (Cluster).
+    pub cluster_slots: bool,
+}
+
+impl TopologyCommands {
+    pub fn of(config: &RedisConfig) -> TopologyCommands {
+        TopologyCommands {
+            wait: config.wait_replicas > 0,
+            role: matches!(config.topology, RedisTopology::Sentinel { .. }),
+            cluster_slots: matches!(config.topology, RedisTopology::Cluster { .. }),
+        }
+    }
+}
 
 /// A command the user may not run, and on which key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,8 +98,9 @@ fn probe(command: &'static str, key: Option<&str>, args: &[&[u8]]) -> Probe {
     Probe { command, key: key.map(str::to_owned), args: all }
 }
 
-/// The probes for writing `streams` and trimming them, plus what the monitor needs.
-fn probes(streams: &[&str]) -> Vec<Probe> {
+/// The probes for writing `streams` and trimming them, plus what the monitor and the
+/// topology need.
+fn probes(streams: &[&str], topology: TopologyCommands) -> Vec<Probe> {
     let mut out = vec![
         probe("PING", None, &[]),
         probe("INFO", None, &[b"server"]),
@@ -90,6 +113,16 @@ fn probes(streams: &[&str]) -> Vec<Probe> {
         // EVALSHA of the loaded script with no entries: it only calls TIME.
         probe("EVALSHA", None, &[script_sha().as_bytes(), b"0", b"1", b"1", b"1", b""]),
     ];
+    if topology.wait {
+        // No replica is needed for 0: answers at once.
+        out.push(probe("WAIT", None, &[b"0", b"1"]));
+    }
+    if topology.role {
+        out.push(probe("ROLE", None, &[]));
+    }
+    if topology.cluster_slots {
+        out.push(probe("CLUSTER", None, &[b"SLOTS"]));
+    }
     for stream in streams {
         // Generation u64::MAX and a producer nobody uses: these keys never exist.
         let bitmap = dedup_key(stream, "eslstream-permission-probe", u64::MAX);
@@ -123,9 +156,9 @@ fn script_sha() -> String {
 
 /// Runs every probe; returns what the user may not do (empty: everything is allowed).
 /// `Err` when Redis could not be asked at all (a connection error).
-pub fn check(conn: &mut Connection, streams: &[&str]) -> redis::RedisResult<Vec<Missing>> {
+pub fn check(conn: &mut Connection, streams: &[&str], topology: TopologyCommands) -> redis::RedisResult<Vec<Missing>> {
     let mut missing = Vec::new();
-    for p in probes(streams) {
+    for p in probes(streams, topology) {
         let mut cmd = redis::cmd(p.command);
         for arg in &p.args {
             cmd.arg(arg.as_slice());

@@ -17,13 +17,20 @@
 //!
 //! Every dedup key carries the stream's hash tag ([`slot_tag`]), so it lives in the stream's
 //! Redis Cluster slot and the transaction and the script touch one slot.
+//!
+//! With `REDIS_WAIT_REPLICAS=N` every batch's pipeline ends with `WAIT N <timeout>`, so the
+//! confirmation costs no extra round trip; a batch fewer replicas confirmed in time is a
+//! [`WriteError::Unconfirmed`], retried through the checking path.
 
 use std::time::Duration;
+
+use std::borrow::Borrow;
 
 use redis::{Connection, ConnectionLike, ErrorKind, RedisError, Value};
 
 use crate::config::{EntryFormat, RedisConfig};
 use crate::envelope::{EventId, IdempotencyKey};
+use crate::ops::metrics::metrics;
 use crate::sink::resp::Resp;
 
 /// The Lua script used where `XADD IDMP` is not available.
@@ -208,15 +215,16 @@ struct DedupGroups {
 }
 
 impl DedupGroups {
-    fn new(entries: &[Entry]) -> DedupGroups {
+    fn new<E: Borrow<Entry>>(entries: &[E]) -> DedupGroups {
         let mut keys: Vec<(String, usize, DedupMark)> = Vec::new();
         let of_entry = entries
             .iter()
+            .map(Borrow::borrow)
             .enumerate()
             .map(|(i, e)| {
                 let mark = e.dedup_mark();
                 let same_key = |(_, j, m): &(String, usize, DedupMark)| {
-                    let other = &entries[*j];
+                    let other: &Entry = entries[*j].borrow();
                     let same_generation = match (m, mark) {
                         (DedupMark::Bit { generation: a, .. }, DedupMark::Bit { generation: b, .. }) => *a == b,
                         (DedupMark::Member, DedupMark::Member) => true,
@@ -260,6 +268,14 @@ pub enum WriteError {
     /// Redis answered with an error that may pass (OOM, LOADING, BUSY, paused ...).
     #[error("Redis is refusing writes for now: {0}")]
     Transient(String),
+    /// The node is not (or no longer) the primary for these keys (`READONLY`, `MOVED`, `ASK`,
+    /// `CLUSTERDOWN`, `TRYAGAIN`): find the primary again, then retry.
+    #[error("Redis node is not the primary for these keys: {0}")]
+    Topology(String),
+    /// The batch was written on the primary but fewer replicas than `REDIS_WAIT_REPLICAS`
+    /// confirmed it within `REDIS_WAIT_TIMEOUT`: retried through the checking path.
+    #[error("write not confirmed by enough replicas: {0}")]
+    Unconfirmed(String),
     /// A hot-standby pair's fence refused the write: another agent holds a newer lease and
     /// has written to the stream. Nothing of the batch was written.
     #[error("fenced: {0}")]
@@ -271,12 +287,30 @@ impl WriteError {
         match self {
             WriteError::Connection(_) => "connection",
             WriteError::Transient(_) => "transient",
+            WriteError::Topology(_) => "topology",
+            WriteError::Unconfirmed(_) => "unconfirmed",
             WriteError::Fenced(_) => "fenced",
         }
     }
+
+    /// Whether the batch may have been written although it failed (the retry must check).
+    pub fn maybe_written(&self) -> bool {
+        matches!(self, WriteError::Connection(_) | WriteError::Topology(_) | WriteError::Unconfirmed(_))
+    }
 }
 
-fn classify(e: RedisError) -> WriteError {
+/// Error codes saying the node is not where these keys are written now.
+const TOPOLOGY_CODES: &[&str] = &["MOVED", "ASK", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN"];
+
+/// Whether an error's text names a topology error code (also inside an aborted
+/// transaction's list, where redis-rs spells them `Moved`, `ReadOnly` ...).
+fn names_topology_error(text: &str) -> bool {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|word| TOPOLOGY_CODES.iter().any(|code| word.eq_ignore_ascii_case(code)) || word == "ReadOnly")
+}
+
+/// A failed request as a [`WriteError`].
+pub fn classify(e: RedisError) -> WriteError {
     let text = e.to_string();
     if e.is_io_error()
         || e.is_timeout()
@@ -285,6 +319,18 @@ fn classify(e: RedisError) -> WriteError {
         || e.kind() == ErrorKind::Io
     {
         WriteError::Connection(text)
+    } else if e.code().is_some_and(|c| TOPOLOGY_CODES.contains(&c)) || names_topology_error(&text) {
+        WriteError::Topology(text)
+    } else {
+        WriteError::Transient(text)
+    }
+}
+
+/// An error reply to a whole request as a [`WriteError`].
+fn server_error(err: &redis::ServerError) -> WriteError {
+    let text = server_error_text(err);
+    if TOPOLOGY_CODES.contains(&err.code()) {
+        WriteError::Topology(text)
     } else {
         WriteError::Transient(text)
     }
@@ -310,15 +356,37 @@ pub struct RedisSink {
     fence: Option<(String, u64)>,
     /// Every batch takes the checking script ([`RedisSink::use_script_only`]).
     always_check: bool,
+    /// `REDIS_WAIT_REPLICAS` (0: no `WAIT`).
+    wait_replicas: u32,
+    /// `REDIS_WAIT_TIMEOUT`.
+    wait_timeout: Duration,
+    /// Entries written by a batch `WAIT` did not confirm, with their IDs (see
+    /// [`RedisSink::confirm`]).
+    unconfirmed: Vec<(EntryKey, String)>,
 }
 
+/// An entry's stream, producer and id.
+type EntryKey = (String, String, EventId);
+
+/// Entries not confirmed by `WAIT` remembered at most (see [`RedisSink::confirm`]).
+const UNCONFIRMED_MAX: usize = 100_000;
+
 impl RedisSink {
-    /// Connects, sets timeouts, and detects the server's version to pick the write mode.
+    /// Connects to the server of `REDIS_URL` (whatever the topology: the writers connect
+    /// through [`crate::sink::target::Sink`]), sets timeouts, and detects the server's
+    /// version to pick the write mode.
     pub fn connect(config: &RedisConfig) -> Result<RedisSink, WriteError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| WriteError::Connection(e.to_string()))?;
-        let mut conn = client.get_connection_with_timeout(config.dial_timeout).map_err(classify)?;
-        conn.set_read_timeout(Some(config.write_timeout)).map_err(classify)?;
-        conn.set_write_timeout(Some(config.write_timeout)).map_err(classify)?;
+        let conn = crate::sink::connect::connect_node(config, None, config.write_timeout).map_err(classify)?;
+        RedisSink::on(conn, config)
+    }
+
+    /// Writes on `conn` (its timeouts set already): detects the server's version to pick the
+    /// write mode and loads the script.
+    pub fn on(mut conn: Connection, config: &RedisConfig) -> Result<RedisSink, WriteError> {
+        let reply_timeout = config.write_timeout + config.wait_timeout.min(config.write_timeout);
+        if config.wait_replicas > 0 {
+            conn.set_read_timeout(Some(reply_timeout)).map_err(classify)?;
+        }
         let info: String = redis::cmd("INFO").arg("server").query(&mut conn).map_err(classify)?;
         let mode = if supports_idmp(&info) { WriteMode::Idmp } else { WriteMode::Script };
         let script_sha: String =
@@ -333,6 +401,9 @@ impl RedisSink {
             idmp_checked: Vec::new(),
             reply_timeout: config.write_timeout,
             resp: Resp::with_capacity(1 << 20),
+            wait_replicas: config.wait_replicas,
+            wait_timeout: config.wait_timeout,
+            unconfirmed: Vec::new(),
             fence: None,
             always_check: false,
         })
@@ -354,13 +425,90 @@ impl RedisSink {
         }
     }
 
-    /// How long the next writes wait for their reply (a system call only when it changes).
+    /// How long the next writes wait for their reply (a system call only when it changes);
+    /// with `WAIT`, the replicas get at most as long again.
     pub fn set_reply_timeout(&mut self, timeout: Duration) -> Result<(), WriteError> {
         if timeout != self.reply_timeout {
-            self.conn.set_read_timeout(Some(timeout)).map_err(classify)?;
+            let socket = if self.wait_replicas > 0 { timeout + self.wait_for(timeout) } else { timeout };
+            self.conn.set_read_timeout(Some(socket)).map_err(classify)?;
             self.reply_timeout = timeout;
         }
         Ok(())
+    }
+
+    /// How long this write's `WAIT` may wait: `REDIS_WAIT_TIMEOUT`, at most the reply timeout.
+    fn wait_for(&self, reply_timeout: Duration) -> Duration {
+        self.wait_timeout.min(reply_timeout).max(Duration::from_millis(1))
+    }
+
+    /// Appends `WAIT <replicas> <ms>` to the request being encoded; returns how many replies
+    /// it adds (0 without `REDIS_WAIT_REPLICAS`).
+    fn encode_wait(&mut self) -> usize {
+        if self.wait_replicas == 0 {
+            return 0;
+        }
+        let ms = self.wait_for(self.reply_timeout).as_millis() as i64;
+        self.resp.command(3).arg(b"WAIT").int(i64::from(self.wait_replicas)).int(ms);
+        1
+    }
+
+    /// The outcomes of a write once `WAIT` (if sent) confirmed it. Not confirmed: the entries
+    /// written now are remembered with their IDs, so the retry, which finds them already there,
+    /// reports them written with those IDs rather than as duplicates (the producer sent them
+    /// once); confirmed: a duplicate remembered so is reported written, and forgotten. (On
+    /// this connection only: after a reconnect such a retry reports a duplicate.)
+    fn confirm<E: Borrow<Entry>>(
+        &mut self,
+        entries: &[E],
+        waits: usize,
+        wait: Option<Value>,
+        mut outcomes: Vec<EntryOutcome>,
+    ) -> Result<Vec<EntryOutcome>, WriteError> {
+        if waits == 0 {
+            return Ok(outcomes);
+        }
+        if let Err(e) = self.check_wait(wait) {
+            // Bounded: the oldest go first (their retry, if any, reports a duplicate).
+            let excess = (self.unconfirmed.len() + entries.len()).saturating_sub(UNCONFIRMED_MAX);
+            self.unconfirmed.drain(..excess.min(self.unconfirmed.len()));
+            for (entry, outcome) in entries.iter().map(Borrow::borrow).zip(&outcomes) {
+                if let EntryOutcome::Written(id) = outcome {
+                    self.unconfirmed
+                        .push(((entry.stream_key.clone(), entry.producer.clone(), entry.id.clone()), id.clone()));
+                }
+            }
+            return Err(e);
+        }
+        if !self.unconfirmed.is_empty() {
+            for (entry, outcome) in entries.iter().map(Borrow::borrow).zip(outcomes.iter_mut()) {
+                if *outcome != EntryOutcome::Duplicate {
+                    continue;
+                }
+                let key =
+                    |(k, _): &&(EntryKey, String)| k.0 == entry.stream_key && k.1 == entry.producer && k.2 == entry.id;
+                if let Some(i) = self.unconfirmed.iter().position(|u| key(&u)) {
+                    *outcome = EntryOutcome::Written(self.unconfirmed.swap_remove(i).1);
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Checks `WAIT`'s reply: the number of replicas that have the batch.
+    fn check_wait(&self, reply: Option<Value>) -> Result<(), WriteError> {
+        match reply {
+            Some(Value::Int(n)) if n >= i64::from(self.wait_replicas) => Ok(()),
+            Some(Value::Int(n)) => {
+                metrics().redis_wait_timeouts.inc();
+                Err(WriteError::Unconfirmed(format!(
+                    "WAIT: {n} of REDIS_WAIT_REPLICAS={} replicas confirmed within {:?}",
+                    self.wait_replicas,
+                    self.wait_for(self.reply_timeout)
+                )))
+            }
+            Some(Value::ServerError(err)) => Err(server_error(&err)),
+            other => Err(WriteError::Unconfirmed(format!("unexpected WAIT reply {other:?}"))),
+        }
     }
 
     /// How long string ids are remembered (`HTTP_INGRESS_IDEMPOTENCY_TTL`), at least a second.
@@ -382,10 +530,19 @@ impl RedisSink {
     /// ambiguously, they were replayed from the spool after a restart, or their producer may
     /// have sent them before): on servers without IDMP they then take the checking path, as
     /// does any batch with a string id.
-    pub fn write(&mut self, entries: &[Entry], maybe_written: bool) -> Result<Vec<EntryOutcome>, WriteError> {
+    ///
+    /// `entries` are entries or references to them (a cluster writes part of a batch to each
+    /// node).
+    pub fn write<E: Borrow<Entry>>(
+        &mut self,
+        entries: &[E],
+        maybe_written: bool,
+    ) -> Result<Vec<EntryOutcome>, WriteError> {
         match self.mode {
             WriteMode::Idmp => self.write_idmp(entries),
-            WriteMode::Script if maybe_written || self.always_check || entries.iter().any(Entry::has_string_id) => {
+            WriteMode::Script
+                if maybe_written || self.always_check || entries.iter().any(|e| e.borrow().has_string_id()) =>
+            {
                 self.write_script(entries)
             }
             WriteMode::Script => self.write_transaction(entries),
@@ -393,12 +550,13 @@ impl RedisSink {
     }
 
     /// The checking path: one script call that skips entries whose key was already written.
-    fn write_script(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
+    fn write_script<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, WriteError> {
         let groups = DedupGroups::new(entries);
+        let all = || entries.iter().map(Borrow::borrow);
         // A fenced write checks and raises the fence of every stream it writes to.
         let mut fences: Vec<String> = Vec::new();
         if let Some((group, _)) = &self.fence {
-            for e in entries {
+            for e in all() {
                 let key = fence_key(&e.stream_key, group);
                 if !fences.contains(&key) {
                     fences.push(key);
@@ -407,7 +565,7 @@ impl RedisSink {
         }
         let epoch = self.fence.as_ref().map_or(0, |(_, epoch)| *epoch);
         let keys = groups.keys.len() + fences.len();
-        let args = 8 + keys + entries.iter().map(|e| 3 + e.xadd_arg_count()).sum::<usize>();
+        let args = 8 + keys + all().map(|e: &Entry| 3 + e.xadd_arg_count()).sum::<usize>();
         let resp = &mut self.resp;
         resp.clear();
         resp.command(args).arg(b"EVALSHA").arg(self.script_sha.as_bytes()).int(keys as i64);
@@ -428,7 +586,7 @@ impl RedisSink {
             .collect();
         kinds.extend(fences.iter().map(|_| b'f'));
         resp.arg(&kinds).int(epoch as i64);
-        for (e, group) in entries.iter().zip(&groups.of_entry) {
+        for (e, group) in all().zip(&groups.of_entry) {
             resp.int(*group as i64 + 1);
             match (&e.id, e.dedup_mark()) {
                 (_, DedupMark::Bit { bit, .. }) => resp.int(bit as i64),
@@ -438,7 +596,10 @@ impl RedisSink {
             resp.int(e.xadd_arg_count() as i64);
             e.encode_xadd_args(resp);
         }
-        let reply = match self.conn.req_packed_command(self.resp.as_bytes()).map_err(classify)? {
+        let waits = self.encode_wait();
+        let mut replies = self.conn.req_packed_commands(self.resp.as_bytes(), 0, 1 + waits).map_err(classify)?;
+        let wait = if waits > 0 { replies.pop() } else { None };
+        let reply = match replies.pop().unwrap_or(Value::Nil) {
             Value::ServerError(err) if err.code() == "NOSCRIPT" => {
                 redis::cmd("SCRIPT")
                     .arg("LOAD")
@@ -450,7 +611,7 @@ impl RedisSink {
             Value::ServerError(err) if err.code() == "FENCED" => {
                 return Err(WriteError::Fenced(server_error_text(&err)));
             }
-            Value::ServerError(err) => return Err(WriteError::Transient(server_error_text(&err))),
+            Value::ServerError(err) => return Err(server_error(&err)),
             reply => reply,
         };
         let Value::Array(items) = reply else {
@@ -473,26 +634,27 @@ impl RedisSink {
                 }
             })
             .collect();
-        outcomes.resize(entries.len(), EntryOutcome::Pending);
-        Ok(outcomes)
+        outcomes.resize(all().count(), EntryOutcome::Pending);
+        self.confirm(entries, waits, wait, outcomes)
     }
 
     /// The fast path for entries with numeric ids never sent before: one `MULTI`/`EXEC` that
     /// records every key (`BITFIELD ... SET u1 <bit> 1`, first, so an OOM refuses the whole
     /// transaction) and adds every entry. Either all of it happens or none, so a retry after an
     /// ambiguous failure can take the checking path and find out exactly what is there.
-    fn write_transaction(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
+    fn write_transaction<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, WriteError> {
         let groups = DedupGroups::new(entries);
+        let all = || entries.iter().map(Borrow::borrow);
         let resp = &mut self.resp;
         resp.clear();
         resp.command(1).arg(b"MULTI");
         for (g, (key, _, _)) in groups.keys.iter().enumerate() {
             let bits = || {
-                entries.iter().zip(&groups.of_entry).filter(move |(_, group)| **group == g).filter_map(|(e, _)| match e
-                    .dedup_mark()
-                {
-                    DedupMark::Bit { bit, .. } => Some(bit),
-                    DedupMark::Member => None,
+                all().zip(&groups.of_entry).filter(move |(_, group)| **group == g).filter_map(|(e, _): (&Entry, _)| {
+                    match e.dedup_mark() {
+                        DedupMark::Bit { bit, .. } => Some(bit),
+                        DedupMark::Member => None,
+                    }
                 })
             };
             resp.command(2 + 4 * bits().count()).arg(b"BITFIELD").arg(key.as_bytes());
@@ -502,7 +664,7 @@ impl RedisSink {
             resp.command(3).arg(b"EXPIRE").arg(key.as_bytes()).int(DEDUP_TTL_SECS as i64);
         }
         let before_xadds = resp.commands() - 1;
-        for e in entries {
+        for e in all() {
             resp.command(1 + e.xadd_arg_count()).arg(b"XADD");
             e.encode_xadd_args(resp);
         }
@@ -514,25 +676,28 @@ impl RedisSink {
                 if generation <= DEDUP_KEEP_GENERATIONS {
                     continue;
                 }
-                let e = &entries[*first];
+                let e: &Entry = entries[*first].borrow();
                 let old = dedup_key(&e.stream_key, &e.producer, generation - DEDUP_KEEP_GENERATIONS - 1);
                 resp.command(2).arg(b"UNLINK").arg(old.as_bytes());
             }
         }
         let queued = resp.commands() - 1;
         resp.command(1).arg(b"EXEC");
+        let waits = self.encode_wait();
         // The replies: +OK, one +QUEUED per command (an error there aborts the transaction,
-        // which the call reports as an error), then EXEC's array.
-        let mut replies = self.conn.req_packed_commands(self.resp.as_bytes(), queued + 1, 1).map_err(classify)?;
+        // which the call reports as an error), then EXEC's array (and WAIT's count).
+        let mut replies =
+            self.conn.req_packed_commands(self.resp.as_bytes(), queued + 1, 1 + waits).map_err(classify)?;
+        let wait = if waits > 0 { replies.pop() } else { None };
         let exec = replies.pop().unwrap_or(Value::Nil);
         let items = match exec {
             Value::Array(items) => items,
-            Value::ServerError(err) => return Err(WriteError::Transient(server_error_text(&err))),
+            Value::ServerError(err) => return Err(server_error(&err)),
             other => return Err(WriteError::Transient(format!("unexpected EXEC reply {other:?}"))),
         };
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut refused = Vec::new();
-        for (e, reply) in entries.iter().zip(items.into_iter().skip(before_xadds)) {
+        for (e, reply) in all().zip(items.into_iter().skip(before_xadds)) {
             match reply {
                 Value::BulkString(b) => outcomes.push(EntryOutcome::Written(String::from_utf8_lossy(&b).into_owned())),
                 Value::SimpleString(s) => outcomes.push(EntryOutcome::Written(s)),
@@ -554,14 +719,15 @@ impl RedisSink {
             }
         }
         outcomes.resize(entries.len(), EntryOutcome::Pending);
-        Ok(outcomes)
+        self.confirm(entries, waits, wait, outcomes)
     }
 
-    fn write_idmp(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
+    fn write_idmp<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, WriteError> {
+        let all = || entries.iter().map(Borrow::borrow);
         let resp = &mut self.resp;
         resp.clear();
         let mut id = Vec::new();
-        for e in entries {
+        for e in all() {
             resp.command(4 + e.xadd_arg_count()).arg(b"XADD").arg(e.stream_key.as_bytes());
             id.clear();
             e.id.write_text(&mut id);
@@ -574,9 +740,12 @@ impl RedisSink {
                 resp.arg(name.as_bytes()).arg(value);
             }
         }
-        let replies = self.conn.req_packed_commands(self.resp.as_bytes(), 0, entries.len()).map_err(classify)?;
+        let waits = self.encode_wait();
+        let mut replies =
+            self.conn.req_packed_commands(self.resp.as_bytes(), 0, entries.len() + waits).map_err(classify)?;
+        let wait = if waits > 0 { replies.pop() } else { None };
         // The stream exists now: size its IDMP window once per connection.
-        for e in entries {
+        for e in all() {
             if !self.idmp_checked.contains(&e.stream_key) {
                 if let Err(err) = self.ensure_idmp_window(&e.stream_key) {
                     tracing::warn!(stream = %e.stream_key, error = %err, "cannot check the stream's IDMP window");
@@ -589,23 +758,20 @@ impl RedisSink {
             match reply {
                 Value::BulkString(b) => outcomes.push(EntryOutcome::Written(String::from_utf8_lossy(&b).into_owned())),
                 Value::ServerError(err) => {
-                    let text = server_error_text(&err);
-                    if matches!(
-                        err.code(),
-                        "OOM" | "LOADING" | "BUSY" | "MISCONF" | "READONLY" | "NOREPLICAS" | "TRYAGAIN" | "MASTERDOWN"
-                    ) {
+                    let passing = matches!(err.code(), "OOM" | "LOADING" | "BUSY" | "MISCONF" | "NOREPLICAS");
+                    if passing || TOPOLOGY_CODES.contains(&err.code()) {
                         if outcomes.is_empty() {
-                            return Err(WriteError::Transient(text));
+                            return Err(server_error(&err));
                         }
                         break;
                     }
-                    outcomes.push(EntryOutcome::Rejected(text));
+                    outcomes.push(EntryOutcome::Rejected(server_error_text(&err)));
                 }
                 other => outcomes.push(EntryOutcome::Rejected(format!("unexpected reply {other:?}"))),
             }
         }
         outcomes.resize(entries.len(), EntryOutcome::Pending);
-        Ok(outcomes)
+        self.confirm(entries, waits, wait, outcomes)
     }
 
     /// Configures the IDMP window of a stream on 8.6+ where it differs from ours (calling
@@ -729,6 +895,20 @@ mod tests {
         assert_eq!(dedup_keys_key("a:{sw1}:http", "crm"), "a:{sw1}:http:idmp-keys:crm");
         // An empty tag is no tag: the whole key is hashed, so the key is wrapped.
         assert_eq!(dedup_keys_key("a{}b", "p"), "{a{}b}:idmp-keys:p");
+    }
+
+    #[test]
+    fn topology_errors_are_recognised() {
+        assert!(names_topology_error("Transaction aborted: [(Index 3, error: Moved: 1234 127.0.0.1:7001)]"));
+        assert!(names_topology_error("ReadOnly: You can't write against a read only replica."));
+        assert!(names_topology_error("CLUSTERDOWN The cluster is down"));
+        assert!(names_topology_error("ASK 866 127.0.0.1:7002"));
+        assert!(!names_topology_error("OOM command not allowed when used memory > 'maxmemory'"));
+        assert!(!names_topology_error("TASK failed; MOVEDX"));
+        let e = classify(RedisError::from((ErrorKind::Server(redis::ServerErrorKind::ReadOnly), "read only")));
+        assert_eq!(e.kind(), "topology");
+        assert!(e.maybe_written() && WriteError::Unconfirmed(String::new()).maybe_written());
+        assert!(!WriteError::Transient(String::new()).maybe_written());
     }
 
     #[test]

@@ -29,7 +29,8 @@ use crate::pipeline::{Lane, WriteNow};
 use crate::shutdown::Shutdown;
 use crate::sink::dlq::DeadLetters;
 use crate::sink::entry::event_json;
-use crate::sink::redis::{backoff, Entry, EntryOutcome, RedisSink, WriteError};
+use crate::sink::redis::{backoff, Entry, EntryOutcome, WriteError};
+use crate::sink::target::Sink;
 use crate::state::AgentState;
 
 /// The longest pause between two attempts at a failing write.
@@ -73,7 +74,7 @@ struct Writer {
     state: Arc<AgentState>,
     shutdown: Shutdown,
     dead_letters: Arc<DeadLetters>,
-    sink: Option<RedisSink>,
+    sink: Option<Sink>,
     written: WrittenCounters,
     /// Entries already written, whose buffers the next batch reuses (up to one batch).
     spare_entries: Vec<Entry>,
@@ -123,7 +124,7 @@ impl LaneWriter {
         let depth = metrics().queue_depth.with_label_values(&[&lane.to_string()]);
         let overflow = metrics().overflow_depth.with_label_values(&[&lane.to_string()]);
         // Shown at 0 from the start, so that alerts and rate() see the first retry.
-        for kind in ["connection", "transient", "partial"] {
+        for kind in ["connection", "transient", "partial", "topology", "unconfirmed"] {
             metrics().write_retries.with_label_values(&[kind]);
         }
         loop {
@@ -341,6 +342,9 @@ impl Writer {
         if pending.is_empty() {
             return Ok(());
         }
+        // What is left may have been written (a cluster node that failed after others
+        // succeeded, a batch cut short): the retry checks.
+        *maybe_written = true;
         metrics().write_retries.with_label_values(&["partial"]).inc();
         Err("partial write".to_owned())
     }
@@ -385,12 +389,18 @@ impl Writer {
         metrics().ha_fenced.inc_by(dropped);
     }
 
-    /// Records a failed write; after a lost connection the request may have been executed.
+    /// Records a failed write; after a lost connection, a reply from a node that is no longer
+    /// the primary, or a `WAIT` short of replicas, the request may have been executed. A lost
+    /// connection or a node that is not the primary also drops the connection, so the next
+    /// attempt finds the primary again (a cluster sink re-reads its slot map itself).
     fn failed(&mut self, e: WriteError, maybe_written: &mut bool) -> String {
         metrics().write_retries.with_label_values(&[e.kind()]).inc();
         self.state.record_error(e.to_string());
-        if let WriteError::Connection(_) = e {
+        if e.maybe_written() {
             *maybe_written = true;
+        }
+        let cluster = matches!(self.sink, Some(Sink::Cluster(_)));
+        if matches!(e, WriteError::Connection(_)) || (matches!(e, WriteError::Topology(_)) && !cluster) {
             self.disconnect();
         }
         e.to_string()
@@ -478,14 +488,14 @@ impl Writer {
         }
     }
 
-    fn sink(&mut self) -> Result<&mut RedisSink, WriteError> {
+    fn sink(&mut self) -> Result<&mut Sink, WriteError> {
         if self.sink.is_none() {
-            let mut sink = RedisSink::connect(&self.config.redis)?;
+            let mut sink = Sink::connect(&self.config.redis)?;
             sink.set_dedup_keys_ttl(self.config.http_ingress.idempotency_ttl);
             if self.fence.is_some() {
                 sink.use_script_only();
             }
-            info!(mode = ?sink.mode(), "connected to Redis");
+            info!(mode = ?sink.mode(), at = %sink.location(), "connected to Redis");
             self.state.redis_writers_up.fetch_add(1, Ordering::Relaxed);
             metrics().redis_connected.inc();
             self.sink = Some(sink);

@@ -1,8 +1,9 @@
 //! Integration-test harness, included by each test file with `mod support;`: real Redis servers
 //! ([`redis::RedisServer`]), a controllable TCP proxy ([`proxy::TcpProxy`]), the simulator
 //! (re-exported from the library), a runner for the built `eslstream` binary ([`Agent`]), and a
-//! live agent whose `/metrics` shows every family ([`metrics::LiveMetrics`]), and a real
-//! PostgreSQL cluster ([`postgres::PgServer`]).
+//! live agent whose `/metrics` shows every family ([`metrics::LiveMetrics`]), a real
+//! PostgreSQL cluster ([`postgres::PgServer`]), and Redis Cluster, Sentinel and a test CA
+//! for the scale-out tests ([`topology`]).
 //!
 //! Everything here is bounded in time: waits take a timeout and panic with a message (and the
 //! child's stderr) instead of hanging.
@@ -14,6 +15,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod redis;
 pub mod streams;
+pub mod topology;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -31,6 +31,12 @@ impl RedisServer {
     /// Like [`start`](Self::start), with extra `--name value` arguments for redis-server
     /// (kept for [`restart`](Self::restart)).
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        Self::start_on(extra, free_port)
+    }
+
+    /// Like [`start_with`](Self::start_with), on a port from `pick` (a cluster node needs one
+    /// whose bus port, 10000 higher, is free too).
+    pub fn start_on(extra: &[&str], pick: fn() -> u16) -> RedisServer {
         let binary = find_on_path("redis-server")
             .unwrap_or_else(|| panic!("redis-server not found: apt-get install -y redis-server"));
         let dir = tempfile::Builder::new().prefix("eslstream-redis-").tempdir().expect("temp dir for redis");
@@ -39,7 +45,7 @@ impl RedisServer {
         let mut last_error = String::new();
         // A free port can be taken by someone else before redis binds it: retry a few times.
         for _ in 0..5 {
-            server.port = free_port();
+            server.port = pick();
             match server.spawn() {
                 Ok(()) => return server,
                 Err(e) => {

@@ -8,34 +8,30 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::config::RedisConfig;
 use crate::envelope::{now_us, Source};
 use crate::ops::context::AppContext;
 use crate::ops::health::report::*;
 use crate::ops::health::rules::*;
 use crate::ops::metrics::{dropped_by_reason, metrics};
 use crate::shutdown::Shutdown;
-use crate::sink::permissions;
+use crate::sink::target::PrimaryConnections;
+use crate::sink::{durability, permissions};
 
-/// Opens a Redis connection whose connect, read and write each give up after `timeout`.
-pub fn connect_redis(config: &RedisConfig, timeout: Duration) -> redis::RedisResult<redis::Connection> {
-    let client = redis::Client::open(config.url.as_str())?;
-    let conn = client.get_connection_with_timeout(config.dial_timeout.min(timeout))?;
-    conn.set_read_timeout(Some(timeout))?;
-    conn.set_write_timeout(Some(timeout))?;
-    Ok(conn)
-}
-
-/// The monitor's own Redis connection, re-made after any failure. Each new connection first
-/// checks what the user may do ([`permissions::check`]).
+/// The monitor's connections to every primary holding a stream, found again at each check.
+/// Each new connection first checks what the user may do ([`permissions::check`]); every
+/// check asks whether the server keeps what it is given ([`durability::check`]).
 struct RedisProbe {
-    config: RedisConfig,
-    timeout: Duration,
-    conn: Option<redis::Connection>,
+    conns: PrimaryConnections,
     /// The streams the agent writes (their keys and dedup keys are checked).
     streams: Vec<String>,
     /// What the user may not do, as of the last connection.
     missing: Vec<String>,
+    /// Why a primary could lose data on its own, as of the last connection.
+    warnings: Vec<String>,
+    /// `host:port` of the primaries written to, as of the last check.
+    primaries: Vec<String>,
+    /// `REDIS_WAIT_REPLICAS`.
+    wait_replicas: u32,
 }
 
 impl RedisProbe {
@@ -43,22 +39,28 @@ impl RedisProbe {
         let started = Instant::now();
         let result = self.try_ping();
         if result.is_err() {
-            self.conn = None;
+            self.conns.forget(None);
         }
         result.map(|()| started.elapsed()).map_err(|e| e.to_string())
     }
 
     fn try_ping(&mut self) -> redis::RedisResult<()> {
+        let primaries = self.conns.resolve(&self.streams)?;
+        self.primaries = primaries.iter().map(|p| p.address.clone()).collect();
+        let mut fresh = false;
+        for p in &primaries {
+            fresh |= self.conns.get(&p.address)?.1;
+        }
         // On every new connection, and at every check while something is missing (an admin
         // may fix the ACL at any time).
-        let fresh = self.conn.is_none();
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => self.conn.insert(connect_redis(&self.config, self.timeout)?),
-        };
         if fresh || !self.missing.is_empty() {
-            let streams: Vec<&str> = self.streams.iter().map(String::as_str).collect();
-            let missing: Vec<String> = permissions::check(conn, &streams)?.iter().map(|m| m.to_string()).collect();
+            let mut missing = Vec::new();
+            for p in &primaries {
+                let streams: Vec<&str> = p.streams.iter().map(String::as_str).collect();
+                let topology = permissions::TopologyCommands::of(self.conns.config());
+                let (conn, _) = self.conns.get(&p.address)?;
+                missing.extend(permissions::check(conn, &streams, topology)?.iter().map(|m| m.to_string()));
+            }
             if missing != self.missing {
                 for m in &missing {
                     error!("{m}");
@@ -69,7 +71,28 @@ impl RedisProbe {
                 self.missing = missing;
             }
         }
-        redis::cmd("PING").query::<String>(conn).map(drop)
+        // Every check: settings and replicas can change at any time (a failover leaves the new
+        // primary without replicas for a while).
+        let mut warnings = Vec::new();
+        for p in &primaries {
+            let (conn, _) = self.conns.get(&p.address)?;
+            let found = durability::check(conn, self.wait_replicas)?;
+            warnings.extend(found.into_iter().map(|w| format!("{}: {w}", p.address)));
+        }
+        if warnings != self.warnings {
+            for w in warnings.iter().filter(|w| !self.warnings.contains(w)) {
+                warn!("Redis could lose or hold back writes: {w}");
+            }
+            if warnings.is_empty() {
+                info!("Redis keeps what it is given again (no durability warning)");
+            }
+            self.warnings = warnings;
+        }
+        for p in &primaries {
+            let (conn, _) = self.conns.get(&p.address)?;
+            redis::cmd("PING").query::<String>(conn)?;
+        }
+        Ok(())
     }
 }
 
@@ -92,10 +115,9 @@ pub struct HealthMonitor {
 impl HealthMonitor {
     pub fn new(ctx: Arc<AppContext>) -> HealthMonitor {
         let config = &ctx.config;
+        let timeout = config.redis.write_timeout.min(config.health_interval);
         let probe = RedisProbe {
-            config: config.redis.clone(),
-            timeout: config.redis.write_timeout.min(config.health_interval),
-            conn: None,
+            conns: PrimaryConnections::new(config.redis.clone(), timeout),
             streams: [&config.streams.events_key, &config.streams.jobs_key]
                 .into_iter()
                 .chain(config.http_ingress.enabled.then_some(&config.http_ingress.stream_key))
@@ -103,6 +125,9 @@ impl HealthMonitor {
                 .cloned()
                 .collect(),
             missing: Vec::new(),
+            warnings: Vec::new(),
+            primaries: Vec::new(),
+            wait_replicas: config.redis.wait_replicas,
         };
         HealthMonitor {
             limits: Limits::from_config(config),
@@ -230,6 +255,8 @@ impl HealthMonitor {
                     connected: s.redis_ping.is_ok(),
                     ping_ms,
                     writers_up: self.ctx.state.redis_writers_up.load(Ordering::Relaxed),
+                    primaries: self.probe.primaries.clone(),
+                    warnings: self.probe.warnings.clone(),
                 },
                 queue_depth: s.queue_depth,
                 queue_bytes: s.queue_bytes,

@@ -72,6 +72,11 @@ pub struct RedisHealth {
     pub ping_ms: Option<f64>,
     /// Writers whose connection is up (writers connect when they have something to write).
     pub writers_up: usize,
+    /// `host:port` of the primaries holding the streams (one, or one per cluster node).
+    pub primaries: Vec<String>,
+    /// Why a primary could lose data on its own (`maxmemory-policy`, persistence off), or
+    /// that this could not be checked; empty when it keeps what it is given.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,7 +108,13 @@ impl HealthReport {
                 sources: BTreeMap::new(),
                 outbox: None,
                 ha: None,
-                redis: RedisHealth { connected: false, ping_ms: None, writers_up: 0 },
+                redis: RedisHealth {
+                    connected: false,
+                    ping_ms: None,
+                    writers_up: 0,
+                    primaries: Vec::new(),
+                    warnings: Vec::new(),
+                },
                 queue_depth: 0,
                 queue_bytes: 0,
                 spool: SpoolHealth { bytes: 0, events: 0 },
