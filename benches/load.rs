@@ -27,7 +27,8 @@
 //! `redis-cli --cluster create`, with `REDIS_CLUSTER_NODES`, and 10,000 events/s on a fresh
 //! cluster: the cluster's events/s as a share of the same run's single-server figure, and its
 //! latency; both streams carry one hash tag there, so they share a slot). The default `all`
-//! runs every mode but `outbox` (it needs PostgreSQL's server binaries) and `cluster`;
+//! runs every mode but `outbox` (it needs PostgreSQL's server binaries), `cluster` and `ha`
+//! (saturation without and with `HA_GROUP`, one agent, which takes the lease at once);
 //! `--rates` alone means `rates`. See `docs/performance.md` for results.
 //!
 //! ```text
@@ -99,7 +100,7 @@ fn main() {
     }
 }
 
-const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|http|cluster|all, or a comma list] [--events N] \
+const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|http|outbox|cluster|ha|all, or a comma list] [--events N] \
 [--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large|xl] [--json target/load.json] [--env NAME=value]... [--agent PATH] \
 [--http-rate 1000] [--http-events 200000] [--outbox-rate 1000] [--outbox-rows 200000]";
 
@@ -124,6 +125,8 @@ struct Opts {
     outbox_rows: u64,
     /// `--mode cluster`: single server vs a Redis Cluster.
     cluster: bool,
+    /// `--mode ha`: saturation without and with `HA_GROUP`.
+    ha: bool,
 }
 
 impl Opts {
@@ -145,6 +148,7 @@ impl Opts {
             outbox_rate: 1_000,
             outbox_rows: 200_000,
             cluster: false,
+            ha: false,
         };
         let mut rates_given = false;
         let mut mode_given = false;
@@ -169,6 +173,7 @@ impl Opts {
                             "http" => o.http = true,
                             "outbox" => o.outbox = true,
                             "cluster" => o.cluster = true,
+                            "ha" => o.ha = true,
                             "all" => (o.saturation, o.rates_mode, o.http) = (true, true, true),
                             m => return Err(format!("unknown mode {m:?}")),
                         }
@@ -274,6 +279,24 @@ fn run(opts: &Opts) -> Result<(), String> {
             results.push(run_one(&Target::one(&redis), opts, Some(rate))?);
         }
     }
+    let mut ha_ratio = None;
+    if opts.ha {
+        // The same saturation run without and with HA_GROUP (one agent: it takes the lease at
+        // once), so the table shows what the pair's fast path costs: the checking script with
+        // the fence instead of MULTI, and the reader's gate.
+        let redis = fresh_redis()?;
+        version.clone_from(&redis.version);
+        let plain = run_one(&Target::one(&redis), opts, None)?;
+        drop(redis);
+        let mut paired = opts.clone();
+        paired.env.push(("HA_GROUP".into(), "bench".into()));
+        let redis = fresh_redis()?;
+        let mut with_ha = run_one(&Target::one(&redis), &paired, None)?;
+        drop(redis);
+        with_ha.mode = "saturation, HA_GROUP";
+        ha_ratio = Some(with_ha.events_per_sec / plain.events_per_sec);
+        results.extend([plain, with_ha]);
+    }
     let mut cluster_ratio = None;
     if opts.cluster {
         let redis = fresh_redis()?;
@@ -302,6 +325,9 @@ fn run(opts: &Opts) -> Result<(), String> {
     if !results.is_empty() {
         println!("{}", markdown(&results, ceiling.as_ref()));
     }
+    if let Some(ratio) = ha_ratio {
+        println!("HA_GROUP saturation: {:.0}% of the same run without it\n", ratio * 100.0);
+    }
     if let Some(ratio) = cluster_ratio {
         println!(
             "Cluster saturation: {:.0}% of the single server's events/s in the same run (target >= 80%)\n",
@@ -323,6 +349,7 @@ fn run(opts: &Opts) -> Result<(), String> {
         })),
         "runs": results.iter().map(RunResult::json).collect::<Vec<_>>(),
         "cluster_vs_single_saturation": cluster_ratio,
+        "ha_vs_plain_saturation": ha_ratio,
         "http": http.as_ref().map(HttpResult::json),
         "outbox": outbox.as_ref().map(outbox::OutboxResult::json),
     });
