@@ -126,7 +126,8 @@ impl Agent {
         let intake = Intake::new(pipeline.clone(), state.clone());
         let pair = match (&config.ha, &fence) {
             (Some(ha), Some(fence)) => {
-                let pair = Pair::new(ha.clone(), config.redis.clone(), fence.clone(), intake.clone());
+                let streams = vec![config.streams.events_key.clone(), config.streams.jobs_key.clone()];
+                let pair = Pair::new(ha.clone(), config.redis.clone(), streams, fence.clone(), intake.clone());
                 let stop = Shutdown::new();
                 let thread = {
                     let (pair, stop) = (pair.clone(), stop.clone());

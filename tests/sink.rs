@@ -183,3 +183,34 @@ fn the_keyed_set_is_bounded() {
     assert_eq!(members.len(), 3, "{members:?}");
     assert!(members.contains(&"5".to_owned()), "the newest is kept: {members:?}");
 }
+
+#[test]
+fn a_write_of_an_older_lease_epoch_is_fenced_on_both_paths() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection();
+    let (mut old, mut new) = (sink(&redis), sink(&redis));
+    for s in [&mut old, &mut new] {
+        s.use_script_only();
+    }
+    old.set_fence(Some(("sw1", 5)));
+    new.set_fence(Some(("sw1", 7)));
+    // The old active writes first: allowed, the fence is raised to 5.
+    assert_eq!(written(&old.write(&[entry("s", 1)], false).unwrap()), 1);
+    // The new active writes: the fence goes to 7.
+    assert_eq!(written(&new.write(&[entry("s", 2)], false).unwrap()), 1);
+    let fence: u64 = ::redis::cmd("GET").arg("{s}:ha-fence:sw1").query(&mut conn).unwrap();
+    assert_eq!(fence, 7);
+    // The old one, fast path and checking path alike: nothing written at all.
+    for maybe_written in [false, true] {
+        match old.write(&[entry("s", 3), entry("s", 4)], maybe_written) {
+            Err(eslstream::sink::redis::WriteError::Fenced(_)) => {}
+            other => panic!("expected fenced (maybe_written={maybe_written}), got {other:?}"),
+        }
+    }
+    assert_eq!(sequences(&mut conn, "s"), [1, 2], "the fenced writes left no trace");
+    // Unfenced writes (other sources) are not checked; the fenced fast path still writes once.
+    old.set_fence(None);
+    assert_eq!(written(&old.write(&[entry("t", 9)], false).unwrap()), 1);
+    assert_eq!(written(&new.write(&[entry("s", 3)], false).unwrap()), 1);
+    assert_eq!(sequences(&mut conn, "s"), [1, 2, 3]);
+}

@@ -15,8 +15,9 @@
 -- (an agent that lost its lease and does not know it yet) writes nothing and fails with
 -- FENCED; otherwise the fence is raised to the write's epoch before anything else is written.
 --
--- Every id is checked and recorded first (SETBIT returns the old bit, so one call both asks
--- and records; a set member is looked up, then added): those are the script's first writes,
+-- Every id is checked and recorded first (BITFIELD SET returns the old bit, so one call both
+-- asks and records, for every id of a bitmap at once; a set member is looked up, then added):
+-- those are the script's first writes after the fence,
 -- so an OOM refuses the whole batch before anything is written, and once one succeeded no
 -- later write of the script can be refused for memory. The same event twice in one batch
 -- finds its id recorded the second time.
@@ -58,6 +59,7 @@ local function set_key(g)
 end
 
 local skip = {}
+local by_bitmap = {}
 for i, e in ipairs(entries) do
   local g = e[1]
   if g > 0 then
@@ -68,8 +70,39 @@ for i, e in ipairs(entries) do
       else
         redis.call('ZADD', KEYS[g], now, e[2])
       end
-    elseif redis.call('SETBIT', KEYS[g], tonumber(e[2]), 1) == 1 then
-      skip[i] = true
+    else
+      local list = by_bitmap[g]
+      if not list then
+        list = {}
+        by_bitmap[g] = list
+      end
+      list[#list + 1] = i
+    end
+  end
+end
+-- The numeric ids of one bitmap in one BITFIELD (SET returns the old bit), a thousand at a
+-- time (Lua's unpack limit): a call per bitmap, not per event.
+for g = 1, #KEYS do
+  local list = by_bitmap[g]
+  if list then
+    local from = 1
+    while from <= #list do
+      local to = math.min(from + 999, #list)
+      local args = {}
+      for k = from, to do
+        local n = #args
+        args[n + 1] = 'SET'
+        args[n + 2] = 'u1'
+        args[n + 3] = entries[list[k]][2]
+        args[n + 4] = 1
+      end
+      local old = redis.call('BITFIELD', KEYS[g], unpack(args))
+      for k = from, to do
+        if old[k - from + 1] == 1 then
+          skip[list[k]] = true
+        end
+      end
+      from = to + 1
     end
   end
 end

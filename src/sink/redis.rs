@@ -36,6 +36,17 @@ use crate::sink::resp::Resp;
 /// The Lua script used where `XADD IDMP` is not available.
 pub const IDEMPOTENT_SCRIPT: &str = include_str!("idempotent.lua");
 
+/// A hot-standby pair's fence check before a fast-path transaction. KEYS: the stream's fence,
+/// the connection's tripwire (which it `WATCH`es); ARGV: the write's lease epoch, the fence's
+/// TTL. A fence newer than the epoch sets the tripwire, so the `EXEC` that follows does
+/// nothing; otherwise the fence is raised to the epoch. (One small call per stream and batch,
+/// instead of writing every entry from Lua.)
+pub const FENCE_CHECK: &str = "local seen = tonumber(redis.call('GET', KEYS[1]) or '0') \
+local epoch = tonumber(ARGV[1]) \
+if seen > epoch then redis.call('SET', KEYS[2], ARGV[1], 'EX', 60) return 0 end \
+if seen < epoch then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end \
+return 1";
+
 /// A dedup bitmap holds 2^this sequences (128 KiB at most).
 pub const DEDUP_GENERATION_BITS: u32 = 20;
 /// Bitmaps kept behind the one being written: the dedup window is at least this many times
@@ -354,8 +365,8 @@ pub struct RedisSink {
     reply_timeout: Duration,
     /// The hot-standby pair's group and the lease epoch the next writes carry.
     fence: Option<(String, u64)>,
-    /// Every batch takes the checking script ([`RedisSink::use_script_only`]).
-    always_check: bool,
+    /// This connection's own part of its tripwire keys (see [`FENCE_CHECK`]).
+    fence_token: String,
     /// `REDIS_WAIT_REPLICAS` (0: no `WAIT`).
     wait_replicas: u32,
     /// `REDIS_WAIT_TIMEOUT`.
@@ -405,16 +416,15 @@ impl RedisSink {
             wait_timeout: config.wait_timeout,
             unconfirmed: Vec::new(),
             fence: None,
-            always_check: false,
+            fence_token: format!("{:x}{:x}", std::process::id(), crate::envelope::now_us()),
         })
     }
 
-    /// Writes every batch through the checking script, on every server (a hot-standby pair:
-    /// the other agent may have written any event already, both must record ids in the same
-    /// place, and only the script checks the fence).
+    /// Writes with the script and the dedup bitmaps on every server, never `XADD IDMP` (a
+    /// hot-standby pair: both agents must record ids in the same place, and `IDMP` has no
+    /// fence).
     pub fn use_script_only(&mut self) {
         self.mode = WriteMode::Script;
-        self.always_check = true;
     }
 
     /// The lease epoch the next writes carry (`None`: not fenced), for pair `group`.
@@ -540,9 +550,7 @@ impl RedisSink {
     ) -> Result<Vec<EntryOutcome>, WriteError> {
         match self.mode {
             WriteMode::Idmp => self.write_idmp(entries),
-            WriteMode::Script
-                if maybe_written || self.always_check || entries.iter().any(|e| e.borrow().has_string_id()) =>
-            {
+            WriteMode::Script if maybe_written || entries.iter().any(|e| e.borrow().has_string_id()) => {
                 self.write_script(entries)
             }
             WriteMode::Script => self.write_transaction(entries),
@@ -647,6 +655,25 @@ impl RedisSink {
         let all = || entries.iter().map(Borrow::borrow);
         let resp = &mut self.resp;
         resp.clear();
+        // Fenced (a hot-standby pair): per stream, WATCH this connection's tripwire and check
+        // the fence; a fence newer than our epoch trips the wire, and EXEC then does nothing.
+        let mut prefix = 0;
+        if let Some((group, epoch)) = &self.fence {
+            let mut streams: Vec<&str> = Vec::new();
+            for e in all() {
+                if !streams.contains(&e.stream_key.as_str()) {
+                    streams.push(&e.stream_key);
+                }
+            }
+            for stream in streams {
+                let trip = format!("{}:ha-trip:{group}:{}", slot_tag(stream), self.fence_token);
+                resp.command(2).arg(b"WATCH").arg(trip.as_bytes());
+                resp.command(7).arg(b"EVAL").arg(FENCE_CHECK.as_bytes()).int(2);
+                resp.arg(fence_key(stream, group).as_bytes()).arg(trip.as_bytes());
+                resp.int(*epoch as i64).int(DEDUP_TTL_SECS as i64);
+                prefix += 2;
+            }
+        }
         resp.command(1).arg(b"MULTI");
         for (g, (key, _, _)) in groups.keys.iter().enumerate() {
             let bits = || {
@@ -663,7 +690,7 @@ impl RedisSink {
             }
             resp.command(3).arg(b"EXPIRE").arg(key.as_bytes()).int(DEDUP_TTL_SECS as i64);
         }
-        let before_xadds = resp.commands() - 1;
+        let before_xadds = resp.commands() - 1 - prefix;
         for e in all() {
             resp.command(1 + e.xadd_arg_count()).arg(b"XADD");
             e.encode_xadd_args(resp);
@@ -681,16 +708,20 @@ impl RedisSink {
                 resp.command(2).arg(b"UNLINK").arg(old.as_bytes());
             }
         }
-        let queued = resp.commands() - 1;
+        let queued = resp.commands() - 1 - prefix;
         resp.command(1).arg(b"EXEC");
         let waits = self.encode_wait();
-        // The replies: +OK, one +QUEUED per command (an error there aborts the transaction,
-        // which the call reports as an error), then EXEC's array (and WAIT's count).
+        // The replies: the fence checks, +OK, one +QUEUED per command (an error there aborts
+        // the transaction, which the call reports as an error), then EXEC's array (nil when
+        // the fence tripped), and WAIT's count.
         let mut replies =
-            self.conn.req_packed_commands(self.resp.as_bytes(), queued + 1, 1 + waits).map_err(classify)?;
+            self.conn.req_packed_commands(self.resp.as_bytes(), prefix + queued + 1, 1 + waits).map_err(classify)?;
         let wait = if waits > 0 { replies.pop() } else { None };
         let exec = replies.pop().unwrap_or(Value::Nil);
         let items = match exec {
+            Value::Nil if prefix > 0 => {
+                return Err(WriteError::Fenced("a newer lease epoch has written to the stream".into()))
+            }
             Value::Array(items) => items,
             Value::ServerError(err) => return Err(server_error(&err)),
             other => return Err(WriteError::Transient(format!("unexpected EXEC reply {other:?}"))),

@@ -293,6 +293,11 @@ impl Writer {
             Fenced::Epoch(group, epoch) => Some((group, epoch)),
             Fenced::AllDropped => return Ok(()),
         };
+        // In a pair, what comes back from the spool may have been written by the other agent
+        // meanwhile: it takes the checking path.
+        if self.fence.is_some() && pending.iter().any(|e| e.spool_pos.is_some()) {
+            *maybe_written = true;
+        }
         let started = Instant::now();
         let result = self.sink().and_then(|sink| {
             sink.set_fence(fence.as_ref().map(|(g, e)| (g.as_str(), *e)));

@@ -34,6 +34,8 @@ use crate::ops::metrics::metrics;
 use crate::pipeline::ack::AckStatus;
 use crate::pipeline::fence::Fence;
 use crate::shutdown::Shutdown;
+use crate::sink::redis::{fence_key, slot_tag, FENCE_CHECK};
+use crate::sink::target::connect_primary_for;
 use crate::source::{Intake, Offer};
 
 /// Takes the lease if it is free (or renews it if this agent holds it).
@@ -131,6 +133,8 @@ struct Gate {
 pub struct Pair {
     config: HaConfig,
     redis: RedisConfig,
+    /// The switch's streams (events, jobs): their fences are raised at takeover.
+    streams: Vec<String>,
     fence: Arc<Fence>,
     intake: Arc<Intake>,
     gate: Mutex<Gate>,
@@ -138,7 +142,13 @@ pub struct Pair {
 }
 
 impl Pair {
-    pub fn new(config: HaConfig, redis: RedisConfig, fence: Arc<Fence>, intake: Arc<Intake>) -> Arc<Pair> {
+    pub fn new(
+        config: HaConfig,
+        redis: RedisConfig,
+        streams: Vec<String>,
+        fence: Arc<Fence>,
+        intake: Arc<Intake>,
+    ) -> Arc<Pair> {
         let view = PairView {
             group: config.group.clone(),
             agent_id: config.agent_id.clone(),
@@ -154,6 +164,7 @@ impl Pair {
         Arc::new(Pair {
             config,
             redis,
+            streams,
             fence,
             intake,
             gate: Mutex::new(Gate { role: Role::Standby, window: Window { events: VecDeque::new(), bytes: 0 } }),
@@ -243,22 +254,46 @@ impl Pair {
         self.release(&mut conn);
     }
 
+    /// The lease's connection: to the primary holding the lease key (TLS, Sentinel and
+    /// Cluster as for the writers), with a quarter of the TTL to answer.
     fn connection<'a>(&self, conn: &'a mut Option<redis::Connection>) -> Result<&'a mut redis::Connection, String> {
         if conn.is_none() {
-            let client = redis::Client::open(self.redis.url.as_str()).map_err(|e| e.to_string())?;
-            let c = client.get_connection_with_timeout(self.redis.dial_timeout).map_err(|e| e.to_string())?;
-            let timeout = Some(self.config.lease_ttl / 4);
-            c.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-            c.set_write_timeout(timeout).map_err(|e| e.to_string())?;
+            let (lease, _) = self.keys();
+            let c = connect_primary_for(&self.redis, &lease, self.config.lease_ttl / 4).map_err(|e| e.to_string())?;
             *conn = Some(c);
         }
         Ok(conn.as_mut().expect("connected above"))
+    }
+
+    /// Raises the fence of every stream of the switch to `epoch`, so that from now on the old
+    /// active cannot write to any of them, whether or not this agent has written there yet.
+    fn raise_fences(&self, epoch: u64) {
+        for stream in &self.streams {
+            let fence = fence_key(stream, &self.config.group);
+            let trip = format!("{}:ha-trip:{}:takeover", slot_tag(stream), self.config.group);
+            let raised = connect_primary_for(&self.redis, &fence, self.config.lease_ttl).and_then(|mut c| {
+                redis::cmd("EVAL")
+                    .arg(FENCE_CHECK)
+                    .arg(2)
+                    .arg(&fence)
+                    .arg(&trip)
+                    .arg(epoch)
+                    .arg(crate::sink::redis::DEDUP_TTL_SECS)
+                    .query::<i64>(&mut c)
+            });
+            match raised {
+                Ok(1) => {}
+                Ok(_) => warn!(stream, epoch, "a newer lease epoch already wrote to this stream"),
+                Err(e) => warn!(stream, error = %e, "cannot raise the stream's fence; the replay raises it"),
+            }
+        }
     }
 
     /// Becomes active: the window goes to the pipeline first (checking path), in order, then
     /// live events follow it.
     fn take_over(&self, epoch: u64) {
         let started = Instant::now();
+        self.raise_fences(epoch);
         let mut gate = self.gate.lock();
         let mut window: Vec<Envelope> = gate.window.events.drain(..).collect();
         gate.window.bytes = 0;
