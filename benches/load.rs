@@ -400,6 +400,7 @@ impl RunResult {
     fn label(&self) -> String {
         let run = match self.rate {
             Some(r) => format!("rate {r}/s"),
+            None if self.mode.contains("HA_GROUP") => "saturation, HA_GROUP".into(),
             None => "saturation".into(),
         };
         match self.topology {
