@@ -115,6 +115,13 @@ fn the_active_killed_mid_run_and_restarted_later_as_standby() {
     let redis = RedisServer::start();
     let sim = switch();
     let (mut a, b) = pair(&sim, &redis);
+    wait_sent(&sim, N / 10);
+    // A standby connected to the switch and to Redis is healthy, and holds a window.
+    let (status, body) = http(b.port, "/health").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let standby = health(b.port).unwrap();
+    assert_eq!(standby["data"]["ha"]["lease_holder"].as_str().map(|h| h.starts_with("agent-a ")), Some(true));
+    assert!(standby["data"]["ha"]["window_events"].as_u64() > Some(0), "{standby}");
     wait_sent(&sim, N / 3);
     let killed = Instant::now();
     a.kill();

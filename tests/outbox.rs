@@ -52,6 +52,18 @@ fn outbox_command(db_url: &str, args: &[&str], extra: &[(&str, &str)]) -> (i32, 
     (code, cmd.output())
 }
 
+/// A cluster with the table, a Redis, and an agent whose relay is active: (PostgreSQL, Redis,
+/// the agent's health port, the agent).
+fn active_relay() -> (PgServer, RedisServer, u16, Agent) {
+    let pg = PgServer::start();
+    let redis = RedisServer::start();
+    init(&pg);
+    let port = free_port();
+    let agent = start_agent(&env(&pg.url(), &redis, port), &[]);
+    wait_until(Duration::from_secs(20), "the relay to become active", || role(port) == "active");
+    (pg, redis, port, agent)
+}
+
 fn init(pg: &PgServer) {
     let (code, out) = outbox_command(&pg.url(), &["init"], &[]);
     assert_eq!(code, 0, "outbox init:\n{out}");
@@ -212,12 +224,7 @@ fn init_is_idempotent_and_a_wrong_table_stops_the_start_with_exit_2() {
 
 #[test]
 fn rows_of_four_concurrent_writers_arrive_exactly_once_in_id_order() {
-    let pg = PgServer::start();
-    let redis = RedisServer::start();
-    init(&pg);
-    let port = free_port();
-    let _agent = start_agent(&env(&pg.url(), &redis, port), &[]);
-    wait_until(Duration::from_secs(20), "the relay to become active", || role(port) == "active");
+    let (pg, redis, port, _agent) = active_relay();
     let committed = insert_rows(pg.port(), 4, 20_000, 40, 0, Arc::new(AtomicBool::new(false)));
     assert_eq!(committed, 20_000);
     assert_relayed(&pg, &redis, 20_000, Duration::from_secs(120));
@@ -233,12 +240,7 @@ fn rows_of_four_concurrent_writers_arrive_exactly_once_in_id_order() {
 
 #[test]
 fn a_row_whose_transaction_commits_late_is_published_and_keeps_id_order() {
-    let pg = PgServer::start();
-    let redis = RedisServer::start();
-    init(&pg);
-    let port = free_port();
-    let _agent = start_agent(&env(&pg.url(), &redis, port), &[]);
-    wait_until(Duration::from_secs(20), "the relay to become active", || role(port) == "active");
+    let (pg, redis, _port, _agent) = active_relay();
     let (mut early, mut late) = (pg.client(), pg.client());
     let mut first = early.transaction().unwrap();
     let low: i64 = first
@@ -264,12 +266,7 @@ fn a_row_whose_transaction_commits_late_is_published_and_keeps_id_order() {
 
 #[test]
 fn postgres_restarted_mid_stream() {
-    let pg = PgServer::start();
-    let redis = RedisServer::start();
-    init(&pg);
-    let port = free_port();
-    let _agent = start_agent(&env(&pg.url(), &redis, port), &[]);
-    wait_until(Duration::from_secs(20), "the relay to become active", || role(port) == "active");
+    let (pg, redis, port, _agent) = active_relay();
     let writer = insert_in_background(&pg, 2, 4000, 1000);
     wait_until(Duration::from_secs(30), "a quarter relayed", || xlen(&mut redis.connection(), STREAM) >= 1000);
     pg.restart();
@@ -281,12 +278,7 @@ fn postgres_restarted_mid_stream() {
 
 #[test]
 fn redis_down_for_5_seconds_rows_wait_in_the_table() {
-    let pg = PgServer::start();
-    let mut redis = RedisServer::start();
-    init(&pg);
-    let port = free_port();
-    let _agent = start_agent(&env(&pg.url(), &redis, port), &[]);
-    wait_until(Duration::from_secs(20), "the relay to become active", || role(port) == "active");
+    let (pg, mut redis, port, _agent) = active_relay();
     let writer = insert_in_background(&pg, 2, 6000, 1000);
     wait_until(Duration::from_secs(30), "a quarter relayed", || xlen(&mut redis.connection(), STREAM) >= 1500);
     redis.kill();
