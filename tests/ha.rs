@@ -44,7 +44,7 @@ impl Member {
     fn start(&mut self, sim: &Simulator, redis: &RedisServer, role: &str) {
         self.agent = Some(start_agent(&self.env(sim, redis), &[]));
         let port = self.port;
-        wait_until(Duration::from_secs(20), &format!("{} to be {role} and connected", self.id), || {
+        wait_until(Duration::from_secs(40), &format!("{} to be {role} and connected", self.id), || {
             health(port).is_some_and(|h| h["data"]["ha"]["role"] == role && h["data"]["esl"]["connected"] == true)
         });
     }
@@ -93,7 +93,7 @@ fn wait_sent(sim: &Simulator, n: u64) {
 
 /// Waits for `who` to become active; returns how long that took from `since`.
 fn wait_active(who: &Member, since: Instant) -> Duration {
-    wait_until(Duration::from_secs(20), &format!("{} to take over", who.id), || who.role() == "active");
+    wait_until(Duration::from_secs(40), &format!("{} to take over", who.id), || who.role() == "active");
     since.elapsed()
 }
 
