@@ -321,25 +321,13 @@ fn write_json_raw(bytes: &[u8], percent: bool, check_utf8: bool, line: bool, out
                 continue;
             }
             i += mask.trailing_zeros() as usize;
-            let b = bytes[i];
-            if percent && b == b'%' {
-                if let Some(d) = percent_byte(bytes, i) {
-                    out.extend_from_slice(&bytes[start..i]);
-                    push_decoded(d, out, &mut non_ascii);
-                    i += 3;
-                    start = i;
-                    continue;
-                }
-            } else {
-                if line && (b == b'\n' || (b == b'\r' && matches!(bytes.get(i + 1), None | Some(b'\n')))) {
+            match flagged(bytes, i, start, percent, line, out, &mut non_ascii) {
+                Step::Next { at, run_start } => (i, start) = (at, run_start),
+                Step::LineEnd => {
                     end = i;
                     break 'scan;
                 }
-                out.extend_from_slice(&bytes[start..i]);
-                write_escape(b, ESCAPE[b as usize], out);
-                start = i + 1;
             }
-            i += 1;
             continue;
         }
         if i + 8 <= bytes.len() && attention(word_at(bytes, i), percent) == 0 {
@@ -348,27 +336,18 @@ fn write_json_raw(bytes: &[u8], percent: bool, check_utf8: bool, line: bool, out
         }
         let chunk_end = (i + 8).min(bytes.len());
         while i < chunk_end {
-            let b = bytes[i];
-            if b >= 0x80 {
+            if bytes[i] >= 0x80 {
                 non_ascii = true;
-            } else if percent && b == b'%' {
-                if let Some(d) = percent_byte(bytes, i) {
-                    out.extend_from_slice(&bytes[start..i]);
-                    push_decoded(d, out, &mut non_ascii);
-                    i += 3;
-                    start = i;
-                    continue;
-                }
-            } else if ESCAPE[b as usize] != 0 {
-                if line && (b == b'\n' || (b == b'\r' && matches!(bytes.get(i + 1), None | Some(b'\n')))) {
+                i += 1;
+                continue;
+            }
+            match flagged(bytes, i, start, percent, line, out, &mut non_ascii) {
+                Step::Next { at, run_start } => (i, start) = (at, run_start),
+                Step::LineEnd => {
                     end = i;
                     break 'scan;
                 }
-                out.extend_from_slice(&bytes[start..i]);
-                write_escape(b, ESCAPE[b as usize], out);
-                start = i + 1;
             }
-            i += 1;
         }
     }
     out.extend_from_slice(&bytes[start..end]);
@@ -377,6 +356,45 @@ fn write_json_raw(bytes: &[u8], percent: bool, check_utf8: bool, line: bool, out
     }
     out.push(b'"');
     Some(end)
+}
+
+/// Where [`write_json_raw`] goes on after looking at one ASCII byte.
+enum Step {
+    /// At `at`, the clean run to copy starting at `run_start`.
+    Next { at: usize, run_start: usize },
+    /// The byte ends the line (with `line`): the string ends before it.
+    LineEnd,
+}
+
+/// Handles the ASCII byte at `i` inside a JSON string whose pending clean run starts at
+/// `start`: a `%XX` (with `percent`) is decoded, a byte JSON escapes is escaped (or ends the
+/// line), anything else joins the clean run.
+#[inline(always)]
+fn flagged(
+    bytes: &[u8],
+    i: usize,
+    start: usize,
+    percent: bool,
+    line: bool,
+    out: &mut Vec<u8>,
+    non_ascii: &mut bool,
+) -> Step {
+    let b = bytes[i];
+    if percent && b == b'%' {
+        if let Some(d) = percent_byte(bytes, i) {
+            out.extend_from_slice(&bytes[start..i]);
+            push_decoded(d, out, non_ascii);
+            return Step::Next { at: i + 3, run_start: i + 3 };
+        }
+    } else if ESCAPE[b as usize] != 0 {
+        if line && (b == b'\n' || (b == b'\r' && matches!(bytes.get(i + 1), None | Some(b'\n')))) {
+            return Step::LineEnd;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        write_escape(b, ESCAPE[b as usize], out);
+        return Step::Next { at: i + 1, run_start: i + 1 };
+    }
+    Step::Next { at: i + 1, run_start: start }
 }
 
 /// The byte a `%XX` at `i` stands for, when two hex digits follow.
