@@ -34,15 +34,11 @@ fn finish(agent: &mut Agent, redis: &RedisServer, sim: &Simulator) {
     assert_exactly_once_in_order(&read_stream(&mut conn, EVENTS), sent);
 }
 
-fn health(port: u16) -> Option<serde_json::Value> {
-    let (_, body) = http(port, "/health")?;
-    serde_json::from_str(&body).ok()
-}
-
 /// Waits until the agent holds nothing in memory and has spooled events.
 fn wait_all_spooled(port: u16) {
     wait_until(Duration::from_secs(60), "memory empty, events in the spool", || {
-        health(port).is_some_and(|h| h["data"]["queue_depth"] == 0 && h["data"]["spool"]["bytes"].as_u64() > Some(0))
+        health_json(port)
+            .is_some_and(|h| h["data"]["queue_depth"] == 0 && h["data"]["spool"]["bytes"].as_u64() > Some(0))
     });
 }
 
@@ -196,7 +192,7 @@ fn full_spool_drops_exactly_what_it_counts() {
         metric_sum(port, "eslstream_events_received_total", "esl") >= sent as f64
     });
     std::thread::sleep(Duration::from_secs(1));
-    let h = health(port).expect("the agent still answers /health");
+    let h = health_json(port).expect("the agent still answers /health");
     assert_ne!(h["status"], "healthy", "{h}");
     assert!(agent.is_running());
     redis.restart();
@@ -294,7 +290,8 @@ fn disk_full_under_the_spool_is_a_state_and_lanes_never_stall() {
     let mut agent = start_agent(&spool_env(&sim, &redis, disk.path(), port), &[]);
     // Redis down, events flowing: the spool fills the disk, memory fills, the rest is dropped.
     wait_until(Duration::from_secs(30), "/health names the full disk", || {
-        health(port).is_some_and(|h| failing_reasons(&h).iter().any(|r| r.contains("spool: No space left on device")))
+        health_json(port)
+            .is_some_and(|h| failing_reasons(&h).iter().any(|r| r.contains("spool: No space left on device")))
     });
     wait_sent(&sim, N / 2);
     redis.restart();
@@ -319,7 +316,7 @@ fn disk_full_under_the_spool_is_a_state_and_lanes_never_stall() {
     assert_eq!(written + dropped, received, "received = written + dropped (nothing held any more)");
     assert!(dropped > 0, "a 2 MiB disk cannot hold the outage");
     assert!(written >= sent - sent_at_restart, "everything sent after Redis came back was written");
-    let h = health(port).expect("health");
+    let h = health_json(port).expect("health");
     assert_eq!(h["data"]["dropped"]["total"].as_u64(), Some(dropped), "{h}");
     assert_eq!(agent.stop(Duration::from_secs(15)), 0);
     let log = agent.output();
@@ -384,7 +381,7 @@ fn a_redis_user_that_may_not_write_is_unhealthy_named_and_recovers() {
     let mut agent =
         start_agent(&agent_env(sim.local_addr(), &url, spool.path(), port), &[("HEALTH_CHECK_INTERVAL", "200ms")]);
     wait_until(Duration::from_secs(20), "/health unhealthy, naming BITFIELD", || {
-        health(port).is_some_and(|h| {
+        health_json(port).is_some_and(|h| {
             h["status"] == "unhealthy"
                 && failing_reasons(&h).iter().any(|r| r.contains("BITFIELD") && r.contains("+bitfield"))
         })
@@ -392,7 +389,7 @@ fn a_redis_user_that_may_not_write_is_unhealthy_named_and_recovers() {
     let mut conn = redis.connection();
     assert_eq!(xlen(&mut conn, EVENTS), 0, "nothing can be written without BITFIELD");
     wait_until(Duration::from_secs(20), "/health says nothing is written", || {
-        health(port).is_some_and(|h| failing_reasons(&h).iter().any(|r| r.contains("none was written")))
+        health_json(port).is_some_and(|h| failing_reasons(&h).iter().any(|r| r.contains("none was written")))
     });
     // The administrator grants it: the agent notices and writes everything, once, in order.
     redis.cli(&["ACL", "SETUSER", "narrow", "+bitfield", "+setbit"]);
@@ -400,7 +397,7 @@ fn a_redis_user_that_may_not_write_is_unhealthy_named_and_recovers() {
     let sent = sim.stats().events_sent;
     wait_until(Duration::from_secs(60), "every event in Redis", || xlen(&mut conn, EVENTS) >= sent);
     wait_until(Duration::from_secs(20), "the permissions check passes", || {
-        health(port).is_some_and(|h| !failing_reasons(&h).iter().any(|r| r.contains("may not run")))
+        health_json(port).is_some_and(|h| !failing_reasons(&h).iter().any(|r| r.contains("may not run")))
     });
     assert_eq!(agent.stop(Duration::from_secs(15)), 0);
     assert!(agent.output().contains("may not run BITFIELD"), "one error names the command");
@@ -427,7 +424,8 @@ fn keys_limited_to_the_stream_names_are_named_with_the_rule_that_grants_them() {
     let mut agent =
         start_agent(&agent_env(sim.local_addr(), &url, spool.path(), port), &[("HEALTH_CHECK_INTERVAL", "200ms")]);
     wait_until(Duration::from_secs(20), "/health names the dedup keys' pattern", || {
-        health(port).is_some_and(|h| failing_reasons(&h).iter().any(|r| r.contains("~{freeswitch:telephony:events}*")))
+        health_json(port)
+            .is_some_and(|h| failing_reasons(&h).iter().any(|r| r.contains("~{freeswitch:telephony:events}*")))
     });
     agent.kill();
 }
@@ -474,7 +472,7 @@ fn the_readme_minimal_acl_rule_is_enough() {
     let sent = sim.stats().events_sent;
     let mut conn = redis.connection();
     wait_until(Duration::from_secs(30), "every event in Redis", || xlen(&mut conn, EVENTS) >= sent);
-    let h = health(port).expect("health");
+    let h = health_json(port).expect("health");
     assert!(!failing_reasons(&h).iter().any(|r| r.contains("may not run")), "{h}");
     assert_eq!(agent.stop(Duration::from_secs(15)), 0);
     assert!(!agent.output().contains("may not run"), "{}", agent.output());

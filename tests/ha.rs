@@ -45,12 +45,12 @@ impl Member {
         self.agent = Some(start_agent(&self.env(sim, redis), &[]));
         let port = self.port;
         wait_until(Duration::from_secs(40), &format!("{} to be {role} and connected", self.id), || {
-            health(port).is_some_and(|h| h["data"]["ha"]["role"] == role && h["data"]["esl"]["connected"] == true)
+            health_json(port).is_some_and(|h| h["data"]["ha"]["role"] == role && h["data"]["esl"]["connected"] == true)
         });
     }
 
     fn role(&self) -> String {
-        health(self.port).and_then(|h| h["data"]["ha"]["role"].as_str().map(str::to_owned)).unwrap_or_default()
+        health_json(self.port).and_then(|h| h["data"]["ha"]["role"].as_str().map(str::to_owned)).unwrap_or_default()
     }
 
     fn pid(&self) -> u32 {
@@ -66,11 +66,6 @@ impl Member {
     fn stop(&mut self) -> i32 {
         self.agent.as_mut().expect("running").stop(Duration::from_secs(15))
     }
-}
-
-fn health(port: u16) -> Option<serde_json::Value> {
-    let (_, body) = http(port, "/health")?;
-    serde_json::from_str(&body).ok()
 }
 
 /// A switch for a pair: it starts sending once both agents listen.
@@ -119,7 +114,7 @@ fn the_active_killed_mid_run_and_restarted_later_as_standby() {
     // A standby connected to the switch and to Redis is healthy, and holds a window.
     let (status, body) = http(b.port, "/health").unwrap();
     assert_eq!(status, 200, "{body}");
-    let standby = health(b.port).unwrap();
+    let standby = health_json(b.port).unwrap();
     assert_eq!(standby["data"]["ha"]["lease_holder"].as_str().map(|h| h.starts_with("agent-a ")), Some(true));
     assert!(standby["data"]["ha"]["window_events"].as_u64() > Some(0), "{standby}");
     wait_sent(&sim, N / 3);

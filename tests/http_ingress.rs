@@ -434,18 +434,17 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn tls_on_the_ingress_listener() {
-    let dir = tempfile::tempdir().unwrap();
-    let support::certs::TestCerts { ca, cert, key } = support::certs::make(dir.path());
+    let test_ca = support::certs::TestCa::new();
+    let (ca, cert, key) = (test_ca.path("ca.crt"), test_ca.path("server.crt"), test_ca.path("server.key"));
     let redis = RedisServer::start();
     let spool = tempfile::tempdir().unwrap();
     let port = free_port();
     let ingress = free_port().to_string();
-    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
     let extra = [
         ("HTTP_INGRESS_BIND", "127.0.0.1"),
         ("HTTP_INGRESS_PORT", ingress.as_str()),
-        ("HTTP_INGRESS_TLS_CERT", cert_s.as_str()),
-        ("HTTP_INGRESS_TLS_KEY", key_s.as_str()),
+        ("HTTP_INGRESS_TLS_CERT", cert.as_str()),
+        ("HTTP_INGRESS_TLS_KEY", key.as_str()),
     ];
     let mut agent = start(&redis.url(), spool.path(), port, &extra);
     let ingress: u16 = ingress.parse().unwrap();

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use support::postgres::PgServer;
 use support::{
-    assert_exactly_once_in_order, free_port, http, metric_sum, read_stream, start_agent, wait_until, xlen, Agent,
-    RedisServer, TcpProxy,
+    assert_exactly_once_in_order, free_port, health_json, http, metric_sum, read_stream, start_agent, wait_until, xlen,
+    Agent, RedisServer, TcpProxy,
 };
 
 const STREAM: &str = "freeswitch:telephony:outbox-events";
@@ -71,9 +71,7 @@ fn init(pg: &PgServer) {
 
 /// The relay's state from `/health` (`data.outbox`).
 fn outbox_health(port: u16) -> Option<serde_json::Value> {
-    let (_, body) = http(port, "/health")?;
-    let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
-    Some(doc["data"]["outbox"].clone())
+    health_json(port).map(|doc| doc["data"]["outbox"].clone())
 }
 
 fn role(port: u16) -> String {
@@ -451,17 +449,15 @@ fn awkward_rows_arrive_with_their_exact_values() {
 
 #[test]
 fn tls_per_sslmode_verifies_against_the_given_root() {
-    let certs_dir = tempfile::tempdir().unwrap();
-    let certs = support::certs::make(certs_dir.path());
+    let certs = support::certs::TestCa::new();
     // The server reads its key as the postgres user and wants it private.
-    std::fs::set_permissions(&certs.key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(certs.path("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     if unsafe { libc::geteuid() } == 0 {
-        let status =
-            std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(certs_dir.path()).status();
+        let status = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(certs.dir()).status();
         assert!(status.is_ok_and(|s| s.success()));
     }
     let (cert, key) =
-        (format!("ssl_cert_file={}", certs.cert.display()), format!("ssl_key_file={}", certs.key.display()));
+        (format!("ssl_cert_file={}", certs.path("server.crt")), format!("ssl_key_file={}", certs.path("server.key")));
     let pg = PgServer::start_with(&["-c", "fsync=off", "-c", "ssl=on", "-c", &cert, "-c", &key]);
     let redis = RedisServer::start();
     init(&pg);
@@ -482,7 +478,7 @@ fn tls_per_sslmode_verifies_against_the_given_root() {
     drop(agent);
 
     // With it, the relay connects over TLS and relays.
-    let root = certs.ca.display().to_string();
+    let root = certs.path("ca.crt");
     let verified = format!("{base}?sslmode=verify-full&sslrootcert={root}");
     let port = free_port();
     let _agent = start_agent(&env(&verified, &redis, port), &[]);

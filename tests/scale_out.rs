@@ -23,11 +23,6 @@ fn wait_sent(sim: &Simulator, at_least: u64) {
     wait_until(Duration::from_secs(30), "simulator progress", || sim.stats().events_sent >= at_least);
 }
 
-fn health(port: u16) -> Option<serde_json::Value> {
-    let (_, body) = http(port, "/health")?;
-    serde_json::from_str(&body).ok()
-}
-
 /// Waits for every sent event to be in the stream (read through `conn`, which finds the
 /// primary holding it now), stops the agent cleanly, and checks the stream.
 fn finish(agent: &mut Agent, sim: &Simulator, port: u16, mut conn: impl FnMut() -> ::redis::Connection) {
@@ -101,7 +96,7 @@ fn cluster_slot_of_the_stream_migrated_mid_run() {
     // The health monitor follows the stream to its new primary.
     let address = format!("127.0.0.1:{}", cluster.nodes[to].port());
     wait_until(Duration::from_secs(30), "/health naming the new primary", || {
-        health(port).is_some_and(|h| {
+        health_json(port).is_some_and(|h| {
             h["data"]["redis"]["primaries"].as_array().is_some_and(|p| p.iter().any(|a| a == address.as_str()))
         })
     });
@@ -145,17 +140,17 @@ fn sentinel_primary_killed_mid_run_with_wait_replicas() {
     let warned =
         |h: &serde_json::Value| h["data"]["redis"]["warnings"].to_string().contains("0 replicas are connected");
     wait_until(Duration::from_secs(30), "/health warning that no replica can confirm", || {
-        health(port).is_some_and(|h| warned(&h))
+        health_json(port).is_some_and(|h| warned(&h))
     });
     // The sentinels make the old primary a replica of the new one: WAIT can be satisfied.
     set.primary.restart();
     let address = format!("127.0.0.1:{replica_port}");
     wait_until(Duration::from_secs(30), "/health naming the new primary", || {
-        health(port).is_some_and(|h| h["data"]["redis"]["primaries"] == serde_json::json!([address]))
+        health_json(port).is_some_and(|h| h["data"]["redis"]["primaries"] == serde_json::json!([address]))
     });
     eprintln!("sentinel failover: replica promoted {promoted:?} after the kill, writing resumed after {resumed:?}");
     wait_until(Duration::from_secs(60), "the warning gone once the old primary is a replica", || {
-        health(port).is_some_and(|h| !warned(&h))
+        health_json(port).is_some_and(|h| !warned(&h))
     });
     finish(&mut agent, &sim, port, || set.replica.connection());
     let out = agent.output();
@@ -216,7 +211,7 @@ fn tls_with_a_private_ca() {
     let port = free_port();
     let agent = start_agent(&env(&sim, &url, &spool, port), &[]);
     wait_until(Duration::from_secs(30), "/health naming the certificate problem", || {
-        health(port).is_some_and(|h| h.to_string().contains("set REDIS_TLS_CA_CERT"))
+        health_json(port).is_some_and(|h| h.to_string().contains("set REDIS_TLS_CA_CERT"))
     });
     wait_until(Duration::from_secs(10), "the log naming the certificate problem", || {
         agent.output().contains("not signed by a known CA; set REDIS_TLS_CA_CERT")
@@ -247,7 +242,7 @@ fn mutual_tls_needs_the_client_certificate() {
     let port = free_port();
     let agent = start_agent(&env(&sim, &url, &spool, port), &[("REDIS_TLS_CA_CERT", &ca_cert)]);
     wait_until(Duration::from_secs(30), "/health naming the missing client certificate", || {
-        health(port).is_some_and(|h| h.to_string().contains("set REDIS_TLS_CERT and REDIS_TLS_KEY"))
+        health_json(port).is_some_and(|h| h.to_string().contains("set REDIS_TLS_CERT and REDIS_TLS_KEY"))
     });
     assert!(agent.output().contains("requires a client certificate"), "{}", agent.output());
     assert_eq!(xlen(&mut redis.connection(), EVENTS), written, "nothing written without the client certificate");
@@ -272,7 +267,7 @@ fn a_redis_that_may_evict_is_reported() {
     let port = free_port();
     let mut agent = start_agent(&env(&sim, &redis.url(), &spool, port), &[]);
     wait_until(Duration::from_secs(30), "/health warning about the eviction policy", || {
-        health(port).is_some_and(|h| {
+        health_json(port).is_some_and(|h| {
             h["data"]["redis"]["warnings"].as_array().is_some_and(|w| {
                 w.iter().any(|w| w.as_str().is_some_and(|w| w.contains("maxmemory-policy is allkeys-lru")))
             })

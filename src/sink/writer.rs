@@ -55,7 +55,7 @@ static DUPLICATE_INFO: RateLimit = RateLimit::new(Duration::from_secs(60));
 /// What the pair's fence allows for one batch.
 enum Fenced {
     Nothing,
-    Epoch(String, u64),
+    Epoch(u64),
     AllDropped,
 }
 
@@ -288,11 +288,12 @@ impl Writer {
         maybe_written: &mut bool,
         timeout: Duration,
     ) -> Result<(), String> {
-        let fence = match self.fence_for(pending, entries) {
+        let epoch = match self.fence_for(pending, entries) {
             Fenced::Nothing => None,
-            Fenced::Epoch(group, epoch) => Some((group, epoch)),
+            Fenced::Epoch(epoch) => Some(epoch),
             Fenced::AllDropped => return Ok(()),
         };
+        let fence = self.fence.clone();
         // In a pair, what comes back from the spool may have been written by the other agent
         // meanwhile: it takes the checking path.
         if self.fence.is_some() && pending.iter().any(|e| e.spool_pos.is_some()) {
@@ -300,7 +301,7 @@ impl Writer {
         }
         let started = Instant::now();
         let result = self.sink().and_then(|sink| {
-            sink.set_fence(fence.as_ref().map(|(g, e)| (g.as_str(), *e)));
+            sink.set_fence(fence.as_deref().zip(epoch).map(|(f, e)| (f.group(), e)));
             sink.set_reply_timeout(timeout)?;
             sink.write(entries, *maybe_written)
         });
@@ -364,7 +365,7 @@ impl Writer {
             return Fenced::Nothing;
         }
         if let Some(epoch) = fence.current() {
-            return Fenced::Epoch(fence.group().to_owned(), epoch);
+            return Fenced::Epoch(epoch);
         }
         self.drop_live_esl(pending, entries);
         if pending.is_empty() {

@@ -1,53 +1,81 @@
-//! Throwaway TLS material made with `openssl`: a CA and a server certificate for `localhost`
-//! and `127.0.0.1` signed by it (ECDSA P-256, valid one day).
+//! A throwaway certificate authority made with `openssl` for the TLS tests ([`TestCa`]): a
+//! server certificate for `127.0.0.1`/`localhost` and a client certificate, both signed by it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::process::Command;
 
-/// The files [`make`] wrote.
-pub struct TestCerts {
-    /// The CA's certificate (trust this).
-    pub ca: PathBuf,
-    /// The server's certificate and private key.
-    pub cert: PathBuf,
-    pub key: PathBuf,
+use super::find_on_path;
+
+/// A throwaway certificate authority, a server certificate for 127.0.0.1/localhost and a
+/// client certificate, all signed by it (PEM files in a temporary directory).
+pub struct TestCa {
+    dir: tempfile::TempDir,
 }
 
-/// Writes a CA and a server certificate into `dir`.
-pub fn make(dir: &Path) -> TestCerts {
-    let openssl = super::find_on_path("openssl").expect("openssl not found: scripts/install-deps.sh installs it");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&openssl).current_dir(dir).args(args).output().expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(&[
-        &["req", "-x509"],
-        &ec[..],
-        &["-days", "1", "-subj", "/CN=eslstream test CA", "-keyout", "ca.key", "-out", "ca.pem"],
-    ]
-    .concat());
-    run(&[&["req"], &ec[..], &["-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "leaf.csr"]].concat());
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write leaf.ext");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "cert.pem",
-    ]);
-    TestCerts { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") }
+impl TestCa {
+    pub fn new() -> TestCa {
+        let openssl =
+            find_on_path("openssl").unwrap_or_else(|| panic!("openssl not found: apt-get install -y openssl"));
+        let dir = tempfile::Builder::new().prefix("eslstream-ca-").tempdir().expect("temp dir");
+        let run = |args: &[&str]| {
+            let out = Command::new(&openssl).args(args).current_dir(dir.path()).output().expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]
+            .iter()
+            .copied()
+            .chain(["-subj", "/CN=eslstream test CA"])
+            .collect::<Vec<_>>());
+        std::fs::write(dir.path().join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        std::fs::write(dir.path().join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (name, cn) in [("server", "localhost"), ("client", "eslstream")] {
+            let (key, csr, crt, ext) =
+                (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={cn}"),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        TestCa { dir }
+    }
+
+    /// The path of one of `ca.crt`, `server.crt`, `server.key`, `client.crt`, `client.key`.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
 }

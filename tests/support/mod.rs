@@ -239,6 +239,12 @@ pub fn http(port: u16, path: &str) -> Option<(u16, String)> {
     eslstream::ops::http::http_get(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(2)).ok()
 }
 
+/// The agent's `/health` document (`None` while it does not answer).
+pub fn health_json(port: u16) -> Option<serde_json::Value> {
+    let (_, body) = http(port, "/health")?;
+    serde_json::from_str(&body).ok()
+}
+
 /// Sum of a counter family's samples whose labels contain `label` (e.g. `reason="spool_full"`).
 pub fn metric_sum(port: u16, name: &str, label: &str) -> f64 {
     let Some((_, body)) = http(port, "/metrics") else { return f64::NAN };

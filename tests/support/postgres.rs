@@ -75,15 +75,21 @@ impl PgServer {
         self.dir.path().join("data")
     }
 
-    /// Runs one of the server's programs (as `postgres` when we are root), asserting success.
-    fn run(&self, program: &str, args: &[&str]) -> String {
+    /// One of the server's programs, to be run as `postgres` when we are root.
+    fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
-        let output = if is_root() {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&path).args(args).output()
+        if is_root() {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(path);
+            cmd
         } else {
-            Command::new(&path).args(args).output()
+            Command::new(path)
         }
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    }
+
+    /// Runs one of the server's programs, asserting success.
+    fn run(&self, program: &str, args: &[&str]) -> String {
+        let output = self.command(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         assert!(output.status.success(), "{program} {args:?} failed:\n{text}\n{}", self.log());
         text
@@ -162,12 +168,7 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         let data = self.data();
-        let path = self.bin.join("pg_ctl");
         let args = ["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "-w", "stop"];
-        let _ = if is_root() {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&path).args(args).output()
-        } else {
-            Command::new(&path).args(args).output()
-        };
+        let _ = self.command("pg_ctl").args(args).output();
     }
 }

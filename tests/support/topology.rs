@@ -1,16 +1,17 @@
 //! Redis beyond one server, for the scale-out tests: a Redis Cluster made with
 //! `redis-cli --cluster create` ([`RedisCluster`]), a primary with a replica watched by three
-//! sentinels ([`SentinelSet`]), and a throwaway certificate authority made with `openssl`
-//! ([`TestCa`]). Every binary missing is a failure with the package to install, never a skip.
+//! sentinels ([`SentinelSet`]), and the TLS arguments for a Redis serving the test CA's
+//! certificate ([`tls_server_args`]). Every binary missing is a failure with the package to
+//! install, never a skip.
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use eslstream::sink::cluster::SlotMap;
 
+pub use super::certs::TestCa;
 use super::{find_on_path, free_port, wait_until, RedisServer};
 
 /// A port below 55536 whose cluster bus port (10000 higher) is free too.
@@ -313,80 +314,6 @@ impl SentinelSet {
                 redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(MASTER_NAME).query(&mut conn).ok()?;
             named.map(|(_, port)| port)
         })
-    }
-}
-
-/// A throwaway certificate authority, a server certificate for 127.0.0.1/localhost and a
-/// client certificate, all signed by it (PEM files in a temporary directory).
-pub struct TestCa {
-    dir: tempfile::TempDir,
-}
-
-impl TestCa {
-    pub fn new() -> TestCa {
-        let openssl =
-            find_on_path("openssl").unwrap_or_else(|| panic!("openssl not found: apt-get install -y openssl"));
-        let dir = tempfile::Builder::new().prefix("eslstream-ca-").tempdir().expect("temp dir");
-        let run = |args: &[&str]| {
-            let out = Command::new(&openssl).args(args).current_dir(dir.path()).output().expect("run openssl");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]
-            .iter()
-            .copied()
-            .chain(["-subj", "/CN=eslstream test CA"])
-            .collect::<Vec<_>>());
-        std::fs::write(dir.path().join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-        std::fs::write(dir.path().join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        for (name, cn) in [("server", "localhost"), ("client", "eslstream")] {
-            let (key, csr, crt, ext) =
-                (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
-            run(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={cn}"),
-            ]);
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-            ]);
-        }
-        TestCa { dir }
-    }
-
-    /// The path of one of `ca.crt`, `server.crt`, `server.key`, `client.crt`, `client.key`.
-    pub fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Default for TestCa {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -295,12 +295,9 @@ impl Pair {
         let started = Instant::now();
         self.raise_fences(epoch);
         let mut gate = self.gate.lock();
+        let seconds = gate.window.seconds();
         let mut window: Vec<Envelope> = gate.window.events.drain(..).collect();
         gate.window.bytes = 0;
-        let seconds = match (window.first(), window.last()) {
-            (Some(a), Some(b)) => (b.parsed_at_us - a.parsed_at_us) as f64 / 1e6,
-            _ => 0.0,
-        };
         let events = window.len();
         for envelope in &mut window {
             envelope.maybe_written = true;
