@@ -235,13 +235,26 @@ impl Lane {
         let mut tiers = self.tiers.lock();
         hand_back(&mut held);
         {
-            let mut queue: Vec<Envelope> = self.rx.try_iter().collect();
-            queue.extend(tiers.overflow.drain(..));
-            self.release(&hand_back(&mut queue));
-            tiers.overflow = queue.into();
-            let mut behind: Vec<Envelope> = tiers.after_spool.drain(..).collect();
-            self.release(&hand_back(&mut behind));
-            tiers.after_spool = behind.into();
+            // The channel's events go back into the channel, in order (sources add to it only
+            // under the tiers lock, held here): moved to the overflow, they would keep new
+            // events out of the channel.
+            let mut queued: Vec<Envelope> = self.rx.try_iter().collect();
+            self.release(&hand_back(&mut queued));
+            let mut queued = queued.into_iter();
+            while let Some(envelope) = queued.next() {
+                if let Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) = self.tx.try_send(envelope) {
+                    let mut front: VecDeque<Envelope> = std::iter::once(e).chain(queued).collect();
+                    front.append(&mut tiers.overflow);
+                    tiers.overflow = front;
+                    break;
+                }
+            }
+            let t = &mut *tiers;
+            for tier in [&mut t.overflow, &mut t.after_spool] {
+                let mut kept: Vec<Envelope> = tier.drain(..).collect();
+                self.release(&hand_back(&mut kept));
+                *tier = kept.into();
+            }
         }
         let Tiers { overflow, spool, spooling, unsynced_acks, after_spool, .. } = &mut *tiers;
         let Some(spool) = spool.as_mut() else {
