@@ -2,7 +2,8 @@
 //! idempotently to Redis, and retries what was not acknowledged, in order.
 //!
 //! A failed write keeps the lane's head batch and retries it with capped exponential backoff
-//! (only the entries not yet acknowledged); newer events of the lane queue up behind it, so
+//! (a quarter of a second at most while Redis cannot be reached, 5 s while it answers with
+//! errors; only the entries not yet acknowledged); newer events of the lane queue up behind it, so
 //! per-call order holds. An entry Redis refuses for good is not retried.
 //!
 //! The writer's state sits behind one lock ([`LaneWriter`]), and events leave the lane only
@@ -33,8 +34,14 @@ use crate::sink::redis::{backoff, Entry, EntryOutcome, WriteError};
 use crate::sink::target::Sink;
 use crate::state::AgentState;
 
-/// The longest pause between two attempts at a failing write.
+/// The longest pause between two attempts at a failing write while Redis answers (with OOM,
+/// LOADING, READONLY ...): it is busy, and more attempts would not help it.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest pause while there is no connection: the next attempt is a connect, which costs
+/// next to nothing when it fails, so a Redis back from an outage is written to within a
+/// quarter of a second (with a full memory buffer and disk, every moment of a longer pause
+/// is events dropped).
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 /// How long a writer waits on an empty lane before checking for shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// The longest a source waits for Redis to answer an event it writes itself; past it the
@@ -412,10 +419,11 @@ impl Writer {
         e.to_string()
     }
 
-    /// Waits before the next attempt: capped exponential backoff, cut short by a forced
-    /// shutdown.
+    /// Waits before the next attempt: capped exponential backoff (capped lower while there is
+    /// no connection), cut short by a forced shutdown.
     fn pause(&mut self) {
-        let pause = backoff(self.config.writer.retry_pause, self.backoff, MAX_BACKOFF);
+        let cap = if self.sink.is_none() { MAX_RECONNECT_PAUSE } else { MAX_BACKOFF };
+        let pause = backoff(self.config.writer.retry_pause, self.backoff, cap);
         self.backoff = self.backoff.saturating_add(1);
         let until = Instant::now() + pause;
         while Instant::now() < until && !self.shutdown.is_forced() {
