@@ -33,9 +33,16 @@
 //!
 //! ```text
 //! cargo bench --bench load -- [--mode saturation|rates|all] [--events 1000000]
-//!     [--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large|xl] [--json target/load.json]
+//!     [--rates 1000,10000,50000] [--seconds 20] [--size capture,avg,medium,xl] [--json target/load.json]
 //!     [--env NAME=value]...
 //! ```
+//!
+//! `--size` takes a comma list; saturation and every rate run once per entry, each
+//! saturation run with its own ceiling (entries of its size). `capture` replays the real
+//! FreeSWITCH capture `tests/data/esl-captures/plain.esl` on a loop, every pass with a new
+//! `Core-UUID` (so idempotency keeps every copy) and the time of sending in
+//! `Event-Date-Timestamp`; `avg` (~2.5 KB), `medium` (~4 KB, a dozen more percent-encoded
+//! variables), `large` (~6 KB) and `xl` (~10 KB) are the simulator's calls.
 //!
 //! The agent runs with `EVENTS_TO_PUSH=ALL`, `EVENTS_TO_PUBLISH=BACKGROUND_JOB` (an empty value
 //! means the default list, which would route CHANNEL_EXECUTE & co to the jobs stream),
@@ -56,7 +63,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use eslstream::simulate::{EventSize, SimulateOptions, Simulator};
+use eslstream::simulate::{event_frames, EventSize, SimulateOptions, Simulator};
 use redis::Value;
 
 #[path = "load/outbox.rs"]
@@ -101,7 +108,7 @@ fn main() {
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|http|outbox|cluster|ha|all, or a comma list] [--events N] \
-[--rates 1000,10000,50000] [--seconds 20] [--size small|avg|large|xl] [--json target/load.json] [--env NAME=value]... [--agent PATH] \
+[--rates 1000,10000,50000] [--seconds 20] [--size small|avg|medium|large|xl|capture, or a comma list] [--json target/load.json] [--env NAME=value]... [--agent PATH] \
 [--http-rate 1000] [--http-events 200000] [--outbox-rate 1000] [--outbox-rows 200000]";
 
 #[derive(Debug, Clone)]
@@ -111,7 +118,10 @@ struct Opts {
     events: u64,
     rates: Vec<u64>,
     seconds: u64,
-    size: EventSize,
+    /// What the current run sends: one of `sizes`.
+    size: Traffic,
+    /// `--size`: each saturation and rate run is made once per traffic shape.
+    sizes: Vec<Traffic>,
     json: PathBuf,
     /// Extra `NAME=value` for the agent (`--env WRITER_WORKERS=1`), after the defaults.
     env: Vec<(String, String)>,
@@ -137,7 +147,8 @@ impl Opts {
             events: 1_000_000,
             rates: vec![1_000, 10_000, 50_000],
             seconds: 20,
-            size: EventSize::Avg,
+            size: Traffic::Sim(EventSize::Avg),
+            sizes: vec![Traffic::Sim(EventSize::Avg)],
             json: PathBuf::from("target/load.json"),
             env: Vec::new(),
             agent: PathBuf::from(env!("CARGO_BIN_EXE_eslstream")),
@@ -186,13 +197,8 @@ impl Opts {
                 }
                 "--seconds" => o.seconds = parse_count(&value()?)?,
                 "--size" => {
-                    o.size = match value()?.as_str() {
-                        "small" => EventSize::Small,
-                        "avg" => EventSize::Avg,
-                        "large" => EventSize::Large,
-                        "xl" => EventSize::Xl,
-                        s => return Err(format!("unknown size {s:?}")),
-                    }
+                    o.sizes = value()?.split(',').map(|s| Traffic::parse(s.trim())).collect::<Result<_, _>>()?;
+                    o.size = *o.sizes.first().ok_or("--size needs at least one size")?;
                 }
                 "--json" => o.json = PathBuf::from(value()?),
                 "--env" => {
@@ -234,12 +240,51 @@ fn parse_count(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("not a count: {text:?}"))
 }
 
-fn size_name(size: EventSize) -> &'static str {
-    match size {
-        EventSize::Small => "small",
-        EventSize::Avg => "avg",
-        EventSize::Large => "large",
-        EventSize::Xl => "xl",
+/// What a run sends: the simulator's calls with events of one size, or the real plain
+/// capture in the repository on a loop (each pass a new `Core-UUID`, so every copy is a new
+/// event; see `simulate::capture_loop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Traffic {
+    Sim(EventSize),
+    Capture,
+}
+
+/// The capture replayed by `--size capture`.
+const CAPTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/esl-captures/plain.esl");
+
+impl Traffic {
+    fn parse(name: &str) -> Result<Traffic, String> {
+        Ok(match name {
+            "small" => Traffic::Sim(EventSize::Small),
+            "avg" => Traffic::Sim(EventSize::Avg),
+            "medium" => Traffic::Sim(EventSize::Medium),
+            "large" => Traffic::Sim(EventSize::Large),
+            "xl" => Traffic::Sim(EventSize::Xl),
+            "capture" => Traffic::Capture,
+            s => return Err(format!("unknown size {s:?} (small, avg, medium, large, xl, capture)")),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Traffic::Sim(EventSize::Small) => "small",
+            Traffic::Sim(EventSize::Avg) => "avg",
+            Traffic::Sim(EventSize::Medium) => "medium",
+            Traffic::Sim(EventSize::Large) => "large",
+            Traffic::Sim(EventSize::Xl) => "xl",
+            Traffic::Capture => "capture",
+        }
+    }
+
+    /// The simulator's options for this traffic (its pacing and count added by the caller).
+    fn simulate_options(self) -> Result<SimulateOptions, String> {
+        Ok(match self {
+            Traffic::Sim(size) => SimulateOptions { event_size: size, ..SimulateOptions::default() },
+            Traffic::Capture => {
+                let bytes = std::fs::read(CAPTURE).map_err(|e| format!("cannot read {CAPTURE}: {e}"))?;
+                SimulateOptions { replay: event_frames(&bytes), replay_loop: true, ..SimulateOptions::default() }
+            }
+        })
     }
 }
 
@@ -257,26 +302,31 @@ fn fresh_redis() -> Result<RedisServer, String> {
 
 fn run(opts: &Opts) -> Result<(), String> {
     let mut results = Vec::new();
-    let mut ceiling: Option<Ceiling> = None;
+    let mut ceilings: Vec<Ceiling> = Vec::new();
     let mut version = String::new();
     if opts.cluster {
         KEYS.set(TAGGED_KEYS).map_err(|_| "stream keys chosen twice")?;
     }
-    if opts.saturation {
-        let redis = fresh_redis()?;
-        version.clone_from(&redis.version);
-        let mut r = run_one(&Target::one(&redis), opts, None)?;
-        drop(redis);
-        let c = ceiling_for(&fresh_redis()?, r.avg_event_bytes)?;
-        r.ceiling_ratio = Some(r.events_per_sec / c.requests_per_sec);
-        ceiling = Some(c);
-        results.push(r);
-    }
-    if opts.rates_mode {
-        for &rate in &opts.rates {
+    for &size in &opts.sizes {
+        let opts = &Opts { size, ..opts.clone() };
+        if opts.saturation {
             let redis = fresh_redis()?;
             version.clone_from(&redis.version);
-            results.push(run_one(&Target::one(&redis), opts, Some(rate))?);
+            let mut r = run_one(&Target::one(&redis), opts, None)?;
+            drop(redis);
+            // The ceiling for entries of this run's size, measured in the same process.
+            let c = ceiling_for(&fresh_redis()?, r.avg_event_bytes)?;
+            r.ceiling_ratio = Some(r.events_per_sec / c.requests_per_sec);
+            r.ceiling_per_sec = Some(c.requests_per_sec);
+            ceilings.push(c);
+            results.push(r);
+        }
+        if opts.rates_mode {
+            for &rate in &opts.rates {
+                let redis = fresh_redis()?;
+                version.clone_from(&redis.version);
+                results.push(run_one(&Target::one(&redis), opts, Some(rate))?);
+            }
         }
     }
     let mut ha_ratio = None;
@@ -323,7 +373,7 @@ fn run(opts: &Opts) -> Result<(), String> {
         false => None,
     };
     if !results.is_empty() {
-        println!("{}", markdown(&results, ceiling.as_ref()));
+        println!("{}", markdown(&results, &ceilings));
     }
     if let Some(ratio) = ha_ratio {
         println!("HA_GROUP saturation: {:.0}% of the same run without it\n", ratio * 100.0);
@@ -344,9 +394,9 @@ fn run(opts: &Opts) -> Result<(), String> {
         "machine": machine(),
         "agent_env": opts.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "redis_version": version,
-        "ceiling": ceiling.as_ref().map(|c| serde_json::json!({
+        "ceilings": ceilings.iter().map(|c| serde_json::json!({
             "command": c.command, "value_bytes": c.value_bytes, "requests_per_sec": c.requests_per_sec,
-        })),
+        })).collect::<Vec<_>>(),
         "runs": results.iter().map(RunResult::json).collect::<Vec<_>>(),
         "cluster_vs_single_saturation": cluster_ratio,
         "ha_vs_plain_saturation": ha_ratio,
@@ -379,7 +429,7 @@ struct RunResult {
     mode: &'static str,
     /// `standalone` or `cluster`.
     topology: &'static str,
-    size: EventSize,
+    size: Traffic,
     rate: Option<u64>,
     sent: u64,
     in_redis: u64,
@@ -394,6 +444,8 @@ struct RunResult {
     harness_cpu_pct: f64,
     wall_secs: f64,
     ceiling_ratio: Option<f64>,
+    /// The `redis-benchmark` ceiling the ratio is of (entries of this run's size).
+    ceiling_per_sec: Option<f64>,
 }
 
 impl RunResult {
@@ -413,7 +465,7 @@ impl RunResult {
         serde_json::json!({
             "mode": self.mode,
             "topology": self.topology,
-            "size": size_name(self.size),
+            "size": self.size.name(),
             "rate": self.rate,
             "sent": self.sent,
             "in_redis": self.in_redis,
@@ -432,6 +484,7 @@ impl RunResult {
             "harness_cpu_pct_of_one_core": self.harness_cpu_pct,
             "wall_secs": self.wall_secs,
             "ratio_to_ceiling": self.ceiling_ratio,
+            "ceiling_per_sec": self.ceiling_per_sec,
         })
     }
 }
@@ -463,12 +516,11 @@ fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunRes
         rate: rate.map(|r| r as f64),
         events: Some(events),
         quiet: true,
-        event_size: opts.size,
         heartbeat: Duration::from_secs(3600),
-        ..SimulateOptions::default()
+        ..opts.size.simulate_options()?
     })
     .map_err(|e| format!("simulator: {e}"))?;
-    eprintln!("load: {label} size={} events={events}", size_name(opts.size));
+    eprintln!("load: {label} size={} events={events}", opts.size.name());
 
     let hist = Arc::new(Mutex::new(Histogram::new()));
     let reader = LatencyReader::start(redis.url(), hist.clone(), warmup_events, rate.is_none())?;
@@ -589,6 +641,7 @@ fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunRes
         harness_cpu_pct,
         wall_secs: started.elapsed().as_secs_f64(),
         ceiling_ratio: None,
+        ceiling_per_sec: None,
     })
 }
 
@@ -1451,7 +1504,7 @@ fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
 
-fn markdown(results: &[RunResult], ceiling: Option<&Ceiling>) -> String {
+fn markdown(results: &[RunResult], ceilings: &[Ceiling]) -> String {
     let mut s = String::new();
     s.push_str(
         "| run | size (avg event JSON) | sent | in Redis | events/s | vs ceiling | p50 ms | p99 ms | p99.9 ms | max ms \
@@ -1463,12 +1516,16 @@ fn markdown(results: &[RunResult], ceiling: Option<&Ceiling>) -> String {
         s.push_str(&format!(
             "| {} | {} ({:.0} B) | {} | {}{complete} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} | {:.0} | {:.0} |\n",
             r.label(),
-            size_name(r.size),
+            r.size.name(),
             r.avg_event_bytes,
             r.sent,
             r.in_redis,
             r.events_per_sec,
-            r.ceiling_ratio.map_or("-".into(), |x| format!("{:.0}%", x * 100.0)),
+            match (r.ceiling_ratio, r.ceiling_per_sec) {
+                (Some(x), Some(c)) => format!("{:.0}% of {:.0}k", x * 100.0, c / 1000.0),
+                (Some(x), None) => format!("{:.0}%", x * 100.0),
+                _ => "-".into(),
+            },
             ms(r.latency.p50),
             ms(r.latency.p99),
             ms(r.latency.p999),
@@ -1480,7 +1537,7 @@ fn markdown(results: &[RunResult], ceiling: Option<&Ceiling>) -> String {
             r.harness_cpu_pct,
         ));
     }
-    if let Some(c) = ceiling {
+    for c in ceilings {
         s.push_str(&format!(
             "\nCeiling: {:.0} XADD/s ({} -byte values): `{}`\n",
             c.requests_per_sec, c.value_bytes, c.command

@@ -102,6 +102,57 @@ fn json_capture_replays_into_redis_exactly_once() {
     replay_capture("json.esl", 1012);
 }
 
+/// The load harness's real traffic: the plain capture on a loop. Every pass is a new
+/// `Core-UUID`, so idempotency keeps every copy: three passes are three times the capture, each
+/// pass exactly once and in capture order per call.
+#[test]
+fn plain_capture_on_a_loop_keeps_every_pass() {
+    const PASSES: u64 = 3;
+    let redis = RedisServer::start();
+    let frames = event_frames(&capture_text("plain.esl"));
+    let n = frames.len() as u64;
+    let sent: Vec<(String, u64)> = frames.iter().map(|f| call_and_sequence(f)).collect();
+    let sim = Simulator::start(SimulateOptions {
+        replay: frames,
+        replay_loop: true,
+        events: Some(PASSES * n),
+        ..Default::default()
+    })
+    .unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let env = agent_env(sim.local_addr(), &redis.url(), spool.path(), free_port());
+    let mut agent = start_agent(&env, &[("EVENTS_TO_PUBLISH", "BACKGROUND_JOB")]);
+    let mut conn = redis.connection();
+    assert!(sim.wait_done(Duration::from_secs(60)), "simulator sent every pass");
+    assert_eq!(sim.stats().traffic_sent, PASSES * n);
+    let total = sim.stats().events_sent;
+    wait_until(Duration::from_secs(30), "every pass in Redis", || {
+        xlen(&mut conn, EVENTS) + xlen(&mut conn, JOBS) >= total
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent.stop(Duration::from_secs(10)), 0, "clean exit");
+    let (events, jobs) = (read_stream(&mut conn, EVENTS), read_stream(&mut conn, JOBS));
+    assert_eq!((events.len() + jobs.len()) as u64, total, "no copy suppressed as a duplicate, none lost");
+    // Each stream, pass by pass (the simulator's own heartbeats aside).
+    let mut per_pass: std::collections::BTreeMap<&str, u64> = Default::default();
+    for stream in [&events, &jobs] {
+        let mut passes: std::collections::BTreeMap<&str, Vec<StreamEntry>> = Default::default();
+        for e in stream.iter().filter(|e| e.core_uuid != sim.core_uuid()) {
+            passes.entry(&e.core_uuid).or_default().push(e.clone());
+        }
+        for (core, pass) in passes {
+            assert_exactly_once(&pass, pass.len() as u64);
+            assert_call_order_as_sent(&pass, &sent);
+            *per_pass.entry(core).or_default() += pass.len() as u64;
+        }
+    }
+    assert_eq!(per_pass.len() as u64, PASSES, "one Core-UUID per pass: {per_pass:?}");
+    for (core, count) in per_pass {
+        assert_ne!(core, "c76fa84c-21b9-496c-ab66-57208cf171a5", "the recorded Core-UUID is replaced");
+        assert_eq!(count, n, "pass {core}: the whole capture, once");
+    }
+}
+
 #[test]
 fn simulated_100k_events_arrive_exactly_once_in_call_order() {
     let redis = RedisServer::start();

@@ -22,6 +22,8 @@ pub enum EventSize {
     /// ~2.3 KB, like real FreeSWITCH channel events.
     #[default]
     Avg,
+    /// ~4 KB: every channel event carries a dozen more percent-encoded variables.
+    Medium,
     /// ~6 KB: every channel event carries a long variable list.
     Large,
     /// ~10 KB of entry JSON, like a CHANNEL_HANGUP_COMPLETE with its channel variables: every
@@ -34,6 +36,7 @@ impl EventSize {
     fn padding(self) -> usize {
         match self {
             EventSize::Small | EventSize::Avg => 0,
+            EventSize::Medium => 12,
             EventSize::Large => 24,
             EventSize::Xl => 60,
         }

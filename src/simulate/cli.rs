@@ -51,6 +51,10 @@ pub struct SimulateArgs {
     /// --calls, --duration or --rate, nothing else is sent.
     #[arg(long)]
     pub replay: Option<PathBuf>,
+    /// With --replay: send the capture over and over as the traffic (each pass with a new
+    /// Core-UUID, so every copy is a new event), paced by --rate, counted by --events.
+    #[arg(long, requires = "replay")]
+    pub replay_loop: bool,
     /// Fault injection: drop the connection after N events (reconnecting clients get the rest).
     #[arg(long, value_parser = parse_count)]
     pub drop_after: Option<u64>,
@@ -139,7 +143,16 @@ fn options_from(args: &SimulateArgs) -> Result<SimulateOptions, String> {
         if opts.replay.is_empty() {
             return Err(format!("--replay {}: no event frames found", path.display()));
         }
-        if opts.events.is_none() && opts.calls.is_none() && opts.duration.is_none() && opts.rate.is_none() {
+        opts.replay_loop = args.replay_loop;
+        if opts.replay_loop && !opts.replay.iter().all(|f| f.windows(16).any(|w| w == b"text/event-plain")) {
+            return Err(format!("--replay-loop {}: only plain captures can be looped", path.display()));
+        }
+        if !opts.replay_loop
+            && opts.events.is_none()
+            && opts.calls.is_none()
+            && opts.duration.is_none()
+            && opts.rate.is_none()
+        {
             opts.events = Some(0);
         }
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::calls::{self, Traffic, TrafficConfig};
+use super::capture_loop::CaptureLoop;
 use super::server::{Conn, Subscription};
 use super::wire::{Encoder, Format, SimEvent};
 use super::{Fault, Injected, RawFrame, Shared};
@@ -53,6 +54,8 @@ pub struct Driver {
     shared: Arc<Shared>,
     encoder: Encoder,
     traffic: Traffic,
+    /// Real traffic instead of generated calls (`replay_loop`).
+    capture: Option<CaptureLoop>,
     pacing: Pacing,
     targets: Vec<Target>,
     seen_version: u64,
@@ -74,9 +77,11 @@ pub struct Driver {
 impl Driver {
     pub fn new(shared: Arc<Shared>) -> Driver {
         let opts = &shared.opts;
+        let capture = if opts.replay_loop { CaptureLoop::new(&opts.replay, opts.seed) } else { None };
         let pacing = match (opts.rate, opts.events) {
             (Some(r), _) if r.is_finite() && r > 0.0 => Pacing::Rate(r),
             (Some(_), _) | (None, Some(_)) => Pacing::Unpaced,
+            (None, None) if capture.is_some() => Pacing::Unpaced,
             (None, None) => Pacing::RealTime,
         };
         let traffic =
@@ -85,6 +90,7 @@ impl Driver {
         Driver {
             encoder: Encoder::new(&shared.identity),
             traffic,
+            capture,
             pacing,
             targets: Vec::new(),
             seen_version: u64::MAX,
@@ -130,8 +136,8 @@ impl Driver {
             self.idle(IDLE_WAIT);
         } else if let Some(wait) = self.pace() {
             self.idle(wait);
-        } else if let Some(ev) = self.next_traffic() {
-            self.send(Outgoing::Sim(ev));
+        } else if let Some(out) = self.next_traffic() {
+            self.send(out);
         } else {
             // No call traffic (`cps` 0): only heartbeats and injected events.
             let until_heartbeat = self.next_heartbeat.saturating_duration_since(Instant::now());
@@ -221,7 +227,11 @@ impl Driver {
         ));
     }
 
-    fn next_traffic(&mut self) -> Option<SimEvent> {
+    fn next_traffic(&mut self) -> Option<Outgoing> {
+        if let (true, Some(capture)) = (self.ready.is_empty(), &mut self.capture) {
+            self.produced += 1;
+            return Some(Outgoing::Raw(capture.next_frame(now_us())));
+        }
         let mut ev = match self.ready.pop_front() {
             Some(ev) => ev,
             None => self.traffic.next_event()?,
@@ -231,7 +241,7 @@ impl Driver {
         let counters = &self.shared.counters;
         counters.calls.store(self.traffic.calls_started(), Ordering::Relaxed);
         counters.active_calls.store(self.traffic.active_calls() as u64, Ordering::Relaxed);
-        Some(ev)
+        Some(Outgoing::Sim(ev))
     }
 
     fn convert(&mut self, injected: Injected) -> Outgoing {
@@ -337,6 +347,10 @@ impl Driver {
             }
             Outgoing::Raw(raw) => {
                 counters.bytes_sent.fetch_add(raw.bytes.len() as u64, Ordering::Relaxed);
+                if raw.traffic {
+                    self.traffic_sent += 1;
+                    counters.traffic_sent.store(self.traffic_sent, Ordering::Relaxed);
+                }
                 counters.count_name(&raw.name, raw.subclass.as_deref());
             }
         }

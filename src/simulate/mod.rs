@@ -13,6 +13,7 @@
 //! again, whole, on the next connection. `Event-Sequence` comes from one counter per process.
 
 pub mod calls;
+mod capture_loop;
 mod cli;
 mod driver;
 mod server;
@@ -59,6 +60,10 @@ pub struct SimulateOptions {
     /// Complete frames (`Content-Length ... text/event-*`) to send, verbatim, before any
     /// generated traffic, to the first subscribed client(s). See [`event_frames`].
     pub replay: Vec<Vec<u8>>,
+    /// Send `replay` over and over as the traffic instead of generated calls (each pass with
+    /// a new `Core-UUID` and the time of sending in `Event-Date-Timestamp`, see
+    /// `capture_loop`); `events` and `rate` count and pace them, unpaced without `rate`.
+    pub replay_loop: bool,
     /// Drop connections after some events (fault injection).
     pub fault: Option<Fault>,
     /// `FreeSWITCH-Hostname` / `FreeSWITCH-Switchname`.
@@ -85,6 +90,7 @@ impl Default for SimulateOptions {
             quiet: true,
             event_size: EventSize::Avg,
             replay: Vec::new(),
+            replay_loop: false,
             fault: None,
             hostname: "eslstream-sim".into(),
             min_listeners: 1,
@@ -135,6 +141,8 @@ pub(crate) struct RawFrame {
     pub bytes: Vec<u8>,
     pub name: String,
     pub subclass: Option<String>,
+    /// Part of the traffic (a capture on a loop), counted as `traffic_sent`.
+    pub traffic: bool,
 }
 
 pub(crate) struct ConnEntry {
@@ -314,7 +322,7 @@ impl Simulator {
         let listener = TcpListener::bind(opts.listen)?;
         let addr = listener.local_addr()?;
         let identity = Identity { core_uuid: Rng::from_entropy().uuid_v4(), hostname: opts.hostname.clone() };
-        let replay = std::mem::take(&mut opts.replay);
+        let replay = if opts.replay_loop { Vec::new() } else { std::mem::take(&mut opts.replay) };
         let shared = Arc::new(Shared {
             sequence: AtomicU64::new(opts.start_sequence),
             control: Mutex::new(Control { conns: Vec::new(), injected: VecDeque::new(), fault: opts.fault }),
@@ -378,7 +386,7 @@ impl Simulator {
     pub fn push_frames(&self, frames: Vec<Vec<u8>>) {
         for bytes in frames {
             let (name, subclass) = frame_event_name(&bytes);
-            self.shared.inject(Injected::Raw(RawFrame { bytes, name, subclass }));
+            self.shared.inject(Injected::Raw(RawFrame { bytes, name, subclass, traffic: false }));
         }
     }
 
