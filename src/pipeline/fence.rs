@@ -42,6 +42,14 @@ impl Fence {
     pub fn revoke(&self) {
         self.epoch.store(0, Ordering::Release);
     }
+
+    /// A write carrying `epoch` was refused: revokes it, unless this agent has been granted
+    /// another epoch since (it took the lease again while that write was on its way). Returns
+    /// the epoch writes carry now, if any.
+    pub fn refused(&self, epoch: u64) -> Option<u64> {
+        let _ = self.epoch.compare_exchange(epoch, 0, Ordering::AcqRel, Ordering::Acquire);
+        self.current()
+    }
 }
 
 #[cfg(test)]
@@ -58,5 +66,12 @@ mod tests {
         assert_eq!(f.current(), Some(9));
         f.revoke();
         assert_eq!(f.current(), None);
+        // A refusal revokes the epoch it carried, not one granted since.
+        f.grant(11);
+        assert_eq!(f.refused(11), None);
+        f.grant(12);
+        f.grant(13);
+        assert_eq!(f.refused(12), Some(13), "took the lease again meanwhile");
+        assert_eq!(f.current(), Some(13));
     }
 }

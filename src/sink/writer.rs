@@ -315,10 +315,19 @@ impl Writer {
         let outcomes = match result {
             Ok(outcomes) => outcomes,
             Err(WriteError::Fenced(why)) => {
-                // Another agent of the pair holds a newer lease and writes these events itself.
-                if let Some(fence) = &self.fence {
-                    fence.revoke();
+                let now = match (&self.fence, epoch) {
+                    (Some(fence), Some(epoch)) => fence.refused(epoch),
+                    _ => None,
+                };
+                if now.is_some() {
+                    // This agent took the lease again (a newer epoch) while the batch was on
+                    // its way: the events are its own to write. Nothing of the batch was
+                    // written; the retry carries the new epoch, through the checking path.
+                    info!(error = %why, "a write carried this agent's previous lease epoch; retrying it under the new one");
+                    *maybe_written = true;
+                    return Err("fenced by this agent's newer lease".into());
                 }
+                // Another agent of the pair holds a newer lease and writes these events itself.
                 warn!(error = %why, "this agent lost the pair's lease; the other agent writes the switch's events now");
                 self.drop_live_esl(pending, entries);
                 return if pending.is_empty() { Ok(()) } else { Err("fenced".into()) };
