@@ -287,5 +287,19 @@ mod tests {
             options_from(&parse(&["simulate", "--drop-after", "100", "--drop-mid-frame", "--rate", "0"])).unwrap();
         assert_eq!(opts.fault, Some(Fault { after_events: 100, mid_frame: true, repeat: false }));
         assert_eq!(opts.rate, Some(f64::INFINITY));
+        // A capture on a loop: its frames, no implied `--events 0`; plain captures only.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/esl-captures/");
+        let plain = format!("{dir}plain.esl");
+        let opts = options_from(&parse(&["simulate", "--replay", &plain, "--replay-loop", "--rate", "2k"])).unwrap();
+        assert!(opts.replay_loop);
+        assert_eq!(opts.replay.len(), 1009);
+        assert_eq!(opts.events, None, "the loop runs until stopped");
+        let once = options_from(&parse(&["simulate", "--replay", &plain])).unwrap();
+        assert!(!once.replay_loop);
+        assert_eq!(once.events, Some(0), "replayed once, nothing generated");
+        let json = format!("{dir}json.esl");
+        let err = options_from(&parse(&["simulate", "--replay", &json, "--replay-loop"])).unwrap_err();
+        assert!(err.contains("only plain captures"), "{err}");
+        assert!(cmd.clone().try_get_matches_from(["simulate", "--replay-loop"]).is_err(), "needs --replay");
     }
 }
