@@ -22,7 +22,8 @@ pub enum EventSize {
     /// ~2.3 KB, like real FreeSWITCH channel events.
     #[default]
     Avg,
-    /// ~4 KB: every channel event carries a dozen more percent-encoded variables.
+    /// ~4.7 KB of entry JSON: every channel event carries a dozen more percent-encoded
+    /// variables.
     Medium,
     /// ~6 KB: every channel event carries a long variable list.
     Large,
