@@ -300,6 +300,14 @@ fn fresh_redis() -> Result<RedisServer, String> {
     Ok(redis)
 }
 
+/// One run against a fresh single server (its version noted for the report); the server
+/// stops when the run is over.
+fn run_standalone(opts: &Opts, rate: Option<u64>, version: &mut String) -> Result<RunResult, String> {
+    let redis = fresh_redis()?;
+    version.clone_from(&redis.version);
+    run_one(&Target::one(&redis), opts, rate)
+}
+
 fn run(opts: &Opts) -> Result<(), String> {
     let mut results = Vec::new();
     let mut ceilings: Vec<Ceiling> = Vec::new();
@@ -310,10 +318,7 @@ fn run(opts: &Opts) -> Result<(), String> {
     for &size in &opts.sizes {
         let opts = &Opts { size, ..opts.clone() };
         if opts.saturation {
-            let redis = fresh_redis()?;
-            version.clone_from(&redis.version);
-            let mut r = run_one(&Target::one(&redis), opts, None)?;
-            drop(redis);
+            let mut r = run_standalone(opts, None, &mut version)?;
             // The ceiling for entries of this run's size, measured in the same process.
             let c = ceiling_for(&fresh_redis()?, r.avg_event_bytes)?;
             r.ceiling_ratio = Some(r.events_per_sec / c.requests_per_sec);
@@ -323,36 +328,26 @@ fn run(opts: &Opts) -> Result<(), String> {
         }
         if opts.rates_mode {
             for &rate in &opts.rates {
-                let redis = fresh_redis()?;
-                version.clone_from(&redis.version);
-                results.push(run_one(&Target::one(&redis), opts, Some(rate))?);
+                results.push(run_standalone(opts, Some(rate), &mut version)?);
             }
         }
     }
     let mut ha_ratio = None;
     if opts.ha {
         // The same saturation run without and with HA_GROUP (one agent: it takes the lease at
-        // once), so the table shows what the pair's fast path costs: the checking script with
-        // the fence instead of MULTI, and the reader's gate.
-        let redis = fresh_redis()?;
-        version.clone_from(&redis.version);
-        let plain = run_one(&Target::one(&redis), opts, None)?;
-        drop(redis);
+        // once), so the table shows what the pair's fast path costs: the fence check and the
+        // WATCHed tripwire before each MULTI, and the reader's gate.
+        let plain = run_standalone(opts, None, &mut version)?;
         let mut paired = opts.clone();
         paired.env.push(("HA_GROUP".into(), "bench".into()));
-        let redis = fresh_redis()?;
-        let mut with_ha = run_one(&Target::one(&redis), &paired, None)?;
-        drop(redis);
+        let mut with_ha = run_standalone(&paired, None, &mut version)?;
         with_ha.mode = "saturation, HA_GROUP";
         ha_ratio = Some(with_ha.events_per_sec / plain.events_per_sec);
         results.extend([plain, with_ha]);
     }
     let mut cluster_ratio = None;
     if opts.cluster {
-        let redis = fresh_redis()?;
-        version.clone_from(&redis.version);
-        let single = run_one(&Target::one(&redis), opts, None)?;
-        drop(redis);
+        let single = run_standalone(opts, None, &mut version)?;
         let cluster = LoadCluster::start(3)?;
         let mut saturated = run_one(&cluster.target()?, opts, None)?;
         drop(cluster);

@@ -193,10 +193,7 @@ fn wait_replicas_holds_batches_until_a_replica_confirms() {
 #[test]
 fn tls_with_a_private_ca() {
     let ca = TestCa::new();
-    let tls_port = free_port();
-    let args = tls_server_args(&ca, tls_port, false);
-    let redis = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let (redis, url) = tls_redis(&ca, false);
     let ca_cert = ca.path("ca.crt");
 
     let sim = simulator(2_000, 2_000.0);
@@ -221,10 +218,7 @@ fn tls_with_a_private_ca() {
 #[test]
 fn mutual_tls_needs_the_client_certificate() {
     let ca = TestCa::new();
-    let tls_port = free_port();
-    let args = tls_server_args(&ca, tls_port, true);
-    let redis = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let (redis, url) = tls_redis(&ca, true);
     let (ca_cert, cert, key) = (ca.path("ca.crt"), ca.path("client.crt"), ca.path("client.key"));
 
     let sim = simulator(2_000, 2_000.0);

@@ -317,24 +317,25 @@ impl SentinelSet {
     }
 }
 
-/// Arguments that make a [`RedisServer`] also listen with TLS on `tls_port` (its plain
-/// port stays, for the test's own reads).
-pub fn tls_server_args(ca: &TestCa, tls_port: u16, auth_clients: bool) -> Vec<String> {
-    [
+/// A [`RedisServer`] that also listens with TLS (the CA's server certificate; client
+/// certificates required with `auth_clients`), and the `rediss://` URL of that port. Its
+/// plain port stays, for the test's own reads.
+pub fn tls_redis(ca: &TestCa, auth_clients: bool) -> (RedisServer, String) {
+    let tls_port = free_port().to_string();
+    let (cert, key, ca_cert) = (ca.path("server.crt"), ca.path("server.key"), ca.path("ca.crt"));
+    let redis = RedisServer::start_with(&[
         "--tls-port",
-        &tls_port.to_string(),
+        &tls_port,
         "--tls-cert-file",
-        &ca.path("server.crt"),
+        &cert,
         "--tls-key-file",
-        &ca.path("server.key"),
+        &key,
         "--tls-ca-cert-file",
-        &ca.path("ca.crt"),
+        &ca_cert,
         "--tls-auth-clients",
         if auth_clients { "yes" } else { "no" },
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ]);
+    (redis, format!("rediss://127.0.0.1:{tls_port}/"))
 }
 
 /// Time from `since` until `condition` holds (polled every 10 ms, up to `timeout`).
