@@ -1,16 +1,22 @@
 //! Parser throughput: frame decoding, `scan_meta` and `event_json` over the real captures
 //! (`tests/data/esl-captures`) and over synthetic plain events of about 1, 4 and 16 KB built
 //! with the FreeSWITCH-exact encoder. Each measurement is reported twice, in bytes (MB/s) and
-//! in events (events/s).
+//! in events (events/s). `requests/plain.esl` encodes the capture's events as the writer does,
+//! in batches of `XADD`s: each event's JSON made in its own buffer and then copied into the
+//! request (`json_then_copy`, as before), or written straight into the request (`in_place`).
 //!
 //! `cargo bench --bench parser` (about two minutes) or `-- --quick`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use eslstream::sink::entry::event_json;
+use eslstream::config::EntryFormat;
+use eslstream::envelope::{EventId, IdempotencyKey};
+use eslstream::sink::entry::{event_json, EventField};
+use eslstream::sink::redis::Entry;
+use eslstream::sink::resp::Resp;
 use eslstream::source::esl::encode::{encode_plain, event_frame, HeaderValue};
 use eslstream::source::esl::event::{scan_meta, EventFormat};
 use eslstream::source::esl::frame::FrameDecoder;
@@ -177,6 +183,58 @@ fn synthetic(c: &mut Criterion) {
     }
 }
 
+/// Events per request in `requests`.
+const BATCH: usize = 64;
+
+fn requests(c: &mut Criterion) {
+    let bytes = capture("plain.esl");
+    let events = event_bodies(&bytes);
+    let event_bytes: usize = events.iter().map(|(_, b)| b.len()).sum();
+    let entry = |i: usize, event: EventField| {
+        let key =
+            IdempotencyKey { producer: "c76fa84c-21b9-496c-ab66-57208cf171a5".into(), id: EventId::Seq(i as u64) };
+        Entry::new(EntryFormat::Full, ("freeswitch:telephony:events", 1_000_000), "CHANNEL_STATE", "uid", &key, event)
+    };
+    let mut copied: Vec<Entry> =
+        (0..events.len()).map(|i| entry(i, EventField::Json(Vec::with_capacity(16 * 1024)))).collect();
+    let in_place: Vec<Entry> = events
+        .iter()
+        .enumerate()
+        .map(|(i, (format, body))| entry(i, EventField::event((*format).into(), Bytes::copy_from_slice(body))))
+        .collect();
+    let mut resp = Resp::with_capacity(1 << 20);
+    let mut group = c.benchmark_group("requests/plain.esl/MB");
+    group.throughput(Throughput::Bytes(event_bytes as u64));
+    group.bench_function("json_then_copy", |b| {
+        b.iter(|| {
+            for (batch, bodies) in copied.chunks_mut(BATCH).zip(events.chunks(BATCH)) {
+                for (e, (format, body)) in batch.iter_mut().zip(bodies) {
+                    let EventField::Json(json) = &mut e.event else { unreachable!("made as JSON") };
+                    json.clear();
+                    event_json(*format, body, json).expect("valid event");
+                }
+                resp.clear();
+                for e in batch.iter() {
+                    e.encode_xadd(&mut resp).expect("valid event");
+                }
+                black_box(resp.as_bytes());
+            }
+        })
+    });
+    group.bench_function("in_place", |b| {
+        b.iter(|| {
+            for batch in in_place.chunks(BATCH) {
+                resp.clear();
+                for e in batch {
+                    e.encode_xadd(&mut resp).expect("valid event");
+                }
+                black_box(resp.as_bytes());
+            }
+        })
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .measurement_time(Duration::from_secs(2))
@@ -187,6 +245,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = captures, synthetic
+    targets = captures, synthetic, requests
 }
 criterion_main!(benches);

@@ -561,3 +561,39 @@ fn entry_json_round_trips_every_capture_event() {
         }
     }
 }
+
+/// Every captured event's `XADD`, its JSON written straight into the request, is byte for
+/// byte the command redis-rs packs from the same fields with the JSON made on its own.
+#[test]
+fn xadd_requests_written_in_place_match_redis_rs() {
+    use eslstream::config::EntryFormat;
+    use eslstream::envelope::{EventId, IdempotencyKey};
+    use eslstream::sink::entry::EventField;
+    use eslstream::sink::redis::Entry;
+    use eslstream::sink::resp::Resp;
+
+    let mut resp = Resp::default();
+    let mut checked = 0;
+    for file in ["plain.esl", "json.esl"] {
+        let bytes = capture(file);
+        let frames = frames(&bytes);
+        for (i, (format, body)) in events(&frames).into_iter().enumerate() {
+            let key = IdempotencyKey { producer: "c76fa84c".into(), id: EventId::Seq(i as u64) };
+            let event = EventField::event(format.into(), bytes::Bytes::copy_from_slice(body));
+            let entry = Entry::new(EntryFormat::Full, ("stream", 10_000), "EVENT", "uid", &key, event);
+            resp.clear();
+            entry.encode_xadd(&mut resp).expect("a captured event decodes");
+            let mut json = Vec::new();
+            event_json(format, body, &mut json).unwrap();
+            let mut cmd = ::redis::cmd("XADD");
+            cmd.arg("stream").arg("MAXLEN").arg("~").arg(10_000).arg("*");
+            cmd.arg("event").arg(&json[..]);
+            for (name, value) in &entry.index {
+                cmd.arg(*name).arg(&value[..]);
+            }
+            assert_eq!(resp.as_bytes(), cmd.get_packed_command().as_slice(), "{file} event {i}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 1009 + 1012);
+}

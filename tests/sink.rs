@@ -7,7 +7,8 @@ mod support;
 use std::time::Duration;
 
 use eslstream::config::{EntryFormat, RedisConfig};
-use eslstream::envelope::{EventId, IdempotencyKey};
+use eslstream::envelope::{BodyFormat, EventId, IdempotencyKey};
+use eslstream::sink::entry::EventField;
 use eslstream::sink::redis::{
     dedup_key, dedup_keys_key, Entry, EntryOutcome, RedisSink, WriteMode, DEDUP_GENERATION_BITS,
     DEDUP_KEEP_GENERATIONS, DEDUP_KEYS_TTL_SECS, DEDUP_TRIM_EVERY,
@@ -82,6 +83,46 @@ fn a_resent_batch_is_never_written_twice() {
         [false, false, false, true, true, true, false]
     );
     assert_eq!(sequences(&mut conn, EVENTS), (first..first + 9).collect::<Vec<_>>());
+}
+
+/// An ESL event as the writer has it: the bytes as received, its JSON made as the request is
+/// encoded.
+fn plain_event(stream: &str, sequence: u64, body: &'static str) -> Entry {
+    let key = IdempotencyKey { producer: CORE.into(), id: EventId::Seq(sequence) };
+    let event = EventField::event(BodyFormat::EslPlain, body.into());
+    Entry::new(EntryFormat::Full, (stream, 0), "CHANNEL_STATE", "call-1", &key, event)
+}
+
+#[test]
+fn an_undecodable_event_is_left_out_of_the_request_and_the_rest_written() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection();
+    let mut sink = sink(&redis);
+    let good = |s| plain_event(EVENTS, s, "Event-Name: CHANNEL_STATE\nChannel-State: CS%20INIT\n");
+    let bad = |s| plain_event(EVENTS, s, "Event-Name: CHANNEL_STATE\nthis line has no colon\n");
+    let batch = vec![good(1), bad(2), good(3), bad(4), bad(5), good(6)];
+    let is_undecodable = |o: &EntryOutcome| matches!(o, EntryOutcome::Undecodable(e) if e.contains("no ':'"));
+    for (path, maybe_written) in [("transaction", false), ("script", true)] {
+        let outcomes = sink.write(&batch, maybe_written).expect(path);
+        let shape: Vec<bool> = outcomes.iter().map(is_undecodable).collect();
+        assert_eq!(shape, [false, true, false, true, true, false], "{path}: {outcomes:?}");
+        let expected = if path == "transaction" { 3 } else { 0 };
+        assert_eq!(written(&outcomes), expected, "{path}: {outcomes:?}");
+    }
+    assert_eq!(sequences(&mut conn, EVENTS), [1, 3, 6]);
+    let stored = read_stream(&mut conn, EVENTS);
+    let event: serde_json::Value = serde_json::from_str(&stored[0].event).expect("the event field is JSON");
+    assert_eq!(event["Channel-State"], "CS INIT", "the JSON made in the request, percent-decoded");
+    // Nothing was recorded for the events left out: the same ids with decodable bytes are
+    // written (both paths).
+    let outcomes = sink.write(&[good(2)], false).expect("transaction");
+    assert_eq!(written(&outcomes), 1, "{outcomes:?}");
+    let outcomes = sink.write(&[good(4), good(5)], true).expect("script");
+    assert_eq!(written(&outcomes), 2, "{outcomes:?}");
+    // A batch of nothing but undecodable events sends nothing.
+    let outcomes = sink.write(&[bad(7), bad(8)], false).expect("nothing to send");
+    assert!(outcomes.iter().all(is_undecodable), "{outcomes:?}");
+    assert_eq!(sequences(&mut conn, EVENTS), [1, 3, 6, 2, 4, 5]);
 }
 
 #[test]

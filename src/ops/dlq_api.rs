@@ -110,6 +110,9 @@ pub fn retry(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> Handle
             Ok(Ok(EntryOutcome::Rejected(e))) => {
                 error_reply(StatusCode::CONFLICT, &format!("Redis refused it again: {e}"))
             }
+            Ok(Ok(EntryOutcome::Undecodable(e))) => {
+                error_reply(StatusCode::CONFLICT, &format!("its event cannot be decoded: {e}"))
+            }
             Ok(Ok(EntryOutcome::Pending)) => {
                 error_reply(StatusCode::SERVICE_UNAVAILABLE, "Redis did not process it; try again")
             }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{now_us, EventId};
+use crate::sink::entry::EventField;
 use crate::sink::redis::Entry;
 
 /// The most dead letters kept; past it new ones are dropped (counted).
@@ -60,7 +61,7 @@ impl DeadLetter {
     /// Rebuilds the entry to write it again (same idempotency key).
     pub fn to_entry(&self) -> Result<Entry, String> {
         const NAMES: &[&str] = &["event", "event_name", "unique_id", "core_uuid", "event_sequence"];
-        let fields = self
+        let mut fields = self
             .fields
             .iter()
             .map(|(name, value)| {
@@ -68,6 +69,10 @@ impl DeadLetter {
                 Ok((*name, value.as_bytes().to_vec()))
             })
             .collect::<Result<Vec<_>, String>>()?;
+        if fields.first().map(|(name, _)| *name) != Some("event") {
+            return Err("the first field is not `event`".into());
+        }
+        let (_, event) = fields.remove(0);
         let id = match self.event_sequence.parse::<u64>() {
             Ok(n) if !self.string_id => EventId::Seq(n),
             _ => EventId::Key(self.event_sequence.clone()),
@@ -77,7 +82,8 @@ impl DeadLetter {
             max_len: self.max_len,
             producer: self.core_uuid.clone(),
             id,
-            fields,
+            event: EventField::Json(event),
+            index: fields,
         })
     }
 }
@@ -132,7 +138,8 @@ impl DeadLetters {
             event_sequence: entry.id.text(),
             string_id: matches!(entry.id, EventId::Key(_)),
             fields: entry
-                .fields
+                .fields()
+                .map_err(|e| io::Error::other(format!("the event cannot be decoded: {e}")))?
                 .iter()
                 .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v).into_owned()))
                 .collect(),
@@ -220,7 +227,9 @@ mod tests {
             max_len: 10,
             producer: "core".into(),
             id: EventId::Seq(7),
-            fields: vec![("event", b"{\"Event-Name\":\"DTMF\"}".to_vec()), ("event_name", b"DTMF".to_vec())],
+            // As the writer has it: the event as received, its JSON made when it is needed.
+            event: EventField::event(crate::envelope::BodyFormat::EslPlain, "Event-Name: DTMF\n".into()),
+            index: vec![("event_name", b"DTMF".to_vec())],
         }
     }
 
@@ -234,7 +243,9 @@ mod tests {
         let listed: Vec<_> = store.list(10).unwrap().into_iter().map(|s| s.id).collect();
         assert_eq!(listed, vec![a.clone(), b.clone()]);
         let got = store.get(&a).unwrap().unwrap();
-        assert_eq!(got.to_entry().unwrap().fields, entry().fields);
+        let again = got.to_entry().unwrap().fields().unwrap();
+        assert_eq!(again, entry().fields().unwrap());
+        assert_eq!(again[0], ("event", b"{\"Event-Name\":\"DTMF\"}".to_vec()));
         assert_eq!(got.error, "WRONGTYPE Operation against a key");
         assert!(store.remove(&a).unwrap());
         assert!(!store.remove(&a).unwrap());

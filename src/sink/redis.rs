@@ -31,7 +31,9 @@ use redis::{Connection, ConnectionLike, ErrorKind, RedisError, Value};
 use crate::config::{EntryFormat, RedisConfig};
 use crate::envelope::{EventId, IdempotencyKey};
 use crate::ops::metrics::metrics;
+use crate::sink::entry::EventField;
 use crate::sink::resp::Resp;
+use crate::source::esl::event::EventError;
 
 /// The Lua script used where `XADD IDMP` is not available.
 pub const IDEMPOTENT_SCRIPT: &str = include_str!("idempotent.lua");
@@ -85,8 +87,10 @@ pub struct Entry {
     pub producer: String,
     /// ... and its id within the producer.
     pub id: EventId,
-    /// Field/value pairs, in order.
-    pub fields: Vec<(&'static str, Vec<u8>)>,
+    /// The first field's value (`event`).
+    pub event: EventField,
+    /// The index fields after it, in order (none in the reference format).
+    pub index: Vec<(&'static str, Vec<u8>)>,
 }
 
 impl Default for Entry {
@@ -96,31 +100,56 @@ impl Default for Entry {
             max_len: 0,
             producer: String::new(),
             id: EventId::Seq(0),
-            fields: Vec::new(),
+            event: EventField::Json(Vec::new()),
+            index: Vec::new(),
         }
     }
 }
 
+/// An entry's event could not be turned into its JSON: it can never be written.
+#[derive(Debug)]
+struct Undecodable {
+    /// The entry's place in the batch being encoded.
+    index: usize,
+    error: EventError,
+}
+
+/// Why encoding or sending one request failed.
+enum Failure {
+    Write(WriteError),
+    Undecodable(Undecodable),
+}
+
+impl From<WriteError> for Failure {
+    fn from(e: WriteError) -> Failure {
+        Failure::Write(e)
+    }
+}
+
+impl From<Undecodable> for Failure {
+    fn from(u: Undecodable) -> Failure {
+        Failure::Undecodable(u)
+    }
+}
+
 impl Entry {
-    /// An entry for an event whose `event` JSON is written already (see [`Entry::refill`]).
+    /// An entry for an event (see [`Entry::refill`]).
     pub fn new(
         format: EntryFormat,
         stream: (&str, u64),
         name: &str,
         ordering_key: &str,
         key: &IdempotencyKey,
-        event_json: Vec<u8>,
+        event: impl Into<EventField>,
     ) -> Entry {
         let mut entry = Entry::default();
-        entry.refill(format, stream, name, ordering_key, key);
-        *entry.event_json_mut() = event_json;
+        entry.refill(format, stream, name, ordering_key, key, event.into());
         entry
     }
 
     /// Makes this (used) entry the one for a new event, reusing its buffers: the contract's
     /// fields, `event` then the index fields (`event_name`, `unique_id` = the ordering key,
-    /// `core_uuid` = the producer, `event_sequence` = the id), or `event` alone. The caller
-    /// then writes the `event` JSON into [`Entry::event_json_mut`].
+    /// `core_uuid` = the producer, `event_sequence` = the id), or `event` alone.
     pub fn refill(
         &mut self,
         format: EntryFormat,
@@ -128,6 +157,7 @@ impl Entry {
         name: &str,
         ordering_key: &str,
         key: &IdempotencyKey,
+        event: EventField,
     ) {
         self.stream_key.clear();
         self.stream_key.push_str(stream.0);
@@ -135,20 +165,17 @@ impl Entry {
         self.producer.clear();
         self.producer.push_str(&key.producer);
         self.id.clone_from(&key.id);
+        self.event = event;
         let index: &[&'static str] = match format {
             EntryFormat::Full => &["event_name", "unique_id", "core_uuid", "event_sequence"],
             EntryFormat::Reference => &[],
         };
-        self.fields.truncate(1 + index.len());
-        if self.fields.is_empty() {
-            self.fields.push(("event", Vec::new()));
-        }
-        self.fields[0].1.clear();
+        self.index.truncate(index.len());
         for (i, field) in index.iter().enumerate() {
-            if self.fields.len() <= i + 1 {
-                self.fields.push((field, Vec::new()));
+            if self.index.len() <= i {
+                self.index.push((field, Vec::new()));
             }
-            let slot = &mut self.fields[i + 1];
+            let slot = &mut self.index[i];
             slot.0 = field;
             slot.1.clear();
             match i {
@@ -160,9 +187,11 @@ impl Entry {
         }
     }
 
-    /// The `event` field's value, for the JSON to be written into.
-    pub fn event_json_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.fields[0].1
+    /// The entry's fields as written, the event's JSON made on the way.
+    pub fn fields(&self) -> Result<Vec<(&'static str, Vec<u8>)>, EventError> {
+        let mut fields = vec![("event", self.event.to_json()?)];
+        fields.extend(self.index.iter().cloned());
+        Ok(fields)
     }
 
     /// Whether deduplicating this entry needs the checking path (a string id).
@@ -198,21 +227,36 @@ impl Entry {
         }
     }
 
+    /// This entry's `XADD` command, its event's JSON written straight into the request.
+    pub fn encode_xadd(&self, resp: &mut Resp) -> Result<(), EventError> {
+        resp.command(1 + self.xadd_arg_count()).arg(b"XADD");
+        self.encode_xadd_args(resp)
+    }
+
     /// Arguments of this entry's `XADD` after the command name: key, `MAXLEN ~ n` when capped,
-    /// `*`, fields.
-    fn encode_xadd_args(&self, resp: &mut Resp) {
+    /// `*`, fields. On error (the event cannot be decoded) the request is left unfinished:
+    /// the caller encodes it again without the entry.
+    fn encode_xadd_args(&self, resp: &mut Resp) -> Result<(), EventError> {
         resp.arg(self.stream_key.as_bytes());
         if self.max_len > 0 {
             resp.arg(b"MAXLEN").arg(b"~").int(self.max_len as i64);
         }
         resp.arg(b"*");
-        for (name, value) in &self.fields {
+        self.encode_fields(resp)
+    }
+
+    /// The field/value pairs, `event` first.
+    fn encode_fields(&self, resp: &mut Resp) -> Result<(), EventError> {
+        resp.arg(b"event");
+        resp.arg_with(self.event.size_hint(), |out| self.event.write_json(out))?;
+        for (name, value) in &self.index {
             resp.arg(name.as_bytes()).arg(value);
         }
+        Ok(())
     }
 
     fn xadd_arg_count(&self) -> usize {
-        2 + if self.max_len > 0 { 3 } else { 0 } + self.fields.len() * 2
+        2 + if self.max_len > 0 { 3 } else { 0 } + (1 + self.index.len()) * 2
     }
 }
 
@@ -267,6 +311,9 @@ pub enum EntryOutcome {
     Rejected(String),
     /// Not processed (a transient error stopped the batch before it): retry it.
     Pending,
+    /// Its event cannot be turned into JSON (left out of the request): it can never be
+    /// written.
+    Undecodable(String),
 }
 
 /// Why a whole write failed.
@@ -542,12 +589,50 @@ impl RedisSink {
     /// does any batch with a string id.
     ///
     /// `entries` are entries or references to them (a cluster writes part of a batch to each
-    /// node).
+    /// node). An entry whose event cannot be decoded is found as the request is encoded (its
+    /// JSON is made there): it is left out, the request encoded again without it, and its
+    /// outcome is [`EntryOutcome::Undecodable`].
     pub fn write<E: Borrow<Entry>>(
         &mut self,
         entries: &[E],
         maybe_written: bool,
     ) -> Result<Vec<EntryOutcome>, WriteError> {
+        // Places in `entries`, in order, with why.
+        let mut undecodable: Vec<(usize, String)> = Vec::new();
+        loop {
+            let result = if undecodable.is_empty() {
+                self.write_in_mode(entries, maybe_written)
+            } else {
+                let kept: Vec<&Entry> = (0..entries.len())
+                    .filter(|i| !undecodable.iter().any(|(u, _)| u == i))
+                    .map(|i| entries[i].borrow())
+                    .collect();
+                if kept.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.write_in_mode(&kept, maybe_written)
+                }
+            };
+            match result {
+                Ok(outcomes) => return Ok(with_undecodable(outcomes, undecodable, entries.len())),
+                Err(Failure::Write(e)) => return Err(e),
+                Err(Failure::Undecodable(Undecodable { index, error })) => {
+                    let place = (0..entries.len())
+                        .filter(|i| !undecodable.iter().any(|(u, _)| u == i))
+                        .nth(index)
+                        .expect("the index of an entry that was encoded");
+                    let at = undecodable.partition_point(|(u, _)| *u < place);
+                    undecodable.insert(at, (place, error.to_string()));
+                }
+            }
+        }
+    }
+
+    fn write_in_mode<E: Borrow<Entry>>(
+        &mut self,
+        entries: &[E],
+        maybe_written: bool,
+    ) -> Result<Vec<EntryOutcome>, Failure> {
         match self.mode {
             WriteMode::Idmp => self.write_idmp(entries),
             WriteMode::Script if maybe_written || entries.iter().any(|e| e.borrow().has_string_id()) => {
@@ -558,7 +643,7 @@ impl RedisSink {
     }
 
     /// The checking path: one script call that skips entries whose key was already written.
-    fn write_script<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, WriteError> {
+    fn write_script<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, Failure> {
         let groups = DedupGroups::new(entries);
         let all = || entries.iter().map(Borrow::borrow);
         // A fenced write checks and raises the fence of every stream it writes to.
@@ -594,7 +679,7 @@ impl RedisSink {
             .collect();
         kinds.extend(fences.iter().map(|_| b'f'));
         resp.arg(&kinds).int(epoch as i64);
-        for (e, group) in all().zip(&groups.of_entry) {
+        for (index, (e, group)) in all().zip(&groups.of_entry).enumerate() {
             resp.int(*group as i64 + 1);
             match (&e.id, e.dedup_mark()) {
                 (_, DedupMark::Bit { bit, .. }) => resp.int(bit as i64),
@@ -602,7 +687,7 @@ impl RedisSink {
                 (EventId::Seq(_), DedupMark::Member) => unreachable!("a numeric id is marked by a bit"),
             };
             resp.int(e.xadd_arg_count() as i64);
-            e.encode_xadd_args(resp);
+            e.encode_xadd_args(resp).map_err(|error| Undecodable { index, error })?;
         }
         let waits = self.encode_wait();
         let mut replies = self.conn.req_packed_commands(self.resp.as_bytes(), 0, 1 + waits).map_err(classify)?;
@@ -614,16 +699,16 @@ impl RedisSink {
                     .arg(IDEMPOTENT_SCRIPT)
                     .query::<String>(&mut self.conn)
                     .map_err(classify)?;
-                return Err(WriteError::Transient("script was not loaded (server restarted?); loaded it".into()));
+                return Err(WriteError::Transient("script was not loaded (server restarted?); loaded it".into()).into());
             }
             Value::ServerError(err) if err.code() == "FENCED" => {
-                return Err(WriteError::Fenced(server_error_text(&err)));
+                return Err(WriteError::Fenced(server_error_text(&err)).into());
             }
-            Value::ServerError(err) => return Err(server_error(&err)),
+            Value::ServerError(err) => return Err(server_error(&err).into()),
             reply => reply,
         };
         let Value::Array(items) = reply else {
-            return Err(WriteError::Transient(format!("unexpected script reply {reply:?}")));
+            return Err(WriteError::Transient(format!("unexpected script reply {reply:?}")).into());
         };
         let mut outcomes: Vec<EntryOutcome> = items
             .into_iter()
@@ -643,14 +728,14 @@ impl RedisSink {
             })
             .collect();
         outcomes.resize(all().count(), EntryOutcome::Pending);
-        self.confirm(entries, waits, wait, outcomes)
+        Ok(self.confirm(entries, waits, wait, outcomes)?)
     }
 
     /// The fast path for entries with numeric ids never sent before: one `MULTI`/`EXEC` that
     /// records every key (`BITFIELD ... SET u1 <bit> 1`, first, so an OOM refuses the whole
     /// transaction) and adds every entry. Either all of it happens or none, so a retry after an
     /// ambiguous failure can take the checking path and find out exactly what is there.
-    fn write_transaction<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, WriteError> {
+    fn write_transaction<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, Failure> {
         let groups = DedupGroups::new(entries);
         let all = || entries.iter().map(Borrow::borrow);
         let resp = &mut self.resp;
@@ -691,9 +776,8 @@ impl RedisSink {
             resp.command(3).arg(b"EXPIRE").arg(key.as_bytes()).int(DEDUP_TTL_SECS as i64);
         }
         let before_xadds = resp.commands() - 1 - prefix;
-        for e in all() {
-            resp.command(1 + e.xadd_arg_count()).arg(b"XADD");
-            e.encode_xadd_args(resp);
+        for (index, e) in all().enumerate() {
+            e.encode_xadd(resp).map_err(|error| Undecodable { index, error })?;
         }
         let trim_now = self.batches.is_multiple_of(DEDUP_TRIM_EVERY);
         self.batches += 1;
@@ -720,11 +804,11 @@ impl RedisSink {
         let exec = replies.pop().unwrap_or(Value::Nil);
         let items = match exec {
             Value::Nil if prefix > 0 => {
-                return Err(WriteError::Fenced("a newer lease epoch has written to the stream".into()))
+                return Err(WriteError::Fenced("a newer lease epoch has written to the stream".into()).into())
             }
             Value::Array(items) => items,
-            Value::ServerError(err) => return Err(server_error(&err)),
-            other => return Err(WriteError::Transient(format!("unexpected EXEC reply {other:?}"))),
+            Value::ServerError(err) => return Err(server_error(&err).into()),
+            other => return Err(WriteError::Transient(format!("unexpected EXEC reply {other:?}")).into()),
         };
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut refused = Vec::new();
@@ -750,15 +834,15 @@ impl RedisSink {
             }
         }
         outcomes.resize(entries.len(), EntryOutcome::Pending);
-        self.confirm(entries, waits, wait, outcomes)
+        Ok(self.confirm(entries, waits, wait, outcomes)?)
     }
 
-    fn write_idmp<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, WriteError> {
+    fn write_idmp<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, Failure> {
         let all = || entries.iter().map(Borrow::borrow);
         let resp = &mut self.resp;
         resp.clear();
         let mut id = Vec::new();
-        for e in all() {
+        for (index, e) in all().enumerate() {
             resp.command(4 + e.xadd_arg_count()).arg(b"XADD").arg(e.stream_key.as_bytes());
             id.clear();
             e.id.write_text(&mut id);
@@ -767,9 +851,7 @@ impl RedisSink {
                 resp.arg(b"MAXLEN").arg(b"~").int(e.max_len as i64);
             }
             resp.arg(b"*");
-            for (name, value) in &e.fields {
-                resp.arg(name.as_bytes()).arg(value);
-            }
+            e.encode_fields(resp).map_err(|error| Undecodable { index, error })?;
         }
         let waits = self.encode_wait();
         let mut replies =
@@ -792,7 +874,7 @@ impl RedisSink {
                     let passing = matches!(err.code(), "OOM" | "LOADING" | "BUSY" | "MISCONF" | "NOREPLICAS");
                     if passing || TOPOLOGY_CODES.contains(&err.code()) {
                         if outcomes.is_empty() {
-                            return Err(server_error(&err));
+                            return Err(server_error(&err).into());
                         }
                         break;
                     }
@@ -802,7 +884,7 @@ impl RedisSink {
             }
         }
         outcomes.resize(entries.len(), EntryOutcome::Pending);
-        self.confirm(entries, waits, wait, outcomes)
+        Ok(self.confirm(entries, waits, wait, outcomes)?)
     }
 
     /// Configures the IDMP window of a stream on 8.6+ where it differs from ours (calling
@@ -829,6 +911,22 @@ impl RedisSink {
 }
 
 /// An error reply as text: its code and message.
+/// The outcomes of the entries that were sent, with the undecodable ones (places in the batch,
+/// in order) put back in their places.
+fn with_undecodable(sent: Vec<EntryOutcome>, undecodable: Vec<(usize, String)>, len: usize) -> Vec<EntryOutcome> {
+    if undecodable.is_empty() {
+        return sent;
+    }
+    let mut sent = sent.into_iter();
+    let mut undecodable = undecodable.into_iter().peekable();
+    (0..len)
+        .map(|i| match undecodable.next_if(|(u, _)| *u == i) {
+            Some((_, why)) => EntryOutcome::Undecodable(why),
+            None => sent.next().unwrap_or(EntryOutcome::Pending),
+        })
+        .collect()
+}
+
 fn server_error_text(err: &redis::ServerError) -> String {
     format!("{} {}", err.code(), err.details().unwrap_or(""))
 }
@@ -881,6 +979,7 @@ pub fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::BodyFormat;
 
     #[test]
     fn version_detection() {
@@ -910,11 +1009,11 @@ mod tests {
             (EntryFormat::Full, "order.paid", EventId::Key("k-9".into()), full("order.paid", "k-9")),
             (EntryFormat::Full, "HEARTBEAT", EventId::Seq(1234567), full("HEARTBEAT", "1234567")),
         ] {
-            entry.refill(format, ("stream", 7), name, "uid", &key(id.clone()));
-            entry.event_json_mut().extend_from_slice(b"{}");
-            assert_eq!(entry.fields, expected);
+            let event = EventField::event(BodyFormat::Json, "{}".into());
+            entry.refill(format, ("stream", 7), name, "uid", &key(id.clone()), event);
+            assert_eq!(entry.fields().unwrap(), expected);
             let fresh = Entry::new(format, ("stream", 7), name, "uid", &key(id.clone()), b"{}".to_vec());
-            assert_eq!(entry.fields, fresh.fields);
+            assert_eq!(entry.fields().unwrap(), fresh.fields().unwrap());
             assert_eq!((entry.stream_key.as_str(), entry.max_len), ("stream", 7));
             assert_eq!((entry.producer.as_str(), &entry.id), ("core", &id));
         }

@@ -29,7 +29,7 @@ use crate::pipeline::fence::Fence;
 use crate::pipeline::{Lane, WriteNow};
 use crate::shutdown::Shutdown;
 use crate::sink::dlq::DeadLetters;
-use crate::sink::entry::event_json;
+use crate::sink::entry::EventField;
 use crate::sink::redis::{backoff, Entry, EntryOutcome, WriteError};
 use crate::sink::target::Sink;
 use crate::state::AgentState;
@@ -48,10 +48,6 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// connection is dropped and the event goes on the lane (marked as maybe written), so a
 /// stalled Redis never holds the ESL reader for long.
 const WRITE_NOW_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// Entries whose JSON buffer grew past this are not kept for reuse (one huge event would
-/// otherwise pin its buffer).
-const MAX_SPARE_JSON: usize = 64 * 1024;
 
 static SLOW_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
 static RETRY_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
@@ -175,9 +171,6 @@ impl Writer {
     fn write_now(&mut self, envelope: Envelope) -> Result<(), Envelope> {
         let mut batch = vec![envelope];
         let (mut pending, mut entries) = self.prepare(&mut batch);
-        if pending.is_empty() {
-            return Ok(()); // undecodable: counted and dropped
-        }
         let timeout = WRITE_NOW_TIMEOUT.min(self.config.redis.write_timeout);
         let mut maybe_written = pending[0].maybe_written;
         match self.attempt(&mut pending, &mut entries, &mut maybe_written, timeout) {
@@ -195,36 +188,19 @@ impl Writer {
         }
     }
 
-    /// Encodes each event of the batch into its entry (reusing the buffers of entries already
-    /// written); events that cannot be decoded are counted and dropped here (they can never be
+    /// Makes each event of the batch an entry (reusing the buffers of entries already
+    /// written). The event's JSON is made later, straight into the write request; an event
+    /// that turns out not to be decodable then is counted and dropped (it can never be
     /// written).
     fn prepare(&mut self, batch: &mut Vec<Envelope>) -> (Vec<Envelope>, Vec<Entry>) {
         let mut envelopes = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
+        let format = self.config.streams.entry_format;
         for envelope in batch.drain(..) {
             let stream = (envelope.stream.key.as_str(), envelope.stream.max_len);
             let mut entry = self.spare_entries.pop().unwrap_or_default();
-            let format = self.config.streams.entry_format;
-            entry.refill(format, stream, &envelope.name, &envelope.ordering_key, &envelope.key);
-            let json = entry.event_json_mut();
-            // Sized for the usual case (decoded values are shorter than the percent-encoded
-            // ones, quotes and escapes add a little), so the JSON is written once, in place.
-            json.reserve(envelope.body.len() + 256);
-            match event_json(envelope.format, &envelope.body, json) {
-                Ok(lossy) => {
-                    if lossy {
-                        metrics().lossy_decodes.inc();
-                        if let Some(suppressed) = LOSSY_WARN.check() {
-                            warn!(event = %envelope.name, producer = %envelope.key.producer, id = %envelope.key.id.text(), suppressed, "an event value is not UTF-8 once percent-decoded; stored with U+FFFD in its place");
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.drop_event(envelope, "undecodable", &e.to_string());
-                    self.spare_entries.push(entry);
-                    continue;
-                }
-            }
+            let event = EventField::event(envelope.format, envelope.body.clone());
+            entry.refill(format, stream, &envelope.name, &envelope.ordering_key, &envelope.key, event);
             envelopes.push(envelope);
             entries.push(entry);
         }
@@ -344,11 +320,12 @@ impl Writer {
         let done = outcomes.iter().take_while(|o| **o != EntryOutcome::Pending).count();
         let acked_at = now_us();
         let mut last_spooled = None;
-        for ((envelope, entry), outcome) in pending.drain(..done).zip(entries.drain(..done)).zip(outcomes) {
+        for ((envelope, mut entry), outcome) in pending.drain(..done).zip(entries.drain(..done)).zip(outcomes) {
             last_spooled = envelope.spool_pos.or(last_spooled);
             self.settle(envelope, &entry, outcome, acked_at);
-            let small = entry.fields.first().is_none_or(|(_, json)| json.capacity() <= MAX_SPARE_JSON);
-            if small && self.spare_entries.len() < self.config.writer.batch_size {
+            if self.spare_entries.len() < self.config.writer.batch_size {
+                // Not the event: its bytes would keep the read buffer they are part of.
+                entry.event = EventField::Json(Vec::new());
                 self.spare_entries.push(entry);
             }
         }
@@ -454,6 +431,12 @@ impl Writer {
 
     /// Records what became of one event, and tells its source when it asked.
     fn settle(&mut self, mut envelope: Envelope, entry: &Entry, outcome: EntryOutcome, acked_at: i64) {
+        if entry.event.was_lossy() {
+            metrics().lossy_decodes.inc();
+            if let Some(suppressed) = LOSSY_WARN.check() {
+                warn!(event = %envelope.name, producer = %envelope.key.producer, id = %envelope.key.id.text(), suppressed, "an event value is not UTF-8 once percent-decoded; stored with U+FFFD in its place");
+            }
+        }
         let status = match outcome {
             EntryOutcome::Written(id) => AckStatus::Written(id),
             EntryOutcome::Duplicate => {
@@ -479,6 +462,7 @@ impl Writer {
                 }
                 return;
             }
+            EntryOutcome::Undecodable(reason) => return self.drop_event(envelope, "undecodable", &reason),
             EntryOutcome::Pending => unreachable!("pending entries are retried, not settled"),
         };
         self.written.get(envelope.stream.label, envelope.source, &envelope.name).inc();
