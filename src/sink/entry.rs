@@ -766,4 +766,23 @@ mod tests {
         assert!(event_json(EventFormat::Plain, b"A: 1\nbad\n\n", &mut out).is_err());
         assert_eq!(out, b"keep");
     }
+
+    #[test]
+    fn an_event_field_writes_the_same_json_and_remembers_a_lossy_decode() {
+        let clean = EventField::event(BodyFormat::EslPlain, "Event-Name: DTMF\nDTMF-Digit: %23\n".into());
+        assert_eq!(clean.to_json().unwrap(), br##"{"Event-Name":"DTMF","DTMF-Digit":"#"}"##);
+        assert!(!clean.was_lossy());
+        let lossy = EventField::event(BodyFormat::EslPlain, "Event-Name: DTMF\nCaller: %FFx\n".into());
+        assert!(!lossy.was_lossy(), "not before its JSON is made");
+        let json = lossy.to_json().unwrap();
+        assert_eq!(std::str::from_utf8(&json).unwrap(), "{\"Event-Name\":\"DTMF\",\"Caller\":\"\u{FFFD}x\"}");
+        assert!(lossy.was_lossy());
+        let mut out = b"keep".to_vec();
+        let bad = EventField::event(BodyFormat::EslPlain, "Event-Name: DTMF\nbad\n".into());
+        assert!(bad.write_json(&mut out).is_err());
+        assert_eq!(out, b"keep");
+        let json = EventField::event(BodyFormat::Json, r#"{"a":1}"#.into());
+        assert_eq!(json.to_json().unwrap(), br#"{"a":1}"#);
+        assert_eq!(EventField::from(b"{}".to_vec()).to_json().unwrap(), b"{}");
+    }
 }
