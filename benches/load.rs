@@ -46,9 +46,14 @@
 //!
 //! The agent runs with `EVENTS_TO_PUSH=ALL`, `EVENTS_TO_PUBLISH=BACKGROUND_JOB` (an empty value
 //! means the default list, which would route CHANNEL_EXECUTE & co to the jobs stream),
-//! `EVENTS_MAX_LEN=0` (exact counts), `HEALTH_PORT=0`, `LOG_LEVEL=warn`,
+//! `EVENTS_MAX_LEN=0` (exact counts), `HEALTH_PORT` a free port, `LOG_LEVEL=warn`,
 //! `METRICS_PRINT_INTERVAL=0`, `SPOOL_DIR` in a temporary directory, otherwise defaults; `--env`
 //! adds or overrides variables (to compare settings such as `WRITER_WORKERS`).
+//!
+//! A run is complete when Redis holds every event sent but those the agent counted as dropped
+//! (`eslstream_events_dropped_total` on its `/metrics`: under saturation, memory and spool can
+//! fill, and the agent drops rather than hold the switch back). Anything else is a MISMATCH,
+//! which fails the bench.
 //!
 //! A progress line goes to stderr every second; a markdown table to stdout and JSON to the
 //! `--json` path at the end. Every wait is bounded and every child is killed on drop (also on
@@ -404,7 +409,7 @@ fn run(opts: &Opts) -> Result<(), String> {
     let text = serde_json::to_string_pretty(&json).expect("serializable");
     std::fs::write(&opts.json, text + "\n").map_err(|e| format!("cannot write {}: {e}", opts.json.display()))?;
     eprintln!("load: wrote {}", opts.json.display());
-    let bad: Vec<_> = results.iter().filter(|r| r.in_redis != r.sent).collect();
+    let bad: Vec<_> = results.iter().filter(|r| !r.complete()).collect();
     if let Some(h) = &http {
         if h.in_redis != h.sent {
             return Err(format!("HTTP ingress: {} events acknowledged, {} in Redis", h.sent, h.in_redis));
@@ -428,6 +433,10 @@ struct RunResult {
     rate: Option<u64>,
     sent: u64,
     in_redis: u64,
+    /// Events the agent counted as dropped (`eslstream_events_dropped_total`: memory and spool
+    /// full under saturation, say): a run is complete when every event sent is in Redis or
+    /// counted so.
+    dropped: u64,
     events_per_sec: f64,
     avg_event_bytes: f64,
     latency: Summary,
@@ -444,6 +453,11 @@ struct RunResult {
 }
 
 impl RunResult {
+    /// Every event sent is in Redis once, or was counted as dropped.
+    fn complete(&self) -> bool {
+        self.in_redis + self.dropped == self.sent
+    }
+
     fn label(&self) -> String {
         let run = match self.rate {
             Some(r) => format!("rate {r}/s"),
@@ -464,7 +478,8 @@ impl RunResult {
             "rate": self.rate,
             "sent": self.sent,
             "in_redis": self.in_redis,
-            "complete": self.sent == self.in_redis,
+            "dropped_counted": self.dropped,
+            "complete": self.complete(),
             "events_per_sec": self.events_per_sec,
             "avg_event_json_bytes": self.avg_event_bytes,
             "latency_us": {
@@ -519,6 +534,7 @@ fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunRes
 
     let hist = Arc::new(Mutex::new(Histogram::new()));
     let reader = LatencyReader::start(redis.url(), hist.clone(), warmup_events, rate.is_none())?;
+    let admin_port = free_port()?;
     let mut env = vec![
         ("ESL_HOST", "127.0.0.1".into()),
         ("ESL_PORT", sim.local_addr().port().to_string()),
@@ -527,7 +543,7 @@ fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunRes
         // An empty list means the default list, which sends CHANNEL_EXECUTE & co to the jobs
         // stream; BACKGROUND_JOB goes there only for `api_exec` jobs (none in this traffic).
         ("EVENTS_TO_PUBLISH", "BACKGROUND_JOB".into()),
-        ("HEALTH_PORT", "0".into()),
+        ("HEALTH_PORT", admin_port.to_string()),
         ("LOG_LEVEL", "warn".into()),
         ("METRICS_PRINT_INTERVAL", "0".into()),
         ("EVENTS_MAX_LEN", "0".into()),
@@ -548,10 +564,15 @@ fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunRes
     let mut last_print = Instant::now();
     let mut last_progress = ((0u64, 0u64), Instant::now());
     let mut cpu_end: Option<(u64, Instant, u64)> = None;
+    let mut dropped = 0;
     let in_redis = loop {
         std::thread::sleep(Duration::from_millis(20));
         let stats = sim.stats();
         let in_redis = xlen_both(&mut con)?;
+        // Counted drops, read once everything is sent and Redis is short of it.
+        if stats.done && in_redis < stats.events_sent && last_progress.1.elapsed() > Duration::from_millis(500) {
+            dropped = dropped_events(admin_port).unwrap_or(dropped);
+        }
         if !windowed && stats.traffic_sent >= warmup_events {
             windowed = true;
             cpu_start = (cpu_ticks(pid).unwrap_or(0), Instant::now(), stats.events_sent);
@@ -571,7 +592,7 @@ fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunRes
                 proc_status_kb(pid, "VmRSS:").unwrap_or(0) / 1024,
             );
         }
-        if stats.done && cpu_end.is_none() && in_redis >= stats.events_sent {
+        if stats.done && cpu_end.is_none() && in_redis + dropped >= stats.events_sent {
             cpu_end = Some((cpu_ticks(pid).unwrap_or(0), Instant::now(), stats.events_sent));
             others_end = other_ticks();
             break in_redis;
@@ -609,14 +630,22 @@ fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunRes
     };
     let redis_cpu_pct = pct(others_start[0], others_end[0]);
     let harness_cpu_pct = pct(others_start[1], others_end[1]);
+    let dropped = dropped_events(admin_port).unwrap_or_else(|e| {
+        eprintln!("load: {label}: cannot read the agent's drop count: {e}");
+        dropped
+    });
     drop(agent);
     reader.stop();
     let span_ms = id_span_ms(&mut con)?.max(1);
     let avg_event_bytes = avg_event_size(&mut con)?;
     let latency = hist.lock().unwrap_or_else(|p| p.into_inner()).summary();
     drop(sim);
-    if in_redis != sent {
-        eprintln!("load: !!!!! {label}: MISMATCH: simulator sent {sent} events, Redis holds {in_redis} !!!!!");
+    if in_redis + dropped != sent {
+        eprintln!(
+            "load: !!!!! {label}: MISMATCH: simulator sent {sent} events, Redis holds {in_redis}, the agent counted {dropped} dropped !!!!!"
+        );
+    } else if dropped > 0 {
+        eprintln!("load: {label}: the agent dropped {dropped} events (counted) and wrote the other {in_redis}");
     }
     Ok(RunResult {
         mode: if rate.is_some() { "rates" } else { "saturation" },
@@ -625,6 +654,7 @@ fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunRes
         rate,
         sent,
         in_redis,
+        dropped,
         events_per_sec: in_redis as f64 * 1000.0 / span_ms as f64,
         avg_event_bytes,
         latency,
@@ -1015,6 +1045,25 @@ fn parse_benchmark_rps(out: &str) -> Option<f64> {
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+/// The agent's `eslstream_events_dropped_total`, summed over its labels, from its `/metrics`.
+fn dropped_events(admin_port: u16) -> Result<u64, String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", admin_port)).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).map_err(|e| format!("read: {e}"))?;
+    if !reply.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET /metrics: {}", reply.lines().next().unwrap_or("no answer")));
+    }
+    Ok(reply
+        .lines()
+        .filter(|l| l.starts_with("eslstream_events_dropped_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
 }
 
 fn free_port() -> Result<u16, String> {
@@ -1507,7 +1556,11 @@ fn markdown(results: &[RunResult], ceilings: &[Ceiling]) -> String {
     );
     s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
-        let complete = if r.in_redis == r.sent { String::new() } else { " **MISMATCH**".into() };
+        let complete = match (r.complete(), r.dropped) {
+            (false, _) => " **MISMATCH**".to_owned(),
+            (true, 0) => String::new(),
+            (true, d) => format!(" + {d} counted drops"),
+        };
         s.push_str(&format!(
             "| {} | {} ({:.0} B) | {} | {}{complete} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} | {:.0} | {:.0} |\n",
             r.label(),
