@@ -628,6 +628,7 @@ impl RedisSink {
         }
     }
 
+    /// One request of `entries` by the path the server and the batch call for.
     fn write_in_mode<E: Borrow<Entry>>(
         &mut self,
         entries: &[E],
