@@ -206,6 +206,10 @@ impl Lane {
                     match self.tx.try_send(envelope) {
                         Ok(()) => {
                             self.bytes.fetch_add(size, Ordering::AcqRel);
+                            // Rung after the tiers lock is released: the writer it wakes takes
+                            // that lock at once (to look past the channel), and would otherwise
+                            // spin and yield on it while this thread still holds it.
+                            drop(tiers);
                             self.doorbell.ring();
                             return Submitted::Queued;
                         }
