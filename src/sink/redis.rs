@@ -1,7 +1,8 @@
 //! The Redis side of a writer: one connection, and one idempotent, pipelined write of a batch.
 //!
 //! [`RedisSink::write`] sends a whole batch in one round trip and reports, per entry, whether
-//! it was written (or was already there), refused for good, or not processed (to retry). Every
+//! it was written (or was already there), refused for good, undecodable, or not processed (to
+//! retry). Each event's JSON is made as the request is encoded, straight into it. Every
 //! entry carries its idempotency key `(producer, id)` (for ESL `(Core-UUID, Event-Sequence)`),
 //! so re-sending a batch after an ambiguous failure (timeout, connection cut after sending)
 //! never creates a second entry:
