@@ -68,6 +68,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use eslstream::ops::http::client::http_get;
 use eslstream::simulate::{event_frames, EventSize, SimulateOptions, Simulator};
 use redis::Value;
 
@@ -1049,17 +1050,12 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 
 /// The agent's `eslstream_events_dropped_total`, summed over its labels, from its `/metrics`.
 fn dropped_events(admin_port: u16) -> Result<u64, String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", admin_port)).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("send: {e}"))?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).map_err(|e| format!("read: {e}"))?;
-    if !reply.starts_with("HTTP/1.1 200") {
-        return Err(format!("GET /metrics: {}", reply.lines().next().unwrap_or("no answer")));
+    let url = format!("http://127.0.0.1:{admin_port}/metrics");
+    let (status, body) = http_get(&url, Duration::from_secs(5))?;
+    if status != 200 {
+        return Err(format!("GET /metrics: status {status}"));
     }
-    Ok(reply
+    Ok(body
         .lines()
         .filter(|l| l.starts_with("eslstream_events_dropped_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -8,7 +8,7 @@
 //! every other byte is the capture's.
 
 use super::wire::Rng;
-use super::{frame_event_name, RawFrame};
+use super::{find, frame_event_name, RawFrame};
 
 /// One frame of the loop, with where its two patched values sit.
 struct LoopFrame {
@@ -87,7 +87,7 @@ impl CaptureLoop {
 /// Offset and length of the value of the first header line starting with `prefix` (which
 /// begins with the newline before the name), up to the end of its line.
 fn header_value(frame: &[u8], prefix: &[u8]) -> Option<(usize, usize)> {
-    let at = frame.windows(prefix.len()).position(|w| w == prefix)? + prefix.len();
+    let at = find(frame, prefix)? + prefix.len();
     let len = frame[at..].iter().position(|&b| b == b'\n')?;
     Some((at, len))
 }

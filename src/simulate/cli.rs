@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{event_frames, stats_of, EventSize, Fault, Shared, SimulateOptions, Simulator};
+use super::{event_frames, find, stats_of, EventSize, Fault, Shared, SimulateOptions, Simulator};
 
 /// `eslstream simulate`: a fake FreeSWITCH event socket playing realistic call traffic.
 ///
@@ -144,7 +144,7 @@ fn options_from(args: &SimulateArgs) -> Result<SimulateOptions, String> {
             return Err(format!("--replay {}: no event frames found", path.display()));
         }
         opts.replay_loop = args.replay_loop;
-        if opts.replay_loop && !opts.replay.iter().all(|f| f.windows(16).any(|w| w == b"text/event-plain")) {
+        if opts.replay_loop && !opts.replay.iter().all(|f| find(f, b"text/event-plain").is_some()) {
             return Err(format!("--replay-loop {}: only plain captures can be looped", path.display()));
         }
         if !opts.replay_loop

@@ -602,26 +602,22 @@ impl RedisSink {
         let mut undecodable: Vec<(usize, String)> = Vec::new();
         loop {
             let result = if undecodable.is_empty() {
-                self.write_in_mode(entries, maybe_written)
+                self.write_in_mode(entries, maybe_written).map_err(|f| (f, None))
             } else {
-                let kept: Vec<&Entry> = (0..entries.len())
-                    .filter(|i| !undecodable.iter().any(|(u, _)| u == i))
-                    .map(|i| entries[i].borrow())
-                    .collect();
-                if kept.is_empty() {
+                let kept: Vec<usize> =
+                    (0..entries.len()).filter(|i| !undecodable.iter().any(|(u, _)| u == i)).collect();
+                let left: Vec<&Entry> = kept.iter().map(|&i| entries[i].borrow()).collect();
+                if left.is_empty() {
                     Ok(Vec::new())
                 } else {
-                    self.write_in_mode(&kept, maybe_written)
+                    self.write_in_mode(&left, maybe_written).map_err(|f| (f, Some(kept)))
                 }
             };
             match result {
                 Ok(outcomes) => return Ok(with_undecodable(outcomes, undecodable, entries.len())),
-                Err(Failure::Write(e)) => return Err(e),
-                Err(Failure::Undecodable(Undecodable { index, error })) => {
-                    let place = (0..entries.len())
-                        .filter(|i| !undecodable.iter().any(|(u, _)| u == i))
-                        .nth(index)
-                        .expect("the index of an entry that was encoded");
+                Err((Failure::Write(e), _)) => return Err(e),
+                Err((Failure::Undecodable(Undecodable { index, error }), kept)) => {
+                    let place = kept.map_or(index, |kept| kept[index]);
                     let at = undecodable.partition_point(|(u, _)| *u < place);
                     undecodable.insert(at, (place, error.to_string()));
                 }

@@ -136,8 +136,11 @@ impl LaneWriter {
             depth.set(self.lane.depth() as i64);
             overflow.set(self.lane.overflow_depth() as i64);
             if !batch.is_empty() {
-                let (envelopes, entries) = core.prepare(&mut batch);
-                core.write_until_done(envelopes, entries);
+                // Moved out by draining, so `batch` keeps its capacity for the next take.
+                #[allow(clippy::drain_collect)]
+                let pending: Vec<Envelope> = batch.drain(..).collect();
+                let entries = core.prepare(&pending);
+                core.write_until_done(pending, entries);
                 continue;
             }
             drop(core);
@@ -169,8 +172,8 @@ impl Writer {
     /// as maybe written where that is so) for the writer's thread to retry if that fails.
     #[allow(clippy::result_large_err)] // see `WriteNow::write_now`
     fn write_now(&mut self, envelope: Envelope) -> Result<(), Envelope> {
-        let mut batch = vec![envelope];
-        let (mut pending, mut entries) = self.prepare(&mut batch);
+        let mut pending = vec![envelope];
+        let mut entries = self.prepare(&pending);
         let timeout = WRITE_NOW_TIMEOUT.min(self.config.redis.write_timeout);
         let mut maybe_written = pending[0].maybe_written;
         match self.attempt(&mut pending, &mut entries, &mut maybe_written, timeout) {
@@ -188,23 +191,21 @@ impl Writer {
         }
     }
 
-    /// Makes each event of the batch an entry (reusing the buffers of entries already
-    /// written). The event's JSON is made later, straight into the write request; an event
-    /// that turns out not to be decodable then is counted and dropped (it can never be
-    /// written).
-    fn prepare(&mut self, batch: &mut Vec<Envelope>) -> (Vec<Envelope>, Vec<Entry>) {
-        let mut envelopes = Vec::with_capacity(batch.len());
-        let mut entries = Vec::with_capacity(batch.len());
+    /// The entry of each event of `batch` (reusing the buffers of entries already written).
+    /// The event's JSON is made later, straight into the write request; an event that turns
+    /// out not to be decodable then is counted and dropped (it can never be written).
+    fn prepare(&mut self, batch: &[Envelope]) -> Vec<Entry> {
         let format = self.config.streams.entry_format;
-        for envelope in batch.drain(..) {
-            let stream = (envelope.stream.key.as_str(), envelope.stream.max_len);
-            let mut entry = self.spare_entries.pop().unwrap_or_default();
-            let event = EventField::event(envelope.format, envelope.body.clone());
-            entry.refill(format, stream, &envelope.name, &envelope.ordering_key, &envelope.key, event);
-            envelopes.push(envelope);
-            entries.push(entry);
-        }
-        (envelopes, entries)
+        batch
+            .iter()
+            .map(|envelope| {
+                let stream = (envelope.stream.key.as_str(), envelope.stream.max_len);
+                let mut entry = self.spare_entries.pop().unwrap_or_default();
+                let event = EventField::event(envelope.format, envelope.body.clone());
+                entry.refill(format, stream, &envelope.name, &envelope.ordering_key, &envelope.key, event);
+                entry
+            })
+            .collect()
     }
 
     /// Writes `entries` (parallel to `pending`) in order, retrying what Redis did not
