@@ -379,8 +379,49 @@ fn start_ids(
     Ok(())
 }
 
-/// One blocking `XREAD` of every stream after its last id; the entries in id order.
-fn read_once(conn: &mut redis::Connection, streams: &mut [Followed]) -> redis::RedisResult<Vec<Entry>> {
+/// Entries read but not printed yet. Several streams are printed as one sequence in entry-id
+/// order: a stream whose read stopped at `COUNT` may hold entries older than the newest ones
+/// read from the others, so those wait here until every stream has been read past them.
+#[derive(Debug, Default)]
+struct Merge {
+    held: Vec<Entry>,
+}
+
+impl Merge {
+    /// Adds one read's entries, where `cut` is the lowest last id of the streams whose read
+    /// stopped at `COUNT` (`None`: every stream was read to its end); returns the entries that
+    /// can be printed now, in order.
+    fn take(&mut self, entries: Vec<Entry>, cut: Option<(u64, u64)>) -> Vec<Entry> {
+        self.held.extend(entries);
+        self.held.sort_by_cached_key(order_key);
+        let ready = match cut {
+            None => self.held.len(),
+            Some(cut) => self.held.partition_point(|e| parse_id(&e.id).is_some_and(|id| id <= cut)),
+        };
+        self.held.drain(..ready).collect()
+    }
+}
+
+/// Where an entry goes in the printed sequence: by entry id, and entries of different
+/// streams with the same id (one `MULTI` writes a call's events to two streams in the same
+/// millisecond, each `<ms>-0`) by their event's sequence number, the switch's own order.
+fn order_key(entry: &Entry) -> ((u64, u64), u64) {
+    let sequence = entry
+        .field("event_sequence")
+        .map(str::to_owned)
+        .or_else(|| header(&entry.headers(), "Event-Sequence"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX);
+    (parse_id(&entry.id).unwrap_or((u64::MAX, u64::MAX)), sequence)
+}
+
+/// One blocking `XREAD` of every stream after its last id; the entries that can be printed
+/// now, in entry-id order (see [`Merge`]).
+fn read_once(
+    conn: &mut redis::Connection,
+    streams: &mut [Followed],
+    merge: &mut Merge,
+) -> redis::RedisResult<Vec<Entry>> {
     let mut cmd = redis::cmd("XREAD");
     cmd.arg("COUNT").arg(COUNT).arg("BLOCK").arg(BLOCK.as_millis() as u64).arg("STREAMS");
     for s in streams.iter() {
@@ -390,14 +431,19 @@ fn read_once(conn: &mut redis::Connection, streams: &mut [Followed]) -> redis::R
         cmd.arg(&s.last_id);
     }
     let reply: Value = cmd.query(conn)?;
-    let mut entries = xread_entries(&reply, streams);
+    let entries = xread_entries(&reply, streams);
+    let mut cut: Option<(u64, u64)> = None;
     for s in streams.iter_mut() {
-        if let Some(last) = entries.iter().filter(|e| e.key == s.key).map(|e| &e.id).max_by(|a, b| compare_ids(a, b)) {
+        let of_stream = entries.iter().filter(|e| e.key == s.key);
+        if let Some(last) = of_stream.clone().map(|e| &e.id).max_by(|a, b| compare_ids(a, b)) {
             s.last_id = last.clone();
+            if of_stream.count() >= COUNT {
+                let last = parse_id(last).unwrap_or((0, 0));
+                cut = Some(cut.map_or(last, |c| c.min(last)));
+            }
         }
     }
-    entries.sort_by(|a, b| compare_ids(&a.id, &b.id));
-    Ok(entries)
+    Ok(merge.take(entries, cut))
 }
 
 /// Sleeps up to `pause`, returning early on a signal.
@@ -443,8 +489,9 @@ pub fn run(args: &TailArgs, config: &Config) -> u8 {
     eprintln!("eslstream tail: following {} on {url} (Ctrl-C to stop)", keys.join(", "));
     let mut out = std::io::stdout().lock();
     let mut failing = false;
+    let mut merge = Merge::default();
     while !stopped() {
-        let entries = match read_once(&mut conn, &mut streams) {
+        let entries = match read_once(&mut conn, &mut streams, &mut merge) {
             Ok(entries) => {
                 if failing {
                     eprintln!("eslstream tail: reading again");
@@ -572,6 +619,35 @@ mod tests {
         assert_eq!(stream_key("http", &config, none), DEFAULT_HTTP_STREAM);
         assert_eq!(stream_key("outbox", &config, |n: &str| (n == "OUTBOX_STREAM").then(|| "ob".to_string())), "ob");
         assert_eq!(stream_key("my:stream", &config, none), "my:stream");
+    }
+
+    fn at(key: &str, id: &str, sequence: &str) -> Entry {
+        Entry {
+            label: key.into(),
+            key: key.into(),
+            id: id.into(),
+            fields: vec![("event".into(), "{}".into()), ("event_sequence".into(), sequence.into())],
+        }
+    }
+
+    fn ids(entries: &[Entry]) -> Vec<String> {
+        entries.iter().map(|e| format!("{}/{}", e.key, e.id)).collect()
+    }
+
+    #[test]
+    fn streams_are_merged_in_entry_id_order_and_ties_by_event_sequence() {
+        let mut merge = Merge::default();
+        // One read: the events stream is listed first, but its entry has the same id as the
+        // jobs entry written before it in the same transaction.
+        let read = vec![at("events", "10-0", "2"), at("events", "11-0", "3"), at("jobs", "10-0", "1")];
+        assert_eq!(ids(&merge.take(read, None)), ["jobs/10-0", "events/10-0", "events/11-0"]);
+        // A stream cut at COUNT: entries of other streams after its last id wait for the next
+        // read, which brings the cut stream's older ones.
+        let read = vec![at("events", "20-0", "5"), at("events", "21-0", "6"), at("jobs", "25-0", "9")];
+        assert_eq!(ids(&merge.take(read, Some((21, 0)))), ["events/20-0", "events/21-0"]);
+        let read = vec![at("events", "22-0", "7"), at("events", "30-0", "10")];
+        assert_eq!(ids(&merge.take(read, None)), ["events/22-0", "jobs/25-0", "events/30-0"]);
+        assert!(merge.held.is_empty());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use redis::{RedisResult, Value};
 
 use crate::config::{split_host_port, RedisConfig, RedisTopology};
 use crate::sink::connect::{connect_node, unreachable};
-use crate::sink::redis::{classify, Entry, EntryOutcome, RedisSink, WriteError, WriteMode};
+use crate::sink::redis::{classify, Entry, EntryOutcome, RedisSink, Unanswered, WriteError};
 
 /// Slots in a Redis Cluster.
 pub const SLOTS: u16 = 16384;
@@ -141,9 +141,10 @@ pub struct ClusterSink {
     route: Vec<usize>,
     reply_timeout: Duration,
     keys_ttl: Option<Duration>,
-    /// A hot-standby pair: every node checks ([`RedisSink::use_script_only`]) and carries the
-    /// fence ([`RedisSink::set_fence`]).
-    script_only: bool,
+    /// Requests of node connections dropped after they went unanswered (see
+    /// [`RedisSink::take_unanswered`]).
+    unanswered: Vec<Unanswered>,
+    /// A hot-standby pair: every node carries the fence ([`RedisSink::set_fence`]).
     fence: Option<(String, u64)>,
 }
 
@@ -160,15 +161,29 @@ impl ClusterSink {
             route: Vec::new(),
             reply_timeout: config.write_timeout,
             keys_ttl: None,
-            script_only: false,
+            unanswered: Vec::new(),
             fence: None,
         })
     }
 
-    /// See [`RedisSink::use_script_only`].
-    pub fn use_script_only(&mut self) {
-        self.script_only = true;
-        self.sinks.iter_mut().flatten().for_each(RedisSink::use_script_only);
+    /// See [`RedisSink::take_unanswered`]: of every node, those whose connection was dropped
+    /// included.
+    pub fn take_unanswered(&mut self) -> Vec<Unanswered> {
+        let mut all = std::mem::take(&mut self.unanswered);
+        all.extend(self.sinks.iter_mut().flatten().filter_map(RedisSink::take_unanswered));
+        all
+    }
+
+    /// See [`RedisSink::retire`]: each stream on the primary that serves it now.
+    pub fn retire(&mut self, unanswered: &[Unanswered]) -> Result<(), WriteError> {
+        for u in unanswered {
+            for stream in &u.streams {
+                let node = self.node_for(stream)?;
+                let one = Unanswered { token: u.token.clone(), streams: vec![stream.clone()] };
+                self.node_sink(node)?.retire(std::slice::from_ref(&one))?;
+            }
+        }
+        Ok(())
     }
 
     /// See [`RedisSink::set_fence`].
@@ -183,8 +198,9 @@ impl ClusterSink {
         format!("cluster with {} primaries ({})", self.map.nodes.len(), self.map.nodes.join(", "))
     }
 
-    pub fn mode(&self) -> Option<WriteMode> {
-        self.sinks.iter().flatten().next().map(RedisSink::mode)
+    /// The first connected node's server name and version.
+    pub fn server(&self) -> Option<&str> {
+        self.sinks.iter().flatten().next().map(RedisSink::server)
     }
 
     pub fn set_reply_timeout(&mut self, timeout: Duration) -> Result<(), WriteError> {
@@ -241,9 +257,6 @@ impl ClusterSink {
             sink.set_reply_timeout(self.reply_timeout)?;
             if let Some(ttl) = self.keys_ttl {
                 sink.set_dedup_keys_ttl(ttl);
-            }
-            if self.script_only {
-                sink.use_script_only();
             }
             sink.set_fence(self.fence.as_ref().map(|(g, e)| (g.as_str(), *e)));
             self.sinks[node] = Some(sink);
@@ -324,7 +337,9 @@ impl ClusterSink {
         let result = self.node_sink(node).and_then(|sink| sink.write(entries, maybe_written));
         match &result {
             Err(WriteError::Connection(_)) => {
-                self.sinks[node] = None;
+                if let Some(unanswered) = self.sinks[node].take().and_then(|mut sink| sink.take_unanswered()) {
+                    self.unanswered.push(unanswered);
+                }
                 self.stale = true;
             }
             Err(WriteError::Topology(_)) => self.stale = true,

@@ -1,4 +1,4 @@
--- Idempotent batch XADD for servers without XADD IDMP (Redis < 8.6).
+-- The checking path of the idempotent batch XADD, on every server (Redis 7.x and 8.x, Valkey).
 --
 -- KEYS: the dedup keys of the batch. A bitmap records numeric ids (one bit per id of one
 --       producer, 2^20 ids per key; a set bit means that event was written); a sorted set

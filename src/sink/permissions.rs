@@ -11,7 +11,7 @@
 use redis::{Connection, Value};
 
 use crate::config::{RedisConfig, RedisTopology};
-use crate::sink::redis::{dedup_key, dedup_keys_key, IDEMPOTENT_SCRIPT};
+use crate::sink::redis::{dedup_key, dedup_keys_key, trip_key, IDEMPOTENT_SCRIPT};
 
 /// The commands beyond the write path that the configured topology needs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -76,7 +76,7 @@ impl std::fmt::Display for Missing {
 
 /// The key pattern that covers `key`: its dedup keys are covered by the stream's `{tag}*`.
 fn key_pattern(key: &str) -> String {
-    match key.find(":idmp") {
+    match key.find(":idmp").or_else(|| key.find(":trip:")) {
         Some(i) => format!("{}*", &key[..i]),
         None => key.to_owned(),
     }
@@ -144,6 +144,9 @@ fn probes(streams: &[&str], topology: TopologyCommands) -> Vec<Probe> {
             probe("ZREMRANGEBYSCORE", Some(&keyed), &[b"(1", b"(0"]),
             probe("ZREMRANGEBYRANK", Some(&keyed), &[b"1", b"0"]),
             probe("ZCARD", Some(&keyed), &[]),
+            // The fast path's transactions WATCH their connection's tripwire; watching a key
+            // nobody writes changes nothing (this connection runs no transaction).
+            probe("WATCH", Some(&trip_key(stream, "eslstream-permission-probe")), &[]),
         ]);
     }
     out

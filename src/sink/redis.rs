@@ -5,16 +5,20 @@
 //! retry). Each event's JSON is made as the request is encoded, straight into it. Every
 //! entry carries its idempotency key `(producer, id)` (for ESL `(Core-UUID, Event-Sequence)`),
 //! so re-sending a batch after an ambiguous failure (timeout, connection cut after sending)
-//! never creates a second entry:
-//! - on Redis 8.6+ with `XADD ... IDMP <producer> <id>` (numeric and string ids alike);
-//! - on older servers, numeric ids are bits in bitmaps next to the stream
-//!   (`{<stream>}:idmp:<producer>:<generation>`, 2^20 ids per key) and string ids are members
-//!   of a sorted set scored by the time they were written (`{<stream>}:idmp-keys:<producer>`,
-//!   members older than [`DEDUP_KEYS_TTL_SECS`] dropped, at most [`DEDUP_KEYS_MAX`] kept). A
-//!   batch of numeric ids never sent before sets its bits and adds its entries in one
-//!   `MULTI`/`EXEC`; a batch that may already be there, or that has string ids (a producer may
-//!   re-send those at any time), goes through one Lua script (`idempotent.lua`) that skips
-//!   what is recorded.
+//! never creates a second entry. One write path serves every server (Redis 7.x and 8.x,
+//! Valkey): numeric ids are bits in bitmaps next to the stream
+//! (`{<stream>}:idmp:<producer>:<generation>`, 2^20 ids per key) and string ids are members
+//! of a sorted set scored by the time they were written (`{<stream>}:idmp-keys:<producer>`,
+//! members older than [`DEDUP_KEYS_TTL_SECS`] dropped, at most [`DEDUP_KEYS_MAX`] kept). A
+//! batch of numeric ids never sent before sets its bits and adds its entries in one
+//! `MULTI`/`EXEC`; a batch that may already be there, or that has string ids (a producer may
+//! re-send those at any time), goes through one Lua script (`idempotent.lua`) that skips
+//! what is recorded and says so.
+//!
+//! Redis 8.6's `XADD ... IDMP` is deliberately not used: its window is at most 10,000 ids per
+//! producer (seconds of traffic, against the bitmaps' three million), a duplicate answers with
+//! the original entry's ID (so a re-sent event could not be acknowledged as a duplicate), it
+//! cannot carry a hot-standby pair's fence, and `XCFGSET` clears a stream's remembered ids.
 //!
 //! Every dedup key carries the stream's hash tag ([`slot_tag`]), so it lives in the stream's
 //! Redis Cluster slot and the transaction and the script touch one slot.
@@ -36,14 +40,36 @@ use crate::sink::entry::EventField;
 use crate::sink::resp::Resp;
 use crate::source::esl::event::EventError;
 
-/// The Lua script used where `XADD IDMP` is not available.
+/// The checking path's Lua script.
 pub const IDEMPOTENT_SCRIPT: &str = include_str!("idempotent.lua");
 
-/// A hot-standby pair's fence check before a fast-path transaction. KEYS: the stream's fence,
-/// the connection's tripwire (which it `WATCH`es); ARGV: the write's lease epoch, the fence's
-/// TTL. A fence newer than the epoch sets the tripwire, so the `EXEC` that follows does
-/// nothing; otherwise the fence is raised to the epoch. (One small call per stream and batch,
-/// instead of writing every entry from Lua.)
+/// The guard of a fast-path transaction, run once per stream of the batch between `WATCH` of
+/// the connection's tripwire and `MULTI`. KEYS: the tripwire, the connection's retired mark
+/// ([`retired_key`]), and for a hot-standby pair the stream's fence; ARGV: the write's lease
+/// epoch (pairs), the fence's TTL. It touches the tripwire, so the `EXEC` that follows does
+/// nothing, when the connection was retired (a request that arrives after the writer gave up
+/// on its connection and retried elsewhere: the transaction does not check the dedup bits, so
+/// it must not run late) or, for a pair, when a newer lease epoch has written to the stream;
+/// otherwise it raises the fence to the epoch. Returns 1 (go), 0 (fenced) or 2 (retired). It
+/// calls only `BITFIELD`, `SETBIT`, `EXPIRE` (and, for pairs, `GET`/`SET` on the fence), which
+/// the agent's ACL rule grants already.
+pub const TRANSACTION_GUARD: &str = "local function trip() redis.call('SETBIT', KEYS[1], 0, 1) \
+redis.call('EXPIRE', KEYS[1], 60) end \
+if redis.call('BITFIELD', KEYS[2], 'GET', 'u1', 0)[1] == 1 then trip() return 2 end \
+if KEYS[3] == nil then return 1 end \
+local seen = tonumber(redis.call('GET', KEYS[3]) or '0') \
+local epoch = tonumber(ARGV[1]) \
+if seen > epoch then trip() return 0 end \
+if seen < epoch then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end \
+return 1";
+
+/// How long a retired connection's mark is kept: longer than TCP keeps re-sending what a
+/// closed connection had sent (about 15 minutes at Linux's defaults).
+pub const RETIRED_TTL_SECS: u64 = 3600;
+
+/// A hot-standby pair's fence check at takeover (see `source::esl::pair`). KEYS: the stream's
+/// fence, a tripwire; ARGV: the lease epoch, the fence's TTL. A fence newer than the epoch
+/// sets the tripwire; otherwise the fence is raised to the epoch.
 pub const FENCE_CHECK: &str = "local seen = tonumber(redis.call('GET', KEYS[1]) or '0') \
 local epoch = tonumber(ARGV[1]) \
 if seen > epoch then redis.call('SET', KEYS[2], ARGV[1], 'EX', 60) return 0 end \
@@ -59,25 +85,11 @@ pub const DEDUP_KEEP_GENERATIONS: u64 = 3;
 pub const DEDUP_TTL_SECS: u64 = 24 * 3600;
 /// The transaction path deletes bitmaps behind the window once every this many batches.
 pub const DEDUP_TRIM_EVERY: u64 = 64;
-/// How long a string id is remembered on servers without IDMP (the HTTP ingress's
-/// `HTTP_INGRESS_IDEMPOTENCY_TTL` default).
+/// How long a string id is remembered (the HTTP ingress's `HTTP_INGRESS_IDEMPOTENCY_TTL`
+/// default).
 pub const DEDUP_KEYS_TTL_SECS: u64 = 24 * 3600;
 /// String ids remembered per producer and stream at most (the oldest go first).
 pub const DEDUP_KEYS_MAX: u64 = 1_000_000;
-/// IDMP entries kept per producer on 8.6+ (the server's maximum).
-pub const IDMP_MAXSIZE: u64 = 10_000;
-/// How long 8.6+ remembers an idempotency key.
-pub const IDMP_DURATION_SECS: u64 = 3600;
-
-/// How writes are made idempotent on the connected server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteMode {
-    /// Redis 8.6+: `XADD key IDMP producer iid ...` in a pipeline.
-    Idmp,
-    /// Older servers: the Lua script, one call per batch.
-    Script,
-}
-
 /// One entry ready to be written.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -201,7 +213,7 @@ impl Entry {
     }
 }
 
-/// Where an entry's idempotency key is recorded on servers without IDMP.
+/// Where an entry's idempotency key is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DedupMark {
     /// This bit of the bitmap of that generation (numeric ids).
@@ -398,23 +410,28 @@ fn server_error(err: &redis::ServerError) -> WriteError {
 /// A connection to Redis and the way to write idempotently on it.
 pub struct RedisSink {
     conn: Connection,
-    mode: WriteMode,
+    /// The server's name and version as `INFO server` reports them (for the log).
+    server: String,
     script_sha: String,
+    /// SHA1 of [`TRANSACTION_GUARD`], loaded on this connection.
+    guard_sha: String,
     batches: u64,
     /// String ids kept per producer and stream ([`DEDUP_KEYS_MAX`] unless set).
     keys_max: u64,
     /// How long a string id is remembered ([`DEDUP_KEYS_TTL_SECS`] unless set).
     keys_ttl_secs: u64,
-    /// Streams whose IDMP window this connection has checked (8.6+ only).
-    idmp_checked: Vec<String>,
     /// The batch being sent, encoded.
     resp: Resp,
     /// How long a read waits for the reply now (set on the socket only when it changes).
     reply_timeout: Duration,
     /// The hot-standby pair's group and the lease epoch the next writes carry.
     fence: Option<(String, u64)>,
-    /// This connection's own part of its tripwire keys (see [`FENCE_CHECK`]).
-    fence_token: String,
+    /// This connection's own name in its tripwire and retired keys (see
+    /// [`TRANSACTION_GUARD`]): unique to the connection.
+    token: String,
+    /// The streams of a request this connection sent and never got the answer to (see
+    /// [`RedisSink::take_unanswered`]).
+    unanswered: Option<Unanswered>,
     /// `REDIS_WAIT_REPLICAS` (0: no `WAIT`).
     wait_replicas: u32,
     /// `REDIS_WAIT_TIMEOUT`.
@@ -422,6 +439,14 @@ pub struct RedisSink {
     /// Entries written by a batch `WAIT` did not confirm, with their IDs (see
     /// [`RedisSink::confirm`]).
     unconfirmed: Vec<(EntryKey, String)>,
+}
+
+/// A fast-path transaction a connection sent and got no answer to: the connection's token
+/// and the request's streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswered {
+    pub token: String,
+    pub streams: Vec<String>,
 }
 
 /// An entry's stream, producer and id.
@@ -432,47 +457,65 @@ const UNCONFIRMED_MAX: usize = 100_000;
 
 impl RedisSink {
     /// Connects to the server of `REDIS_URL` (whatever the topology: the writers connect
-    /// through [`crate::sink::target::Sink`]), sets timeouts, and detects the server's
-    /// version to pick the write mode.
+    /// through [`crate::sink::target::Sink`]), sets timeouts and loads the script.
     pub fn connect(config: &RedisConfig) -> Result<RedisSink, WriteError> {
         let conn = crate::sink::connect::connect_node(config, None, config.write_timeout).map_err(classify)?;
         RedisSink::on(conn, config)
     }
 
-    /// Writes on `conn` (its timeouts set already): detects the server's version to pick the
-    /// write mode and loads the script.
+    /// Writes on `conn` (its timeouts set already): notes the server's version and loads the
+    /// script.
     pub fn on(mut conn: Connection, config: &RedisConfig) -> Result<RedisSink, WriteError> {
         let reply_timeout = config.write_timeout + config.wait_timeout.min(config.write_timeout);
         if config.wait_replicas > 0 {
             conn.set_read_timeout(Some(reply_timeout)).map_err(classify)?;
         }
         let info: String = redis::cmd("INFO").arg("server").query(&mut conn).map_err(classify)?;
-        let mode = if supports_idmp(&info) { WriteMode::Idmp } else { WriteMode::Script };
         let script_sha: String =
             redis::cmd("SCRIPT").arg("LOAD").arg(IDEMPOTENT_SCRIPT).query(&mut conn).map_err(classify)?;
+        let guard_sha: String =
+            redis::cmd("SCRIPT").arg("LOAD").arg(TRANSACTION_GUARD).query(&mut conn).map_err(classify)?;
         Ok(RedisSink {
             conn,
-            mode,
+            server: server_version(&info),
             script_sha,
+            guard_sha,
             batches: 0,
             keys_max: DEDUP_KEYS_MAX,
             keys_ttl_secs: DEDUP_KEYS_TTL_SECS,
-            idmp_checked: Vec::new(),
             reply_timeout: config.write_timeout,
             resp: Resp::with_capacity(1 << 20),
             wait_replicas: config.wait_replicas,
             wait_timeout: config.wait_timeout,
             unconfirmed: Vec::new(),
             fence: None,
-            fence_token: format!("{:x}{:x}", std::process::id(), crate::envelope::now_us()),
+            token: connection_token(),
+            unanswered: None,
         })
     }
 
-    /// Writes with the script and the dedup bitmaps on every server, never `XADD IDMP` (a
-    /// hot-standby pair: both agents must record ids in the same place, and `IDMP` has no
-    /// fence).
-    pub fn use_script_only(&mut self) {
-        self.mode = WriteMode::Script;
+    /// The streams of the last fast-path transaction this connection sent without getting
+    /// its answer (a timeout, a lost connection), taken once. Such a request can still reach
+    /// Redis after the writer has retried it on another connection: the writer retires this
+    /// connection there ([`RedisSink::retire`]) before the retry.
+    pub fn take_unanswered(&mut self) -> Option<Unanswered> {
+        self.unanswered.take()
+    }
+
+    /// Marks connections the writer gave up on as retired on their streams, so a transaction
+    /// of theirs that reaches Redis from now on does nothing (see [`TRANSACTION_GUARD`]). The
+    /// retry that follows takes the checking path, which finds whatever such a transaction
+    /// wrote before.
+    pub fn retire(&mut self, unanswered: &[Unanswered]) -> Result<(), WriteError> {
+        let mut pipe = redis::pipe();
+        for u in unanswered {
+            for stream in &u.streams {
+                let key = retired_key(stream, &u.token);
+                pipe.cmd("SETBIT").arg(&key).arg(0).arg(1).ignore();
+                pipe.cmd("EXPIRE").arg(&key).arg(RETIRED_TTL_SECS).ignore();
+            }
+        }
+        pipe.query::<()>(&mut self.conn).map_err(classify)
     }
 
     /// The lease epoch the next writes carry (`None`: not fenced), for pair `group`.
@@ -579,15 +622,16 @@ impl RedisSink {
         self.keys_max = n;
     }
 
-    pub fn mode(&self) -> WriteMode {
-        self.mode
+    /// The server's name and version, e.g. `redis 7.0.15` or `valkey 8.0.1`.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     /// Writes `entries` in one round trip; the outcome list is parallel to `entries`.
     /// `maybe_written` says some of them may already be in Redis (an earlier attempt failed
     /// ambiguously, they were replayed from the spool after a restart, or their producer may
-    /// have sent them before): on servers without IDMP they then take the checking path, as
-    /// does any batch with a string id.
+    /// have sent them before): they then take the checking path, as does any batch with a
+    /// string id.
     ///
     /// `entries` are entries or references to them (a cluster writes part of a batch to each
     /// node). An entry whose event cannot be decoded is found as the request is encoded (its
@@ -602,7 +646,7 @@ impl RedisSink {
         let mut undecodable: Vec<(usize, String)> = Vec::new();
         loop {
             let result = if undecodable.is_empty() {
-                self.write_in_mode(entries, maybe_written).map_err(|f| (f, None))
+                self.write_by_path(entries, maybe_written).map_err(|f| (f, None))
             } else {
                 let kept: Vec<usize> =
                     (0..entries.len()).filter(|i| !undecodable.iter().any(|(u, _)| u == i)).collect();
@@ -610,7 +654,7 @@ impl RedisSink {
                 if left.is_empty() {
                     Ok(Vec::new())
                 } else {
-                    self.write_in_mode(&left, maybe_written).map_err(|f| (f, Some(kept)))
+                    self.write_by_path(&left, maybe_written).map_err(|f| (f, Some(kept)))
                 }
             };
             match result {
@@ -626,17 +670,15 @@ impl RedisSink {
     }
 
     /// One request of `entries` by the path the server and the batch call for.
-    fn write_in_mode<E: Borrow<Entry>>(
+    fn write_by_path<E: Borrow<Entry>>(
         &mut self,
         entries: &[E],
         maybe_written: bool,
     ) -> Result<Vec<EntryOutcome>, Failure> {
-        match self.mode {
-            WriteMode::Idmp => self.write_idmp(entries),
-            WriteMode::Script if maybe_written || entries.iter().any(|e| e.borrow().has_string_id()) => {
-                self.write_script(entries)
-            }
-            WriteMode::Script => self.write_transaction(entries),
+        if maybe_written || entries.iter().any(|e| e.borrow().has_string_id()) {
+            self.write_script(entries)
+        } else {
+            self.write_transaction(entries)
         }
     }
 
@@ -738,25 +780,32 @@ impl RedisSink {
         let all = || entries.iter().map(Borrow::borrow);
         let resp = &mut self.resp;
         resp.clear();
-        // Fenced (a hot-standby pair): per stream, WATCH this connection's tripwire and check
-        // the fence; a fence newer than our epoch trips the wire, and EXEC then does nothing.
-        let mut prefix = 0;
-        if let Some((group, epoch)) = &self.fence {
-            let mut streams: Vec<&str> = Vec::new();
-            for e in all() {
-                if !streams.contains(&e.stream_key.as_str()) {
-                    streams.push(&e.stream_key);
-                }
-            }
-            for stream in streams {
-                let trip = format!("{}:ha-trip:{group}:{}", slot_tag(stream), self.fence_token);
-                resp.command(2).arg(b"WATCH").arg(trip.as_bytes());
-                resp.command(7).arg(b"EVAL").arg(FENCE_CHECK.as_bytes()).int(2);
-                resp.arg(fence_key(stream, group).as_bytes()).arg(trip.as_bytes());
-                resp.int(*epoch as i64).int(DEDUP_TTL_SECS as i64);
-                prefix += 2;
+        // Per stream: WATCH this connection's tripwire, then the guard, which trips it when
+        // this connection was retired (the request arrived after the writer had given up on
+        // it) or, for a hot-standby pair, when a newer lease epoch has written to the stream;
+        // EXEC then does nothing.
+        let mut streams: Vec<&str> = Vec::new();
+        for e in all() {
+            if !streams.contains(&e.stream_key.as_str()) {
+                streams.push(&e.stream_key);
             }
         }
+        for stream in &streams {
+            let trip = trip_key(stream, &self.token);
+            resp.command(2).arg(b"WATCH").arg(trip.as_bytes());
+            match &self.fence {
+                Some((group, epoch)) => {
+                    resp.command(8).arg(b"EVALSHA").arg(self.guard_sha.as_bytes()).int(3);
+                    resp.arg(trip.as_bytes()).arg(retired_key(stream, &self.token).as_bytes());
+                    resp.arg(fence_key(stream, group).as_bytes()).int(*epoch as i64).int(DEDUP_TTL_SECS as i64);
+                }
+                None => {
+                    resp.command(5).arg(b"EVALSHA").arg(self.guard_sha.as_bytes()).int(2);
+                    resp.arg(trip.as_bytes()).arg(retired_key(stream, &self.token).as_bytes());
+                }
+            }
+        }
+        let prefix = 2 * streams.len();
         resp.command(1).arg(b"MULTI");
         for (g, (key, _, _)) in groups.keys.iter().enumerate() {
             let bits = || {
@@ -793,19 +842,51 @@ impl RedisSink {
         let queued = resp.commands() - 1 - prefix;
         resp.command(1).arg(b"EXEC");
         let waits = self.encode_wait();
-        // The replies: the fence checks, +OK, one +QUEUED per command (an error there aborts
-        // the transaction, which the call reports as an error), then EXEC's array (nil when
-        // the fence tripped), and WAIT's count.
-        let mut replies =
-            self.conn.req_packed_commands(self.resp.as_bytes(), prefix + queued + 1, 1 + waits).map_err(classify)?;
+        // The replies, all read here (redis-rs's skipping of replies assumes MULTI comes
+        // first): per stream WATCH's +OK and the guard's answer, MULTI's +OK, one +QUEUED per
+        // command (an error there aborts the transaction: EXEC answers EXECABORT), EXEC's
+        // array (nil when the wire was tripped), and WAIT's count.
+        let sent = self.conn.req_packed_commands(self.resp.as_bytes(), 0, prefix + 1 + queued + 1 + waits);
+        let mut replies = match sent.map_err(classify) {
+            Ok(replies) => replies,
+            Err(WriteError::Connection(e)) => {
+                // No answer: the request may still reach Redis later, after the retry.
+                let streams = streams.into_iter().map(str::to_owned).collect();
+                self.unanswered = Some(Unanswered { token: self.token.clone(), streams });
+                return Err(WriteError::Connection(e).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let wait = if waits > 0 { replies.pop() } else { None };
         let exec = replies.pop().unwrap_or(Value::Nil);
+        let first_error = |from: usize| {
+            replies.iter().skip(from).find_map(|r| match r {
+                Value::ServerError(e) => Some(e.clone()),
+                _ => None,
+            })
+        };
+        // The guard did not run (an administrator flushed the script cache): load it for the
+        // next batch. This batch's EXEC ran unguarded: harmless for a request answered in
+        // time; a pair's fence was not checked for it.
+        if replies.iter().take(prefix).any(|r| matches!(r, Value::ServerError(e) if e.code() == "NOSCRIPT")) {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(TRANSACTION_GUARD)
+                .query::<String>(&mut self.conn)
+                .map_err(classify)?;
+        }
         let items = match exec {
-            Value::Nil if prefix > 0 => {
+            // Only a connection the writer gave up on is ever retired, and its token is its
+            // own: on a live connection a tripped wire means the pair's fence.
+            Value::Nil if self.fence.is_some() => {
                 return Err(WriteError::Fenced("a newer lease epoch has written to the stream".into()).into())
             }
+            Value::Nil => {
+                return Err(WriteError::Connection("this connection was retired; connecting again".into()).into())
+            }
             Value::Array(items) => items,
-            Value::ServerError(err) => return Err(server_error(&err).into()),
+            // Aborted (nothing ran): why is the first refused command (MOVED, OOM ...).
+            Value::ServerError(err) => return Err(server_error(&first_error(prefix).unwrap_or(err)).into()),
             other => return Err(WriteError::Transient(format!("unexpected EXEC reply {other:?}")).into()),
         };
         let mut outcomes = Vec::with_capacity(entries.len());
@@ -833,78 +914,6 @@ impl RedisSink {
         }
         outcomes.resize(entries.len(), EntryOutcome::Pending);
         Ok(self.confirm(entries, waits, wait, outcomes)?)
-    }
-
-    fn write_idmp<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, Failure> {
-        let all = || entries.iter().map(Borrow::borrow);
-        let resp = &mut self.resp;
-        resp.clear();
-        let mut id = Vec::new();
-        for (index, e) in all().enumerate() {
-            resp.command(4 + e.xadd_arg_count()).arg(b"XADD").arg(e.stream_key.as_bytes());
-            id.clear();
-            e.id.write_text(&mut id);
-            resp.arg(b"IDMP").arg(e.producer.as_bytes()).arg(&id);
-            if e.max_len > 0 {
-                resp.arg(b"MAXLEN").arg(b"~").int(e.max_len as i64);
-            }
-            resp.arg(b"*");
-            e.encode_fields(resp).map_err(|error| Undecodable { index, error })?;
-        }
-        let waits = self.encode_wait();
-        let mut replies =
-            self.conn.req_packed_commands(self.resp.as_bytes(), 0, entries.len() + waits).map_err(classify)?;
-        let wait = if waits > 0 { replies.pop() } else { None };
-        // The stream exists now: size its IDMP window once per connection.
-        for e in all() {
-            if !self.idmp_checked.contains(&e.stream_key) {
-                if let Err(err) = self.ensure_idmp_window(&e.stream_key) {
-                    tracing::warn!(stream = %e.stream_key, error = %err, "cannot check the stream's IDMP window");
-                }
-                self.idmp_checked.push(e.stream_key.clone());
-            }
-        }
-        let mut outcomes = Vec::with_capacity(entries.len());
-        for reply in replies {
-            match reply {
-                Value::BulkString(b) => outcomes.push(EntryOutcome::Written(String::from_utf8_lossy(&b).into_owned())),
-                Value::ServerError(err) => {
-                    let passing = matches!(err.code(), "OOM" | "LOADING" | "BUSY" | "MISCONF" | "NOREPLICAS");
-                    if passing || TOPOLOGY_CODES.contains(&err.code()) {
-                        if outcomes.is_empty() {
-                            return Err(server_error(&err).into());
-                        }
-                        break;
-                    }
-                    outcomes.push(EntryOutcome::Rejected(server_error_text(&err)));
-                }
-                other => outcomes.push(EntryOutcome::Rejected(format!("unexpected reply {other:?}"))),
-            }
-        }
-        outcomes.resize(entries.len(), EntryOutcome::Pending);
-        Ok(self.confirm(entries, waits, wait, outcomes)?)
-    }
-
-    /// Configures the IDMP window of a stream on 8.6+ where it differs from ours (calling
-    /// `XCFGSET` clears the stream's IDMP maps, so it is only sent when needed).
-    pub fn ensure_idmp_window(&mut self, stream_key: &str) -> Result<(), WriteError> {
-        if self.mode != WriteMode::Idmp {
-            return Ok(());
-        }
-        let info: Value = redis::cmd("XINFO").arg("STREAM").arg(stream_key).query(&mut self.conn).map_err(classify)?;
-        let text = format!("{info:?}");
-        if text.contains(&format!("{IDMP_MAXSIZE}")) && text.contains(&format!("{IDMP_DURATION_SECS}")) {
-            return Ok(());
-        }
-        redis::cmd("XCFGSET")
-            .arg(stream_key)
-            .arg("IDMP-DURATION")
-            .arg(IDMP_DURATION_SECS)
-            .arg("IDMP-MAXSIZE")
-            .arg(IDMP_MAXSIZE)
-            .query::<Value>(&mut self.conn)
-            .map_err(classify)?;
-        Ok(())
     }
 }
 
@@ -948,6 +957,28 @@ pub fn fence_key(stream_key: &str, group: &str) -> String {
     format!("{}:ha-fence:{group}", slot_tag(stream_key))
 }
 
+/// A connection's tripwire on one stream, which its fast-path transactions `WATCH` (see
+/// [`TRANSACTION_GUARD`]).
+pub fn trip_key(stream_key: &str, token: &str) -> String {
+    format!("{}:trip:{token}", slot_tag(stream_key))
+}
+
+/// The mark of a connection the writer gave up on, on one stream: a transaction of that
+/// connection arriving after it is set does nothing (see [`TRANSACTION_GUARD`]).
+pub fn retired_key(stream_key: &str, token: &str) -> String {
+    format!("{}:retired:{token}", slot_tag(stream_key))
+}
+
+/// A name no other connection has, here or in another agent: the process, a counter, and 64
+/// random bits.
+fn connection_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("{:x}.{n:x}.{random:016x}", std::process::id())
+}
+
 /// One dedup bitmap: ids `generation * 2^20 ..` of one producer, kept beside the stream.
 pub fn dedup_key(stream_key: &str, producer: &str, generation: u64) -> String {
     format!("{}:idmp:{producer}:{generation}", slot_tag(stream_key))
@@ -959,14 +990,16 @@ pub fn dedup_keys_key(stream_key: &str, producer: &str) -> String {
     format!("{}:idmp-keys:{producer}", slot_tag(stream_key))
 }
 
-/// Whether `INFO server` reports a version with `XADD ... IDMP` (8.6 or later).
-pub fn supports_idmp(info: &str) -> bool {
-    let Some(version) = info.lines().find_map(|l| l.strip_prefix("redis_version:")) else {
-        return false;
-    };
-    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (8, 6)
+/// The server's name and version from `INFO server`: Valkey reports `server_name:valkey` and
+/// `valkey_version` beside a `redis_version` it keeps for compatibility.
+fn server_version(info: &str) -> String {
+    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    match (field("server_name:"), field("valkey_version:"), field("redis_version:")) {
+        (Some(name), Some(version), _) | (Some(name), None, Some(version)) => format!("{name} {version}"),
+        (None, Some(version), _) => format!("valkey {version}"),
+        (None, None, Some(version)) => format!("redis {version}"),
+        (_, None, None) => "unknown server".to_owned(),
+    }
 }
 
 /// Capped exponential backoff: `base * 2^attempt`, never above `max`.
@@ -980,12 +1013,14 @@ mod tests {
     use crate::envelope::BodyFormat;
 
     #[test]
-    fn version_detection() {
-        assert!(!supports_idmp("# Server\r\nredis_version:7.0.15\r\n"));
-        assert!(!supports_idmp("redis_version:8.4.0\r\n"));
-        assert!(supports_idmp("redis_version:8.6.0\r\n"));
-        assert!(supports_idmp("redis_version:9.0.1\r\n"));
-        assert!(!supports_idmp("garbage"));
+    fn server_versions_are_named() {
+        assert_eq!(server_version("# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n"), "redis 7.0.15");
+        assert_eq!(server_version("# Server\r\nredis_version:255.255.255\r\n"), "redis 255.255.255");
+        assert_eq!(
+            server_version("# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.1\r\n"),
+            "valkey 8.0.1"
+        );
+        assert_eq!(server_version("garbage"), "unknown server");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use redis::{Connection, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
 use crate::config::{split_host_port, RedisConfig, RedisTopology};
 use crate::sink::cluster::{ClusterSink, SlotMap};
 use crate::sink::connect::{connect_node, connect_with, unreachable};
-use crate::sink::redis::{classify, Entry, EntryOutcome, RedisSink, WriteError, WriteMode};
+use crate::sink::redis::{classify, Entry, EntryOutcome, RedisSink, Unanswered, WriteError};
 
 /// The primary's address and a connection to it: the URL's server, or the primary the
 /// sentinels name, checked with `ROLE`. (Not for Cluster, which has one primary per slot.)
@@ -238,11 +238,11 @@ impl Sink {
         }
     }
 
-    /// The write mode (of the first node, for a cluster).
-    pub fn mode(&self) -> Option<WriteMode> {
+    /// The server's name and version (of the first connected node, for a cluster).
+    pub fn server(&self) -> Option<&str> {
         match self {
-            Sink::Primary { sink, .. } => Some(sink.mode()),
-            Sink::Cluster(c) => c.mode(),
+            Sink::Primary { sink, .. } => Some(sink.server()),
+            Sink::Cluster(c) => c.server(),
         }
     }
 
@@ -262,11 +262,19 @@ impl Sink {
         }
     }
 
-    /// See [`RedisSink::use_script_only`].
-    pub fn use_script_only(&mut self) {
+    /// See [`RedisSink::take_unanswered`] (of every node, for a cluster).
+    pub fn take_unanswered(&mut self) -> Vec<Unanswered> {
         match self {
-            Sink::Primary { sink, .. } => sink.use_script_only(),
-            Sink::Cluster(c) => c.use_script_only(),
+            Sink::Primary { sink, .. } => sink.take_unanswered().into_iter().collect(),
+            Sink::Cluster(c) => c.take_unanswered(),
+        }
+    }
+
+    /// See [`RedisSink::retire`] (each stream on its primary, for a cluster).
+    pub fn retire(&mut self, unanswered: &[Unanswered]) -> Result<(), WriteError> {
+        match self {
+            Sink::Primary { sink, .. } => sink.retire(unanswered),
+            Sink::Cluster(c) => c.retire(unanswered),
         }
     }
 

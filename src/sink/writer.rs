@@ -30,7 +30,7 @@ use crate::pipeline::{Lane, WriteNow};
 use crate::shutdown::Shutdown;
 use crate::sink::dlq::DeadLetters;
 use crate::sink::entry::EventField;
-use crate::sink::redis::{backoff, Entry, EntryOutcome, WriteError};
+use crate::sink::redis::{backoff, Entry, EntryOutcome, Unanswered, WriteError};
 use crate::sink::target::Sink;
 use crate::state::AgentState;
 
@@ -85,6 +85,11 @@ struct Writer {
     backoff: u32,
     /// A hot-standby pair's fence (`HA_GROUP`): ESL events are written only under a lease.
     fence: Option<Arc<Fence>>,
+    /// Transactions sent on connections given up on, never answered: retired before the next
+    /// write (see [`RedisSink::retire`](crate::sink::redis::RedisSink::retire)). Only a
+    /// connection that sent a request adds one, and nothing is sent before they are retired,
+    /// so this holds a few at most.
+    unanswered: Vec<Unanswered>,
 }
 
 impl LaneWriter {
@@ -112,6 +117,7 @@ impl LaneWriter {
             spare_entries: Vec::new(),
             backoff: 0,
             fence: None,
+            unanswered: Vec::new(),
         };
         LaneWriter { lane, config, core: Mutex::new(core) }
     }
@@ -284,11 +290,22 @@ impl Writer {
             *maybe_written = true;
         }
         let started = Instant::now();
+        let mut retire = std::mem::take(&mut self.unanswered);
         let result = self.sink().and_then(|sink| {
+            // Before anything is retried: a transaction that went unanswered must not run
+            // after its retry (it does not check the dedup bits).
+            if !retire.is_empty() {
+                sink.retire(&retire)?;
+                retire.clear();
+            }
             sink.set_fence(fence.as_deref().zip(epoch).map(|(f, e)| (f.group(), e)));
             sink.set_reply_timeout(timeout)?;
             sink.write(entries, *maybe_written)
         });
+        self.unanswered.append(&mut retire);
+        if let Some(sink) = self.sink.as_mut() {
+            self.unanswered.extend(sink.take_unanswered());
+        }
         let outcomes = match result {
             Ok(outcomes) => outcomes,
             Err(WriteError::Fenced(why)) => {
@@ -500,10 +517,7 @@ impl Writer {
         if self.sink.is_none() {
             let mut sink = Sink::connect(&self.config.redis)?;
             sink.set_dedup_keys_ttl(self.config.http_ingress.idempotency_ttl);
-            if self.fence.is_some() {
-                sink.use_script_only();
-            }
-            info!(mode = ?sink.mode(), at = %sink.location(), "connected to Redis");
+            info!(server = sink.server().unwrap_or("not yet known"), at = %sink.location(), "connected to Redis");
             self.state.redis_writers_up.fetch_add(1, Ordering::Relaxed);
             metrics().redis_connected.inc();
             self.sink = Some(sink);

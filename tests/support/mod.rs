@@ -44,6 +44,34 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
 }
 
+/// The Redis-compatible server the tests run: `$REDIS_SERVER_BIN` when set (a path, or a
+/// name looked up on `PATH`, e.g. `valkey-server`), else `redis-server` on `PATH`.
+pub fn redis_server_bin() -> PathBuf {
+    server_tool("REDIS_SERVER_BIN", "redis-server", "apt-get install -y redis-server")
+}
+
+/// Its command-line client: `$REDIS_CLI_BIN` when set, else `redis-cli` on `PATH`.
+pub fn redis_cli_bin() -> PathBuf {
+    server_tool("REDIS_CLI_BIN", "redis-cli", "apt-get install -y redis-tools")
+}
+
+fn server_tool(variable: &str, default: &str, install: &str) -> PathBuf {
+    match std::env::var_os(variable).filter(|v| !v.is_empty()) {
+        Some(given) => {
+            let path = PathBuf::from(&given);
+            let found = if path.components().count() > 1 {
+                Some(path).filter(|p| p.is_file())
+            } else {
+                find_on_path(&given.to_string_lossy())
+            };
+            found.unwrap_or_else(|| panic!("{variable}={} is not a file or not on PATH", given.to_string_lossy()))
+        }
+        None => {
+            find_on_path(default).unwrap_or_else(|| panic!("{default} not found on PATH: {install}, or set {variable}"))
+        }
+    }
+}
+
 /// Sends `sig` to `pid`.
 pub fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions.

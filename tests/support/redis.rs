@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{find_on_path, free_port, signal};
+use super::{free_port, redis_cli_bin, redis_server_bin, signal};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -37,8 +37,7 @@ impl RedisServer {
     /// Like [`start_with`](Self::start_with), on a port from `pick` (a cluster node needs one
     /// whose bus port, 10000 higher, is free too).
     pub fn start_on(extra: &[&str], pick: fn() -> u16) -> RedisServer {
-        let binary = find_on_path("redis-server")
-            .unwrap_or_else(|| panic!("redis-server not found: apt-get install -y redis-server"));
+        let binary = redis_server_bin();
         let dir = tempfile::Builder::new().prefix("eslstream-redis-").tempdir().expect("temp dir for redis");
         let extra = extra.iter().map(|s| s.to_string()).collect();
         let mut server = RedisServer { child: None, port: 0, dir, binary, extra };
@@ -209,8 +208,7 @@ impl RedisServer {
 
     /// Runs `redis-cli -p <port> <args>` and returns its trimmed stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let cli =
-            find_on_path("redis-cli").unwrap_or_else(|| panic!("redis-cli not found: apt-get install -y redis-tools"));
+        let cli = redis_cli_bin();
         let out = Command::new(cli)
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)

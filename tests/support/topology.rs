@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use eslstream::sink::cluster::SlotMap;
 
 pub use super::certs::TestCa;
-use super::{find_on_path, free_port, wait_until, RedisServer};
+use super::{free_port, redis_cli_bin, redis_server_bin, wait_until, RedisServer};
 
 /// A port below 55536 whose cluster bus port (10000 higher) is free too.
 pub fn cluster_port() -> u16 {
@@ -34,8 +34,7 @@ pub fn cluster_port() -> u16 {
 
 /// `redis-cli` with `args` against `127.0.0.1:port`; panics with its output when it fails.
 pub fn cli(port: u16, args: &[&str]) -> String {
-    let cli =
-        find_on_path("redis-cli").unwrap_or_else(|| panic!("redis-cli not found: apt-get install -y redis-tools"));
+    let cli = redis_cli_bin();
     let out = Command::new(cli)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
@@ -243,8 +242,7 @@ impl SentinelSet {
         let replica_of = primary.port().to_string();
         let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &replica_of]);
         wait_replica_synced(&primary, &replica);
-        let binary = find_on_path("redis-server")
-            .unwrap_or_else(|| panic!("redis-server not found: apt-get install -y redis-server"));
+        let binary = redis_server_bin();
         let sentinels = (0..3)
             .map(|_| {
                 let dir = tempfile::Builder::new().prefix("eslstream-sentinel-").tempdir().expect("temp dir");
