@@ -14,12 +14,13 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use eslstream::config::EntryFormat;
 use eslstream::envelope::{EventId, IdempotencyKey};
-use eslstream::sink::entry::{event_json, EventField};
+use eslstream::esl::encode::{encode_plain, event_frame, HeaderValue};
+use eslstream::esl::event::{scan_meta, EventFormat};
+use eslstream::esl::frame::FrameDecoder;
+use eslstream::esl::json::event_json;
+use eslstream::sink::entry::EventField;
 use eslstream::sink::redis::Entry;
 use eslstream::sink::resp::Resp;
-use eslstream::source::esl::encode::{encode_plain, event_frame, HeaderValue};
-use eslstream::source::esl::event::{scan_meta, EventFormat};
-use eslstream::source::esl::frame::FrameDecoder;
 
 fn capture(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/data/esl-captures/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::pipeline::ack::AckToken;
+use crate::ack::AckToken;
 
 /// Which source an event came from (the `source` label of metrics and `/health`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,7 +30,7 @@ impl Source {
 
     /// Whether the source keeps each event until it is written (an outbox row stays in its
     /// table): the pipeline never spools such an event; where it would, it hands it back
-    /// ([`crate::pipeline::ack::AckStatus::Deferred`]).
+    /// ([`crate::ack::AckStatus::Deferred`]).
     pub fn keeps_its_events(self) -> bool {
         self == Source::Outbox
     }

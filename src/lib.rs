@@ -5,17 +5,23 @@
 //! - [`source`]: where events come from. Each source turns what it receives into
 //!   [`envelope::Envelope`]s and hands them to the pipeline through one [`source::Intake`].
 //! - [`pipeline`]: lanes chosen by ordering key, each backed by a durable spool, that never
-//!   block a source; acknowledgements back to the source that asked ([`pipeline::ack`]).
+//!   block a source.
 //! - [`sink`]: the per-lane writers, the idempotent Redis write, and the dead-letter store.
-//! - [`ops`] beside them: the admin HTTP server, health, metrics, trimmer and summary line.
+//! - [`ops`] beside them: the admin HTTP server, health, trimmer and summary line;
+//!   [`simulate`], the built-in FreeSWITCH, beside them too.
 //!
-//! [`app`] wires them together; [`config`] reads the environment.
+//! Under all of them, the ground: [`envelope`] (what flows), [`ack`] (what became of an event,
+//! for the source that asked), [`config`] (the environment), [`telemetry`] (metrics and logs),
+//! [`esl`] (the event socket's format, shared by reader, writer and simulator), [`shutdown`],
+//! [`state`] and [`civil`] (dates). [`app`] wires the wings together and alone names [`ops`].
+//! `tests/layout.rs` checks that the imports say so.
 
+pub mod ack;
 pub mod app;
 pub mod civil;
 pub mod config;
 pub mod envelope;
-pub mod logging;
+pub mod esl;
 pub mod ops;
 pub mod pipeline;
 pub mod shutdown;
@@ -23,3 +29,4 @@ pub mod simulate;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod telemetry;

@@ -48,7 +48,7 @@ fn run_agent() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    eslstream::logging::init(&config.log_level, config.log_format);
+    eslstream::telemetry::logging::init(&config.log_level, config.log_format);
     for (name, why) in &config.ignored {
         tracing::warn!(variable = %name, "{name} is accepted for compatibility and ignored: {why}");
     }

@@ -12,10 +12,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use eslstream::ack::AckStatus;
 use eslstream::app::Agent;
 use eslstream::config::Config;
 use eslstream::envelope::{BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget};
-use eslstream::pipeline::ack::AckStatus;
 use support::*;
 
 const STREAM: &str = "freeswitch:telephony:http-events";

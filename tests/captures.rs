@@ -6,10 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::BytesMut;
-use eslstream::sink::entry::{event_json, write_event_json};
-use eslstream::source::esl::encode::url_encode;
-use eslstream::source::esl::event::{decode, percent_decode, scan_meta, DecodedValue, Event, EventFormat};
-use eslstream::source::esl::frame::{Frame, FrameDecoder};
+use eslstream::esl::encode::url_encode;
+use eslstream::esl::event::{decode, percent_decode, scan_meta, DecodedValue, Event, EventFormat};
+use eslstream::esl::frame::{Frame, FrameDecoder};
+use eslstream::esl::json::{event_json, write_event_json};
 
 fn capture(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/data/esl-captures/{name}", env!("CARGO_MANIFEST_DIR"));

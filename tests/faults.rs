@@ -440,7 +440,7 @@ fn a_value_that_is_not_utf8_is_logged_once_with_its_event() {
     for seq in 1..=3u64 {
         let body = format!("Event-Name: CUSTOM\nEvent-Subclass: probe%3A%3Alossy\nCore-UUID: lossy-core\nEvent-Sequence: {seq}\nUnique-ID: call-lossy\nCaller-Name: %FF%FEx\n\n");
         let mut frame = Vec::new();
-        eslstream::source::esl::encode::event_frame("text/event-plain", body.as_bytes(), &mut frame);
+        eslstream::esl::encode::event_frame("text/event-plain", body.as_bytes(), &mut frame);
         frames.push(frame);
     }
     std::thread::sleep(Duration::from_millis(500)); // connected and subscribed

@@ -9,7 +9,7 @@ mod support;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use eslstream::source::esl::encode::{encode_plain, HeaderValue};
+use eslstream::esl::encode::{encode_plain, HeaderValue};
 use serde_json::Value;
 use support::*;
 

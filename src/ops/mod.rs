@@ -11,7 +11,6 @@ pub mod context;
 pub mod dlq_api;
 pub mod health;
 pub mod http;
-pub mod metrics;
 pub mod routes;
 pub mod summary;
 pub mod tail;

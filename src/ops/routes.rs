@@ -10,8 +10,8 @@ use hyper::{Request, StatusCode};
 use crate::envelope::Source;
 use crate::ops::context::AppContext;
 use crate::ops::http::{json_reply, reply, Body, HandlerFuture, Params, Router};
-use crate::ops::metrics::{metrics, render};
 use crate::source::http::ProducerLabel;
+use crate::telemetry::metrics::{metrics, render};
 
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use crate::ops::context::AppContext;
-use crate::ops::metrics::{bucket_delta, cumulative_buckets, metrics, quantile};
 use crate::shutdown::Shutdown;
+use crate::telemetry::metrics::{bucket_delta, cumulative_buckets, metrics, quantile};
 
 /// The figures of one summary line.
 #[derive(Debug, Clone, PartialEq)]

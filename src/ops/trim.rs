@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::logging::RateLimit;
-use crate::ops::metrics::metrics;
 use crate::shutdown::Shutdown;
 use crate::sink::target::PrimaryConnections;
+use crate::telemetry::logging::RateLimit;
+use crate::telemetry::metrics::metrics;
 
 /// Entries one `XTRIM` call may remove.
 pub const TRIM_LIMIT: u64 = 10_000;

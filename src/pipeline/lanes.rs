@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex};
 
+use crate::ack::{AckStatus, AckToken};
 use crate::envelope::{Envelope, SpoolPos};
-use crate::logging::RateLimit;
-use crate::ops::metrics::metrics;
-use crate::pipeline::ack::{AckStatus, AckToken};
 use crate::pipeline::routing::lane_for;
 use crate::pipeline::spool::record::encoded_len;
 use crate::pipeline::spool::{LaneSpool, SpoolError};
+use crate::telemetry::logging::RateLimit;
+use crate::telemetry::metrics::metrics;
 
 static FLUSH_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
 
@@ -757,7 +757,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = one_spooled_lane(dir.path(), 2, 1);
         let lane = &p.lanes()[0];
-        let (tokens, rx) = crate::pipeline::ack::AckBatch::make(4);
+        let (tokens, rx) = crate::ack::AckBatch::make(4);
         let mut tokens = tokens.into_iter();
         let mut outbox = |seq| outbox_env("a", seq, tokens.next().unwrap());
         assert!(matches!(p.submit(outbox(0)), Submitted::Queued));
@@ -953,7 +953,7 @@ mod tests {
 
     #[test]
     fn spooled_events_are_acknowledged_only_once_synced() {
-        use crate::pipeline::ack::{AckBatch, AckStatus};
+        use crate::ack::{AckBatch, AckStatus};
         let dir = tempfile::tempdir().unwrap();
         let p = one_spooled_lane(dir.path(), 1, 0);
         let (tokens, rx) = AckBatch::make(2);

@@ -3,13 +3,13 @@
 //! An event is a list of [`Item`]s: single headers, or [`Block`]s of headers that many events of
 //! a call share (a leg's identity, caller profile, variables). A block is percent-encoded once
 //! when it is built, so encoding an event is mostly copying pre-encoded bytes. All escaping goes
-//! through [`crate::source::esl::encode`], the FreeSWITCH-exact encoder.
+//! through [`crate::esl::encode`], the FreeSWITCH-exact encoder.
 
 use std::cell::OnceCell;
 use std::io::Write;
 use std::rc::Rc;
 
-use crate::source::esl::encode;
+use crate::esl::encode;
 
 /// The wire format a listener asked for with `event plain|json ...`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

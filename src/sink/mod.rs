@@ -1,5 +1,6 @@
-//! Sinks: where events end up. [`writer`] owns the per-lane loop; [`entry`] turns an event into
-//! its stream entry's `event` JSON; [`redis`] owns the connection and the idempotent write;
+//! Sinks: where events end up. [`writer`] owns the per-lane loop; [`entry`] holds a stream
+//! entry's `event` field (its JSON is made by [`crate::esl::json`]); [`redis`] owns the
+//! connection and the idempotent write (one concern per file, [`redis::keys`] naming every key);
 //! [`connect`] makes every connection (credentials, TLS, timeouts); [`target`] finds the
 //! primary (one server, Sentinel, or per stream in a cluster) and is what writers write to;
 //! [`cluster`] routes a batch over a Redis Cluster's primaries; [`durability`] checks that

@@ -20,19 +20,19 @@ use parking_lot::Mutex;
 use prometheus::IntCounter;
 use tracing::{debug, error, info, info_span, warn};
 
+use crate::ack::AckStatus;
 use crate::config::Config;
 use crate::envelope::{now_us, Envelope, Source};
-use crate::logging::RateLimit;
-use crate::ops::metrics::{metrics, seconds_between};
-use crate::pipeline::ack::AckStatus;
 use crate::pipeline::fence::Fence;
 use crate::pipeline::{Lane, WriteNow};
 use crate::shutdown::Shutdown;
 use crate::sink::dlq::DeadLetters;
 use crate::sink::entry::EventField;
-use crate::sink::redis::{backoff, Entry, EntryOutcome, Unanswered, WriteError};
+use crate::sink::redis::{Entry, EntryOutcome, Unanswered, WriteError};
 use crate::sink::target::Sink;
 use crate::state::AgentState;
+use crate::telemetry::logging::RateLimit;
+use crate::telemetry::metrics::{metrics, seconds_between};
 
 /// The longest pause between two attempts at a failing write while Redis answers (with OOM,
 /// LOADING, READONLY ...): it is busy, and more attempts would not help it.
@@ -617,4 +617,22 @@ pub fn event_label(name: &str) -> &str {
         "LOG",
     ];
     KNOWN.iter().find(|k| **k == name).copied().unwrap_or("other")
+}
+
+/// Capped exponential backoff: `base * 2^attempt`, never above `max`.
+pub fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
+    base.saturating_mul(1u32 << attempt.min(16)).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped() {
+        let b = Duration::from_millis(100);
+        assert_eq!(backoff(b, 0, Duration::from_secs(5)), b);
+        assert_eq!(backoff(b, 3, Duration::from_secs(5)), Duration::from_millis(800));
+        assert_eq!(backoff(b, 30, Duration::from_secs(5)), Duration::from_secs(5));
+    }
 }

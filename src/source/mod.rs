@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use tracing::error;
 
+use crate::ack::{AckBatch, AckReceiver, AckStatus};
 use crate::envelope::{now_us, Envelope, EventId, IdempotencyKey, Source};
-use crate::logging::RateLimit;
-use crate::ops::metrics::metrics;
-use crate::pipeline::ack::{AckBatch, AckReceiver, AckStatus};
 use crate::pipeline::{Pipeline, Submitted};
 use crate::state::AgentState;
+use crate::telemetry::logging::RateLimit;
+use crate::telemetry::metrics::metrics;
 
 static FULL_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
 

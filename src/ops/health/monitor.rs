@@ -12,10 +12,10 @@ use crate::envelope::{now_us, Source};
 use crate::ops::context::AppContext;
 use crate::ops::health::report::*;
 use crate::ops::health::rules::*;
-use crate::ops::metrics::{dropped_by_reason, metrics};
 use crate::shutdown::Shutdown;
 use crate::sink::target::PrimaryConnections;
 use crate::sink::{durability, permissions};
+use crate::telemetry::metrics::{dropped_by_reason, metrics};
 
 /// The monitor's connections to every primary holding a stream, found again at each check.
 /// Each new connection first checks what the user may do ([`permissions::check`]); every

@@ -20,13 +20,13 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::logging::RateLimit;
 use crate::ops::context::AppContext;
 use crate::ops::http::access::Peer;
 use crate::ops::http::handler::BoxError;
 use crate::ops::http::limits::{is_same_host, Connections, Limits, Refused, Slot};
 use crate::ops::http::router::Router;
-use crate::ops::metrics::metrics;
+use crate::telemetry::logging::RateLimit;
+use crate::telemetry::metrics::metrics;
 
 /// Request line and headers must fit in this.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;

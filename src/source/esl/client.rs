@@ -18,16 +18,16 @@ use tracing::{debug, error, info, info_span, warn};
 
 use crate::config::EslConfig;
 use crate::envelope::{now_us, Envelope, EventId, IdempotencyKey, Source};
-use crate::logging::RateLimit;
-use crate::ops::metrics::{metrics, seconds_between};
+use crate::esl::event::{scan_meta, EventFormat, EventMeta};
+use crate::esl::frame::{Frame, FrameDecoder, FrameError};
 use crate::shutdown::Shutdown;
-use crate::source::esl::event::{scan_meta, EventFormat, EventMeta};
-use crate::source::esl::frame::{Frame, FrameDecoder, FrameError};
 use crate::source::esl::lag::Lag;
 use crate::source::esl::pair::Pair;
 use crate::source::esl::routes::Router;
 use crate::source::{Intake, KeyAssigner, Offer};
 use crate::state::AgentState;
+use crate::telemetry::logging::RateLimit;
+use crate::telemetry::metrics::{metrics, seconds_between};
 
 /// How often a blocked read wakes to check for shutdown and silence.
 const READ_TICK: Duration = Duration::from_millis(200);

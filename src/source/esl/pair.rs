@@ -27,16 +27,17 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::ack::AckStatus;
 use crate::config::{HaConfig, RedisConfig};
 use crate::envelope::{now_us, Envelope};
-use crate::logging::RateLimit;
-use crate::ops::metrics::metrics;
-use crate::pipeline::ack::AckStatus;
 use crate::pipeline::fence::Fence;
 use crate::shutdown::Shutdown;
-use crate::sink::redis::{fence_key, slot_tag, FENCE_CHECK};
+use crate::sink::redis::keys::{fence_key, lease_keys, takeover_trip_key};
+use crate::sink::redis::FENCE_CHECK;
 use crate::sink::target::connect_primary_for;
 use crate::source::{Intake, Offer};
+use crate::telemetry::logging::RateLimit;
+use crate::telemetry::metrics::metrics;
 
 /// Takes the lease if it is free (or renews it if this agent holds it).
 /// KEYS: lease, epoch counter. ARGV: agent id, TTL in ms.
@@ -195,8 +196,7 @@ impl Pair {
     }
 
     fn keys(&self) -> (String, String) {
-        let g = &self.config.group;
-        (format!("eslstream:ha:{{{g}}}:lease"), format!("eslstream:ha:{{{g}}}:epoch"))
+        lease_keys(&self.config.group)
     }
 
     /// The lease thread: takes, renews and loses the lease until shutdown, then releases it.
@@ -270,7 +270,7 @@ impl Pair {
     fn raise_fences(&self, epoch: u64) {
         for stream in &self.streams {
             let fence = fence_key(stream, &self.config.group);
-            let trip = format!("{}:ha-trip:{}:takeover", slot_tag(stream), self.config.group);
+            let trip = takeover_trip_key(stream, &self.config.group);
             let raised = connect_primary_for(&self.redis, &fence, self.config.lease_ttl).and_then(|mut c| {
                 redis::cmd("EVAL")
                     .arg(FENCE_CHECK)

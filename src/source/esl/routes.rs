@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::envelope::StreamTarget;
-use crate::source::esl::event::EventMeta;
+use crate::esl::event::EventMeta;
 
 /// A set of event names as configured: `ALL`, plain names, `CUSTOM` (every subclass) and
 /// `CUSTOM::<subclass>`.

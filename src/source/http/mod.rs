@@ -37,14 +37,14 @@ use serde_json::json;
 use sha2::Sha256;
 use tracing::warn;
 
+use crate::ack::AckStatus;
 use crate::config::HttpIngressConfig;
 use crate::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget};
-use crate::logging::RateLimit;
 use crate::ops::http::{constant_time_eq, json_reply, read_body, Body, Reply};
-use crate::ops::metrics::metrics;
-use crate::pipeline::ack::AckStatus;
 use crate::source::http::body::{parse, scalar_text, BodyEvent, BodyKind};
 use crate::source::{Intake, KeyAssigner};
+use crate::telemetry::logging::RateLimit;
+use crate::telemetry::metrics::metrics;
 
 static REJECT_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
 

@@ -12,7 +12,7 @@
 //! - [`OutboxStatus`]: what `/health` shows of it.
 //!
 //! The table is the durable buffer: outbox events never go to the agent's spool. While Redis
-//! is down the pipeline hands them back ([`crate::pipeline::ack::AckStatus::Deferred`]) and
+//! is down the pipeline hands them back ([`crate::ack::AckStatus::Deferred`]) and
 //! the rows simply stay in the table.
 
 pub mod cli;

@@ -41,17 +41,17 @@ use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tracing::{error, info, warn};
 
+use crate::ack::AckStatus;
 use crate::config::OutboxConfig;
 use crate::envelope::Source;
-use crate::logging::RateLimit;
-use crate::ops::metrics::metrics;
-use crate::pipeline::ack::AckStatus;
 use crate::shutdown::Shutdown;
 use crate::source::outbox::connect::{describe, ConnectTarget, Session};
 use crate::source::outbox::row::{OutboxRow, RowEncoder, SELECT_COLUMNS};
 use crate::source::outbox::schema::{self, SchemaProblems, TableName, CHANNEL};
 use crate::source::outbox::{OutboxStatus, Role, StartError};
 use crate::source::Intake;
+use crate::telemetry::logging::RateLimit;
+use crate::telemetry::metrics::metrics;
 
 /// How long a batch may wait for its acknowledgements before it is given up (its rows stay
 /// and are fetched again; what was written meanwhile is then a duplicate).

@@ -2,7 +2,7 @@
 //!
 //! This module owns the outer frame of the event socket only: it cuts the byte stream into
 //! [`Frame`]s (a header block plus an optional body) and knows nothing about what an event body
-//! means (that is [`crate::source::esl::event`]). The rules, as FreeSWITCH sends them (see
+//! means (that is [`crate::esl::event`]). The rules, as FreeSWITCH sends them (see
 //! `esl-captures/CAPTURES.md`):
 //!
 //! * a header block is `Name: value\n` lines ended by an empty line (`\r\n` is tolerated);

@@ -1,0 +1,225 @@
+//! The fast path: a batch of numeric ids never sent before goes in one `MULTI`/`EXEC`, behind
+//! a guard that keeps a late request of a connection given up on (and, for a hot-standby
+//! pair, a write of an older lease epoch) from running.
+
+use std::borrow::Borrow;
+
+use redis::{ConnectionLike, Value};
+
+use super::error::{classify, server_error, server_error_text};
+use super::keys::{
+    dedup_key, fence_key, retired_key, trip_key, DEDUP_KEEP_GENERATIONS, DEDUP_TTL_SECS, RETIRED_TTL_SECS,
+};
+use super::request::{DedupGroups, DedupMark, Failure, Undecodable};
+use super::{Entry, EntryOutcome, RedisSink, WriteError};
+
+/// The guard of a fast-path transaction, run once per stream of the batch between `WATCH` of
+/// the connection's tripwire and `MULTI`. KEYS: the tripwire, the connection's retired mark
+/// ([`retired_key`]), and for a hot-standby pair the stream's fence; ARGV: the write's lease
+/// epoch (pairs), the fence's TTL. It touches the tripwire, so the `EXEC` that follows does
+/// nothing, when the connection was retired (a request that arrives after the writer gave up
+/// on its connection and retried elsewhere: the transaction does not check the dedup bits, so
+/// it must not run late) or, for a pair, when a newer lease epoch has written to the stream;
+/// otherwise it raises the fence to the epoch. Returns 1 (go), 0 (fenced) or 2 (retired). It
+/// calls only `BITFIELD`, `SETBIT`, `EXPIRE` (and, for pairs, `GET`/`SET` on the fence), which
+/// the agent's ACL rule grants already.
+pub const TRANSACTION_GUARD: &str = "local function trip() redis.call('SETBIT', KEYS[1], 0, 1) \
+redis.call('EXPIRE', KEYS[1], 60) end \
+if redis.call('BITFIELD', KEYS[2], 'GET', 'u1', 0)[1] == 1 then trip() return 2 end \
+if KEYS[3] == nil then return 1 end \
+local seen = tonumber(redis.call('GET', KEYS[3]) or '0') \
+local epoch = tonumber(ARGV[1]) \
+if seen > epoch then trip() return 0 end \
+if seen < epoch then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end \
+return 1";
+
+/// A hot-standby pair's fence check at takeover (see `source::esl::pair`). KEYS: the stream's
+/// fence, a tripwire; ARGV: the lease epoch, the fence's TTL. A fence newer than the epoch
+/// sets the tripwire; otherwise the fence is raised to the epoch.
+pub const FENCE_CHECK: &str = "local seen = tonumber(redis.call('GET', KEYS[1]) or '0') \
+local epoch = tonumber(ARGV[1]) \
+if seen > epoch then redis.call('SET', KEYS[2], ARGV[1], 'EX', 60) return 0 end \
+if seen < epoch then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end \
+return 1";
+
+/// The transaction path deletes bitmaps behind the window once every this many batches.
+pub const DEDUP_TRIM_EVERY: u64 = 64;
+
+/// A fast-path transaction a connection sent and got no answer to: the connection's token
+/// and the request's streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswered {
+    pub token: String,
+    pub streams: Vec<String>,
+}
+
+impl RedisSink {
+    /// The streams of the last fast-path transaction this connection sent without getting
+    /// its answer (a timeout, a lost connection), taken once. Such a request can still reach
+    /// Redis after the writer has retried it on another connection: the writer retires this
+    /// connection there ([`RedisSink::retire`]) before the retry.
+    pub fn take_unanswered(&mut self) -> Option<Unanswered> {
+        self.unanswered.take()
+    }
+
+    /// Marks connections the writer gave up on as retired on their streams, so a transaction
+    /// of theirs that reaches Redis from now on does nothing (see [`TRANSACTION_GUARD`]). The
+    /// retry that follows takes the checking path, which finds whatever such a transaction
+    /// wrote before.
+    pub fn retire(&mut self, unanswered: &[Unanswered]) -> Result<(), WriteError> {
+        let mut pipe = redis::pipe();
+        for u in unanswered {
+            for stream in &u.streams {
+                let key = retired_key(stream, &u.token);
+                pipe.cmd("SETBIT").arg(&key).arg(0).arg(1).ignore();
+                pipe.cmd("EXPIRE").arg(&key).arg(RETIRED_TTL_SECS).ignore();
+            }
+        }
+        pipe.query::<()>(&mut self.conn).map_err(classify)
+    }
+
+    /// The fast path for entries with numeric ids never sent before: one `MULTI`/`EXEC` that
+    /// records every key (`BITFIELD ... SET u1 <bit> 1`, first, so an OOM refuses the whole
+    /// transaction) and adds every entry. Either all of it happens or none, so a retry after an
+    /// ambiguous failure can take the checking path and find out exactly what is there.
+    pub(super) fn write_transaction<E: Borrow<Entry>>(&mut self, entries: &[E]) -> Result<Vec<EntryOutcome>, Failure> {
+        let groups = DedupGroups::new(entries);
+        let all = || entries.iter().map(Borrow::borrow);
+        let resp = &mut self.resp;
+        resp.clear();
+        // Per stream: WATCH this connection's tripwire, then the guard, which trips it when
+        // this connection was retired (the request arrived after the writer had given up on
+        // it) or, for a hot-standby pair, when a newer lease epoch has written to the stream;
+        // EXEC then does nothing.
+        let mut streams: Vec<&str> = Vec::new();
+        for e in all() {
+            if !streams.contains(&e.stream_key.as_str()) {
+                streams.push(&e.stream_key);
+            }
+        }
+        for stream in &streams {
+            let trip = trip_key(stream, &self.token);
+            resp.command(2).arg(b"WATCH").arg(trip.as_bytes());
+            match &self.fence {
+                Some((group, epoch)) => {
+                    resp.command(8).arg(b"EVALSHA").arg(self.guard_sha.as_bytes()).int(3);
+                    resp.arg(trip.as_bytes()).arg(retired_key(stream, &self.token).as_bytes());
+                    resp.arg(fence_key(stream, group).as_bytes()).int(*epoch as i64).int(DEDUP_TTL_SECS as i64);
+                }
+                None => {
+                    resp.command(5).arg(b"EVALSHA").arg(self.guard_sha.as_bytes()).int(2);
+                    resp.arg(trip.as_bytes()).arg(retired_key(stream, &self.token).as_bytes());
+                }
+            }
+        }
+        let prefix = 2 * streams.len();
+        resp.command(1).arg(b"MULTI");
+        for (g, (key, _, _)) in groups.keys.iter().enumerate() {
+            let bits = || {
+                all().zip(&groups.of_entry).filter(move |(_, group)| **group == g).filter_map(|(e, _): (&Entry, _)| {
+                    match e.dedup_mark() {
+                        DedupMark::Bit { bit, .. } => Some(bit),
+                        DedupMark::Member => None,
+                    }
+                })
+            };
+            resp.command(2 + 4 * bits().count()).arg(b"BITFIELD").arg(key.as_bytes());
+            for bit in bits() {
+                resp.arg(b"SET").arg(b"u1").int(bit as i64).arg(b"1");
+            }
+            resp.command(3).arg(b"EXPIRE").arg(key.as_bytes()).int(DEDUP_TTL_SECS as i64);
+        }
+        let before_xadds = resp.commands() - 1 - prefix;
+        for (index, e) in all().enumerate() {
+            e.encode_xadd(resp).map_err(|error| Undecodable { index, error })?;
+        }
+        let trim_now = self.batches.is_multiple_of(DEDUP_TRIM_EVERY);
+        self.batches += 1;
+        if trim_now {
+            for (_, first, mark) in &groups.keys {
+                let DedupMark::Bit { generation, .. } = *mark else { continue };
+                if generation <= DEDUP_KEEP_GENERATIONS {
+                    continue;
+                }
+                let e: &Entry = entries[*first].borrow();
+                let old = dedup_key(&e.stream_key, &e.producer, generation - DEDUP_KEEP_GENERATIONS - 1);
+                resp.command(2).arg(b"UNLINK").arg(old.as_bytes());
+            }
+        }
+        let queued = resp.commands() - 1 - prefix;
+        resp.command(1).arg(b"EXEC");
+        let waits = self.encode_wait();
+        // The replies, all read here (redis-rs's skipping of replies assumes MULTI comes
+        // first): per stream WATCH's +OK and the guard's answer, MULTI's +OK, one +QUEUED per
+        // command (an error there aborts the transaction: EXEC answers EXECABORT), EXEC's
+        // array (nil when the wire was tripped), and WAIT's count.
+        let sent = self.conn.req_packed_commands(self.resp.as_bytes(), 0, prefix + 1 + queued + 1 + waits);
+        let mut replies = match sent.map_err(classify) {
+            Ok(replies) => replies,
+            Err(WriteError::Connection(e)) => {
+                // No answer: the request may still reach Redis later, after the retry.
+                let streams = streams.into_iter().map(str::to_owned).collect();
+                self.unanswered = Some(Unanswered { token: self.token.clone(), streams });
+                return Err(WriteError::Connection(e).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let wait = if waits > 0 { replies.pop() } else { None };
+        let exec = replies.pop().unwrap_or(Value::Nil);
+        let first_error = |from: usize| {
+            replies.iter().skip(from).find_map(|r| match r {
+                Value::ServerError(e) => Some(e.clone()),
+                _ => None,
+            })
+        };
+        // The guard did not run (an administrator flushed the script cache): load it for the
+        // next batch. This batch's EXEC ran unguarded: harmless for a request answered in
+        // time; a pair's fence was not checked for it.
+        if replies.iter().take(prefix).any(|r| matches!(r, Value::ServerError(e) if e.code() == "NOSCRIPT")) {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(TRANSACTION_GUARD)
+                .query::<String>(&mut self.conn)
+                .map_err(classify)?;
+        }
+        let items = match exec {
+            // Only a connection the writer gave up on is ever retired, and its token is its
+            // own: on a live connection a tripped wire means the pair's fence.
+            Value::Nil if self.fence.is_some() => {
+                return Err(WriteError::Fenced("a newer lease epoch has written to the stream".into()).into())
+            }
+            Value::Nil => {
+                return Err(WriteError::Connection("this connection was retired; connecting again".into()).into())
+            }
+            Value::Array(items) => items,
+            // Aborted (nothing ran): why is the first refused command (MOVED, OOM ...).
+            Value::ServerError(err) => return Err(server_error(&first_error(prefix).unwrap_or(err)).into()),
+            other => return Err(WriteError::Transient(format!("unexpected EXEC reply {other:?}")).into()),
+        };
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut refused = Vec::new();
+        for (e, reply) in all().zip(items.into_iter().skip(before_xadds)) {
+            match reply {
+                Value::BulkString(b) => outcomes.push(EntryOutcome::Written(String::from_utf8_lossy(&b).into_owned())),
+                Value::SimpleString(s) => outcomes.push(EntryOutcome::Written(s)),
+                other => {
+                    let text = match other {
+                        Value::ServerError(err) => server_error_text(&err),
+                        other => format!("unexpected reply {other:?}"),
+                    };
+                    refused.push(e);
+                    outcomes.push(EntryOutcome::Rejected(text));
+                }
+            }
+        }
+        // A refused entry's key was recorded: forget it, or a later retry would skip it.
+        for e in refused {
+            if let DedupMark::Bit { bit, .. } = e.dedup_mark() {
+                let _: redis::RedisResult<Value> =
+                    redis::cmd("SETBIT").arg(e.dedup_key()).arg(bit).arg(0).query(&mut self.conn);
+            }
+        }
+        outcomes.resize(entries.len(), EntryOutcome::Pending);
+        Ok(self.confirm(entries, waits, wait, outcomes)?)
+    }
+}
