@@ -68,7 +68,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use eslstream::ops::http::client::http_get;
+use eslstream::http::client::http_get;
 use eslstream::simulate::{event_frames, EventSize, SimulateOptions, Simulator};
 use redis::Value;
 

@@ -74,9 +74,9 @@ impl Agent {
     /// Starts the writers and the sources.
     pub fn start(config: Config) -> Result<Agent, StartError> {
         // Bound first: a taken HEALTH_PORT fails the start before anything runs.
-        let listener = crate::ops::http::bind(&config.health_bind, config.health_port)?;
+        let listener = crate::http::bind(&config.health_bind, config.health_port)?;
         let ingress_listener = match (&config.http_ingress.listen, config.http_ingress.enabled) {
-            (Some((host, port)), true) => Some(crate::ops::http::bind(host, *port)?),
+            (Some((host, port)), true) => Some(crate::http::bind(host, *port)?),
             _ => None,
         };
         let config = Arc::new(config);

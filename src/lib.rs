@@ -12,7 +12,8 @@
 //!
 //! Under all of them, the ground: [`envelope`] (what flows), [`ack`] (what became of an event,
 //! for the source that asked), [`config`] (the environment), [`telemetry`] (metrics and logs),
-//! [`esl`] (the event socket's format, shared by reader, writer and simulator), [`shutdown`],
+//! [`esl`] (the event socket's format, shared by reader, writer and simulator), [`http`] (a
+//! small HTTP server generic over its state, handed its routes by their owners), [`shutdown`],
 //! [`state`] and [`civil`] (dates). [`app`] wires the wings together and alone names [`ops`].
 //! `tests/layout.rs` checks that the imports say so.
 
@@ -22,6 +23,7 @@ pub mod civil;
 pub mod config;
 pub mod envelope;
 pub mod esl;
+pub mod http;
 pub mod ops;
 pub mod pipeline;
 pub mod shutdown;

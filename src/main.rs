@@ -86,12 +86,12 @@ fn health_command(url: Option<String>) -> ExitCode {
     let _ = dotenvy::dotenv();
     let url = match url {
         Some(url) => Ok(url),
-        None => eslstream::ops::http::local_health_url(
+        None => eslstream::http::local_health_url(
             std::env::var("HEALTH_BIND").ok().as_deref(),
             std::env::var("HEALTH_PORT").ok().as_deref(),
         ),
     };
-    match url.and_then(|url| eslstream::ops::http::http_get(&url, std::time::Duration::from_secs(5))) {
+    match url.and_then(|url| eslstream::http::http_get(&url, std::time::Duration::from_secs(5))) {
         Ok((status, body)) => {
             println!("{body}");
             if status == 200 {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use eslstream::app::Agent;
 use eslstream::config::Config;
-use eslstream::ops::http::{http_get, HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER};
+use eslstream::http::{http_get, HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER};
 use eslstream::telemetry::metrics::metrics;
 use socket2::{Domain, SockAddr, Socket, Type};
 use support::RedisServer;

@@ -3,6 +3,8 @@
 //! document's tables give them, specific values checked against a hand reading of the capture
 //! text, chunked delivery, plain vs json agreement, and the entry JSON for every event.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::BytesMut;
@@ -10,11 +12,6 @@ use eslstream::esl::encode::url_encode;
 use eslstream::esl::event::{decode, percent_decode, scan_meta, DecodedValue, Event, EventFormat};
 use eslstream::esl::frame::{Frame, FrameDecoder};
 use eslstream::esl::json::{event_json, write_event_json};
-
-fn capture(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/data/esl-captures/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read capture {path}: {e}"))
-}
 
 /// Feeds `bytes` to a decoder in the given chunks; every frame, and no leftover.
 fn frames_chunked<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<Frame> {
@@ -71,7 +68,7 @@ fn content_type_counts_match_captures_md() {
         ("xml.esl", 4712002, &[("text/event-xml", 1009)]),
     ];
     for (file, size, event_row) in table {
-        let bytes = capture(file);
+        let bytes = support::capture_bytes(file);
         assert_eq!(bytes.len(), size, "{file} size");
         let mut expected = counts(&[
             ("api/response", 5),
@@ -88,7 +85,7 @@ fn content_type_counts_match_captures_md() {
 #[test]
 fn driver_captures_have_one_reply_per_command() {
     for fmt in ["plain", "json", "xml"] {
-        let client = String::from_utf8(capture(&format!("{fmt}.driver.client.txt"))).unwrap();
+        let client = String::from_utf8(support::capture_bytes(&format!("{fmt}.driver.client.txt"))).unwrap();
         let commands: Vec<&str> = client.split("\n\n").filter(|c| !c.trim().is_empty()).collect();
         let api = commands.iter().filter(|c| c.starts_with("api ")).count();
         let others = commands.len() - api; // auth, bgapi, exit: each gets a command/reply
@@ -99,7 +96,7 @@ fn driver_captures_have_one_reply_per_command() {
             ("command/reply", others),
             ("text/disconnect-notice", 1),
         ]);
-        let frames = frames(&capture(&format!("{fmt}.driver.esl")));
+        let frames = frames(&support::capture_bytes(&format!("{fmt}.driver.esl")));
         assert_eq!(content_type_counts(&frames), expected, "{fmt}.driver.esl");
     }
 }
@@ -155,7 +152,7 @@ fn name_key(name: &str, subclass: &str) -> String {
 #[test]
 fn event_name_counts_match_captures_md() {
     for (file, json) in [("plain.esl", false), ("json.esl", true)] {
-        let bytes = capture(file);
+        let bytes = support::capture_bytes(file);
         let frames = frames(&bytes);
         let mut by_meta = BTreeMap::new();
         let mut by_decode = BTreeMap::new();
@@ -177,7 +174,7 @@ fn event_name_counts_match_captures_md() {
 #[test]
 fn scan_meta_agrees_with_full_decode_on_every_event() {
     for file in ["plain.esl", "json.esl"] {
-        let bytes = capture(file);
+        let bytes = support::capture_bytes(file);
         let frames = frames(&bytes);
         for (format, body) in events(&frames) {
             let meta = scan_meta(format, body).unwrap();
@@ -197,7 +194,7 @@ fn scan_meta_agrees_with_full_decode_on_every_event() {
 
 /// All decoded events of a capture, owned.
 fn decoded_events(file: &str) -> Vec<Event<'static>> {
-    let bytes = capture(file);
+    let bytes = support::capture_bytes(file);
     let frames = frames(&bytes);
     events(&frames).into_iter().map(|(format, body)| decode(format, body).unwrap().into_owned()).collect()
 }
@@ -305,7 +302,7 @@ fn irreversible_percent_passthrough_differs_between_plain_and_json() {
 
 #[test]
 fn outer_frames_match_a_hand_reading() {
-    let bytes = capture("plain.esl");
+    let bytes = support::capture_bytes("plain.esl");
     let frames = frames(&bytes);
     assert_eq!(frames[0].content_type(), Some("auth/request"));
     assert_eq!(frames[1].header("Reply-Text"), Some("+OK accepted"));
@@ -365,7 +362,7 @@ impl Lcg {
 #[test]
 fn chunked_delivery_gives_identical_frames() {
     for file in ["plain.esl", "json.esl", "xml.esl", "plain.driver.esl"] {
-        let bytes = capture(file);
+        let bytes = support::capture_bytes(file);
         let whole: Vec<_> = frames(&bytes).iter().map(frame_key).collect();
         for size in [1, 7, 4096] {
             let got: Vec<_> = frames_chunked(bytes.chunks(size)).iter().map(frame_key).collect();
@@ -388,7 +385,7 @@ fn chunked_delivery_gives_identical_frames() {
 
 #[test]
 fn every_split_point_of_small_frames() {
-    let bytes = capture("plain.esl");
+    let bytes = support::capture_bytes("plain.esl");
     let whole = frames(&bytes);
     // The first eight frames (auth, replies, an api/response with body, events) split once
     // at every byte boundary.
@@ -542,7 +539,7 @@ fn entry_json_round_trips_every_capture_event() {
     let mut out = Vec::new();
     let mut via_event = Vec::new();
     for file in ["plain.esl", "json.esl"] {
-        let bytes = capture(file);
+        let bytes = support::capture_bytes(file);
         let frames = frames(&bytes);
         let events = events(&frames);
         assert!(events.len() > 1000);
@@ -575,7 +572,7 @@ fn xadd_requests_written_in_place_match_redis_rs() {
     let mut resp = Resp::default();
     let mut checked = 0;
     for file in ["plain.esl", "json.esl"] {
-        let bytes = capture(file);
+        let bytes = support::capture_bytes(file);
         let frames = frames(&bytes);
         for (i, (format, body)) in events(&frames).into_iter().enumerate() {
             let key = IdempotencyKey { producer: "c76fa84c".into(), id: EventId::Seq(i as u64) };

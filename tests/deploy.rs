@@ -19,11 +19,6 @@ fn repo_path(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn repo_file(path: &str) -> String {
-    let full = repo_path(path);
-    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {}: {e}", full.display()))
-}
-
 fn promtool() -> Command {
     let path = support::find_on_path("promtool")
         .expect("promtool not found: install Debian's `prometheus` package (scripts/install-deps.sh does)");
@@ -186,7 +181,7 @@ fn panels(dashboard: &Value) -> Vec<&Value> {
 }
 
 fn dashboard() -> Value {
-    serde_json::from_str(&repo_file("deploy/grafana/eslstream.json")).expect("the dashboard is JSON")
+    serde_json::from_str(&support::repo_file("deploy/grafana/eslstream.json")).expect("the dashboard is JSON")
 }
 
 /// The dashboard's expressions, with Grafana's variables replaced by values Prometheus takes.
@@ -298,7 +293,7 @@ fn dashboard_and_alert_metrics_are_exported_by_a_live_agent() {
         }
     }
     let dashboard_names = names.len();
-    let alerts = repo_file("deploy/prometheus/alerts.yml");
+    let alerts = support::repo_file("deploy/prometheus/alerts.yml");
     for (alert, expr) in alert_exprs(&alerts) {
         for s in selectors(&expr) {
             if s.name != "up" {
@@ -326,8 +321,8 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     println!("{tested}");
 
     // Each rule has a case where it fires and one where it stays quiet.
-    let tests = repo_file("deploy/prometheus/alerts_test.yml");
-    let alerts = alert_exprs(&repo_file("deploy/prometheus/alerts.yml"));
+    let tests = support::repo_file("deploy/prometheus/alerts_test.yml");
+    let alerts = alert_exprs(&support::repo_file("deploy/prometheus/alerts.yml"));
     assert!(alerts.len() >= 7, "{alerts:?}");
     for (alert, _) in &alerts {
         let cases: Vec<&str> =

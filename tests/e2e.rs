@@ -7,10 +7,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn capture_text(name: &str) -> Vec<u8> {
-    std::fs::read(capture(name)).expect("capture readable")
-}
-
 /// The ordering key (`Unique-ID`, else `Job-UUID`) and `Event-Sequence` of a captured frame,
 /// read from its text (plain: `Name: value` lines; json: the object).
 fn call_and_sequence(frame: &[u8]) -> (String, u64) {
@@ -32,7 +28,7 @@ fn call_and_sequence(frame: &[u8]) -> (String, u64) {
 /// call, with the contract's fields.
 fn replay_capture(name: &str, expected_events: u64) {
     let redis = RedisServer::start();
-    let frames = event_frames(&capture_text(name));
+    let frames = event_frames(&capture_bytes(name));
     assert_eq!(frames.len() as u64, expected_events, "event frames in {name} (CAPTURES.md)");
     // Independent reading of the capture: which frames are api_exec BACKGROUND_JOBs.
     let jobs_expected = frames
@@ -109,7 +105,7 @@ fn json_capture_replays_into_redis_exactly_once() {
 fn plain_capture_on_a_loop_keeps_every_pass() {
     const PASSES: u64 = 3;
     let redis = RedisServer::start();
-    let frames = event_frames(&capture_text("plain.esl"));
+    let frames = event_frames(&capture_bytes("plain.esl"));
     let n = frames.len() as u64;
     let sent: Vec<(String, u64)> = frames.iter().map(|f| call_and_sequence(f)).collect();
     let sim = Simulator::start(SimulateOptions {

@@ -19,21 +19,6 @@ fn simulator(fault: Option<Fault>) -> Simulator {
     Simulator::start(SimulateOptions { rate: Some(RATE), events: Some(N), fault, ..Default::default() }).unwrap()
 }
 
-fn wait_sent(sim: &Simulator, at_least: u64) {
-    wait_until(Duration::from_secs(30), "simulator progress", || sim.stats().events_sent >= at_least);
-}
-
-/// Waits for every sent event to be in Redis, stops the agent cleanly, and checks the stream.
-fn finish(agent: &mut Agent, redis: &RedisServer, sim: &Simulator) {
-    assert!(sim.wait_done(Duration::from_secs(90)), "simulator sent everything");
-    let sent = sim.stats().events_sent;
-    let mut conn = redis.connection();
-    wait_until(Duration::from_secs(90), "every event in Redis", || xlen(&mut conn, EVENTS) >= sent);
-    std::thread::sleep(Duration::from_millis(500)); // a late duplicate would show up here
-    assert_eq!(agent.stop(Duration::from_secs(15)), 0, "clean exit");
-    assert_exactly_once_in_order(&read_stream(&mut conn, EVENTS), sent);
-}
-
 /// Waits until the agent holds nothing in memory and has spooled events.
 fn wait_all_spooled(port: u16) {
     wait_until(Duration::from_secs(60), "memory empty, events in the spool", || {
@@ -68,7 +53,7 @@ fn redis_killed_for_five_seconds() {
     redis.kill();
     std::thread::sleep(Duration::from_secs(5));
     redis.restart();
-    finish(&mut agent, &redis, &sim);
+    finish(&mut agent, &sim, || redis.connection());
 }
 
 #[test]
@@ -79,7 +64,7 @@ fn redis_paused_with_client_pause_write() {
     let mut agent = start_agent(&agent_env(sim.local_addr(), &redis.url(), spool.path(), free_port()), &[]);
     wait_sent(&sim, N / 4);
     redis.client_pause_write(3000);
-    finish(&mut agent, &redis, &sim);
+    finish(&mut agent, &sim, || redis.connection());
 }
 
 #[test]
@@ -99,7 +84,7 @@ fn redis_connection_cut_mid_pipeline_repeatedly() {
         }
     }
     assert!(proxy.accepted() > 4, "the agent reconnected after the cuts");
-    finish(&mut agent, &redis, &sim);
+    finish(&mut agent, &sim, || redis.connection());
 }
 
 /// At a low rate the reader writes each event itself (its lane is idle). Redis then stops
@@ -127,7 +112,7 @@ fn redis_stalls_while_the_reader_writes_events_itself() {
     // 1,000 events were sent in those two seconds; a reader stuck on Redis reads none.
     assert!(during >= 700.0, "the reader kept reading while Redis stalled: {during} events");
     assert!(metric_sum(port, "eslstream_write_retries_total", "") >= 1.0, "the stalled write was retried");
-    finish(&mut agent, &redis, &sim);
+    finish(&mut agent, &sim, || redis.connection());
 }
 
 #[test]
@@ -145,7 +130,7 @@ fn redis_out_of_memory_until_the_limit_is_raised() {
     std::thread::sleep(Duration::from_secs(4));
     assert!(metric_sum(port, "eslstream_write_retries_total", "") > 0.0, "writes were refused and retried");
     redis.set_maxmemory(0);
-    finish(&mut agent, &redis, &sim);
+    finish(&mut agent, &sim, || redis.connection());
 }
 
 #[test]
@@ -164,7 +149,7 @@ fn agent_sigkilled_while_draining_the_spool() {
     let port2 = free_port();
     let port2 = port2.to_string();
     let mut agent = start_agent(&env, &[("HEALTH_PORT", &port2)]);
-    finish(&mut agent, &redis, &sim);
+    finish(&mut agent, &sim, || redis.connection());
 }
 
 #[test]
@@ -175,7 +160,7 @@ fn event_socket_dropped_mid_frame_repeatedly() {
     let mut agent = start_agent(&agent_env(sim.local_addr(), &redis.url(), spool.path(), free_port()), &[]);
     assert!(sim.wait_done(Duration::from_secs(90)));
     assert!(sim.stats().total_connections >= 6, "the agent reconnected after every cut");
-    finish(&mut agent, &redis, &sim);
+    finish(&mut agent, &sim, || redis.connection());
 }
 
 #[test]

@@ -82,10 +82,6 @@ fn pair(sim: &Simulator, redis: &RedisServer) -> (Member, Member) {
     (a, b)
 }
 
-fn wait_sent(sim: &Simulator, n: u64) {
-    wait_until(Duration::from_secs(60), &format!("{n} events sent"), || sim.stats().events_sent >= n);
-}
-
 /// Waits for `who` to become active; returns how long that took from `since`.
 fn wait_active(who: &Member, since: Instant) -> Duration {
     wait_until(Duration::from_secs(40), &format!("{} to take over", who.id), || who.role() == "active");

@@ -1,4 +1,4 @@
-//! HTTP ingress against the agent binary and a real Redis 7.0, with a real HTTP/1.1 client over
+//! HTTP ingress against the agent binary and a real server, with a real HTTP/1.1 client over
 //! TCP: `202` only once durable, exactly once per id across re-sends, Redis outages and a
 //! SIGKILL after the answer, per-ordering-key order, every refusal with its status, garbage
 //! that never gets a 5xx, and `written` meaning a replica has it with `REDIS_WAIT_REPLICAS`.
@@ -13,44 +13,11 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use support::raw_http::{request, Answer};
 use support::*;
 
 const STREAM: &str = "freeswitch:telephony:http-events";
 const TOKEN: &str = "crm-token-0123456789abcdef";
-
-/// An answer: status, headers (lower-case names), body.
-struct Answer {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-/// One request on a fresh connection (`Connection: close`), raw bytes as given.
-fn request(port: u16, head: &str, body: &[u8]) -> Answer {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req =
-        format!("{head}Host: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
-    req.extend_from_slice(body);
-    s.write_all(&req).expect("send");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no answer: {text:?}"));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).expect("status");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Answer { status, headers, body: body.to_owned() }
-}
 
 /// `POST /events` with the CRM token.
 fn post(port: u16, content_type: &str, extra: &str, body: &[u8]) -> Answer {

@@ -4,8 +4,8 @@
 //! `#[cfg(test)]`, comments left out) and fails on
 //! - an import against the flow: sources -> pipeline -> sink, `ops` beside them (named by the
 //!   agent's assembly alone), the simulator beside them too, and the ground under all
-//!   (envelope, acknowledgements, configuration, telemetry, the ESL format, the shutdown and
-//!   state types, the clock);
+//!   (envelope, acknowledgements, configuration, telemetry, the ESL format, the HTTP server,
+//!   the shutdown and state types, dates);
 //! - a non-test file over [`MAX_LINES`] lines.
 //!
 //! What is not so yet is listed below, exactly: a debt that only shrinks. A new import against
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 const MAX_LINES: usize = 700;
 
 /// The ground under every wing: it imports only itself.
-const GROUND: &[&str] = &["ack", "civil", "config", "envelope", "esl", "shutdown", "state", "telemetry"];
+const GROUND: &[&str] = &["ack", "civil", "config", "envelope", "esl", "http", "shutdown", "state", "telemetry"];
 
 /// What each wing may import beyond the ground. `app`, `main` and `lib` assemble the agent and
 /// may name anything.
@@ -35,8 +35,6 @@ const WINGS: &[(&str, &[&str])] = &[
 const KNOWN_IMPORTS: &[(&str, &str)] = &[
     // Outbox settings are checked with the outbox's own parsers.
     ("src/config.rs", "source"),
-    // The HTTP ingress serves on the admin server's HTTP code.
-    ("src/source/http/mod.rs", "ops"),
     // The hot-standby pair's lease uses the sink's connection and keys.
     ("src/source/esl/pair.rs", "sink"),
 ];

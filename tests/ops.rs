@@ -20,9 +20,9 @@ use eslstream::app::Agent;
 use eslstream::config::Config;
 use eslstream::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget};
 use eslstream::esl::encode::{encode_plain, HeaderValue};
-use eslstream::ops::http::http_get;
+use eslstream::http::http_get;
 use eslstream::ops::trim::Trimmer;
-use support::{wait_until, RedisServer};
+use support::{repo_file, wait_until, RedisServer};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
@@ -484,11 +484,6 @@ fn text_logs_are_coloured_on_a_terminal_unless_no_color_is_set() {
         serde_json::from_str::<serde_json::Value>(line.trim_end_matches('\r'))
             .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
     }
-}
-
-fn repo_file(path: &str) -> String {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {}: {e}", full.display()))
 }
 
 /// Dockerfile instructions, continuation lines joined: `(INSTRUCTION, arguments)`.

@@ -258,20 +258,34 @@ fn a_write_of_an_older_lease_epoch_is_fenced_on_both_paths() {
 /// (here a proxy holds it, as a partition does, and delivers it once the partition heals). The
 /// retry retires the silent connection first, so the late transaction adds nothing; without
 /// that, it adds a second copy of every entry (the transaction does not check the dedup bits).
+/// Both guards: the script (the first transaction on a connection) and the `WATCH` the
+/// previous transaction armed (every later one).
 #[test]
 fn a_transaction_that_arrives_after_its_retry_adds_nothing() {
     let redis = RedisServer::start();
     let mut conn = redis.connection();
-    for (stream, retire) in [("late:retired", true), ("late:not-retired", false)] {
+    for (stream, retire, warm) in [
+        ("late:first", true, false),
+        ("late:later", true, true),
+        ("late:first-not-retired", false, false),
+        ("late:later-not-retired", false, true),
+    ] {
         let proxy = TcpProxy::start(format!("127.0.0.1:{}", redis.port()).parse().unwrap());
         let config = RedisConfig::standalone(proxy.redis_url(), Duration::from_secs(5), Duration::from_millis(300));
         let mut silent = RedisSink::connect(&config).expect("connect through the proxy");
+        let mut expected: Vec<u64> = Vec::new();
+        if warm {
+            // An answered transaction first: it arms the WATCH that guards the next one.
+            assert_eq!(written(&silent.write(&[entry(stream, 100)], false).unwrap()), 1);
+            expected.push(100);
+        }
         let batch: Vec<Entry> = (1..=5).map(|s| entry(stream, s)).collect();
         proxy.set_blocked(true);
         let e = silent.write(&batch, false).expect_err("no answer through a partition");
         assert_eq!(e.kind(), "connection", "{e}");
         let unanswered = silent.take_unanswered().expect("the transaction went unanswered");
         assert_eq!(unanswered.streams, [stream]);
+        assert_eq!(unanswered.watched.is_some(), warm, "{unanswered:?}");
         assert_eq!(silent.take_unanswered(), None, "taken once");
         drop(silent);
 
@@ -280,14 +294,19 @@ fn a_transaction_that_arrives_after_its_retry_adds_nothing() {
             retry.retire(std::slice::from_ref(&unanswered)).expect("retire");
         }
         assert_eq!(written(&retry.write(&batch, true).expect("retry")), 5);
+        expected.extend(1..=5);
         proxy.set_blocked(false);
         // The held transaction reaches Redis now; give it time to run.
         std::thread::sleep(Duration::from_millis(500));
-        let expected: Vec<u64> = if retire { (1..=5).collect() } else { (1..=5).chain(1..=5).collect() };
+        if !retire {
+            expected.extend(1..=5);
+        }
         assert_eq!(sequences(&mut conn, stream), expected, "{stream}");
     }
     // A live connection's transactions are not affected by another's retirement.
     let mut live = sink(&redis);
-    assert_eq!(written(&live.write(&[entry("late:retired", 6)], false).unwrap()), 1);
-    assert_eq!(sequences(&mut conn, "late:retired"), [1, 2, 3, 4, 5, 6]);
+    for seq in [6, 7] {
+        assert_eq!(written(&live.write(&[entry("late:later", seq)], false).unwrap()), 1);
+    }
+    assert_eq!(sequences(&mut conn, "late:later"), [100, 1, 2, 3, 4, 5, 6, 7]);
 }

@@ -11,8 +11,8 @@ use serde_json::json;
 use tracing::info;
 
 use crate::config::Config;
+use crate::http::{authorize, error_reply, json_reply, Body, HandlerFuture, Params, Reply};
 use crate::ops::context::AppContext;
-use crate::ops::http::{authorize, error_reply, json_reply, Body, HandlerFuture, Params, Reply};
 use crate::sink::dlq::DeadLetter;
 use crate::sink::redis::EntryOutcome;
 use crate::sink::target::Sink;
@@ -30,7 +30,7 @@ const LIST_LIMIT: usize = 1000;
 /// `GET /dlq[?limit=N]`
 pub fn list(ctx: Arc<AppContext>, req: Request<Body>, _params: Params) -> HandlerFuture {
     Box::pin(async move {
-        if let Err(reply) = authorize(&ctx, &req) {
+        if let Err(reply) = authorize(ctx.config.http_token.as_deref(), &req) {
             return *reply;
         }
         let limit = req
@@ -63,7 +63,7 @@ async fn load(ctx: &AppContext, params: &Params) -> Result<DeadLetter, Reply> {
 /// `GET /dlq/{id}`
 pub fn get(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerFuture {
     Box::pin(async move {
-        if let Err(reply) = authorize(&ctx, &req) {
+        if let Err(reply) = authorize(ctx.config.http_token.as_deref(), &req) {
             return *reply;
         }
         match load(&ctx, &params).await {
@@ -77,7 +77,7 @@ pub fn get(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerF
 /// Redis refuses it again (it stays), 503 when Redis cannot be reached.
 pub fn retry(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerFuture {
     Box::pin(async move {
-        if let Err(reply) = authorize(&ctx, &req) {
+        if let Err(reply) = authorize(ctx.config.http_token.as_deref(), &req) {
             return *reply;
         }
         let letter = match load(&ctx, &params).await {

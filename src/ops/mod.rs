@@ -10,7 +10,6 @@
 pub mod context;
 pub mod dlq_api;
 pub mod health;
-pub mod http;
 pub mod routes;
 pub mod summary;
 pub mod tail;
@@ -20,9 +19,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::http::{HttpServer, Limits};
 use crate::ops::context::AppContext;
 use crate::ops::health::HealthMonitor;
-use crate::ops::http::{HttpServer, Limits};
 use crate::ops::routes::{ingress_routes, routes};
 use crate::ops::summary::Summarizer;
 use crate::ops::trim::Trimmer;
@@ -100,3 +99,7 @@ impl Ops {
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(name.to_owned()).spawn(f)
 }
+
+#[cfg(test)]
+#[path = "http_tests.rs"]
+mod http_tests;

@@ -1,6 +1,6 @@
 //! The routes of the admin listener: `GET /health`, `GET /metrics`, the dead-letter endpoints
-//! of [`crate::ops::dlq_api`], and `POST /events` of the HTTP ingress (here, or on a listener
-//! of its own).
+//! of [`crate::ops::dlq_api`], and `POST /events`, which the HTTP ingress owns
+//! ([`crate::source::http::post_events`]), here or on a listener of its own.
 
 use std::sync::Arc;
 
@@ -8,16 +8,16 @@ use hyper::header::{HeaderValue, CACHE_CONTROL};
 use hyper::{Request, StatusCode};
 
 use crate::envelope::Source;
+use crate::http::{json_reply, reply, Body, HandlerFuture, Params, Router};
 use crate::ops::context::AppContext;
-use crate::ops::http::{json_reply, reply, Body, HandlerFuture, Params, Router};
-use crate::source::http::ProducerLabel;
+use crate::source::http::{post_events, HttpIngress, IngressState};
 use crate::telemetry::metrics::{metrics, render};
 
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The routes of the admin listener; `POST /events` too when `with_ingress` (HTTP ingress on,
 /// without a listener of its own).
-pub fn routes(with_ingress: bool) -> Router {
+pub fn routes(with_ingress: bool) -> Router<AppContext> {
     let router = Router::default()
         .get("/health", health)
         .get("/metrics", metrics_text)
@@ -25,30 +25,20 @@ pub fn routes(with_ingress: bool) -> Router {
         .get("/dlq/{id}", crate::ops::dlq_api::get)
         .post("/dlq/{id}/retry", crate::ops::dlq_api::retry);
     match with_ingress {
-        true => router.post("/events", post_events),
+        true => router.post("/events", post_events::<AppContext>),
         false => router,
     }
 }
 
 /// The routes of the ingress's own listener (`HTTP_INGRESS_BIND` / `HTTP_INGRESS_PORT`).
-pub fn ingress_routes() -> Router {
-    Router::default().post("/events", post_events)
+pub fn ingress_routes() -> Router<AppContext> {
+    Router::default().post("/events", post_events::<AppContext>)
 }
 
-/// `POST /events`: the HTTP ingress source ([`crate::source::http`]).
-fn post_events(ctx: Arc<AppContext>, req: Request<Body>, _params: Params) -> HandlerFuture {
-    Box::pin(async move {
-        let started = std::time::Instant::now();
-        let Some(ingress) = ctx.ingress.clone() else {
-            return crate::ops::http::error_reply(StatusCode::NOT_FOUND, "HTTP ingress is off (HTTP_INGRESS=false)");
-        };
-        let reply = ingress.handle(req).await;
-        let producer = reply.extensions().get::<ProducerLabel>().map(|p| p.0.as_str()).unwrap_or("unknown");
-        let m = metrics();
-        m.ingress_requests.with_label_values(&[reply.status().as_str(), producer]).inc();
-        m.ingress_duration.observe(started.elapsed().as_secs_f64());
-        reply
-    })
+impl IngressState for AppContext {
+    fn ingress(&self) -> Option<&HttpIngress> {
+        self.ingress.as_deref()
+    }
 }
 
 /// `GET /health`: the monitor's latest report; 200 when healthy, else 503.

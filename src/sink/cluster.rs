@@ -177,9 +177,11 @@ impl ClusterSink {
     /// See [`RedisSink::retire`]: each stream on the primary that serves it now.
     pub fn retire(&mut self, unanswered: &[Unanswered]) -> Result<(), WriteError> {
         for u in unanswered {
-            for stream in &u.streams {
+            for (i, stream) in u.streams.iter().enumerate() {
                 let node = self.node_for(stream)?;
-                let one = Unanswered { token: u.token.clone(), streams: vec![stream.clone()] };
+                // The watched tripwire lives beside the request's first stream.
+                let watched = if i == 0 { u.watched.clone() } else { None };
+                let one = Unanswered { token: u.token.clone(), streams: vec![stream.clone()], watched };
                 self.node_sink(node)?.retire(std::slice::from_ref(&one))?;
             }
         }

@@ -13,6 +13,7 @@ pub mod certs;
 pub mod metrics;
 pub mod postgres;
 pub mod proxy;
+pub mod raw_http;
 pub mod redis;
 pub mod streams;
 pub mod topology;
@@ -70,6 +71,35 @@ fn server_tool(variable: &str, default: &str, install: &str) -> PathBuf {
             find_on_path(default).unwrap_or_else(|| panic!("{default} not found on PATH: {install}, or set {variable}"))
         }
     }
+}
+
+/// A file of the repository, as text.
+pub fn repo_file(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {}: {e}", full.display()))
+}
+
+/// A capture's bytes (`tests/data/esl-captures/<name>`).
+pub fn capture_bytes(name: &str) -> Vec<u8> {
+    let path = capture(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read capture {}: {e}", path.display()))
+}
+
+/// Waits until the simulator has sent at least `at_least` events.
+pub fn wait_sent(sim: &Simulator, at_least: u64) {
+    wait_until(Duration::from_secs(60), &format!("{at_least} events sent"), || sim.stats().events_sent >= at_least);
+}
+
+/// Waits for every event the simulator sent to be in the events stream (read through `conn`,
+/// which finds the primary holding it now), lets a late duplicate show, stops the agent
+/// cleanly, and checks the stream: each event exactly once, in per-call order.
+pub fn finish(agent: &mut Agent, sim: &Simulator, mut conn: impl FnMut() -> ::redis::Connection) {
+    assert!(sim.wait_done(Duration::from_secs(90)), "simulator sent everything");
+    let sent = sim.stats().events_sent;
+    wait_until(Duration::from_secs(120), "every event in Redis", || xlen(&mut conn(), EVENTS) >= sent);
+    std::thread::sleep(Duration::from_millis(500)); // a late duplicate would show up here
+    assert_eq!(agent.stop(Duration::from_secs(15)), 0, "clean exit");
+    assert_exactly_once_in_order(&read_stream(&mut conn(), EVENTS), sent);
 }
 
 /// Sends `sig` to `pid`.
@@ -264,7 +294,7 @@ pub fn start_agent(env: &[(String, String)], extra: &[(&str, &str)]) -> Agent {
 
 /// GET on the agent's HTTP port: (status, body).
 pub fn http(port: u16, path: &str) -> Option<(u16, String)> {
-    eslstream::ops::http::http_get(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(2)).ok()
+    eslstream::http::http_get(&format!("http://127.0.0.1:{port}{path}"), Duration::from_secs(2)).ok()
 }
 
 /// The agent's `/health` document (`None` while it does not answer).

@@ -102,6 +102,11 @@ pub struct RedisSink {
     /// The streams of a request this connection sent and never got the answer to (see
     /// [`RedisSink::take_unanswered`]).
     unanswered: Option<Unanswered>,
+    /// The tripwire this connection `WATCH`es now, armed at the end of its last transaction:
+    /// the next transaction needs no guard script (see [`TRANSACTION_GUARD`]).
+    armed: Option<String>,
+    /// Whether transactions re-arm their `WATCH` (not on a cluster node).
+    rearm: bool,
     /// `REDIS_WAIT_REPLICAS` (0: no `WAIT`).
     wait_replicas: u32,
     /// `REDIS_WAIT_TIMEOUT`.
@@ -153,6 +158,8 @@ impl RedisSink {
             fence: None,
             token: connection_token(),
             unanswered: None,
+            armed: None,
+            rearm: !matches!(config.topology, crate::config::RedisTopology::Cluster { .. }),
         })
     }
 

@@ -1,6 +1,14 @@
 //! The fast path: a batch of numeric ids never sent before goes in one `MULTI`/`EXEC`, behind
 //! a guard that keeps a late request of a connection given up on (and, for a hot-standby
 //! pair, a write of an older lease epoch) from running.
+//!
+//! The guard is a `WATCH` of the connection's tripwire. Each transaction re-arms it after its
+//! `EXEC`, so the next one is guarded by a `WATCH` that ran before any retirement could (its
+//! request was answered): no extra work per batch. Where nothing is armed (the first
+//! transaction on a connection, a cluster node, whose slots can move under the key) or a pair's
+//! fence must be checked, [`TRANSACTION_GUARD`] runs first and trips the wire itself. To
+//! retire a connection ([`RedisSink::retire`]), the writer touches its armed tripwire and sets
+//! its retired marks.
 
 use std::borrow::Borrow;
 
@@ -13,24 +21,29 @@ use super::keys::{
 use super::request::{DedupGroups, DedupMark, Failure, Undecodable};
 use super::{Entry, EntryOutcome, RedisSink, WriteError};
 
-/// The guard of a fast-path transaction, run once per stream of the batch between `WATCH` of
-/// the connection's tripwire and `MULTI`. KEYS: the tripwire, the connection's retired mark
-/// ([`retired_key`]), and for a hot-standby pair the stream's fence; ARGV: the write's lease
-/// epoch (pairs), the fence's TTL. It touches the tripwire, so the `EXEC` that follows does
-/// nothing, when the connection was retired (a request that arrives after the writer gave up
-/// on its connection and retried elsewhere: the transaction does not check the dedup bits, so
-/// it must not run late) or, for a pair, when a newer lease epoch has written to the stream;
-/// otherwise it raises the fence to the epoch. Returns 1 (go), 0 (fenced) or 2 (retired). It
-/// calls only `BITFIELD`, `SETBIT`, `EXPIRE` (and, for pairs, `GET`/`SET` on the fence), which
-/// the agent's ACL rule grants already.
+/// The guard of a fast-path transaction, run once per batch between `WATCH` of the
+/// connection's tripwire (beside the batch's first stream) and `MULTI`. KEYS: the tripwire,
+/// the connection's retired mark beside the same stream ([`retired_key`]), then for a
+/// hot-standby pair each stream's fence; ARGV: the write's lease epoch (pairs), the fences'
+/// TTL. It touches the tripwire, so the `EXEC` that follows does nothing, when the connection
+/// was retired (a request that arrives after the writer gave up on its connection and retried
+/// elsewhere: the transaction does not check the dedup bits, so it must not run late) or, for a
+/// pair, when a newer lease epoch has written to one of the streams; otherwise it raises the
+/// fences to the epoch. Returns 1 (go), 0 (fenced) or 2 (retired). It calls only `BITFIELD`,
+/// `SETBIT`, `EXPIRE` (and, for pairs, `GET`/`SET` on the fences), which the agent's ACL rule
+/// grants already. (One small call per batch: the keys of a transaction share a slot in a
+/// cluster anyway.)
 pub const TRANSACTION_GUARD: &str = "local function trip() redis.call('SETBIT', KEYS[1], 0, 1) \
 redis.call('EXPIRE', KEYS[1], 60) end \
 if redis.call('BITFIELD', KEYS[2], 'GET', 'u1', 0)[1] == 1 then trip() return 2 end \
-if KEYS[3] == nil then return 1 end \
-local seen = tonumber(redis.call('GET', KEYS[3]) or '0') \
+if #KEYS < 3 then return 1 end \
 local epoch = tonumber(ARGV[1]) \
-if seen > epoch then trip() return 0 end \
-if seen < epoch then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end \
+for i = 3, #KEYS do \
+  if tonumber(redis.call('GET', KEYS[i]) or '0') > epoch then trip() return 0 end \
+end \
+for i = 3, #KEYS do \
+  if tonumber(redis.call('GET', KEYS[i]) or '0') < epoch then redis.call('SET', KEYS[i], ARGV[1], 'EX', ARGV[2]) end \
+end \
 return 1";
 
 /// A hot-standby pair's fence check at takeover (see `source::esl::pair`). KEYS: the stream's
@@ -45,12 +58,13 @@ return 1";
 /// The transaction path deletes bitmaps behind the window once every this many batches.
 pub const DEDUP_TRIM_EVERY: u64 = 64;
 
-/// A fast-path transaction a connection sent and got no answer to: the connection's token
-/// and the request's streams.
+/// A fast-path transaction a connection sent and got no answer to: the connection's token,
+/// the request's streams, and the tripwire its connection was `WATCH`ing when it was sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unanswered {
     pub token: String,
     pub streams: Vec<String>,
+    pub watched: Option<String>,
 }
 
 impl RedisSink {
@@ -69,6 +83,11 @@ impl RedisSink {
     pub fn retire(&mut self, unanswered: &[Unanswered]) -> Result<(), WriteError> {
         let mut pipe = redis::pipe();
         for u in unanswered {
+            // Touching the key its connection WATCHes makes that connection's EXEC fail.
+            if let Some(watched) = &u.watched {
+                pipe.cmd("SETBIT").arg(watched).arg(0).arg(1).ignore();
+                pipe.cmd("EXPIRE").arg(watched).arg(60).ignore();
+            }
             for stream in &u.streams {
                 let key = retired_key(stream, &u.token);
                 pipe.cmd("SETBIT").arg(&key).arg(0).arg(1).ignore();
@@ -87,9 +106,9 @@ impl RedisSink {
         let all = || entries.iter().map(Borrow::borrow);
         let resp = &mut self.resp;
         resp.clear();
-        // Per stream: WATCH this connection's tripwire, then the guard, which trips it when
-        // this connection was retired (the request arrived after the writer had given up on
-        // it) or, for a hot-standby pair, when a newer lease epoch has written to the stream;
+        // WATCH this connection's tripwire, then the guard, which trips it when this connection
+        // was retired (the request arrived after the writer had given up on it) or, for a
+        // hot-standby pair, when a newer lease epoch has written to a stream of the batch;
         // EXEC then does nothing.
         let mut streams: Vec<&str> = Vec::new();
         for e in all() {
@@ -97,22 +116,26 @@ impl RedisSink {
                 streams.push(&e.stream_key);
             }
         }
-        for stream in &streams {
-            let trip = trip_key(stream, &self.token);
+        let first = streams.first().copied().unwrap_or_default();
+        // A WATCH armed by the previous transaction on this connection (answered, so it ran
+        // before any retirement) guards this one at no cost; otherwise (the first transaction
+        // on a connection, a cluster node, a pair's fence) the guard script runs.
+        let mut prefix = 0;
+        if self.armed.is_none() || self.fence.is_some() {
+            let trip = trip_key(first, &self.token);
             resp.command(2).arg(b"WATCH").arg(trip.as_bytes());
-            match &self.fence {
-                Some((group, epoch)) => {
-                    resp.command(8).arg(b"EVALSHA").arg(self.guard_sha.as_bytes()).int(3);
-                    resp.arg(trip.as_bytes()).arg(retired_key(stream, &self.token).as_bytes());
-                    resp.arg(fence_key(stream, group).as_bytes()).int(*epoch as i64).int(DEDUP_TTL_SECS as i64);
+            let fences = if self.fence.is_some() { streams.len() } else { 0 };
+            resp.command(5 + fences + if fences > 0 { 2 } else { 0 });
+            resp.arg(b"EVALSHA").arg(self.guard_sha.as_bytes()).int(2 + fences as i64);
+            resp.arg(trip.as_bytes()).arg(retired_key(first, &self.token).as_bytes());
+            if let Some((group, epoch)) = &self.fence {
+                for stream in &streams {
+                    resp.arg(fence_key(stream, group).as_bytes());
                 }
-                None => {
-                    resp.command(5).arg(b"EVALSHA").arg(self.guard_sha.as_bytes()).int(2);
-                    resp.arg(trip.as_bytes()).arg(retired_key(stream, &self.token).as_bytes());
-                }
+                resp.int(*epoch as i64).int(DEDUP_TTL_SECS as i64);
             }
+            prefix = 2;
         }
-        let prefix = 2 * streams.len();
         resp.command(1).arg(b"MULTI");
         for (g, (key, _, _)) in groups.keys.iter().enumerate() {
             let bits = || {
@@ -148,23 +171,35 @@ impl RedisSink {
         }
         let queued = resp.commands() - 1 - prefix;
         resp.command(1).arg(b"EXEC");
+        // EXEC ends every WATCH: arm the next transaction's (not on a cluster node, whose
+        // slots can move under a key).
+        let rearm = self.rearm.then(|| trip_key(first, &self.token));
+        if let Some(key) = &rearm {
+            resp.command(2).arg(b"WATCH").arg(key.as_bytes());
+        }
+        let rearms = usize::from(rearm.is_some());
         let waits = self.encode_wait();
         // The replies, all read here (redis-rs's skipping of replies assumes MULTI comes
-        // first): per stream WATCH's +OK and the guard's answer, MULTI's +OK, one +QUEUED per
+        // first): WATCH's +OK and the guard's answer, MULTI's +OK, one +QUEUED per
         // command (an error there aborts the transaction: EXEC answers EXECABORT), EXEC's
         // array (nil when the wire was tripped), and WAIT's count.
-        let sent = self.conn.req_packed_commands(self.resp.as_bytes(), 0, prefix + 1 + queued + 1 + waits);
+        let sent = self.conn.req_packed_commands(self.resp.as_bytes(), 0, prefix + 1 + queued + 1 + rearms + waits);
         let mut replies = match sent.map_err(classify) {
             Ok(replies) => replies,
             Err(WriteError::Connection(e)) => {
                 // No answer: the request may still reach Redis later, after the retry.
                 let streams = streams.into_iter().map(str::to_owned).collect();
-                self.unanswered = Some(Unanswered { token: self.token.clone(), streams });
+                let watched = self.armed.take();
+                self.unanswered = Some(Unanswered { token: self.token.clone(), streams, watched });
                 return Err(WriteError::Connection(e).into());
             }
             Err(e) => return Err(e.into()),
         };
         let wait = if waits > 0 { replies.pop() } else { None };
+        self.armed = match rearm {
+            Some(key) if matches!(replies.pop(), Some(Value::Okay)) => Some(key),
+            _ => None,
+        };
         let exec = replies.pop().unwrap_or(Value::Nil);
         let first_error = |from: usize| {
             replies.iter().skip(from).find_map(|r| match r {

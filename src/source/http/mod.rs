@@ -40,7 +40,7 @@ use tracing::warn;
 use crate::ack::AckStatus;
 use crate::config::HttpIngressConfig;
 use crate::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget};
-use crate::ops::http::{constant_time_eq, json_reply, read_body, Body, Reply};
+use crate::http::{constant_time_eq, error_reply, json_reply, read_body, Body, HandlerFuture, Params, Reply};
 use crate::source::http::body::{parse, scalar_text, BodyEvent, BodyKind};
 use crate::source::{Intake, KeyAssigner};
 use crate::telemetry::logging::RateLimit;
@@ -364,6 +364,29 @@ pub fn tls_config(cert: &str, key: &str) -> Result<Arc<rustls::ServerConfig>, St
         .with_single_cert(certs, key)
         .map_err(|e| format!("HTTP_INGRESS_TLS_CERT / HTTP_INGRESS_TLS_KEY do not make a TLS identity: {e}"))?;
     Ok(Arc::new(config))
+}
+
+/// What the state of a server that serves `POST /events` gives it: the ingress, when it is on.
+/// (The admin server's state, and the ingress's own listener's, both implement it; the HTTP
+/// server itself knows no route.)
+pub trait IngressState: Send + Sync + 'static {
+    fn ingress(&self) -> Option<&HttpIngress>;
+}
+
+/// `POST /events` on a server whose state is `S`: hand the route to its [`crate::http::Router`].
+pub fn post_events<S: IngressState>(ctx: Arc<S>, req: Request<Body>, _params: Params) -> HandlerFuture {
+    Box::pin(async move {
+        let started = std::time::Instant::now();
+        let Some(ingress) = ctx.ingress() else {
+            return error_reply(StatusCode::NOT_FOUND, "HTTP ingress is off (HTTP_INGRESS=false)");
+        };
+        let reply = ingress.handle(req).await;
+        let producer = reply.extensions().get::<ProducerLabel>().map(|p| p.0.as_str()).unwrap_or("unknown");
+        let m = metrics();
+        m.ingress_requests.with_label_values(&[reply.status().as_str(), producer]).inc();
+        m.ingress_duration.observe(started.elapsed().as_secs_f64());
+        reply
+    })
 }
 
 #[cfg(test)]

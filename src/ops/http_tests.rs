@@ -12,9 +12,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
 
-use super::handler::JSON;
-use super::*;
 use crate::config::Config;
+use crate::http::handler::JSON;
+use crate::http::*;
 use crate::ops::context::AppContext;
 use crate::ops::health::{Check, HealthReport, Status};
 use crate::ops::routes::{routes, PROMETHEUS_TEXT};
@@ -166,18 +166,18 @@ fn path_parameters_are_captured() {
 fn with_a_token_the_dead_letters_need_the_bearer_token_from_anywhere() {
     let ctx = context(Some("s3cret"));
     let mut req = request_from(Method::GET, "/dlq", "127.0.0.1:40000");
-    let denied = authorize(&ctx, &req).unwrap_err();
+    let denied = authorize(ctx.config.http_token.as_deref(), &req).unwrap_err();
     assert_eq!(denied.status(), StatusCode::UNAUTHORIZED, "loopback needs it too");
     assert_eq!(denied.headers()["www-authenticate"], "Bearer");
     for wrong in ["Bearer wrong!", "Basic s3cret", "Bearer s3cret-and-more"] {
         req.headers_mut().insert(AUTHORIZATION, HeaderValue::from_static(wrong));
-        assert!(authorize(&ctx, &req).is_err(), "{wrong}");
+        assert!(authorize(ctx.config.http_token.as_deref(), &req).is_err(), "{wrong}");
     }
     req.headers_mut().insert(AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
-    assert!(authorize(&ctx, &req).is_ok());
+    assert!(authorize(ctx.config.http_token.as_deref(), &req).is_ok());
     let mut remote = request_from(Method::GET, "/dlq", "192.0.2.2:40000");
     remote.headers_mut().insert(AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
-    assert!(authorize(&ctx, &remote).is_ok(), "a remote client with the token");
+    assert!(authorize(ctx.config.http_token.as_deref(), &remote).is_ok(), "a remote client with the token");
 }
 
 #[test]

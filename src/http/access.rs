@@ -11,8 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use hyper::{Request, StatusCode};
 
-use crate::ops::context::AppContext;
-use crate::ops::http::handler::{error_reply, Body, Reply};
+use crate::http::handler::{error_reply, Body, Reply};
 
 /// The address of the client that sent a request (a request extension set by the server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +23,10 @@ pub fn is_private_peer(addr: IpAddr) -> bool {
     addr.to_canonical().is_loopback()
 }
 
-/// Checks that the request may use a private endpoint; the `Err` is the 401 or 403 to answer
-/// with.
-pub fn authorize(ctx: &AppContext, req: &Request<Body>) -> Result<(), Box<Reply>> {
-    match ctx.config.http_token.as_deref() {
+/// Checks that the request may use a private endpoint, given `HTTP_TOKEN`; the `Err` is the
+/// 401 or 403 to answer with.
+pub fn authorize(token: Option<&str>, req: &Request<Body>) -> Result<(), Box<Reply>> {
+    match token {
         Some(token) => bearer(token, req.headers()),
         None => loopback_only(req.extensions().get::<Peer>()),
     }

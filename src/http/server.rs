@@ -1,5 +1,5 @@
 //! The admin HTTP server on `HEALTH_BIND:HEALTH_PORT`: binds the listener, accepts under the
-//! [`limits`](crate::ops::http::limits), and serves each connection with hyper (HTTP/1.1,
+//! [`limits`](crate::http::limits), and serves each connection with hyper (HTTP/1.1,
 //! keep-alive) from a thread of its own. Every request carries its client's address as a
 //! [`Peer`] extension.
 
@@ -20,11 +20,10 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::ops::context::AppContext;
-use crate::ops::http::access::Peer;
-use crate::ops::http::handler::BoxError;
-use crate::ops::http::limits::{is_same_host, Connections, Limits, Refused, Slot};
-use crate::ops::http::router::Router;
+use crate::http::access::Peer;
+use crate::http::handler::BoxError;
+use crate::http::limits::{is_same_host, Connections, Limits, Refused, Slot};
+use crate::http::router::Router;
 use crate::telemetry::logging::RateLimit;
 use crate::telemetry::metrics::metrics;
 
@@ -78,10 +77,10 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Serves `router` on `listener` from a thread of its own, under `limits`.
-    pub fn start(
+    pub fn start<S: Send + Sync + 'static>(
         listener: std::net::TcpListener,
-        router: Router,
-        ctx: Arc<AppContext>,
+        router: Router<S>,
+        ctx: Arc<S>,
         limits: Limits,
     ) -> io::Result<HttpServer> {
         HttpServer::start_tls(listener, router, ctx, limits, None)
@@ -89,10 +88,10 @@ impl HttpServer {
 
     /// The same, over TLS when `tls` is given (the handshake must finish within the header
     /// timeout, like a request head).
-    pub fn start_tls(
+    pub fn start_tls<S: Send + Sync + 'static>(
         listener: std::net::TcpListener,
-        router: Router,
-        ctx: Arc<AppContext>,
+        router: Router<S>,
+        ctx: Arc<S>,
         limits: Limits,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> io::Result<HttpServer> {
@@ -164,10 +163,10 @@ impl Drop for Registered {
     }
 }
 
-async fn serve(
+async fn serve<S: Send + Sync + 'static>(
     listener: tokio::net::TcpListener,
-    router: Arc<Router>,
-    ctx: Arc<AppContext>,
+    router: Arc<Router<S>>,
+    ctx: Arc<S>,
     limits: Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: oneshot::Receiver<()>,
@@ -250,15 +249,16 @@ async fn serve(
     debug!("HTTP server stopped");
 }
 
-async fn serve_connection<S>(
-    stream: S,
+async fn serve_connection<T, S>(
+    stream: T,
     peer: SocketAddr,
-    router: Arc<Router>,
-    ctx: Arc<AppContext>,
+    router: Arc<Router<S>>,
+    ctx: Arc<S>,
     slot: Arc<Slot>,
     header_timeout: Duration,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Send + Sync + 'static,
 {
     let handlers = slot.clone();
     let service = service_fn(move |req: Request<Incoming>| {

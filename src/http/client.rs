@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::ops::http::handler::MAX_BODY_BYTES;
+use crate::http::handler::MAX_BODY_BYTES;
 
 /// `http://<host>:<port>/health` for the agent configured by `HEALTH_BIND` and `HEALTH_PORT`
 /// (as given, e.g. from the environment): 127.0.0.1 unless bound to one specific address.

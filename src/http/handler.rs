@@ -11,8 +11,6 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 
-use crate::ops::context::AppContext;
-
 /// The default bound for [`read_body`].
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -24,7 +22,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every handler answers with a complete body.
 pub type Reply = Response<Full<Bytes>>;
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
-pub type Handler = fn(Arc<AppContext>, Request<Body>, Params) -> HandlerFuture;
+/// A route's handler, over the state `S` its server was given.
+pub type Handler<S> = fn(Arc<S>, Request<Body>, Params) -> HandlerFuture;
 
 /// Path parameters captured by `{name}` segments of a route's pattern.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

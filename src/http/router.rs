@@ -10,8 +10,7 @@ use hyper::body::Body as _;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::ops::context::AppContext;
-use crate::ops::http::handler::{error_reply, Body, Handler, Params, Reply};
+use crate::http::handler::{error_reply, Body, Handler, Params, Reply};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Segment {
@@ -19,13 +18,13 @@ enum Segment {
     Param(&'static str),
 }
 
-struct Route {
+struct Route<S> {
     pattern: &'static str,
     segments: Vec<Segment>,
-    methods: Vec<(Method, Handler)>,
+    methods: Vec<(Method, Handler<S>)>,
 }
 
-impl Route {
+impl<S> Route<S> {
     fn matches(&self, path: &str) -> Option<Params> {
         let mut parts = path.strip_prefix('/')?.split('/');
         let mut params = Params::default();
@@ -40,7 +39,7 @@ impl Route {
         parts.next().is_none().then_some(params)
     }
 
-    fn handler(&self, method: &Method) -> Option<Handler> {
+    fn handler(&self, method: &Method) -> Option<Handler<S>> {
         self.methods.iter().find(|(m, _)| m == method).map(|(_, h)| *h)
     }
 
@@ -54,15 +53,20 @@ impl Route {
     }
 }
 
-/// Routes by path pattern (`/dlq/{id}/retry`) and method.
-#[derive(Default)]
-pub struct Router {
-    routes: Vec<Route>,
+/// Routes by path pattern (`/dlq/{id}/retry`) and method, to handlers over the state `S`.
+pub struct Router<S> {
+    routes: Vec<Route<S>>,
 }
 
-impl Router {
+impl<S> Default for Router<S> {
+    fn default() -> Self {
+        Router { routes: Vec::new() }
+    }
+}
+
+impl<S> Router<S> {
     /// Adds `handler` for `method` on `pattern` (segments are literals or `{name}`).
-    pub fn route(mut self, method: Method, pattern: &'static str, handler: Handler) -> Router {
+    pub fn route(mut self, method: Method, pattern: &'static str, handler: Handler<S>) -> Router<S> {
         if let Some(route) = self.routes.iter_mut().find(|r| r.pattern == pattern) {
             route.methods.push((method, handler));
             return self;
@@ -79,16 +83,16 @@ impl Router {
         self
     }
 
-    pub fn get(self, pattern: &'static str, handler: Handler) -> Router {
+    pub fn get(self, pattern: &'static str, handler: Handler<S>) -> Router<S> {
         self.route(Method::GET, pattern, handler)
     }
 
-    pub fn post(self, pattern: &'static str, handler: Handler) -> Router {
+    pub fn post(self, pattern: &'static str, handler: Handler<S>) -> Router<S> {
         self.route(Method::POST, pattern, handler)
     }
 
     /// Answers one request; never fails.
-    pub async fn handle(&self, ctx: Arc<AppContext>, req: Request<Body>) -> Reply {
+    pub async fn handle(&self, ctx: Arc<S>, req: Request<Body>) -> Reply {
         let path = req.uri().path().to_owned();
         let Some((route, params)) = self.routes.iter().find_map(|r| r.matches(&path).map(|p| (r, p))) else {
             return error_reply(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}"));
