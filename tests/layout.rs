@@ -40,8 +40,7 @@ const KNOWN_IMPORTS: &[(&str, &str)] = &[
 ];
 
 /// Files still over [`MAX_LINES`]: `(file, its non-test lines at most)`.
-const KNOWN_LONG: &[(&str, usize)] =
-    &[("src/config.rs", 1048), ("src/pipeline/spool/mod.rs", 812), ("src/simulate/calls.rs", 1216)];
+const KNOWN_LONG: &[(&str, usize)] = &[("src/config.rs", 1048), ("src/pipeline/spool/mod.rs", 812)];
 
 /// The first path segment under `src/`: the wing or ground module a file belongs to.
 fn module_of(path: &Path) -> String {

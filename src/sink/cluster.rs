@@ -175,14 +175,25 @@ impl ClusterSink {
     }
 
     /// See [`RedisSink::retire`]: each stream on the primary that serves it now.
+    /// A failure marks the map for reading again (a slot that moved answers `MOVED` or `ASK`
+    /// until then), as a failed write does.
     pub fn retire(&mut self, unanswered: &[Unanswered]) -> Result<(), WriteError> {
+        if self.stale {
+            self.refresh()?;
+        }
         for u in unanswered {
             for (i, stream) in u.streams.iter().enumerate() {
                 let node = self.node_for(stream)?;
                 // The watched tripwire lives beside the request's first stream.
                 let watched = if i == 0 { u.watched.clone() } else { None };
                 let one = Unanswered { token: u.token.clone(), streams: vec![stream.clone()], watched };
-                self.node_sink(node)?.retire(std::slice::from_ref(&one))?;
+                if let Err(e) = self.node_sink(node).and_then(|sink| sink.retire(std::slice::from_ref(&one))) {
+                    if matches!(e, WriteError::Connection(_)) {
+                        self.sinks[node] = None;
+                    }
+                    self.stale = true;
+                    return Err(e);
+                }
             }
         }
         Ok(())
@@ -226,6 +237,8 @@ impl ClusterSink {
         let mut old: Vec<(String, Option<RedisSink>)> = self.map.nodes.drain(..).zip(self.sinks.drain(..)).collect();
         self.sinks =
             map.nodes.iter().map(|n| old.iter_mut().find(|(a, _)| a == n).and_then(|(_, s)| s.take())).collect();
+        // Connections to nodes no longer in the map go; what they left unanswered stays to retire.
+        self.unanswered.extend(old.into_iter().filter_map(|(_, s)| s.and_then(|mut s| s.take_unanswered())));
         if map != self.map {
             tracing::info!(primaries = %map.nodes.join(", "), "cluster slot map read again");
         }
