@@ -101,5 +101,4 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinH
 }
 
 #[cfg(test)]
-#[path = "http_tests.rs"]
 mod http_tests;
