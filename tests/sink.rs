@@ -284,7 +284,7 @@ fn a_transaction_that_arrives_after_its_retry_adds_nothing() {
         let e = silent.write(&batch, false).expect_err("no answer through a partition");
         assert_eq!(e.kind(), "connection", "{e}");
         let unanswered = silent.take_unanswered().expect("the transaction went unanswered");
-        assert_eq!(unanswered.streams, [stream]);
+        assert_eq!(unanswered.stream, stream);
         assert_eq!(unanswered.watched.is_some(), warm, "{unanswered:?}");
         assert_eq!(silent.take_unanswered(), None, "taken once");
         drop(silent);

@@ -174,7 +174,7 @@ impl ClusterSink {
         all
     }
 
-    /// See [`RedisSink::retire`]: each stream on the primary that serves it now.
+    /// See [`RedisSink::retire`]: each on the primary that serves its stream now.
     /// A failure marks the map for reading again (a slot that moved answers `MOVED` or `ASK`
     /// until then), as a failed write does.
     pub fn retire(&mut self, unanswered: &[Unanswered]) -> Result<(), WriteError> {
@@ -182,18 +182,13 @@ impl ClusterSink {
             self.refresh()?;
         }
         for u in unanswered {
-            for (i, stream) in u.streams.iter().enumerate() {
-                let node = self.node_for(stream)?;
-                // The watched tripwire lives beside the request's first stream.
-                let watched = if i == 0 { u.watched.clone() } else { None };
-                let one = Unanswered { token: u.token.clone(), streams: vec![stream.clone()], watched };
-                if let Err(e) = self.node_sink(node).and_then(|sink| sink.retire(std::slice::from_ref(&one))) {
-                    if matches!(e, WriteError::Connection(_)) {
-                        self.sinks[node] = None;
-                    }
-                    self.stale = true;
-                    return Err(e);
+            let node = self.node_for(&u.stream)?;
+            if let Err(e) = self.node_sink(node).and_then(|sink| sink.retire(std::slice::from_ref(u))) {
+                if matches!(e, WriteError::Connection(_)) {
+                    self.sinks[node] = None;
                 }
+                self.stale = true;
+                return Err(e);
             }
         }
         Ok(())

@@ -9,8 +9,6 @@ pub const DEDUP_GENERATION_BITS: u32 = 20;
 pub const DEDUP_KEEP_GENERATIONS: u64 = 3;
 /// How long a dedup bitmap is kept after its last write.
 pub const DEDUP_TTL_SECS: u64 = 24 * 3600;
-/// The transaction path deletes bitmaps behind the window once every this many batches.
-pub const DEDUP_TRIM_EVERY: u64 = 64;
 /// How long a string id is remembered (the HTTP ingress's `HTTP_INGRESS_IDEMPOTENCY_TTL`
 /// default).
 pub const DEDUP_KEYS_TTL_SECS: u64 = 24 * 3600;

@@ -59,24 +59,24 @@ return 1";
 pub const DEDUP_TRIM_EVERY: u64 = 64;
 
 /// A fast-path transaction a connection sent and got no answer to: the connection's token,
-/// the request's streams, and the tripwire its connection was `WATCH`ing when it was sent.
+/// the request's first stream (its guard checks the retired mark beside it), and the tripwire
+/// its connection was `WATCH`ing when it was sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unanswered {
     pub token: String,
-    pub streams: Vec<String>,
+    pub stream: String,
     pub watched: Option<String>,
 }
 
 impl RedisSink {
-    /// The streams of the last fast-path transaction this connection sent without getting
-    /// its answer (a timeout, a lost connection), taken once. Such a request can still reach
+    /// The last fast-path transaction this connection sent without getting its answer (a timeout, a lost connection), taken once. Such a request can still reach
     /// Redis after the writer has retried it on another connection: the writer retires this
     /// connection there ([`RedisSink::retire`]) before the retry.
     pub fn take_unanswered(&mut self) -> Option<Unanswered> {
         self.unanswered.take()
     }
 
-    /// Marks connections the writer gave up on as retired on their streams, so a transaction
+    /// Marks connections the writer gave up on as retired, so a transaction
     /// of theirs that reaches Redis from now on does nothing (see [`TRANSACTION_GUARD`]). The
     /// retry that follows takes the checking path, which finds whatever such a transaction
     /// wrote before.
@@ -88,11 +88,9 @@ impl RedisSink {
                 pipe.cmd("SETBIT").arg(watched).arg(0).arg(1).ignore();
                 pipe.cmd("EXPIRE").arg(watched).arg(60).ignore();
             }
-            for stream in &u.streams {
-                let key = retired_key(stream, &u.token);
-                pipe.cmd("SETBIT").arg(&key).arg(0).arg(1).ignore();
-                pipe.cmd("EXPIRE").arg(&key).arg(RETIRED_TTL_SECS).ignore();
-            }
+            let key = retired_key(&u.stream, &u.token);
+            pipe.cmd("SETBIT").arg(&key).arg(0).arg(1).ignore();
+            pipe.cmd("EXPIRE").arg(&key).arg(RETIRED_TTL_SECS).ignore();
         }
         pipe.query::<()>(&mut self.conn).map_err(classify)
     }
@@ -188,9 +186,8 @@ impl RedisSink {
             Ok(replies) => replies,
             Err(WriteError::Connection(e)) => {
                 // No answer: the request may still reach Redis later, after the retry.
-                let streams = streams.into_iter().map(str::to_owned).collect();
                 let watched = self.armed.take();
-                self.unanswered = Some(Unanswered { token: self.token.clone(), streams, watched });
+                self.unanswered = Some(Unanswered { token: self.token.clone(), stream: first.to_owned(), watched });
                 return Err(WriteError::Connection(e).into());
             }
             Err(e) => return Err(e.into()),
