@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,11 @@ const STREAM: &str = "freeswitch:telephony:outbox-events";
 const PRODUCER: &str = "postgres.public.eslstream_outbox";
 const INSERT: &str =
     "INSERT INTO eslstream_outbox (event_name, ordering_key, payload) VALUES ($1, $2, $3::text::jsonb)";
+/// The test's own record of the batches its writers committed (first row number), beside the
+/// outbox: see [`insert_rows`].
+const MARKS: &str = "CREATE TABLE IF NOT EXISTS test_batches (first bigint PRIMARY KEY)";
+const MARK: &str = "INSERT INTO test_batches (first) VALUES ($1)";
+const MARKED: &str = "SELECT 1 FROM test_batches WHERE first = $1";
 
 /// The agent's environment: no event socket, the outbox on `db_url`, quick retries.
 fn env(db_url: &str, redis: &RedisServer, health_port: u16) -> Vec<(String, String)> {
@@ -87,6 +93,8 @@ fn rows_left(pg: &PgServer) -> i64 {
 /// commit). Returns the rows committed (all of them: a writer retries a failed transaction,
 /// e.g. while the database restarts).
 fn insert_rows(pg_url_port: u16, writers: usize, total: u64, keys: u64, rate: u64, stop: Arc<AtomicBool>) -> u64 {
+    let dsn = format!("host=127.0.0.1 port={pg_url_port} user=postgres dbname=postgres");
+    postgres::Client::connect(&dsn, postgres::NoTls).and_then(|mut c| c.batch_execute(MARKS)).expect("marks table");
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let handles: Vec<_> = (0..writers)
@@ -116,7 +124,11 @@ fn insert_rows(pg_url_port: u16, writers: usize, total: u64, keys: u64, rate: u6
                             std::thread::sleep(wait);
                         }
                     }
-                    // The same rows until they commit (a failed transaction wrote nothing).
+                    // The same rows until they commit. A failed transaction wrote nothing,
+                    // except where the error came after the commit itself (the server went
+                    // down before its answer): the marker row, committed with the rows and
+                    // never relayed, tells which.
+                    let mut unsure = false;
                     loop {
                         if client.is_none() {
                             client = connect();
@@ -126,6 +138,9 @@ fn insert_rows(pg_url_port: u16, writers: usize, total: u64, keys: u64, rate: u6
                             continue;
                         };
                         let attempt = (|| -> Result<(), postgres::Error> {
+                            if unsure && c.query_opt(MARKED, &[&(first as i64)])?.is_some() {
+                                return Ok(());
+                            }
                             let mut tx = c.transaction()?;
                             let insert = tx.prepare(INSERT)?;
                             for n in first..first + size {
@@ -133,11 +148,13 @@ fn insert_rows(pg_url_port: u16, writers: usize, total: u64, keys: u64, rate: u6
                                 let payload = format!(r#"{{"writer": {w}, "n": {n}, "text": "a b\"c"}}"#);
                                 tx.execute(&insert, &[&"order.updated", &key, &payload])?;
                             }
+                            tx.execute(MARK, &[&(first as i64)])?;
                             tx.commit()
                         })();
                         match attempt {
                             Ok(()) => break,
                             Err(_) => {
+                                unsure = true;
                                 client = None;
                                 std::thread::sleep(Duration::from_millis(50));
                             }
@@ -169,6 +186,13 @@ fn assert_relayed(pg: &PgServer, redis: &RedisServer, n: u64, timeout: Duration)
     std::thread::sleep(Duration::from_millis(300)); // anything more would be a duplicate
     let entries = read_stream(&mut conn, STREAM);
     assert_exactly_once_in_order(&entries, n);
+    // No row the test meant once is there twice (committed twice, it would carry a new id).
+    let numbers: Vec<u64> = entries
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.event).ok()?["n"].as_u64())
+        .collect();
+    let distinct: HashSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(distinct.len(), numbers.len(), "a row the test inserted once is in the stream twice");
     assert!(entries.iter().all(|e| e.core_uuid == PRODUCER), "producer of every entry is {PRODUCER}");
     let first = &entries[0];
     assert_eq!(first.event_name, "order.updated");
