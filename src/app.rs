@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::ops::context::AppContext;
 use crate::pipeline::fence::Fence;
 use crate::pipeline::spool::record::V1Streams;
@@ -27,6 +27,16 @@ use crate::source::http::HttpIngress;
 use crate::source::outbox::OutboxSource;
 use crate::source::Intake;
 use crate::state::AgentState;
+
+/// The configuration from `vars`, with what the sources own of it checked too (the outbox's
+/// URL and table name): the one way the binary loads it.
+pub fn load_config(vars: std::collections::HashMap<String, String>) -> Result<Config, ConfigError> {
+    let config = Config::from_vars(vars)?;
+    if let Some(outbox) = &config.outbox {
+        crate::source::outbox::check_config(outbox)?;
+    }
+    Ok(config)
+}
 
 /// A running agent: its threads and the handles to stop them.
 pub struct Agent {
@@ -256,5 +266,26 @@ impl Agent {
         self.ops.stop();
         info!(elapsed = ?started.elapsed(), clean, "stopped");
         clean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbox_url_and_table_are_checked_at_load() {
+        let load = |pairs: &[(&str, &str)]| {
+            load_config(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).map(|_| ())
+        };
+        let bad = |pairs: &[(&str, &str)]| load(pairs).unwrap_err().variable;
+        assert_eq!(bad(&[("OUTBOX_DATABASE_URL", "postgres://db/app?sslmode=maybe")]), "OUTBOX_DATABASE_URL");
+        let e = load(&[("OUTBOX_DATABASE_URL", "postgres://u:secret@db/app?sslmode=maybe")]).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let url = ("OUTBOX_DATABASE_URL", "postgres://db/app");
+        assert_eq!(bad(&[url, ("OUTBOX_TABLE", "a;b")]), "OUTBOX_TABLE");
+        assert_eq!(bad(&[url, ("OUTBOX_BATCH_SIZE", "0")]), "OUTBOX_BATCH_SIZE");
+        load(&[url, ("OUTBOX_TABLE", "app.outbox")]).unwrap();
+        load(&[("OUTBOX_TABLE", "a;b")]).unwrap();
     }
 }

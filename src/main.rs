@@ -36,8 +36,10 @@ enum Command {
     },
 }
 
+/// `.env` (if present; the real environment wins) and the environment, checked.
 fn load_config() -> Result<Config, ExitCode> {
-    Config::from_env().map_err(|e| {
+    let _ = dotenvy::dotenv();
+    eslstream::app::load_config(std::env::vars().collect()).map_err(|e| {
         eprintln!("eslstream: configuration error: {e}");
         ExitCode::from(2)
     })

@@ -559,6 +559,36 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     assert!(out.status.success() && report.trim().is_empty(), "systemd-analyze verify complained:\n{report}");
 }
 
+/// The README's variable table and `.env.example` are generated from the variables'
+/// declarations (`src/config/vars.rs`); `ESLSTREAM_BLESS=1` rewrites them after a change there.
+#[test]
+fn readme_table_and_env_example_are_the_declared_variables() {
+    use eslstream::config::vars;
+    const START: &str = "<!-- variables: generated from src/config/vars.rs -->\n";
+    const END: &str = "<!-- end of variables -->";
+    let bless = std::env::var_os("ESLSTREAM_BLESS").is_some();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = repo_file("README.md");
+    let (Some(start), Some(end)) = (readme.find(START), readme.find(END)) else {
+        panic!("README.md has no {START:?} ... {END:?} block")
+    };
+    let table = vars::readme_table();
+    let generated = format!("{}{START}{table}{}", &readme[..start], &readme[end..]);
+    let env_example = vars::env_example();
+    if bless {
+        std::fs::write(root.join("README.md"), &generated).unwrap();
+        std::fs::write(root.join(".env.example"), &env_example).unwrap();
+    }
+    assert!(
+        readme == generated || bless,
+        "README.md's variable table differs from src/config/vars.rs (ESLSTREAM_BLESS=1 rewrites it):\n{table}"
+    );
+    assert!(
+        repo_file(".env.example") == env_example || bless,
+        ".env.example differs from src/config/vars.rs (ESLSTREAM_BLESS=1 rewrites it)"
+    );
+}
+
 #[test]
 fn env_example_documents_every_variable_with_valid_defaults() {
     let text = repo_file(".env.example");

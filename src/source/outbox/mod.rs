@@ -27,9 +27,30 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::config::OutboxConfig;
+use crate::config::{mask_url, ConfigError, OutboxConfig};
 use crate::shutdown::Shutdown;
 use crate::source::Intake;
+
+/// Checks what the outbox owns of its configuration: the URL's form (libpq's) and the table
+/// name. A [`ConfigError`], as for any bad value (exit 2).
+pub fn check_config(config: &OutboxConfig) -> Result<(), ConfigError> {
+    if let Err(e) = connect::ConnectTarget::parse(&config.database_url) {
+        return Err(ConfigError {
+            variable: "OUTBOX_DATABASE_URL".into(),
+            value: mask_url(&config.database_url),
+            expected: format!("a PostgreSQL URL such as postgres://user:password@host:5432/db?sslmode=require ({e})"),
+        });
+    }
+    if schema::TableName::parse(&config.table).is_none() {
+        return Err(ConfigError {
+            variable: "OUTBOX_TABLE".into(),
+            value: config.table.clone(),
+            expected: "a table name such as eslstream_outbox or app.outbox (letters, digits, _; at most 63 each)"
+                .into(),
+        });
+    }
+    Ok(())
+}
 
 /// The relay's role as `/health` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
