@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::ha::{Fence, Pair};
 use crate::ops::context::AppContext;
-use crate::pipeline::fence::Fence;
 use crate::pipeline::spool::record::V1Streams;
 use crate::pipeline::spool::{open_lanes, SpoolBudget};
 use crate::pipeline::{Pipeline, PipelineShape, WriteNow};
@@ -21,7 +21,6 @@ use crate::shutdown::Shutdown;
 use crate::sink::dlq::DeadLetters;
 use crate::sink::writer::LaneWriter;
 use crate::source::esl::client::EslClient;
-use crate::source::esl::pair::Pair;
 use crate::source::esl::routes::Router;
 use crate::source::http::HttpIngress;
 use crate::source::outbox::OutboxSource;
@@ -165,7 +164,7 @@ impl Agent {
                 shutdown.clone(),
             );
             let client = match &pair {
-                Some((pair, _, _)) => client.with_pair(pair.clone()),
+                Some((pair, _, _)) => client.with_gate(pair.clone()),
                 None => client,
             };
             Some(std::thread::Builder::new().name("esl-reader".into()).spawn(move || client.run())?)

@@ -7,7 +7,9 @@
 //! - [`pipeline`]: lanes chosen by ordering key, each backed by a durable spool, that never
 //!   block a source.
 //! - [`sink`]: the per-lane writers, the idempotent Redis write, and the dead-letter store.
-//! - [`ops`] beside them: the admin HTTP server, health, trimmer and summary line;
+//! - [`ops`] beside them: the admin HTTP server, health, trimmer and summary line; [`ha`],
+//!   the hot-standby pair (lease, fence, replay window), which the reader hands events to
+//!   through a [`source::Gate`] and the writers read through a [`sink::writer::WriteFence`];
 //!   [`simulate`], the built-in FreeSWITCH, beside them too.
 //!
 //! Under all of them, the ground: [`envelope`] (what flows), [`ack`] (what became of an event,
@@ -23,6 +25,7 @@ pub mod civil;
 pub mod config;
 pub mod envelope;
 pub mod esl;
+pub mod ha;
 pub mod http;
 pub mod ops;
 pub mod pipeline;

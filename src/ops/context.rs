@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::ha::Pair;
 use crate::ops::health::HealthBoard;
 use crate::pipeline::spool::SpoolBudget;
 use crate::pipeline::Pipeline;
 use crate::sink::dlq::DeadLetters;
-use crate::source::esl::pair::Pair;
 use crate::source::http::HttpIngress;
 use crate::source::outbox::OutboxStatus;
 use crate::state::AgentState;

@@ -23,7 +23,6 @@ use tracing::{debug, error, info, info_span, warn};
 use crate::ack::AckStatus;
 use crate::config::Config;
 use crate::envelope::{now_us, Envelope, Source};
-use crate::pipeline::fence::Fence;
 use crate::pipeline::{Lane, WriteNow};
 use crate::shutdown::Shutdown;
 use crate::sink::dlq::DeadLetters;
@@ -55,6 +54,17 @@ static SPILL_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
 static LOSSY_WARN: RateLimit = RateLimit::new(Duration::from_secs(60));
 static DUPLICATE_INFO: RateLimit = RateLimit::new(Duration::from_secs(60));
 
+/// A hot-standby pair's write fence as the writer reads it (the pair's own type is
+/// `crate::ha::Fence`): whether ESL events may be written now, and with which lease epoch.
+pub trait WriteFence: Send + Sync {
+    /// `HA_GROUP`: names the streams' fence keys.
+    fn group(&self) -> &str;
+    /// The epoch writes carry now, if this agent may write the switch's events.
+    fn current(&self) -> Option<u64>;
+    /// A write carrying `epoch` was refused; the epoch writes carry now, if any.
+    fn refused(&self, epoch: u64) -> Option<u64>;
+}
+
 /// What the pair's fence allows for one batch.
 enum Fenced {
     Nothing,
@@ -84,7 +94,7 @@ struct Writer {
     /// Consecutive failed attempts, for the backoff; reset by any successful write.
     backoff: u32,
     /// A hot-standby pair's fence (`HA_GROUP`): ESL events are written only under a lease.
-    fence: Option<Arc<Fence>>,
+    fence: Option<Arc<dyn WriteFence>>,
     /// Transactions sent on connections given up on, never answered: retired before the next
     /// write (see [`RedisSink::retire`](crate::sink::redis::RedisSink::retire)). Only a
     /// connection that sent a request adds one, and nothing is sent before they are retired,
@@ -94,7 +104,7 @@ struct Writer {
 
 impl LaneWriter {
     /// The same writer, fencing the switch's events with the pair's lease.
-    pub fn with_fence(self, fence: Arc<Fence>) -> LaneWriter {
+    pub fn with_fence(self, fence: Arc<dyn WriteFence>) -> LaneWriter {
         self.core.lock().fence = Some(fence);
         self
     }

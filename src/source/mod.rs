@@ -39,6 +39,18 @@ pub struct Offer {
     pub write_now: bool,
 }
 
+/// Where a source hands an event: the [`Intake`] itself, or something in front of it (a
+/// hot-standby pair's gate keeps a standby's switch events instead of writing them).
+pub trait Gate: Send + Sync {
+    fn offer(&self, envelope: Envelope, offer: Offer);
+}
+
+impl Gate for Intake {
+    fn offer(&self, envelope: Envelope, offer: Offer) {
+        Intake::offer(self, envelope, offer);
+    }
+}
+
 /// The pipeline's front door, shared by every source.
 pub struct Intake {
     pipeline: Arc<Pipeline>,

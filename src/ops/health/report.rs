@@ -35,7 +35,7 @@ pub struct HealthData {
     pub outbox: Option<crate::source::outbox::OutboxView>,
     /// This agent's side of a hot-standby pair (`null` unless `HA_GROUP` is set): its role,
     /// the lease holder and epoch, the replay window held.
-    pub ha: Option<crate::source::esl::pair::PairView>,
+    pub ha: Option<crate::ha::PairView>,
     pub redis: RedisHealth,
     pub queue_depth: usize,
     pub queue_bytes: u64,

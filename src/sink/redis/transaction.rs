@@ -46,7 +46,7 @@ for i = 3, #KEYS do \
 end \
 return 1";
 
-/// A hot-standby pair's fence check at takeover (see `source::esl::pair`). KEYS: the stream's
+/// A hot-standby pair's fence check at takeover (see `crate::ha`). KEYS: the stream's
 /// fence, a tripwire; ARGV: the lease epoch, the fence's TTL. A fence newer than the epoch
 /// sets the tripwire; otherwise the fence is raised to the epoch.
 pub const FENCE_CHECK: &str = "local seen = tonumber(redis.call('GET', KEYS[1]) or '0') \

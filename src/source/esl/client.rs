@@ -22,9 +22,8 @@ use crate::esl::event::{scan_meta, EventFormat, EventMeta};
 use crate::esl::frame::{Frame, FrameDecoder, FrameError};
 use crate::shutdown::Shutdown;
 use crate::source::esl::lag::Lag;
-use crate::source::esl::pair::Pair;
 use crate::source::esl::routes::Router;
-use crate::source::{Intake, KeyAssigner, Offer};
+use crate::source::{Gate, Intake, KeyAssigner, Offer};
 use crate::state::AgentState;
 use crate::telemetry::logging::RateLimit;
 use crate::telemetry::metrics::{metrics, seconds_between};
@@ -77,8 +76,8 @@ pub struct EslClient {
     keys: KeyAssigner,
     /// How far behind the switch the reader is (decides whether it may wait for room).
     lag: Lag,
-    /// One agent of a hot-standby pair (`HA_GROUP`).
-    pair: Option<Arc<Pair>>,
+    /// What stands in front of the intake: a hot-standby pair's gate (`HA_GROUP`).
+    gate: Option<Arc<dyn Gate>>,
 }
 
 static FILTER_DEBUG: RateLimit = RateLimit::new(Duration::from_secs(60));
@@ -102,14 +101,14 @@ impl EslClient {
             shutdown,
             keys: KeyAssigner::new(),
             lag: Lag::default(),
-            pair: None,
+            gate: None,
         }
     }
 
     /// The same reader as one agent of a hot-standby pair: events go through the pair's gate
     /// (written when active, kept for replay when standby).
-    pub fn with_pair(self, pair: Arc<Pair>) -> EslClient {
-        EslClient { pair: Some(pair), ..self }
+    pub fn with_gate(self, gate: Arc<dyn Gate>) -> EslClient {
+        EslClient { gate: Some(gate), ..self }
     }
 
     /// Connects and reads until shutdown, reconnecting after every failure.
@@ -313,8 +312,8 @@ impl EslClient {
             ack: None,
         };
         let offer = Offer { wait_until, write_now: idle };
-        match &self.pair {
-            Some(pair) => pair.offer(envelope, offer),
+        match &self.gate {
+            Some(gate) => gate.offer(envelope, offer),
             None => {
                 self.intake.offer(envelope, offer);
             }

@@ -1,9 +1,8 @@
 //! The FreeSWITCH event socket source: the inbound client ([`client`]), which stream each
-//! event goes to ([`routes`]), how long it may hold the socket ([`lag`]), and the hot-standby
-//! pair it may be one half of ([`pair`]). The format itself (framing, decoding, encoding) is
+//! event goes to ([`routes`]) and how long it may hold the socket ([`lag`]); a hot-standby
+//! pair's gate may stand in front of its intake ([`crate::ha`]). The format itself (framing, decoding, encoding) is
 //! [`crate::esl`]'s, shared with the writer and the simulator.
 
 pub mod client;
 pub mod lag;
-pub mod pair;
 pub mod routes;

@@ -1,25 +1,6 @@
-//! Hot-standby pairs (`HA_GROUP`): two agents beside one switch, both reading its event
-//! socket (FreeSWITCH sends every event to every listener), one writing.
-//!
-//! The active agent holds a lease in Redis: `eslstream:ha:{<group>}:lease`, set with `NX` and
-//! an expiry of `HA_LEASE_TTL`, renewed every quarter of it, its value the holder's
-//! `HA_AGENT_ID` and an *epoch*. Epochs only grow: each is the larger of the Redis clock in
-//! milliseconds and the last epoch plus one (`eslstream:ha:{<group>}:epoch`), so a Redis
-//! that lost its keys, or a clock set back, still hands out a larger one.
-//!
-//! The standby parses every event like the active one and keeps the last `HA_REPLAY_WINDOW`
-//! of them (at most `HA_REPLAY_MAX_BYTES`) in memory instead of writing them. When the lease
-//! is free (released at once by a graceful stop, expired after a crash), it takes it, hands
-//! its window to the pipeline through the checking path (what the old active wrote is skipped
-//! by key; the rest fills the gap, in order, before any live event), and carries on as active.
-//!
-//! Every ESL write carries the lease's epoch ([`Fence`]); Redis refuses, atomically with the
-//! write, one whose epoch is older than an epoch that already wrote to that stream, so an
-//! active that lost its lease without knowing it (paused longer than the TTL, cut off from
-//! Redis) never writes after the other took over. Locally an epoch counts only until three
-//! quarters of the TTL after the renewal that granted it was sent.
+//! The pair's lease: one thread per agent takes, renews and loses it; the gate every switch
+//! event passes (written when active, kept in the window when standby); takeover and step-down.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,14 +11,16 @@ use tracing::{info, warn};
 use crate::ack::AckStatus;
 use crate::config::{HaConfig, RedisConfig};
 use crate::envelope::{now_us, Envelope};
-use crate::pipeline::fence::Fence;
 use crate::shutdown::Shutdown;
 use crate::sink::redis::keys::{fence_key, lease_keys, takeover_trip_key};
 use crate::sink::redis::FENCE_CHECK;
 use crate::sink::target::connect_primary_for;
-use crate::source::{Intake, Offer};
+use crate::source::{Gate, Intake, Offer};
 use crate::telemetry::logging::RateLimit;
 use crate::telemetry::metrics::metrics;
+
+use super::window::Window;
+use super::Fence;
 
 /// Takes the lease if it is free (or renews it if this agent holds it).
 /// KEYS: lease, epoch counter. ARGV: agent id, TTL in ms.
@@ -96,36 +79,8 @@ pub struct PairView {
     pub takeovers: u64,
 }
 
-/// The events a standby keeps, oldest first, bounded in age and bytes.
-struct Window {
-    events: VecDeque<Envelope>,
-    bytes: u64,
-}
-
-impl Window {
-    fn push(&mut self, envelope: Envelope, max_age: Duration, max_bytes: u64) {
-        self.bytes += envelope.body.len() as u64;
-        self.events.push_back(envelope);
-        let oldest_kept = now_us() - max_age.as_micros() as i64;
-        while let Some(front) = self.events.front() {
-            if front.parsed_at_us >= oldest_kept && self.bytes <= max_bytes {
-                break;
-            }
-            self.bytes -= front.body.len() as u64;
-            self.events.pop_front();
-        }
-    }
-
-    fn seconds(&self) -> f64 {
-        match (self.events.front(), self.events.back()) {
-            (Some(a), Some(b)) => (b.parsed_at_us - a.parsed_at_us) as f64 / 1e6,
-            _ => 0.0,
-        }
-    }
-}
-
-/// The gate every switch event passes: written when active, kept when standby.
-struct Gate {
+/// Where switch events go now: written when active, kept when standby.
+struct Switch {
     role: Role,
     window: Window,
 }
@@ -138,7 +93,7 @@ pub struct Pair {
     streams: Vec<String>,
     fence: Arc<Fence>,
     intake: Arc<Intake>,
-    gate: Mutex<Gate>,
+    gate: Mutex<Switch>,
     view: Mutex<PairView>,
 }
 
@@ -168,30 +123,18 @@ impl Pair {
             streams,
             fence,
             intake,
-            gate: Mutex::new(Gate { role: Role::Standby, window: Window { events: VecDeque::new(), bytes: 0 } }),
+            gate: Mutex::new(Switch { role: Role::Standby, window: Window::default() }),
             view: Mutex::new(view),
         })
-    }
-
-    /// A parsed switch event: into the pipeline when active, into the window when standby.
-    pub fn offer(&self, envelope: Envelope, offer: Offer) {
-        let mut gate = self.gate.lock();
-        match gate.role {
-            Role::Active => {
-                drop(gate);
-                self.intake.offer(envelope, offer);
-            }
-            Role::Standby => gate.window.push(envelope, self.config.replay_window, self.config.replay_max_bytes),
-        }
     }
 
     pub fn view(&self) -> PairView {
         let mut view = self.view.lock().clone();
         let gate = self.gate.lock();
         view.role = gate.role;
-        view.window_events = gate.window.events.len();
+        view.window_events = gate.window.len();
         view.window_seconds = (gate.window.seconds() * 1000.0).round() / 1000.0;
-        view.window_bytes = gate.window.bytes;
+        view.window_bytes = gate.window.bytes();
         view
     }
 
@@ -296,8 +239,7 @@ impl Pair {
         self.raise_fences(epoch);
         let mut gate = self.gate.lock();
         let seconds = gate.window.seconds();
-        let mut window: Vec<Envelope> = gate.window.events.drain(..).collect();
-        gate.window.bytes = 0;
+        let mut window = gate.window.take();
         let events = window.len();
         for envelope in &mut window {
             envelope.maybe_written = true;
@@ -364,37 +306,16 @@ impl Pair {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::envelope::{BodyFormat, EventId, IdempotencyKey, Source, StreamTarget};
-
-    fn event(seq: u64, at_us: i64, bytes: usize) -> Envelope {
-        let key = IdempotencyKey { producer: "core".into(), id: EventId::Seq(seq) };
-        let body = bytes::Bytes::from(vec![b'x'; bytes]);
-        Envelope {
-            parsed_at_us: at_us,
-            ..Envelope::new(Source::Esl, StreamTarget::new("s", 0, "events"), BodyFormat::EslPlain, body, key)
+impl Gate for Pair {
+    /// A parsed switch event: into the pipeline when active, into the window when standby.
+    fn offer(&self, envelope: Envelope, offer: Offer) {
+        let mut gate = self.gate.lock();
+        match gate.role {
+            Role::Active => {
+                drop(gate);
+                self.intake.offer(envelope, offer);
+            }
+            Role::Standby => gate.window.push(envelope, self.config.replay_window, self.config.replay_max_bytes),
         }
-    }
-
-    #[test]
-    fn the_window_keeps_the_newest_events_within_its_age_and_bytes() {
-        let mut w = Window { events: VecDeque::new(), bytes: 0 };
-        let now = now_us();
-        for seq in 0..10 {
-            w.push(event(seq, now - 20_000_000 + seq as i64 * 1_000_000, 100), Duration::from_millis(15_500), 1 << 20);
-        }
-        // Events of 20..11 s ago: those older than 15.5 s went.
-        let seqs: Vec<u64> = w.events.iter().map(|e| e.key.id.seq().unwrap()).collect();
-        assert_eq!(seqs, [5, 6, 7, 8, 9]);
-        assert_eq!(w.bytes, 500);
-        w.push(event(10, now, 450), Duration::from_millis(15_500), 1000);
-        let seqs: Vec<u64> = w.events.iter().map(|e| e.key.id.seq().unwrap()).collect();
-        assert_eq!(seqs, [5, 6, 7, 8, 9, 10], "950 bytes fit in 1000");
-        w.push(event(11, now, 450), Duration::from_millis(15_500), 1000);
-        assert!(w.bytes <= 1000);
-        assert_eq!(w.events.back().unwrap().key.id.seq(), Some(11));
-        assert!(w.seconds() >= 0.0);
     }
 }

@@ -1,7 +1,7 @@
 //! The write fence of a hot-standby pair (`HA_GROUP`): whether this agent may write the
 //! switch's events now, and with which lease epoch.
 //!
-//! The pair's lease ([`crate::source::esl::pair`]) grants an epoch, a number that grows with
+//! The pair's lease ([`super::Pair`]) grants an epoch, a number that grows with
 //! every takeover. The writers read it for every batch of ESL events: with one, the write
 //! carries it, and Redis refuses it atomically when a newer epoch has already written to that
 //! stream (a paused or cut-off active that wakes up after the other agent took over); that is
@@ -49,6 +49,20 @@ impl Fence {
     pub fn refused(&self, epoch: u64) -> Option<u64> {
         let _ = self.epoch.compare_exchange(epoch, 0, Ordering::AcqRel, Ordering::Acquire);
         self.current()
+    }
+}
+
+impl crate::sink::writer::WriteFence for Fence {
+    fn group(&self) -> &str {
+        Fence::group(self)
+    }
+
+    fn current(&self) -> Option<u64> {
+        Fence::current(self)
+    }
+
+    fn refused(&self, epoch: u64) -> Option<u64> {
+        Fence::refused(self, epoch)
     }
 }
 
