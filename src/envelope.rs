@@ -196,7 +196,4 @@ pub struct SpoolPos {
     pub offset: u64,
 }
 
-/// Microseconds since the Unix epoch, by the wall clock.
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
-}
+pub use crate::telemetry::clock::now_us;

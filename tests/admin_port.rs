@@ -202,17 +202,17 @@ fn crowd_scenario(scenario: &str, crowd_from: &[IpAddr]) -> Vec<Duration> {
 
 #[test]
 fn health_answers_within_100ms_beside_500_idle_connections_from_its_own_address() {
-    let evicted = counter(&metrics().http_closed, "evicted");
+    let evicted = counter(&metrics().http.closed, "evicted");
     crowd_scenario("500 idle from 127.0.0.1", &[loopback(1)]);
-    assert!(counter(&metrics().http_closed, "evicted") > evicted, "the crowd made room for the probe");
+    assert!(counter(&metrics().http.closed, "evicted") > evicted, "the crowd made room for the probe");
 }
 
 #[test]
 fn health_answers_within_100ms_beside_500_idle_connections_from_one_other_address() {
-    let refused = counter(&metrics().http_rejected, "per_peer");
+    let refused = counter(&metrics().http.rejected, "per_peer");
     let cut = crowd_scenario("500 idle from 127.0.0.2", &[loopback(2)]);
     assert!(
-        counter(&metrics().http_rejected, "per_peer") >= refused + (CROWD - MAX_CONNECTIONS_PER_PEER) as u64,
+        counter(&metrics().http.rejected, "per_peer") >= refused + (CROWD - MAX_CONNECTIONS_PER_PEER) as u64,
         "all but {MAX_CONNECTIONS_PER_PEER} refused at once"
     );
     // Nothing was evicted here (33 connections in all): the slow client was cut by the deadline.
@@ -223,10 +223,10 @@ fn health_answers_within_100ms_beside_500_idle_connections_from_one_other_addres
 fn health_answers_within_100ms_beside_500_idle_connections_spread_over_20_addresses() {
     let from: Vec<IpAddr> = (10..30).map(loopback).collect();
     assert!(CROWD / from.len() < MAX_CONNECTIONS_PER_PEER && CROWD > MAX_CONNECTIONS, "fills the global cap");
-    let evicted = counter(&metrics().http_closed, "evicted");
+    let evicted = counter(&metrics().http.closed, "evicted");
     crowd_scenario("500 idle over 20 addresses", &from);
     assert!(
-        counter(&metrics().http_closed, "evicted") >= evicted + (CROWD - MAX_CONNECTIONS) as u64,
+        counter(&metrics().http.closed, "evicted") >= evicted + (CROWD - MAX_CONNECTIONS) as u64,
         "the oldest idle connections made room"
     );
 }
@@ -281,26 +281,26 @@ fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     std::thread::sleep(Duration::from_secs(1));
     stream.write_all(request).expect("second request");
     assert!(read_response(&mut stream).starts_with("HTTP/1.1 "), "answered again");
-    let timeouts = counter(&metrics().http_closed, "timeout");
+    let timeouts = counter(&metrics().http.closed, "timeout");
 
     let closed = time_to_close(&mut stream, HEADER_TIMEOUT + Duration::from_secs(2)).expect("closed by the server");
     println!("idle keep-alive connection closed {closed:?} after its last answer");
     assert!(closed >= HEADER_TIMEOUT - Duration::from_millis(300), "not before the timeout: {closed:?}");
-    assert!(counter(&metrics().http_closed, "timeout") > timeouts);
+    assert!(counter(&metrics().http.closed, "timeout") > timeouts);
 }
 
 #[test]
 fn one_address_holds_at_most_the_per_peer_cap_and_the_next_is_closed_at_once() {
     let running = agent();
     let addr = running.addr();
-    let refused = counter(&metrics().http_rejected, "per_peer");
+    let refused = counter(&metrics().http.rejected, "per_peer");
     let mut held: Vec<TcpStream> = (0..MAX_CONNECTIONS_PER_PEER)
         .map(|i| connect_from(loopback(2), addr).unwrap_or_else(|e| panic!("{i}: {e}")))
         .collect();
     let mut over = connect_from(loopback(2), addr).expect("the handshake completes in the kernel");
     let closed = time_to_close(&mut over, Duration::from_secs(2)).expect("the connection over the cap is closed");
     println!("connection {} from 127.0.0.2 closed after {closed:?}", MAX_CONNECTIONS_PER_PEER + 1);
-    assert!(counter(&metrics().http_rejected, "per_peer") > refused, "counted");
+    assert!(counter(&metrics().http.rejected, "per_peer") > refused, "counted");
 
     // Those within the cap are still open and served.
     for stream in held.iter_mut() {

@@ -274,7 +274,7 @@ fn trimmer_removes_expired_entries_and_keeps_newer_ones() {
             .collect(),
     )
     .expect("valid config");
-    let trimmed_before = eslstream::telemetry::metrics::metrics().trimmed_entries.with_label_values(&["events"]).get();
+    let trimmed_before = eslstream::telemetry::metrics::metrics().trim.entries.with_label_values(&["events"]).get();
     let mut trimmer = Trimmer::new(std::sync::Arc::new(config));
     let removed = trimmer.trim_all().expect("trim");
 
@@ -287,7 +287,7 @@ fn trimmer_removes_expired_entries_and_keeps_newer_ones() {
     assert!(old_left < 100, "{old_left} expired entries left");
     assert_eq!(count_between(&mut conn, events, &cutoff, "+"), 10, "newer entries are kept");
     assert_eq!(count_between(&mut conn, jobs, "-", "+"), OLD, "JOBS_EXPIRE_TIME=0 keeps the jobs stream");
-    let trimmed_after = eslstream::telemetry::metrics::metrics().trimmed_entries.with_label_values(&["events"]).get();
+    let trimmed_after = eslstream::telemetry::metrics::metrics().trim.entries.with_label_values(&["events"]).get();
     assert_eq!(trimmed_after - trimmed_before, removed[0].1);
 
     // A second pass finds nothing more to do.
@@ -305,12 +305,12 @@ fn trimmer_survives_redis_being_down() {
     )
     .expect("valid config");
     let m = eslstream::telemetry::metrics::metrics();
-    let (runs, errors) = (m.trim_runs.get(), m.trim_errors.get());
+    let (runs, errors) = (m.trim.runs.get(), m.trim.errors.get());
     let mut trimmer = Trimmer::new(std::sync::Arc::new(config));
     trimmer.pass();
     trimmer.pass();
-    assert!(m.trim_runs.get() >= runs + 2);
-    assert!(m.trim_errors.get() >= errors + 2);
+    assert!(m.trim.runs.get() >= runs + 2);
+    assert!(m.trim.errors.get() >= errors + 2);
 }
 
 fn binary() -> Command {

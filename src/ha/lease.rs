@@ -116,7 +116,7 @@ impl Pair {
             window_bytes: 0,
             takeovers: 0,
         };
-        metrics().ha_role.set(0);
+        metrics().ha.role.set(0);
         Arc::new(Pair {
             config,
             redis,
@@ -247,8 +247,8 @@ impl Pair {
         let receiver = self.intake.submit_acked(window);
         gate.role = Role::Active;
         drop(gate);
-        metrics().ha_role.set(1);
-        metrics().ha_takeovers.inc();
+        metrics().ha.role.set(1);
+        metrics().ha.takeovers.inc();
         {
             let mut view = self.view.lock();
             view.takeovers += 1;
@@ -266,8 +266,8 @@ impl Pair {
                     _ => {}
                 }
             }
-            metrics().ha_replayed.with_label_values(&["written"]).inc_by(written);
-            metrics().ha_replayed.with_label_values(&["duplicate"]).inc_by(duplicate);
+            metrics().ha.replayed.with_label_values(&["written"]).inc_by(written);
+            metrics().ha.replayed.with_label_values(&["duplicate"]).inc_by(duplicate);
             info!(written, duplicate, "replay window written: the gap filled, the rest already there");
         });
     }
@@ -280,7 +280,7 @@ impl Pair {
         }
         gate.role = Role::Standby;
         drop(gate);
-        metrics().ha_role.set(0);
+        metrics().ha.role.set(0);
         self.view.lock().epoch = None;
         warn!(group = %self.config.group, why, "standby: this agent no longer writes the switch's events");
     }

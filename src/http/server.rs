@@ -98,10 +98,10 @@ impl HttpServer {
         let addr = listener.local_addr()?;
         // Shown at 0 from the start, so that alerts and rate() see them before the first one.
         for refused in Refused::ALL {
-            metrics().http_rejected.with_label_values(&[refused.label()]);
+            metrics().http.rejected.with_label_values(&[refused.label()]);
         }
         for reason in [TIMED_OUT, EVICTED] {
-            metrics().http_closed.with_label_values(&[reason]);
+            metrics().http.closed.with_label_values(&[reason]);
         }
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (stop, stopped) = oneshot::channel();
@@ -158,7 +158,7 @@ struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         if self.table.lock().remove(self.id) {
-            metrics().http_connections.dec();
+            metrics().http.connections.dec();
         }
     }
 }
@@ -196,7 +196,7 @@ async fn serve<S: Send + Sync + 'static>(
         let admitted = match admitted {
             Ok(admitted) => admitted,
             Err(refused) => {
-                metrics().http_rejected.with_label_values(&[refused.label()]).inc();
+                metrics().http.rejected.with_label_values(&[refused.label()]).inc();
                 if let Some(suppressed) = REFUSED_WARN.check() {
                     warn!(
                         peer = %peer.ip(),
@@ -213,11 +213,11 @@ async fn serve<S: Send + Sync + 'static>(
                 continue;
             }
         };
-        metrics().http_connections.inc();
+        metrics().http.connections.inc();
         if let Some((evicted_peer, slot)) = admitted.evicted {
             slot.close();
-            metrics().http_connections.dec();
-            metrics().http_closed.with_label_values(&[EVICTED]).inc();
+            metrics().http.connections.dec();
+            metrics().http.closed.with_label_values(&[EVICTED]).inc();
             if let Some(suppressed) = EVICTED_WARN.check() {
                 warn!(
                     evicted = %evicted_peer,
@@ -238,7 +238,7 @@ async fn serve<S: Send + Sync + 'static>(
                     Ok(Ok(stream)) => serve_connection(stream, peer, router, ctx, slot, limits.header_timeout).await,
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => {
-                        metrics().http_closed.with_label_values(&[TIMED_OUT]).inc();
+                        metrics().http.closed.with_label_values(&[TIMED_OUT]).inc();
                         debug!(%peer, "TLS handshake not done in time");
                     }
                 },
@@ -281,7 +281,7 @@ async fn serve_connection<T, S>(
         result = connection => match result {
             Ok(()) => {}
             Err(e) if e.is_timeout() => {
-                metrics().http_closed.with_label_values(&[TIMED_OUT]).inc();
+                metrics().http.closed.with_label_values(&[TIMED_OUT]).inc();
                 debug!(%peer, ?header_timeout, "HTTP connection closed: no complete request head in time");
             }
             Err(e) => debug!(%peer, error = %e, "HTTP connection ended with an error"),

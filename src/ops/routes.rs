@@ -65,11 +65,11 @@ fn metrics_text(ctx: Arc<AppContext>, _req: Request<Body>, _params: Params) -> H
 fn refresh_gauges(ctx: &AppContext) {
     let m = metrics();
     let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
-    m.spool_bytes.set(clamp(ctx.spool.used()));
-    m.spool_events.set(clamp(ctx.spool.events()));
-    m.spool_max_bytes.set(clamp(ctx.config.spool_max_bytes));
-    m.dead_letters.set(clamp(ctx.dead_letters.len()));
+    m.spool.bytes.set(clamp(ctx.spool.used()));
+    m.spool.events.set(clamp(ctx.spool.events()));
+    m.spool.max_bytes.set(clamp(ctx.config.spool_max_bytes));
+    m.spool.dead_letters.set(clamp(ctx.dead_letters.len()));
     for source in Source::ALL {
-        m.source_enabled.with_label_values(&[source.label()]).set(i64::from(ctx.config.reads(source)));
+        m.health.source_enabled.with_label_values(&[source.label()]).set(i64::from(ctx.config.reads(source)));
     }
 }

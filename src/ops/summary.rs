@@ -42,7 +42,7 @@ impl Summarizer {
             ctx,
             last_at: Instant::now(),
             last_written,
-            last_buckets: cumulative_buckets(&metrics().total_latency),
+            last_buckets: cumulative_buckets(&metrics().latency.total),
         }
     }
 
@@ -50,7 +50,7 @@ impl Summarizer {
     pub fn take(&mut self) -> Summary {
         let now = Instant::now();
         let written = self.ctx.state.events_written.load(Ordering::Relaxed);
-        let buckets = cumulative_buckets(&metrics().total_latency);
+        let buckets = cumulative_buckets(&metrics().latency.total);
         let elapsed = now.duration_since(self.last_at).as_secs_f64().max(1e-3);
         let summary = Summary {
             rate: written.saturating_sub(self.last_written) as f64 / elapsed,

@@ -92,13 +92,13 @@ impl Trimmer {
     pub fn pass(&mut self) {
         let started = Instant::now();
         let result = self.trim_all();
-        metrics().trim_runs.inc();
-        metrics().trim_duration.observe(started.elapsed().as_secs_f64());
+        metrics().trim.runs.inc();
+        metrics().trim.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(removed) => debug!(?removed, elapsed = ?started.elapsed(), "trimmed streams"),
             Err(e) => {
                 self.conns.forget(None);
-                metrics().trim_errors.inc();
+                metrics().trim.errors.inc();
                 if let Some(suppressed) = TRIM_WARN.check() {
                     warn!(error = %e, suppressed, "stream trimming failed; retrying next TRIM_INTERVAL");
                 }
@@ -116,7 +116,7 @@ impl Trimmer {
             let now_ms = secs * 1000 + micros / 1000;
             for target in self.targets.iter().filter(|t| primary.streams.contains(&t.key)) {
                 let n = trim_stream(conn, &target.key, &min_id(now_ms, target.expire))?;
-                metrics().trimmed_entries.with_label_values(&[target.label]).inc_by(n);
+                metrics().trim.entries.with_label_values(&[target.label]).inc_by(n);
                 removed.push((target.key.clone(), n));
             }
         }

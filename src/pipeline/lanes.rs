@@ -226,7 +226,7 @@ impl Lane {
                 Some(deadline) if !self.closed.load(Ordering::Acquire) && Instant::now() < deadline => {
                     let started = Instant::now();
                     let timed_out = self.room.wait_until(&mut tiers, deadline).timed_out();
-                    metrics().reader_wait.inc_by(started.elapsed().as_secs_f64());
+                    metrics().esl.reader_wait.inc_by(started.elapsed().as_secs_f64());
                     if timed_out {
                         break;
                     }
@@ -466,7 +466,7 @@ fn hand_back(events: &mut Vec<Envelope>) -> Vec<Envelope> {
         std::mem::take(events).into_iter().partition(|e| e.source.keeps_its_events());
     *events = keep;
     for envelope in &mut back {
-        metrics().events_deferred.with_label_values(&[envelope.source.label()]).inc();
+        metrics().events.deferred.with_label_values(&[envelope.source.label()]).inc();
         if let Some(ack) = envelope.ack.take() {
             ack.resolve(AckStatus::Deferred);
         }

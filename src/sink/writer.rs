@@ -30,8 +30,9 @@ use crate::sink::entry::EventField;
 use crate::sink::redis::{Entry, EntryOutcome, Unanswered, WriteError};
 use crate::sink::target::Sink;
 use crate::state::AgentState;
+use crate::telemetry::clock::seconds_between;
 use crate::telemetry::logging::RateLimit;
-use crate::telemetry::metrics::{metrics, seconds_between};
+use crate::telemetry::metrics::metrics;
 
 /// The longest pause between two attempts at a failing write while Redis answers (with OOM,
 /// LOADING, READONLY ...): it is busy, and more attempts would not help it.
@@ -140,11 +141,11 @@ impl LaneWriter {
         let max = self.config.writer.batch_size;
         let window = self.config.writer.pipeline_timeout;
         let mut batch: Vec<Envelope> = Vec::with_capacity(max);
-        let depth = metrics().queue_depth.with_label_values(&[&lane.to_string()]);
-        let overflow = metrics().overflow_depth.with_label_values(&[&lane.to_string()]);
+        let depth = metrics().lanes.queue_depth.with_label_values(&[&lane.to_string()]);
+        let overflow = metrics().lanes.overflow_depth.with_label_values(&[&lane.to_string()]);
         // Shown at 0 from the start, so that alerts and rate() see the first retry.
         for kind in ["connection", "transient", "partial", "topology", "unconfirmed"] {
-            metrics().write_retries.with_label_values(&[kind]);
+            metrics().writer.retries.with_label_values(&[kind]);
         }
         loop {
             let mut core = self.core.lock();
@@ -194,7 +195,7 @@ impl Writer {
         let mut maybe_written = pending[0].maybe_written;
         match self.attempt(&mut pending, &mut entries, &mut maybe_written, timeout) {
             Ok(()) => {
-                metrics().writes_now.inc();
+                metrics().esl.writes_now.inc();
                 Ok(())
             }
             Err(_) => {
@@ -259,7 +260,7 @@ impl Writer {
                 }
                 match self.lane.spill(pending) {
                     Ok(moved) => {
-                        metrics().spills.inc();
+                        metrics().writer.spills.inc();
                         warn!(moved, failing_for = ?since.elapsed(), "Redis is not accepting writes; events moved to the spool");
                         self.pause();
                         return;
@@ -337,14 +338,14 @@ impl Writer {
                 return if pending.is_empty() { Ok(()) } else { Err("fenced".into()) };
             }
             Err(e) => {
-                metrics().write_duration.with_label_values(&["error"]).observe(started.elapsed().as_secs_f64());
+                metrics().writer.duration.with_label_values(&["error"]).observe(started.elapsed().as_secs_f64());
                 // Disk first: until a write succeeds, the lane spools new events.
                 self.lane.set_writes_failing(true);
                 return Err(self.failed(e, maybe_written));
             }
         };
-        metrics().write_duration.with_label_values(&["ok"]).observe(started.elapsed().as_secs_f64());
-        metrics().batch_size.observe(entries.len() as f64);
+        metrics().writer.duration.with_label_values(&["ok"]).observe(started.elapsed().as_secs_f64());
+        metrics().writer.batch_size.observe(entries.len() as f64);
         let done = outcomes.iter().take_while(|o| **o != EntryOutcome::Pending).count();
         let acked_at = now_us();
         let mut last_spooled = None;
@@ -372,7 +373,7 @@ impl Writer {
         // What is left may have been written (a cluster node that failed after others
         // succeeded, a batch cut short): the retry checks.
         *maybe_written = true;
-        metrics().write_retries.with_label_values(&["partial"]).inc();
+        metrics().writer.retries.with_label_values(&["partial"]).inc();
         Err("partial write".to_owned())
     }
 
@@ -413,7 +414,7 @@ impl Writer {
             }
         }
         (*pending, *entries) = (kept, kept_entries);
-        metrics().ha_fenced.inc_by(dropped);
+        metrics().ha.fenced.inc_by(dropped);
     }
 
     /// Records a failed write; after a lost connection, a reply from a node that is no longer
@@ -421,7 +422,7 @@ impl Writer {
     /// connection or a node that is not the primary also drops the connection, so the next
     /// attempt finds the primary again (a cluster sink re-reads its slot map itself).
     fn failed(&mut self, e: WriteError, maybe_written: &mut bool) -> String {
-        metrics().write_retries.with_label_values(&[e.kind()]).inc();
+        metrics().writer.retries.with_label_values(&[e.kind()]).inc();
         self.state.record_error(e.to_string());
         if e.maybe_written() {
             *maybe_written = true;
@@ -460,7 +461,7 @@ impl Writer {
     /// Records what became of one event, and tells its source when it asked.
     fn settle(&mut self, mut envelope: Envelope, entry: &Entry, outcome: EntryOutcome, acked_at: i64) {
         if entry.event.was_lossy() {
-            metrics().lossy_decodes.inc();
+            metrics().events.lossy_decodes.inc();
             if let Some(suppressed) = LOSSY_WARN.check() {
                 warn!(event = %envelope.name, producer = %envelope.key.producer, id = %envelope.key.id.text(), suppressed, "an event value is not UTF-8 once percent-decoded; stored with U+FFFD in its place");
             }
@@ -468,7 +469,7 @@ impl Writer {
         let status = match outcome {
             EntryOutcome::Written(id) => AckStatus::Written(id),
             EntryOutcome::Duplicate => {
-                metrics().duplicates_suppressed.inc();
+                metrics().events.duplicates_suppressed.inc();
                 if let Some(suppressed) = DUPLICATE_INFO.check() {
                     info!(event = %envelope.name, producer = %envelope.key.producer, id = %envelope.key.id.text(), source = envelope.source.label(), suppressed, "event already written (same idempotency key); not written again");
                 }
@@ -478,6 +479,7 @@ impl Writer {
                 match self.dead_letters.add(entry, &envelope.name, &envelope.ordering_key, &reason) {
                     Ok(id) => {
                         metrics()
+                            .events
                             .dead_lettered
                             .with_label_values(&[envelope.stream.label, envelope.source.label()])
                             .inc();
@@ -496,10 +498,10 @@ impl Writer {
         self.written.get(envelope.stream.label, envelope.source, &envelope.name).inc();
         self.state.add_written(envelope.source);
         let writer = seconds_between(envelope.parsed_at_us, acked_at);
-        metrics().writer_latency.observe(writer);
+        metrics().latency.writer.observe(writer);
         let total = envelope.timestamp_us.map(|ts| seconds_between(ts, acked_at));
         if let Some(total) = total {
-            metrics().total_latency.observe(total);
+            metrics().latency.total.observe(total);
         }
         let limits = &self.config.latency;
         if writer > limits.writer.as_secs_f64() || total.is_some_and(|t| t > limits.total.as_secs_f64()) {
@@ -515,7 +517,7 @@ impl Writer {
     /// An event that will never be written: counted, logged, and its source told.
     fn drop_event(&self, mut envelope: Envelope, reason: &'static str, detail: &str) {
         let source = envelope.source;
-        metrics().events_dropped.with_label_values(&[envelope.stream.label, reason, source.label()]).inc();
+        metrics().events.dropped.with_label_values(&[envelope.stream.label, reason, source.label()]).inc();
         self.state.add_dropped(source, 1);
         error!(reason, detail, source = source.label(), event = %envelope.name, key = %envelope.ordering_key, producer = %envelope.key.producer, id = %envelope.key.id.text(), "event dropped");
         if let Some(ack) = envelope.ack.take() {
@@ -529,7 +531,7 @@ impl Writer {
             sink.set_dedup_keys_ttl(self.config.http_ingress.idempotency_ttl);
             info!(server = sink.server().unwrap_or("not yet known"), at = %sink.location(), "connected to Redis");
             self.state.redis_writers_up.fetch_add(1, Ordering::Relaxed);
-            metrics().redis_connected.inc();
+            metrics().writer.redis_connected.inc();
             self.sink = Some(sink);
         }
         Ok(self.sink.as_mut().expect("connected above"))
@@ -539,15 +541,15 @@ impl Writer {
     fn disconnect_quietly(&mut self) {
         if self.sink.take().is_some() {
             self.state.redis_writers_up.fetch_sub(1, Ordering::Relaxed);
-            metrics().redis_connected.dec();
+            metrics().writer.redis_connected.dec();
         }
     }
 
     fn disconnect(&mut self) {
         if self.sink.take().is_some() {
             self.state.redis_writers_up.fetch_sub(1, Ordering::Relaxed);
-            metrics().redis_connected.dec();
-            metrics().redis_reconnections.inc();
+            metrics().writer.redis_connected.dec();
+            metrics().writer.redis_reconnections.inc();
         }
     }
 }
@@ -569,7 +571,7 @@ impl WrittenCounters {
         if let Some((_, counter)) = self.0.get(name).and_then(|c| c.iter().find(|(s, _)| *s == slot)) {
             return counter.clone();
         }
-        let counter = metrics().events_written.with_label_values(&[stream, event_label(name), source.label()]);
+        let counter = metrics().events.written.with_label_values(&[stream, event_label(name), source.label()]);
         if self.0.len() < Self::MAX_NAMES || self.0.contains_key(name) {
             self.0.entry(name.to_owned()).or_default().push((slot, counter.clone()));
         }

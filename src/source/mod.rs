@@ -61,7 +61,7 @@ pub struct Intake {
 
 impl Intake {
     pub fn new(pipeline: Arc<Pipeline>, state: Arc<AgentState>) -> Arc<Intake> {
-        let received = Source::ALL.map(|s| metrics().events_received.with_label_values(&[s.label()]));
+        let received = Source::ALL.map(|s| metrics().events.received.with_label_values(&[s.label()]));
         Arc::new(Intake { pipeline, state, received })
     }
 
@@ -120,13 +120,13 @@ impl Intake {
     fn dropped(&self, mut envelope: Envelope, reason: &'static str) {
         let source = envelope.source;
         if source.keeps_its_events() {
-            metrics().events_deferred.with_label_values(&[source.label()]).inc();
+            metrics().events.deferred.with_label_values(&[source.label()]).inc();
             if let Some(ack) = envelope.ack.take() {
                 ack.resolve(AckStatus::Deferred);
             }
             return;
         }
-        metrics().events_dropped.with_label_values(&[envelope.stream.label, reason, source.label()]).inc();
+        metrics().events.dropped.with_label_values(&[envelope.stream.label, reason, source.label()]).inc();
         self.state.add_dropped(source, 1);
         if let Some(ack) = envelope.ack.take() {
             ack.resolve(AckStatus::Dropped(reason));

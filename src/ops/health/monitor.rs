@@ -161,10 +161,10 @@ impl HealthMonitor {
         let status = decide(&checks, &self.streaks, &self.limits);
         let report = self.report(&snapshot, checks, status);
         self.log_change(&report);
-        metrics().health_status.set(status.gauge_value());
-        metrics().redis_up.set(i64::from(snapshot.redis_ping.is_ok()));
+        metrics().health.status.set(status.gauge_value());
+        metrics().health.redis_up.set(i64::from(snapshot.redis_ping.is_ok()));
         if let Ok(ping) = snapshot.redis_ping {
-            metrics().redis_ping.set(ping.as_secs_f64());
+            metrics().health.redis_ping.set(ping.as_secs_f64());
         }
         self.ctx.health.publish(report);
     }

@@ -245,7 +245,7 @@ impl RedisSink {
         match reply {
             Some(Value::Int(n)) if n >= i64::from(self.wait_replicas) => Ok(()),
             Some(Value::Int(n)) => {
-                metrics().redis_wait_timeouts.inc();
+                metrics().writer.wait_timeouts.inc();
                 Err(WriteError::Unconfirmed(format!(
                     "WAIT: {n} of REDIS_WAIT_REPLICAS={} replicas confirmed within {:?}",
                     self.wait_replicas,

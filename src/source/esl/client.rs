@@ -25,8 +25,9 @@ use crate::source::esl::lag::Lag;
 use crate::source::esl::routes::Router;
 use crate::source::{Gate, Intake, KeyAssigner, Offer};
 use crate::state::AgentState;
+use crate::telemetry::clock::seconds_between;
 use crate::telemetry::logging::RateLimit;
-use crate::telemetry::metrics::{metrics, seconds_between};
+use crate::telemetry::metrics::metrics;
 
 /// How often a blocked read wakes to check for shutdown and silence.
 const READ_TICK: Duration = Duration::from_millis(200);
@@ -120,7 +121,7 @@ impl EslClient {
             let mut subscribed = false;
             let result = self.session(&mut subscribed);
             let was_connected = self.state.esl_connected.swap(false, Ordering::AcqRel);
-            metrics().esl_connected.set(0);
+            metrics().esl.connected.set(0);
             if subscribed {
                 connections += 1;
                 delay = self.config.reconnect_delay;
@@ -133,7 +134,7 @@ impl EslClient {
                 Err(e) => e.to_string(),
             };
             if let Err(SessionError::Protocol(_)) = &result {
-                metrics().esl_protocol_errors.inc();
+                metrics().esl.protocol_errors.inc();
             }
             self.state.record_error(format!("ESL: {reason}"));
             if was_connected {
@@ -146,7 +147,7 @@ impl EslClient {
             }
             delay = (delay * 2).min(self.config.max_reconnect_delay);
             if connections > 0 {
-                metrics().esl_reconnections.inc();
+                metrics().esl.reconnections.inc();
                 self.state.esl_reconnects.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -204,7 +205,7 @@ impl EslClient {
         }
         *subscribed = true;
         self.state.esl_connected.store(true, Ordering::Release);
-        metrics().esl_connected.set(1);
+        metrics().esl.connected.set(1);
         info!(subscription = %self.router.subscription(), "ESL connected and subscribed");
 
         let mut last_data = Instant::now();
@@ -270,7 +271,7 @@ impl EslClient {
         let mut meta = match scan_meta(format, &body) {
             Ok(meta) => meta,
             Err(e) => {
-                metrics().events_dropped.with_label_values(&["none", "malformed", "esl"]).inc();
+                metrics().events.dropped.with_label_values(&["none", "malformed", "esl"]).inc();
                 self.state.add_dropped(Source::Esl, 1);
                 error!(error = %e, bytes = body.len(), "malformed event dropped");
                 return Ok(());
@@ -278,7 +279,7 @@ impl EslClient {
         };
         if let Some(ts) = meta.timestamp_us {
             let latency = seconds_between(ts, parsed_at_us);
-            metrics().reader_latency.observe(latency);
+            metrics().latency.reader.observe(latency);
             if latency > self.max_latency.as_secs_f64() {
                 if let Some(suppressed) = SLOW_WARN.check() {
                     warn!(event = %meta.name, uuid = %meta.unique_id, reader_seconds = latency, suppressed, "event over READER_MAX_LATENCY when parsed (switch clock ahead, or the agent starved of CPU)");
@@ -289,7 +290,7 @@ impl EslClient {
             self.state.last_heartbeat_us.store(parsed_at_us, Ordering::Relaxed);
         }
         let Some(stream) = self.router.route(&meta) else {
-            metrics().events_filtered.inc();
+            metrics().events.filtered.inc();
             if FILTER_DEBUG.check().is_some() {
                 debug!(event = %meta.name, "event not in EVENTS_TO_PUBLISH/EVENTS_TO_PUSH; not written");
             }

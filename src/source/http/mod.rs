@@ -271,8 +271,8 @@ impl HttpIngress {
             return Err(Refusal { status, message, index: Some(index), producer: String::new() });
         }
         let m = metrics();
-        m.ingress_events.with_label_values(&[producer, "accepted"]).inc_by((n - duplicates) as u64);
-        m.ingress_events.with_label_values(&[producer, "duplicate"]).inc_by(duplicates as u64);
+        m.ingress.events.with_label_values(&[producer, "accepted"]).inc_by((n - duplicates) as u64);
+        m.ingress.events.with_label_values(&[producer, "duplicate"]).inc_by(duplicates as u64);
         let results: Vec<_> = statuses
             .iter()
             .map(|s| match s {
@@ -383,8 +383,8 @@ pub fn post_events<S: IngressState>(ctx: Arc<S>, req: Request<Body>, _params: Pa
         let reply = ingress.handle(req).await;
         let producer = reply.extensions().get::<ProducerLabel>().map(|p| p.0.as_str()).unwrap_or("unknown");
         let m = metrics();
-        m.ingress_requests.with_label_values(&[reply.status().as_str(), producer]).inc();
-        m.ingress_duration.observe(started.elapsed().as_secs_f64());
+        m.ingress.requests.with_label_values(&[reply.status().as_str(), producer]).inc();
+        m.ingress.duration.observe(started.elapsed().as_secs_f64());
         reply
     })
 }

@@ -240,7 +240,7 @@ impl Relay {
                 }
                 Ok(session) => {
                     if sessions > 0 {
-                        metrics().outbox_reconnections.inc();
+                        metrics().outbox.reconnections.inc();
                     }
                     sessions += 1;
                     // A database that stops answering must not hold the agent's shutdown: past
@@ -253,7 +253,7 @@ impl Relay {
                             tokio::time::sleep(STOP_GRACE * 2).await;
                         } => SessionEnd::Shutdown,
                     };
-                    metrics().outbox_active.set(0);
+                    metrics().outbox.active.set(0);
                     match end {
                         SessionEnd::Shutdown => break,
                         SessionEnd::Lost(e) => {
@@ -365,7 +365,7 @@ impl Relay {
                     v.connected = true;
                     v.last_error = None;
                 });
-                metrics().outbox_active.set(1);
+                metrics().outbox.active.set(1);
                 return Ok(());
             }
             if !announced {
@@ -483,9 +483,9 @@ impl Relay {
                 for (row, outcome) in rows.iter().zip(outcomes) {
                     match outcome {
                         AckStatus::Written(_) | AckStatus::Duplicate | AckStatus::DeadLettered(_) => {
-                            metrics().outbox_rows.with_label_values(&[outcome.label()]).inc();
+                            metrics().outbox.rows.with_label_values(&[outcome.label()]).inc();
                             if let AckStatus::Written(_) = outcome {
-                                metrics().outbox_lag.observe(row.age_at_fetch.max(0.0) + settled_at);
+                                metrics().outbox.lag.observe(row.age_at_fetch.max(0.0) + settled_at);
                             }
                             done.push(row.id);
                         }
@@ -512,7 +512,7 @@ impl Relay {
         let row = session.client.query_one(&self.sql.count, &[]).await?;
         let rows: i64 = row.get(0);
         let age: Option<f64> = row.get(1);
-        metrics().outbox_backlog.set(rows);
+        metrics().outbox.backlog.set(rows);
         self.status.update(|v| {
             v.backlog_rows = Some(rows as u64);
             v.oldest_row_age_seconds = age.map(|a| (a.max(0.0) * 1000.0).round() / 1000.0);
