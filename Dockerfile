@@ -10,11 +10,13 @@ COPY Cargo.toml Cargo.lock ./
 COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
+COPY simulate ./simulate
 # Cache mounts keep the registry and compiled dependencies between builds (BuildKit).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/build/target \
-    cargo build --release --locked \
-    && install -D -m 0755 target/release/eslstream /out/eslstream
+    cargo build --release --locked --workspace \
+    && install -D -m 0755 target/release/eslstream /out/eslstream \
+    && install -D -m 0755 target/release/eslstream-simulate /out/eslstream-simulate
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -24,6 +26,8 @@ RUN apt-get update \
     && useradd --system --uid 10001 --gid eslstream --home-dir /var/lib/eslstream --shell /usr/sbin/nologin eslstream \
     && install -d -o eslstream -g eslstream -m 0750 /var/lib/eslstream /var/lib/eslstream/spool
 COPY --from=builder /out/eslstream /usr/local/bin/eslstream
+# The fake switch of the compose demo (`eslstream simulate` runs it); the agent does not load it.
+COPY --from=builder /out/eslstream-simulate /usr/local/bin/eslstream-simulate
 
 # The spool and the dead letters live here: keep it on a volume so a restart loses nothing.
 ENV SPOOL_DIR=/var/lib/eslstream/spool \

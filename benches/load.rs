@@ -69,7 +69,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use eslstream::http::client::http_get;
-use eslstream::simulate::{event_frames, EventSize, SimulateOptions, Simulator};
+use eslstream_simulate::{event_frames, EventSize, SimulateOptions, Simulator};
 use redis::Value;
 
 #[path = "load/outbox.rs"]

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh demo
-cargo build --release --locked
+cargo build --release --locked --workspace
 bin=target/release/eslstream
 seconds=${DEMO_SECONDS:-15}
 cps=${DEMO_CPS:-20}

@@ -10,12 +10,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cargo test --locked --no-run
+cargo test --locked --workspace --no-run
 if [ -n "${REDIS_SERVER_BIN:-}" ]; then
   echo "== the suite against $("$REDIS_SERVER_BIN" --version)" >&2
-  exec cargo test --locked "$@"
+  exec cargo test --locked --workspace "$@"
 fi
 echo "== the suite against $(redis-server --version)" >&2
-REDIS_SERVER_BIN=redis-server REDIS_CLI_BIN=redis-cli cargo test --locked "$@"
+REDIS_SERVER_BIN=redis-server REDIS_CLI_BIN=redis-cli cargo test --locked --workspace "$@"
 echo "== the suite against $(valkey-server --version)" >&2
-REDIS_SERVER_BIN=valkey-server REDIS_CLI_BIN=valkey-cli cargo test --locked "$@"
+REDIS_SERVER_BIN=valkey-server REDIS_CLI_BIN=valkey-cli cargo test --locked --workspace "$@"

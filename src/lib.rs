@@ -9,8 +9,9 @@
 //! - [`sink`]: the per-lane writers, the idempotent Redis write, and the dead-letter store.
 //! - [`ops`] beside them: the admin HTTP server, health, trimmer and summary line; [`ha`],
 //!   the hot-standby pair (lease, fence, replay window), which the reader hands events to
-//!   through a [`source::Gate`] and the writers read through a [`sink::writer::WriteFence`];
-//!   [`simulate`], the built-in FreeSWITCH, beside them too.
+//!   through a [`source::Gate`] and the writers read through a [`sink::writer::WriteFence`].
+//!   The fake FreeSWITCH of the demo, tests and benches is a crate of its own
+//!   (`simulate/`, the `eslstream-simulate` binary): the agent does not carry it.
 //!
 //! Under all of them, the ground: [`envelope`] (what flows), [`ack`] (what became of an event,
 //! for the source that asked), [`config`] (the environment), [`telemetry`] (metrics and logs),
@@ -30,7 +31,6 @@ pub mod http;
 pub mod ops;
 pub mod pipeline;
 pub mod shutdown;
-pub mod simulate;
 pub mod sink;
 pub mod source;
 pub mod state;

@@ -18,8 +18,13 @@ struct Cli {
 enum Command {
     /// Run the agent (the default).
     Run,
-    /// A fake FreeSWITCH event socket that plays realistic call traffic.
-    Simulate(eslstream::simulate::SimulateArgs),
+    /// A fake FreeSWITCH event socket that plays realistic call traffic: runs the
+    /// `eslstream-simulate` binary installed beside this one (`eslstream simulate --help`).
+    #[command(disable_help_flag = true)]
+    Simulate {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Load and validate the configuration, print the effective values.
     CheckConfig,
     /// Follow the streams the agent writes: one readable line per entry (or --json), with
@@ -84,6 +89,22 @@ async fn wait_for_signal() {
     }
 }
 
+/// `eslstream simulate ...`: the simulator is its own binary, so the agent does not carry it;
+/// this runs `eslstream-simulate` from this binary's directory (else from `PATH`) in place of
+/// this process.
+fn simulate(args: Vec<std::ffi::OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe().ok().map(|exe| exe.with_file_name("eslstream-simulate"));
+    let program = beside.filter(|p| p.is_file()).unwrap_or_else(|| "eslstream-simulate".into());
+    let error = std::process::Command::new(&program).args(args).exec();
+    eprintln!(
+        "eslstream: cannot run {} ({error}): the simulator is the eslstream-simulate binary \
+         (cargo build --release -p eslstream-simulate), installed beside eslstream",
+        program.display()
+    );
+    ExitCode::from(1)
+}
+
 fn health_command(url: Option<String>) -> ExitCode {
     let _ = dotenvy::dotenv();
     let url = match url {
@@ -121,7 +142,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run_agent(),
-        Command::Simulate(args) => ExitCode::from(eslstream::simulate::run_cli(args) as u8),
+        Command::Simulate { args } => simulate(args),
         Command::Health { url } => health_command(url),
         Command::Tail(args) => match load_config() {
             Ok(config) => ExitCode::from(eslstream::ops::tail::run(&args, &config)),

@@ -32,7 +32,6 @@ const WINGS: &[(&str, &[&str])] = &[
     // The hot-standby pair stands beside the flow: the reader hands it events through
     // `source::Gate`, the writers read its fence through `sink::writer::WriteFence`.
     ("ha", &["source", "pipeline", "sink"]),
-    ("simulate", &[]),
 ];
 
 /// Imports against the flow that are still there: `(file, wing it names)`.
@@ -150,6 +149,35 @@ fn imports_follow_the_flow_and_files_stay_short() {
             long.iter().any(|(f, _)| f == file),
             "{file} is no longer over {MAX_LINES} lines: take it out of KNOWN_LONG"
         );
+    }
+}
+
+/// The fake switch is a crate of its own (`simulate/`): it may use the agent's ground (the ESL
+/// encoder, the clock, dates, signals) and nothing of its wings, and its files stay short too.
+#[test]
+fn the_simulator_uses_the_ground_alone() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("simulate").join("src");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    assert!(files.len() > 5, "the simulator's sources are in simulate/src");
+    for path in &files {
+        let text = std::fs::read_to_string(path).expect("read a source file");
+        let code = non_test_code(&text);
+        let code: Vec<String> = code.iter().map(|l| l.replace("eslstream::", "crate::")).collect();
+        let code: Vec<&str> = code.iter().map(String::as_str).collect();
+        let own: BTreeSet<String> = files
+            .iter()
+            .filter_map(|f| f.strip_prefix(&root).ok()?.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().trim_end_matches(".rs").to_owned())
+            .collect();
+        for name in named_modules(&code) {
+            assert!(
+                own.contains(&name) || GROUND.contains(&name.as_str()),
+                "{}: names the agent's `{name}`, which is not ground",
+                path.display()
+            );
+        }
+        assert!(code.len() <= MAX_LINES, "{}: {} lines of non-test code, over {MAX_LINES}", path.display(), code.len());
     }
 }
 

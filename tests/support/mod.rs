@@ -24,7 +24,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
-pub use eslstream::simulate::{event_frames, Fault, SimStats, SimulateOptions, Simulator};
+pub use eslstream_simulate::{event_frames, Fault, SimStats, SimulateOptions, Simulator};
 #[allow(unused_imports)]
 pub use proxy::TcpProxy;
 #[allow(unused_imports)]

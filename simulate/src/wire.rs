@@ -3,13 +3,13 @@
 //! An event is a list of [`Item`]s: single headers, or [`Block`]s of headers that many events of
 //! a call share (a leg's identity, caller profile, variables). A block is percent-encoded once
 //! when it is built, so encoding an event is mostly copying pre-encoded bytes. All escaping goes
-//! through [`crate::esl::encode`], the FreeSWITCH-exact encoder.
+//! through [`eslstream::esl::encode`], the FreeSWITCH-exact encoder.
 
 use std::cell::OnceCell;
 use std::io::Write;
 use std::rc::Rc;
 
-use crate::esl::encode;
+use eslstream::esl::encode;
 
 /// The wire format a listener asked for with `event plain|json ...`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -294,7 +294,7 @@ pub fn format_dates(unix_seconds: i64) -> (String, String) {
     let days = unix_seconds.div_euclid(86_400);
     let secs = unix_seconds.rem_euclid(86_400);
     let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    let (year, month, day) = crate::civil::civil_from_days(days);
+    let (year, month, day) = eslstream::civil::civil_from_days(days);
     let local = format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}");
     let weekday = DAYS[days.rem_euclid(7) as usize];
     let gmt = format!("{weekday}, {day:02} {} {year:04} {h:02}:{m:02}:{s:02} GMT", MONTHS[(month - 1) as usize]);

@@ -14,7 +14,7 @@ use super::capture_loop::CaptureLoop;
 use super::server::{Conn, Subscription};
 use super::wire::{Encoder, Format, SimEvent};
 use super::{Fault, Injected, RawFrame, Shared};
-use crate::envelope::now_us;
+use eslstream::envelope::now_us;
 
 /// How long the driver sleeps at most before re-checking for work.
 const IDLE_WAIT: Duration = Duration::from_millis(100);

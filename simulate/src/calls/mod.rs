@@ -16,7 +16,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use super::wire::{Block, Calling, Item, Rng, SimEvent, Val};
-use crate::envelope::now_us;
+use eslstream::envelope::now_us;
 
 mod headers;
 mod script;

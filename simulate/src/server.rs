@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::calls::uptime_text;
 use super::wire::{Format, Rng};
 use super::{Injected, Shared};
-use crate::esl::encode;
+use eslstream::esl::encode;
 
 /// Largest command (line, headers and body) a client may send.
 const MAX_COMMAND: usize = 1 << 20;

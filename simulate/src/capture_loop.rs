@@ -95,10 +95,10 @@ fn header_value(frame: &[u8], prefix: &[u8]) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::event_frames;
+    use crate::event_frames;
 
     fn capture() -> Vec<Vec<u8>> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/esl-captures/plain.esl");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/esl-captures/plain.esl");
         event_frames(&std::fs::read(path).expect("the plain capture is in the repository"))
     }
 

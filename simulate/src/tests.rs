@@ -230,7 +230,7 @@ fn generated_events_decode_with_increasing_sequences_and_encoded_values() {
         assert!(seq > last, "sequence {seq} after {last}");
         last = seq;
         let ts: i64 = ev.get("Event-Date-Timestamp").unwrap().parse().unwrap();
-        assert!((crate::envelope::now_us() - ts).abs() < 60_000_000);
+        assert!((eslstream::envelope::now_us() - ts).abs() < 60_000_000);
         let name = ev.get("Event-Name").unwrap().to_owned();
         if name == "CUSTOM" {
             assert_eq!(ev.headers[0].0, "Event-Subclass", "subclass comes first, as in FreeSWITCH");
@@ -385,7 +385,7 @@ fn cut_mid_frame_event_is_resent_whole_on_the_next_connection() {
 
 #[test]
 fn replayed_capture_frames_arrive_byte_for_byte() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/esl-captures/plain.esl");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/esl-captures/plain.esl");
     let capture = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read the capture {path}: {e}"));
     let frames = event_frames(&capture);
     assert_eq!(frames.len(), 1009, "CAPTURES.md counts 1009 plain events");

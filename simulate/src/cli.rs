@@ -91,10 +91,10 @@ pub fn run_cli(args: SimulateArgs) -> i32 {
             return 1;
         }
     };
-    crate::shutdown::stop_on_signals();
+    eslstream::shutdown::stop_on_signals();
     eprintln!("simulate: listening on {} (Core-UUID {})", sim.local_addr(), sim.core_uuid());
     let mut summarized = false;
-    while !crate::shutdown::stop_requested() {
+    while !eslstream::shutdown::stop_requested() {
         std::thread::sleep(Duration::from_millis(100));
         if sim.stats().done && !summarized {
             summarized = true;
@@ -288,7 +288,7 @@ mod tests {
         assert_eq!(opts.fault, Some(Fault { after_events: 100, mid_frame: true, repeat: false }));
         assert_eq!(opts.rate, Some(f64::INFINITY));
         // A capture on a loop: its frames, no implied `--events 0`; plain captures only.
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/esl-captures/");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/esl-captures/");
         let plain = format!("{dir}plain.esl");
         let opts = options_from(&parse(&["simulate", "--replay", &plain, "--replay-loop", "--rate", "2k"])).unwrap();
         assert!(opts.replay_loop);

@@ -123,7 +123,7 @@ impl Call {
         let bill = if answer > 0 { end - answer } else { 0 };
         let stamp = |us: i64| {
             if us > 0 {
-                crate::simulate::wire::format_dates(us / 1_000_000).0
+                crate::wire::format_dates(us / 1_000_000).0
             } else {
                 String::new()
             }
