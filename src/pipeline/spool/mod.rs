@@ -18,19 +18,29 @@
 //! dropped) and a write is tried again at most every [`RETRY_EVERY`]. Records that were
 //! buffered when writing failed are still read back, from the buffer, in order, so the lane
 //! keeps serving Redis. The first write that succeeds ends the state, with one log line.
+//!
+//! This file owns one lane's spool ([`LaneSpool`]); [`record`] the record format, `budget` the
+//! budget all lanes share and why an append is refused, `files` the segment files and the
+//! cursor, `open` the start-up (and the re-partition when `WRITER_WORKERS` changed).
 
+mod budget;
+mod files;
+mod open;
 pub mod record;
+
+pub use budget::{SpoolBudget, SpoolError};
+pub use files::same_error;
+use files::{count_records, free_bytes, read_cursor, segment_path, verify_segment, write_cursor};
+pub use open::open_lanes;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use tracing::{error, info, warn};
 
 use crate::envelope::{Envelope, SpoolPos};
@@ -49,72 +59,6 @@ pub const RETRY_EVERY: Duration = Duration::from_millis(100);
 const RECOVERED_FREE_BYTES: u64 = 1 << 20;
 /// While the spool cannot write, the error is logged again this often.
 const REMIND_EVERY: Duration = Duration::from_secs(60);
-
-/// The byte budget shared by all lanes' spools (`SPOOL_MAX_BYTES`).
-#[derive(Debug)]
-pub struct SpoolBudget {
-    pub max_bytes: u64,
-    used: AtomicU64,
-    events: AtomicU64,
-    /// Lanes whose spool cannot write now, and the latest such error.
-    failing_lanes: AtomicUsize,
-    fault: Mutex<Option<String>>,
-}
-
-impl SpoolBudget {
-    pub fn new(max_bytes: u64) -> Arc<SpoolBudget> {
-        Arc::new(SpoolBudget {
-            max_bytes,
-            used: AtomicU64::new(0),
-            events: AtomicU64::new(0),
-            failing_lanes: AtomicUsize::new(0),
-            fault: Mutex::new(None),
-        })
-    }
-
-    /// Why the spool cannot write now (`None` while every lane's spool can).
-    pub fn fault(&self) -> Option<String> {
-        if self.failing_lanes.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        self.fault.lock().clone()
-    }
-
-    /// Bytes on disk across all lanes.
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    /// Events spooled and not yet read back, across all lanes.
-    pub fn events(&self) -> u64 {
-        self.events.load(Ordering::Relaxed)
-    }
-}
-
-/// Why an event could not be spooled.
-#[derive(Debug, thiserror::Error)]
-pub enum SpoolError {
-    #[error("spool is full ({used} of {max} bytes)")]
-    Full { used: u64, max: u64 },
-    #[error("spool I/O error: {0}")]
-    Io(#[from] io::Error),
-    /// Events queued behind a batch are newer than the batch's spooled part: the batch cannot
-    /// go back to the spool ahead of them (it stays with the writer).
-    #[error("newer events are queued behind the batch; it stays in memory")]
-    Behind,
-}
-
-impl SpoolError {
-    /// The drop reason for an event this error kept out: `spool_full` when there is no room
-    /// (the budget, or the file system: ENOSPC, EDQUOT), else `spool_error`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            SpoolError::Full { .. } => "spool_full",
-            SpoolError::Io(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => "spool_full",
-            SpoolError::Io(_) | SpoolError::Behind => "spool_error",
-        }
-    }
-}
 
 /// A spool that cannot write: since when, the error, when a write was last tried.
 #[derive(Debug)]
@@ -166,10 +110,6 @@ pub struct LaneSpool {
     failing: Option<Failing>,
     /// This spool's lane, for its log lines.
     lane: String,
-}
-
-fn segment_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{id:020}.seg"))
 }
 
 impl LaneSpool {
@@ -646,168 +586,6 @@ impl Drop for LaneSpool {
             warn!(error = %e, lost = self.pending.len(), "cannot write buffered records to the spool on close");
         }
     }
-}
-
-fn read_cursor(file: &File) -> io::Result<Option<SpoolPos>> {
-    let mut buf = [0u8; 20];
-    match file.read_exact_at(&mut buf, 0) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let crc = u32::from_le_bytes(buf[16..20].try_into().expect("4 bytes"));
-    if crc32fast::hash(&buf[..16]) != crc {
-        warn!("spool cursor is corrupt; replaying from the first segment (duplicates are suppressed)");
-        return Ok(None);
-    }
-    Ok(Some(SpoolPos {
-        segment: u64::from_le_bytes(buf[0..8].try_into().expect("8 bytes")),
-        offset: u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes")),
-    }))
-}
-
-/// Bytes an unprivileged writer may still use on the file system holding `dir`.
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid C string and `stat` a valid statvfs to fill.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 || stat.f_flag & libc::ST_RDONLY != 0 {
-        return None;
-    }
-    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
-}
-
-/// A copy of an I/O error that keeps its OS code (the drop reason depends on it).
-pub fn same_error(e: &io::Error) -> io::Error {
-    match e.raw_os_error() {
-        Some(code) => io::Error::from_raw_os_error(code),
-        None => io::Error::new(e.kind(), e.to_string()),
-    }
-}
-
-fn write_cursor(file: &File, pos: SpoolPos) -> io::Result<()> {
-    let mut buf = [0u8; 20];
-    buf[0..8].copy_from_slice(&pos.segment.to_le_bytes());
-    buf[8..16].copy_from_slice(&pos.offset.to_le_bytes());
-    let crc = crc32fast::hash(&buf[..16]);
-    buf[16..20].copy_from_slice(&crc.to_le_bytes());
-    file.write_all_at(&buf, 0)
-}
-
-/// Checks every record of a segment from `from`; truncates at the first bad one.
-/// Returns (length kept, records after `from`, bytes truncated).
-fn verify_segment(path: &Path, from: u64) -> io::Result<(u64, u64, u64)> {
-    let file = OpenOptions::new().read(true).write(true).open(path)?;
-    let total = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(256 * 1024, &file);
-    reader.seek(SeekFrom::Start(from.min(total)))?;
-    let mut offset = from.min(total);
-    let mut records = 0u64;
-    let mut payload = Vec::new();
-    while offset < total {
-        let mut head = [0u8; record::HEADER_LEN];
-        if offset + record::HEADER_LEN as u64 > total || reader.read_exact(&mut head).is_err() {
-            break;
-        }
-        let Ok((len, crc)) = record::header(&head) else { break };
-        if offset + (record::HEADER_LEN + len) as u64 > total {
-            break;
-        }
-        payload.resize(len, 0);
-        if reader.read_exact(&mut payload).is_err()
-            || record::decode(&payload, crc, &record::V1Streams::default()).is_err()
-        {
-            break;
-        }
-        offset += (record::HEADER_LEN + len) as u64;
-        records += 1;
-    }
-    if offset < total {
-        file.set_len(offset)?;
-        file.sync_all()?;
-    }
-    Ok((offset, records, total - offset))
-}
-
-fn count_records(path: &Path, from: u64, to: u64) -> io::Result<u64> {
-    let mut f = BufReader::new(File::open(path)?);
-    f.seek(SeekFrom::Start(from))?;
-    let mut offset = from;
-    let mut n = 0;
-    while offset < to {
-        let mut head = [0u8; record::HEADER_LEN];
-        f.read_exact(&mut head)?;
-        let (len, _) = record::header(&head).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        f.seek_relative(len as i64)?;
-        offset += (record::HEADER_LEN + len) as u64;
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// Opens one spool per lane under `dir`. If the spool was written with a different number of
-/// lanes (`WRITER_WORKERS` changed), every unread event is re-partitioned onto the new lanes
-/// first, in order, so each call's events stay on one lane and in order.
-pub fn open_lanes(
-    dir: &Path,
-    lanes: usize,
-    budget: Arc<SpoolBudget>,
-    v1_streams: &record::V1Streams,
-) -> io::Result<Vec<LaneSpool>> {
-    fs::create_dir_all(dir)?;
-    let count_file = dir.join("lanes");
-    let previous: Option<usize> = fs::read_to_string(&count_file).ok().and_then(|s| s.trim().parse().ok());
-    let mut old_dirs = Vec::new();
-    if previous.is_some_and(|p| p != lanes) {
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(index) = name.strip_prefix("lane-") {
-                let moved = dir.join(format!("repartition-{index}"));
-                fs::rename(entry.path(), &moved)?;
-                old_dirs.push(moved);
-            }
-        }
-        old_dirs.sort();
-    }
-    let mut spools = Vec::with_capacity(lanes);
-    for lane in 0..lanes {
-        let (mut spool, recovery) = LaneSpool::open(&dir.join(format!("lane-{lane}")), budget.clone())?;
-        if recovery.records > 0 || recovery.truncated_bytes > 0 {
-            tracing::info!(
-                lane,
-                events = recovery.records,
-                segments = recovery.segments,
-                truncated_bytes = recovery.truncated_bytes,
-                "spool holds events from an earlier run; they are written first"
-            );
-        }
-        spool.set_v1_streams(v1_streams.clone());
-        spools.push(spool);
-    }
-    for old in old_dirs {
-        let unlimited = SpoolBudget::new(u64::MAX);
-        let (mut spool, _) = LaneSpool::open(&old, unlimited)?;
-        spool.set_v1_streams(v1_streams.clone());
-        let mut moved = 0u64;
-        let mut batch = Vec::new();
-        while spool.read_batch(1024, &mut batch)? > 0 {
-            for mut envelope in batch.drain(..) {
-                envelope.spool_pos = None;
-                let lane = crate::pipeline::routing::lane_for(&envelope.ordering_key, lanes);
-                spools[lane].append(&envelope).map_err(|e| io::Error::other(e.to_string()))?;
-                moved += 1;
-            }
-        }
-        for spool in &mut spools {
-            spool.sync()?;
-        }
-        fs::remove_dir_all(&old)?;
-        tracing::warn!(from = %old.display(), moved, lanes, "WRITER_WORKERS changed: spooled events re-partitioned onto the new lanes");
-    }
-    fs::write(&count_file, format!("{lanes}\n"))?;
-    Ok(spools)
 }
 
 #[cfg(test)]

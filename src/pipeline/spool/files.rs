@@ -1,0 +1,114 @@
+//! The spool's files: segment names, the checksummed read cursor, the check of a segment's
+//! records on open, and the free space of the file system holding them.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use super::record;
+use crate::envelope::SpoolPos;
+
+pub(super) fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+pub(super) fn read_cursor(file: &File) -> io::Result<Option<SpoolPos>> {
+    let mut buf = [0u8; 20];
+    match file.read_exact_at(&mut buf, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let crc = u32::from_le_bytes(buf[16..20].try_into().expect("4 bytes"));
+    if crc32fast::hash(&buf[..16]) != crc {
+        warn!("spool cursor is corrupt; replaying from the first segment (duplicates are suppressed)");
+        return Ok(None);
+    }
+    Ok(Some(SpoolPos {
+        segment: u64::from_le_bytes(buf[0..8].try_into().expect("8 bytes")),
+        offset: u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes")),
+    }))
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`.
+pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stat` a valid statvfs to fill.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 || stat.f_flag & libc::ST_RDONLY != 0 {
+        return None;
+    }
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// A copy of an I/O error that keeps its OS code (the drop reason depends on it).
+pub fn same_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+pub(super) fn write_cursor(file: &File, pos: SpoolPos) -> io::Result<()> {
+    let mut buf = [0u8; 20];
+    buf[0..8].copy_from_slice(&pos.segment.to_le_bytes());
+    buf[8..16].copy_from_slice(&pos.offset.to_le_bytes());
+    let crc = crc32fast::hash(&buf[..16]);
+    buf[16..20].copy_from_slice(&crc.to_le_bytes());
+    file.write_all_at(&buf, 0)
+}
+
+/// Checks every record of a segment from `from`; truncates at the first bad one.
+/// Returns (length kept, records after `from`, bytes truncated).
+pub(super) fn verify_segment(path: &Path, from: u64) -> io::Result<(u64, u64, u64)> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let total = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(256 * 1024, &file);
+    reader.seek(SeekFrom::Start(from.min(total)))?;
+    let mut offset = from.min(total);
+    let mut records = 0u64;
+    let mut payload = Vec::new();
+    while offset < total {
+        let mut head = [0u8; record::HEADER_LEN];
+        if offset + record::HEADER_LEN as u64 > total || reader.read_exact(&mut head).is_err() {
+            break;
+        }
+        let Ok((len, crc)) = record::header(&head) else { break };
+        if offset + (record::HEADER_LEN + len) as u64 > total {
+            break;
+        }
+        payload.resize(len, 0);
+        if reader.read_exact(&mut payload).is_err()
+            || record::decode(&payload, crc, &record::V1Streams::default()).is_err()
+        {
+            break;
+        }
+        offset += (record::HEADER_LEN + len) as u64;
+        records += 1;
+    }
+    if offset < total {
+        file.set_len(offset)?;
+        file.sync_all()?;
+    }
+    Ok((offset, records, total - offset))
+}
+
+pub(super) fn count_records(path: &Path, from: u64, to: u64) -> io::Result<u64> {
+    let mut f = BufReader::new(File::open(path)?);
+    f.seek(SeekFrom::Start(from))?;
+    let mut offset = from;
+    let mut n = 0;
+    while offset < to {
+        let mut head = [0u8; record::HEADER_LEN];
+        f.read_exact(&mut head)?;
+        let (len, _) = record::header(&head).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        f.seek_relative(len as i64)?;
+        offset += (record::HEADER_LEN + len) as u64;
+        n += 1;
+    }
+    Ok(n)
+}
