@@ -39,7 +39,7 @@ pub enum AckStatus {
 
 impl AckStatus {
     /// Whether the event is safe: in Redis, known to be there, or on disk to be written.
-    pub fn is_durable(&self) -> bool {
+    pub(crate) fn is_durable(&self) -> bool {
         matches!(self, AckStatus::Written(_) | AckStatus::Duplicate | AckStatus::Spooled)
     }
 
@@ -62,12 +62,12 @@ struct Shared {
 }
 
 /// Makes the tokens of one batch and the receiver of their outcomes.
-pub struct AckBatch;
+pub(crate) struct AckBatch;
 
 impl AckBatch {
     /// `n` tokens, in order, and the receiver that gets their `n` outcomes in that order
     /// (at once, for `n == 0`).
-    pub fn make(n: usize) -> (Vec<AckToken>, AckReceiver) {
+    pub(crate) fn make(n: usize) -> (Vec<AckToken>, AckReceiver) {
         let (tx, rx) = oneshot::channel();
         if n == 0 {
             let _ = tx.send(Vec::new());
@@ -97,7 +97,7 @@ impl std::fmt::Debug for AckToken {
 
 impl AckToken {
     /// Records what became of the event; the last of its batch hands the outcomes over.
-    pub fn resolve(mut self, status: AckStatus) {
+    pub(crate) fn resolve(mut self, status: AckStatus) {
         self.set(status);
     }
 

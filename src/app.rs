@@ -221,11 +221,6 @@ impl Agent {
         self.ops.http_addr()
     }
 
-    /// Where `POST /events` is served: its own listener, else the admin one.
-    pub fn ingress_addr(&self) -> std::net::SocketAddr {
-        self.ops.ingress_addr().unwrap_or_else(|| self.ops.http_addr())
-    }
-
     /// Stops reading, drains the pipeline within `SHUTDOWN_TIMEOUT`, and joins every thread.
     /// Returns whether everything in flight was written.
     pub fn stop(mut self) -> bool {

@@ -31,7 +31,7 @@ impl Source {
     /// Whether the source keeps each event until it is written (an outbox row stays in its
     /// table): the pipeline never spools such an event; where it would, it hands it back
     /// ([`crate::ack::AckStatus::Deferred`]).
-    pub fn keeps_its_events(self) -> bool {
+    pub(crate) fn keeps_its_events(self) -> bool {
         self == Source::Outbox
     }
 
@@ -40,7 +40,7 @@ impl Source {
         self as u8
     }
 
-    pub fn from_code(code: u8) -> Option<Source> {
+    pub(crate) fn from_code(code: u8) -> Option<Source> {
         Source::ALL.get(code as usize).copied()
     }
 }
@@ -65,7 +65,7 @@ impl BodyFormat {
         }
     }
 
-    pub fn from_code(code: u8) -> Option<BodyFormat> {
+    pub(crate) fn from_code(code: u8) -> Option<BodyFormat> {
         [BodyFormat::EslPlain, BodyFormat::EslJson, BodyFormat::Json].get(code as usize).copied()
     }
 }
@@ -86,7 +86,7 @@ impl StreamTarget {
 
     /// The label for a name read back from disk: one of the known ones, else `other` (labels
     /// must stay a bounded set).
-    pub fn known_label(name: &str) -> &'static str {
+    pub(crate) fn known_label(name: &str) -> &'static str {
         ["events", "jobs", "http", "outbox"].into_iter().find(|l| *l == name).unwrap_or("other")
     }
 }
@@ -102,7 +102,7 @@ pub enum EventId {
 
 impl EventId {
     /// The id as the entry's `event_sequence` field shows it.
-    pub fn write_text(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write_text(&self, out: &mut Vec<u8>) {
         match self {
             EventId::Seq(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
             EventId::Key(s) => out.extend_from_slice(s.as_bytes()),

@@ -20,13 +20,15 @@
 //! [`state`] and [`civil`] (dates). [`app`] wires the wings together and alone names [`ops`].
 //! `tests/layout.rs` checks that the imports say so.
 
+#![warn(unreachable_pub)]
+
 pub mod ack;
 pub mod app;
 pub mod civil;
 pub mod config;
 pub mod envelope;
 pub mod esl;
-pub mod ha;
+pub(crate) mod ha;
 pub mod http;
 pub mod ops;
 pub mod pipeline;

@@ -56,16 +56,16 @@ impl Shutdown {
     }
 
     /// The drain deadline has passed: writers stop retrying and hand off what they hold.
-    pub fn force(&self) {
+    pub(crate) fn force(&self) {
         self.inner.forced.store(true, Ordering::Release);
         self.trigger();
     }
 
-    pub fn is_triggered(&self) -> bool {
+    pub(crate) fn is_triggered(&self) -> bool {
         self.inner.triggered.load(Ordering::Acquire)
     }
 
-    pub fn is_forced(&self) -> bool {
+    pub(crate) fn is_forced(&self) -> bool {
         self.inner.forced.load(Ordering::Acquire)
     }
 

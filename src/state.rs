@@ -37,7 +37,7 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    pub fn record_error(&self, message: impl Into<String>) {
+    pub(crate) fn record_error(&self, message: impl Into<String>) {
         *self.last_error.lock() = Some((now_us(), message.into()));
     }
 
@@ -47,13 +47,13 @@ impl AgentState {
     }
 
     /// Counts events dropped from `source`.
-    pub fn add_dropped(&self, source: Source, n: u64) {
+    pub(crate) fn add_dropped(&self, source: Source, n: u64) {
         self.events_dropped.fetch_add(n, Ordering::Relaxed);
         self.dropped[source as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts an event handed to the pipeline.
-    pub fn add_accepted(&self) {
+    pub(crate) fn add_accepted(&self) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -61,12 +61,12 @@ impl AgentState {
         self.accepted.load(Ordering::Relaxed)
     }
 
-    pub fn add_received(&self, source: Source, n: u64) {
+    pub(crate) fn add_received(&self, source: Source, n: u64) {
         self.received[source as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts one event of `source` written (or found already written).
-    pub fn add_written(&self, source: Source) {
+    pub(crate) fn add_written(&self, source: Source) {
         self.events_written.fetch_add(1, Ordering::Relaxed);
         self.written[source as usize].fetch_add(1, Ordering::Relaxed);
     }

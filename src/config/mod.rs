@@ -19,7 +19,10 @@ mod build;
 mod read;
 pub mod vars;
 
-pub use read::{mask_url, parse_bool, parse_bytes, parse_duration, parse_event_list, split_host_port};
+pub use read::parse_duration;
+#[cfg(test)]
+pub(crate) use read::parse_event_list;
+pub(crate) use read::{mask_url, parse_bool, split_host_port};
 
 /// A configuration problem: which variable, what it held, what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,12 +147,12 @@ pub struct StreamConfig {
 
 impl StreamConfig {
     /// `STREAM_EVENTS`, as events are routed to it.
-    pub fn events_target(&self) -> std::sync::Arc<crate::envelope::StreamTarget> {
+    pub(crate) fn events_target(&self) -> std::sync::Arc<crate::envelope::StreamTarget> {
         crate::envelope::StreamTarget::new(&self.events_key, self.events_max_len, "events")
     }
 
     /// `STREAM_JOBS`, as events are routed to it.
-    pub fn jobs_target(&self) -> std::sync::Arc<crate::envelope::StreamTarget> {
+    pub(crate) fn jobs_target(&self) -> std::sync::Arc<crate::envelope::StreamTarget> {
         crate::envelope::StreamTarget::new(&self.jobs_key, self.jobs_max_len, "jobs")
     }
 }
@@ -212,7 +215,7 @@ pub struct HttpIngressConfig {
 
 impl HttpIngressConfig {
     /// `HTTP_STREAM`, as events are routed to it.
-    pub fn stream_target(&self) -> std::sync::Arc<crate::envelope::StreamTarget> {
+    pub(crate) fn stream_target(&self) -> std::sync::Arc<crate::envelope::StreamTarget> {
         crate::envelope::StreamTarget::new(&self.stream_key, self.max_len, "http")
     }
 }
@@ -248,7 +251,7 @@ impl fmt::Debug for OutboxConfig {
 
 impl OutboxConfig {
     /// `OUTBOX_STREAM`, as rows without a `stream` of their own are routed to it.
-    pub fn stream_target(&self) -> std::sync::Arc<crate::envelope::StreamTarget> {
+    pub(crate) fn stream_target(&self) -> std::sync::Arc<crate::envelope::StreamTarget> {
         crate::envelope::StreamTarget::new(&self.stream_key, self.max_len, "outbox")
     }
 }
@@ -349,6 +352,7 @@ impl RedisConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::read::parse_bytes;
     use super::*;
     use std::collections::HashMap;
 

@@ -169,7 +169,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`), any case.
-pub fn parse_bool(text: &str) -> Option<bool> {
+pub(crate) fn parse_bool(text: &str) -> Option<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
         "false" | "0" | "no" | "off" => Some(false),
@@ -178,7 +178,7 @@ pub fn parse_bool(text: &str) -> Option<bool> {
 }
 
 /// Parses a byte size: `1073741824`, `512MiB`, `1GiB`, `64KB`, `10M`.
-pub fn parse_bytes(text: &str) -> Option<u64> {
+pub(crate) fn parse_bytes(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
@@ -194,7 +194,7 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
 }
 
 /// Splits an event list: comma- or space-separated, trimmed, upper-cased except subclasses.
-pub fn parse_event_list(text: &str) -> Vec<String> {
+pub(crate) fn parse_event_list(text: &str) -> Vec<String> {
     text.split([',', ' ', '\t', '\n'])
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -206,7 +206,7 @@ pub fn parse_event_list(text: &str) -> Vec<String> {
 }
 
 /// `host:port` split into its parts (`[v6]:port` too).
-pub fn split_host_port(addr: &str) -> Option<(String, u16)> {
+pub(crate) fn split_host_port(addr: &str) -> Option<(String, u16)> {
     let (host, port) = addr.trim().rsplit_once(':')?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
@@ -224,7 +224,7 @@ pub(crate) fn mask(secret: &str) -> String {
 
 /// Hides the password of a URL (`scheme://user:password@host...`) or of a libpq
 /// `key=value` string (`password=...`).
-pub fn mask_url(url: &str) -> String {
+pub(crate) fn mask_url(url: &str) -> String {
     if !url.contains("://") {
         return url
             .split_ascii_whitespace()

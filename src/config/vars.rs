@@ -33,7 +33,7 @@ pub struct Var {
 
 /// Variables under one heading of `.env.example`.
 #[derive(Debug, Clone, Copy)]
-pub struct Section {
+pub(crate) struct Section {
     pub title: &'static str,
     pub vars: &'static [Var],
 }
@@ -51,7 +51,7 @@ macro_rules! declare {
             };
         )* )*
         /// Every variable, in `.env.example`'s order.
-        pub const SECTIONS: &[Section] = &[ $( Section { title: $title, vars: &[ $( $name ),* ] } ),* ];
+        pub(crate) const SECTIONS: &[Section] = &[ $( Section { title: $title, vars: &[ $( $name ),* ] } ),* ];
     };
     (@doc) => { None };
     (@doc $doc:literal) => { Some($doc) };

@@ -67,7 +67,7 @@ impl EventFormat {
     }
 
     /// How the pipeline turns a body of this format into an entry.
-    pub fn body_format(self) -> BodyFormat {
+    pub(crate) fn body_format(self) -> BodyFormat {
         match self {
             EventFormat::Plain => BodyFormat::EslPlain,
             EventFormat::Json => BodyFormat::EslJson,

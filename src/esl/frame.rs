@@ -26,7 +26,7 @@ use nom::{IResult, Parser};
 /// Largest body a frame may announce; a larger `Content-Length` is an error.
 pub const MAX_CONTENT_LENGTH: usize = 16 * 1024 * 1024;
 /// Largest header block; no blank line within this many bytes is an error.
-pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
+pub(crate) const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// The most [`FrameDecoder::decode`] reserves in the buffer for a body still arriving.
 pub const MAX_RESERVE: usize = 64 * 1024;
 

@@ -465,7 +465,7 @@ mod simd {
     /// control byte, and with `percent` a `%`), and whether any byte is not ASCII (the caller
     /// then checks the result is UTF-8).
     #[inline(always)]
-    pub fn attention16(bytes: &[u8], i: usize, percent: bool) -> (u32, bool) {
+    pub(super) fn attention16(bytes: &[u8], i: usize, percent: bool) -> (u32, bool) {
         assert!(i + 16 <= bytes.len());
         // SAFETY: the 16 bytes read are in bounds (asserted); SSE2 is part of x86_64.
         unsafe {

@@ -13,40 +13,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Shared by the pair's lease thread (which grants and revokes) and the writers (which read).
 #[derive(Debug)]
-pub struct Fence {
+pub(crate) struct Fence {
     group: String,
     epoch: AtomicU64,
 }
 
 impl Fence {
-    pub fn new(group: &str) -> Fence {
+    pub(crate) fn new(group: &str) -> Fence {
         Fence { group: group.to_owned(), epoch: AtomicU64::new(0) }
     }
 
     /// `HA_GROUP`.
-    pub fn group(&self) -> &str {
+    pub(crate) fn group(&self) -> &str {
         &self.group
     }
 
     /// The epoch writes carry now: the last one granted, unless revoked.
-    pub fn current(&self) -> Option<u64> {
+    pub(crate) fn current(&self) -> Option<u64> {
         Some(self.epoch.load(Ordering::Acquire)).filter(|e| *e > 0)
     }
 
     /// This agent took (or renewed) the lease with `epoch`.
-    pub fn grant(&self, epoch: u64) {
+    pub(crate) fn grant(&self, epoch: u64) {
         self.epoch.store(epoch, Ordering::Release);
     }
 
     /// Another agent holds the lease (or this one released it).
-    pub fn revoke(&self) {
+    pub(crate) fn revoke(&self) {
         self.epoch.store(0, Ordering::Release);
     }
 
     /// A write carrying `epoch` was refused: revokes it, unless this agent has been granted
     /// another epoch since (it took the lease again while that write was on its way). Returns
     /// the epoch writes carry now, if any.
-    pub fn refused(&self, epoch: u64) -> Option<u64> {
+    pub(crate) fn refused(&self, epoch: u64) -> Option<u64> {
         let _ = self.epoch.compare_exchange(epoch, 0, Ordering::AcqRel, Ordering::Acquire);
         self.current()
     }

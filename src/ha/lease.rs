@@ -58,14 +58,14 @@ static LEASE_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
 /// This agent's role in its pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     Active,
     Standby,
 }
 
 /// What `/health` shows of the pair (`data.ha`).
 #[derive(Debug, Clone, Serialize)]
-pub struct PairView {
+pub(crate) struct PairView {
     pub group: String,
     pub agent_id: String,
     pub role: Role,
@@ -86,7 +86,7 @@ struct Switch {
 }
 
 /// One agent's side of a pair.
-pub struct Pair {
+pub(crate) struct Pair {
     config: HaConfig,
     redis: RedisConfig,
     /// The switch's streams (events, jobs): their fences are raised at takeover.
@@ -98,7 +98,7 @@ pub struct Pair {
 }
 
 impl Pair {
-    pub fn new(
+    pub(crate) fn new(
         config: HaConfig,
         redis: RedisConfig,
         streams: Vec<String>,
@@ -128,7 +128,7 @@ impl Pair {
         })
     }
 
-    pub fn view(&self) -> PairView {
+    pub(crate) fn view(&self) -> PairView {
         let mut view = self.view.lock().clone();
         let gate = self.gate.lock();
         view.role = gate.role;
@@ -143,7 +143,7 @@ impl Pair {
     }
 
     /// The lease thread: takes, renews and loses the lease until shutdown, then releases it.
-    pub fn run(self: Arc<Self>, shutdown: Shutdown) {
+    pub(crate) fn run(self: Arc<Self>, shutdown: Shutdown) {
         let tick = self.config.lease_ttl / 4;
         let mut conn: Option<redis::Connection> = None;
         let acquire = redis::Script::new(ACQUIRE);

@@ -32,5 +32,5 @@ mod fence;
 mod lease;
 mod window;
 
-pub use fence::Fence;
-pub use lease::{Pair, PairView, Role};
+pub(crate) use fence::Fence;
+pub(crate) use lease::{Pair, PairView};

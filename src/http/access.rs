@@ -15,17 +15,17 @@ use crate::http::handler::{error_reply, Body, Reply};
 
 /// The address of the client that sent a request (a request extension set by the server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer(pub SocketAddr);
+pub(crate) struct Peer(pub SocketAddr);
 
 /// True for loopback clients, the only ones the private endpoints answer while `HTTP_TOKEN` is
 /// unset.
-pub fn is_private_peer(addr: IpAddr) -> bool {
+pub(crate) fn is_private_peer(addr: IpAddr) -> bool {
     addr.to_canonical().is_loopback()
 }
 
 /// Checks that the request may use a private endpoint, given `HTTP_TOKEN`; the `Err` is the
 /// 401 or 403 to answer with.
-pub fn authorize(token: Option<&str>, req: &Request<Body>) -> Result<(), Box<Reply>> {
+pub(crate) fn authorize(token: Option<&str>, req: &Request<Body>) -> Result<(), Box<Reply>> {
     match token {
         Some(token) => bearer(token, req.headers()),
         None => loopback_only(req.extensions().get::<Peer>()),
@@ -61,7 +61,7 @@ fn loopback_only(peer: Option<&Peer>) -> Result<(), Box<Reply>> {
 }
 
 /// Compares without stopping at the first difference, so timing does not reveal the token.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -12,25 +12,25 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 
 /// The default bound for [`read_body`].
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub(crate) const JSON: &str = "application/json";
 
 /// A request body, whatever the transport (hyper's `Incoming`, or a `Full` in tests).
-pub type Body = BoxBody<Bytes, BoxError>;
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every handler answers with a complete body.
 pub type Reply = Response<Full<Bytes>>;
-pub type HandlerFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 /// A route's handler, over the state `S` its server was given.
-pub type Handler<S> = fn(Arc<S>, Request<Body>, Params) -> HandlerFuture;
+pub(crate) type Handler<S> = fn(Arc<S>, Request<Body>, Params) -> HandlerFuture;
 
 /// Path parameters captured by `{name}` segments of a route's pattern.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Params(pub(crate) Vec<(&'static str, String)>);
+pub(crate) struct Params(pub(crate) Vec<(&'static str, String)>);
 
 impl Params {
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 }
@@ -44,7 +44,7 @@ pub fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Byt
 }
 
 /// A JSON reply from anything serializable.
-pub fn json_reply(status: StatusCode, value: &impl serde::Serialize) -> Reply {
+pub(crate) fn json_reply(status: StatusCode, value: &impl serde::Serialize) -> Reply {
     match serde_json::to_vec(value) {
         Ok(body) => reply(status, JSON, body),
         Err(e) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot encode the answer: {e}")),
@@ -52,7 +52,7 @@ pub fn json_reply(status: StatusCode, value: &impl serde::Serialize) -> Reply {
 }
 
 /// `{"error": message}` with a status.
-pub fn error_reply(status: StatusCode, message: &str) -> Reply {
+pub(crate) fn error_reply(status: StatusCode, message: &str) -> Reply {
     let body = serde_json::json!({ "error": message }).to_string();
     reply(status, JSON, body)
 }
@@ -60,7 +60,7 @@ pub fn error_reply(status: StatusCode, message: &str) -> Reply {
 /// Reads a whole body of at most `limit` bytes; the `Err` is the 413 or 400 to answer with.
 /// (Frame by frame rather than through `Limited`, whose error conversion keeps the future from
 /// being provably `Send` inside a boxed handler.)
-pub async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Box<Reply>> {
+pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Box<Reply>> {
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {

@@ -49,7 +49,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The limits a server runs with (the constants above unless a test says otherwise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_connections: usize,
     pub max_per_peer: usize,
     pub header_timeout: Duration,
@@ -66,13 +66,13 @@ impl Default for Limits {
 }
 
 /// Whether a client is on this host: its address is the one it connected to.
-pub fn is_same_host(peer: IpAddr, local: IpAddr) -> bool {
+pub(crate) fn is_same_host(peer: IpAddr, local: IpAddr) -> bool {
     peer.to_canonical() == local.to_canonical()
 }
 
 /// Why a new connection was closed at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// Its address already holds [`Limits::max_per_peer`] connections.
     PerPeer,
     /// [`Limits::max_connections`] are open and every one is inside a handler.
@@ -81,7 +81,7 @@ pub enum Refused {
 
 impl Refused {
     /// The `reason` label of `eslstream_http_connections_rejected_total`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Refused::PerPeer => "per_peer",
             Refused::Full => "full",
@@ -89,27 +89,27 @@ impl Refused {
     }
 
     /// What happened, for the log.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Refused::PerPeer => "too many connections from this address",
             Refused::Full => "every connection is busy being answered",
         }
     }
 
-    pub const ALL: [Refused; 2] = [Refused::PerPeer, Refused::Full];
+    pub(crate) const ALL: [Refused; 2] = [Refused::PerPeer, Refused::Full];
 }
 
 /// What the server and one connection's task share: whether a handler is running on it, and
 /// the signal that closes it.
 #[derive(Debug, Default)]
-pub struct Slot {
+pub(crate) struct Slot {
     busy: AtomicBool,
     close: Notify,
 }
 
 impl Slot {
     /// Marks the connection as inside a handler until the guard is dropped.
-    pub fn enter(self: &Arc<Self>) -> Busy {
+    pub(crate) fn enter(self: &Arc<Self>) -> Busy {
         self.busy.store(true, Ordering::Relaxed);
         Busy(self.clone())
     }
@@ -119,18 +119,18 @@ impl Slot {
     }
 
     /// Asks the connection's task to close it (kept if the task is not waiting yet).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.close.notify_one();
     }
 
     /// Resolves once [`Slot::close`] was called.
-    pub async fn closed(&self) {
+    pub(crate) async fn closed(&self) {
         self.close.notified().await
     }
 }
 
 /// A handler is running on the connection while this lives.
-pub struct Busy(Arc<Slot>);
+pub(crate) struct Busy(Arc<Slot>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -140,7 +140,7 @@ impl Drop for Busy {
 
 /// A connection admitted by [`Connections::admit`].
 #[derive(Debug)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     pub id: u64,
     pub slot: Arc<Slot>,
     /// The idle connection closed to make room for it, if one was: its address and slot.
@@ -153,7 +153,7 @@ struct Open {
 }
 
 /// The open connections, oldest first, and how many each address holds.
-pub struct Connections {
+pub(crate) struct Connections {
     limits: Limits,
     next_id: u64,
     open: BTreeMap<u64, Open>,
@@ -161,26 +161,18 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(limits: Limits) -> Connections {
+    pub(crate) fn new(limits: Limits) -> Connections {
         Connections { limits, next_id: 0, open: BTreeMap::new(), per_peer: HashMap::new() }
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Connections open now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.open.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
     }
 
     /// Decides on a new connection from `peer` (`same_host`: see [`is_same_host`]). An evicted
     /// connection is already forgotten here; the caller closes it through its slot.
-    pub fn admit(&mut self, peer: IpAddr, same_host: bool) -> Result<Admitted, Refused> {
+    pub(crate) fn admit(&mut self, peer: IpAddr, same_host: bool) -> Result<Admitted, Refused> {
         let peer = peer.to_canonical();
         let mut evicted = None;
         if self.per_peer.get(&peer).copied().unwrap_or(0) >= self.limits.max_per_peer {
@@ -203,7 +195,7 @@ impl Connections {
     }
 
     /// Forgets a connection that ended; false if it was already gone (evicted).
-    pub fn remove(&mut self, id: u64) -> bool {
+    pub(crate) fn remove(&mut self, id: u64) -> bool {
         let Some(open) = self.open.remove(&id) else {
             return false;
         };

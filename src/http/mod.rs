@@ -16,18 +16,19 @@
 //! `router`, `access` and `limits`; `handler` and `limits` use none of the others. This file
 //! only declares and re-exports.
 
-pub mod access;
+pub(crate) mod access;
 pub mod client;
-pub mod handler;
-pub mod limits;
-pub mod router;
-pub mod server;
+pub(crate) mod handler;
+pub(crate) mod limits;
+pub(crate) mod router;
+pub(crate) mod server;
 
-pub use access::{authorize, constant_time_eq, is_private_peer, Peer};
+pub(crate) use access::{authorize, constant_time_eq};
 pub use client::{http_get, local_health_url};
-pub use handler::{
-    error_reply, json_reply, read_body, reply, Body, BoxError, Handler, HandlerFuture, Params, Reply, MAX_BODY_BYTES,
-};
-pub use limits::{Limits, HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER};
-pub use router::Router;
-pub use server::{bind, HttpServer, MAX_HEADER_BYTES};
+pub(crate) use handler::{error_reply, json_reply, read_body, Body, HandlerFuture, Params};
+pub use handler::{reply, Reply};
+pub(crate) use limits::Limits;
+pub use limits::{HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER};
+pub(crate) use router::Router;
+pub use server::bind;
+pub(crate) use server::HttpServer;

@@ -54,7 +54,7 @@ impl<S> Route<S> {
 }
 
 /// Routes by path pattern (`/dlq/{id}/retry`) and method, to handlers over the state `S`.
-pub struct Router<S> {
+pub(crate) struct Router<S> {
     routes: Vec<Route<S>>,
 }
 
@@ -66,7 +66,7 @@ impl<S> Default for Router<S> {
 
 impl<S> Router<S> {
     /// Adds `handler` for `method` on `pattern` (segments are literals or `{name}`).
-    pub fn route(mut self, method: Method, pattern: &'static str, handler: Handler<S>) -> Router<S> {
+    pub(crate) fn route(mut self, method: Method, pattern: &'static str, handler: Handler<S>) -> Router<S> {
         if let Some(route) = self.routes.iter_mut().find(|r| r.pattern == pattern) {
             route.methods.push((method, handler));
             return self;
@@ -83,16 +83,16 @@ impl<S> Router<S> {
         self
     }
 
-    pub fn get(self, pattern: &'static str, handler: Handler<S>) -> Router<S> {
+    pub(crate) fn get(self, pattern: &'static str, handler: Handler<S>) -> Router<S> {
         self.route(Method::GET, pattern, handler)
     }
 
-    pub fn post(self, pattern: &'static str, handler: Handler<S>) -> Router<S> {
+    pub(crate) fn post(self, pattern: &'static str, handler: Handler<S>) -> Router<S> {
         self.route(Method::POST, pattern, handler)
     }
 
     /// Answers one request; never fails.
-    pub async fn handle(&self, ctx: Arc<S>, req: Request<Body>) -> Reply {
+    pub(crate) async fn handle(&self, ctx: Arc<S>, req: Request<Body>) -> Reply {
         let path = req.uri().path().to_owned();
         let Some((route, params)) = self.routes.iter().find_map(|r| r.matches(&path).map(|p| (r, p))) else {
             return error_reply(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}"));

@@ -28,7 +28,7 @@ use crate::telemetry::logging::RateLimit;
 use crate::telemetry::metrics::metrics;
 
 /// Request line and headers must fit in this.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Connections the kernel completes and queues before the server accepts them: a burst of
 /// connections must not fill the queue and delay a probe's handshake by a SYN retransmit.
 const BACKLOG: i32 = 1024;
@@ -69,7 +69,7 @@ fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// The running server: its thread, its address, and the way to stop it.
-pub struct HttpServer {
+pub(crate) struct HttpServer {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -77,7 +77,7 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Serves `router` on `listener` from a thread of its own, under `limits`.
-    pub fn start<S: Send + Sync + 'static>(
+    pub(crate) fn start<S: Send + Sync + 'static>(
         listener: std::net::TcpListener,
         router: Router<S>,
         ctx: Arc<S>,
@@ -88,7 +88,7 @@ impl HttpServer {
 
     /// The same, over TLS when `tls` is given (the handshake must finish within the header
     /// timeout, like a request head).
-    pub fn start_tls<S: Send + Sync + 'static>(
+    pub(crate) fn start_tls<S: Send + Sync + 'static>(
         listener: std::net::TcpListener,
         router: Router<S>,
         ctx: Arc<S>,
@@ -124,12 +124,12 @@ impl HttpServer {
     }
 
     /// The bound address (the real port when `HEALTH_PORT=0`).
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Stops accepting, drops open connections, and joins the thread.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.shut();
     }
 

@@ -14,7 +14,7 @@ use crate::source::outbox::OutboxStatus;
 use crate::state::AgentState;
 
 /// The agent's parts, as the ops side sees them.
-pub struct AppContext {
+pub(crate) struct AppContext {
     pub config: Arc<Config>,
     pub state: Arc<AgentState>,
     pub pipeline: Arc<Pipeline>,
@@ -32,7 +32,7 @@ pub struct AppContext {
 
 impl AppContext {
     /// A context over the agent's parts, with a fresh health board.
-    pub fn new(
+    pub(crate) fn new(
         config: &Arc<Config>,
         state: &Arc<AgentState>,
         pipeline: &Arc<Pipeline>,
@@ -53,17 +53,17 @@ impl AppContext {
     }
 
     /// The same context serving `POST /events` through `ingress`.
-    pub fn with_ingress(self: Arc<Self>, ingress: Arc<HttpIngress>) -> Arc<AppContext> {
+    pub(crate) fn with_ingress(self: Arc<Self>, ingress: Arc<HttpIngress>) -> Arc<AppContext> {
         Arc::new(AppContext { ingress: Some(ingress), ..self.unshared() })
     }
 
     /// The same context reporting the outbox relay's state.
-    pub fn with_outbox(self: Arc<Self>, outbox: Arc<OutboxStatus>) -> Arc<AppContext> {
+    pub(crate) fn with_outbox(self: Arc<Self>, outbox: Arc<OutboxStatus>) -> Arc<AppContext> {
         Arc::new(AppContext { outbox: Some(outbox), ..self.unshared() })
     }
 
     /// The same context reporting this agent's side of a hot-standby pair.
-    pub fn with_pair(self: Arc<Self>, pair: Arc<Pair>) -> Arc<AppContext> {
+    pub(crate) fn with_pair(self: Arc<Self>, pair: Arc<Pair>) -> Arc<AppContext> {
         Arc::new(AppContext { pair: Some(pair), ..self.unshared() })
     }
 

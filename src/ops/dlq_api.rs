@@ -18,7 +18,7 @@ use crate::sink::redis::EntryOutcome;
 use crate::sink::target::Sink;
 
 /// Logs, once at start-up, who may use these endpoints when that is not obvious.
-pub fn announce_access(config: &Config) {
+pub(crate) fn announce_access(config: &Config) {
     if config.http_token.is_none() {
         info!("HTTP_TOKEN is unset: /dlq answers loopback clients only (127.0.0.0/8, ::1); set HTTP_TOKEN to use it from elsewhere");
     }
@@ -28,7 +28,7 @@ pub fn announce_access(config: &Config) {
 const LIST_LIMIT: usize = 1000;
 
 /// `GET /dlq[?limit=N]`
-pub fn list(ctx: Arc<AppContext>, req: Request<Body>, _params: Params) -> HandlerFuture {
+pub(crate) fn list(ctx: Arc<AppContext>, req: Request<Body>, _params: Params) -> HandlerFuture {
     Box::pin(async move {
         if let Err(reply) = authorize(ctx.config.http_token.as_deref(), &req) {
             return *reply;
@@ -61,7 +61,7 @@ async fn load(ctx: &AppContext, params: &Params) -> Result<DeadLetter, Reply> {
 }
 
 /// `GET /dlq/{id}`
-pub fn get(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerFuture {
+pub(crate) fn get(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerFuture {
     Box::pin(async move {
         if let Err(reply) = authorize(ctx.config.http_token.as_deref(), &req) {
             return *reply;
@@ -75,7 +75,7 @@ pub fn get(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerF
 
 /// `POST /dlq/{id}/retry`: 200 with the entry ID when written (or already there), 409 when
 /// Redis refuses it again (it stays), 503 when Redis cannot be reached.
-pub fn retry(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerFuture {
+pub(crate) fn retry(ctx: Arc<AppContext>, req: Request<Body>, params: Params) -> HandlerFuture {
     Box::pin(async move {
         if let Err(reply) = authorize(ctx.config.http_token.as_deref(), &req) {
             return *reply;

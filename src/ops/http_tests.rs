@@ -13,10 +13,12 @@ use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_T
 use hyper::{Method, Request, StatusCode};
 
 use crate::config::Config;
+use crate::http::access::Peer;
 use crate::http::handler::JSON;
 use crate::http::*;
 use crate::ops::context::AppContext;
-use crate::ops::health::{Check, HealthReport, Status};
+use crate::ops::health::report::HealthReport;
+use crate::ops::health::rules::{Check, Status};
 use crate::ops::routes::{routes, PROMETHEUS_TEXT};
 use crate::pipeline::spool::SpoolBudget;
 use crate::pipeline::{Pipeline, PipelineShape};

@@ -7,11 +7,11 @@
 //! [`Ops::stop`] joins them and then stops the HTTP server, which keeps answering during the
 //! drain.
 
-pub mod context;
-pub mod dlq_api;
-pub mod health;
-pub mod routes;
-pub mod summary;
+pub(crate) mod context;
+pub(crate) mod dlq_api;
+pub(crate) mod health;
+pub(crate) mod routes;
+pub(crate) mod summary;
 pub mod tail;
 pub mod trim;
 
@@ -28,7 +28,7 @@ use crate::ops::trim::Trimmer;
 use crate::shutdown::Shutdown;
 
 /// The running HTTP server and background threads.
-pub struct Ops {
+pub(crate) struct Ops {
     http: HttpServer,
     /// The HTTP ingress's own listener, when it has one.
     ingress: Option<HttpServer>,
@@ -38,7 +38,7 @@ pub struct Ops {
 impl Ops {
     /// Starts the monitor, the trimmer, the summary line, and the HTTP server on `listener`
     /// (with `POST /events` there, or on `ingress_listener` when it has one of its own).
-    pub fn start(
+    pub(crate) fn start(
         listener: std::net::TcpListener,
         ingress_listener: Option<std::net::TcpListener>,
         ctx: Arc<AppContext>,
@@ -75,17 +75,12 @@ impl Ops {
     }
 
     /// Where `/health` and `/metrics` are served.
-    pub fn http_addr(&self) -> SocketAddr {
+    pub(crate) fn http_addr(&self) -> SocketAddr {
         self.http.addr()
     }
 
-    /// Where `POST /events` is served when it has a listener of its own.
-    pub fn ingress_addr(&self) -> Option<SocketAddr> {
-        self.ingress.as_ref().map(HttpServer::addr)
-    }
-
     /// Joins the background threads (they end on shutdown), then stops the HTTP server.
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         for thread in self.threads {
             let _ = thread.join();
         }

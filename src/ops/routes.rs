@@ -13,11 +13,11 @@ use crate::ops::context::AppContext;
 use crate::source::http::{post_events, HttpIngress, IngressState};
 use crate::telemetry::metrics::{metrics, render};
 
-pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The routes of the admin listener; `POST /events` too when `with_ingress` (HTTP ingress on,
 /// without a listener of its own).
-pub fn routes(with_ingress: bool) -> Router<AppContext> {
+pub(crate) fn routes(with_ingress: bool) -> Router<AppContext> {
     let router = Router::default()
         .get("/health", health)
         .get("/metrics", metrics_text)
@@ -31,7 +31,7 @@ pub fn routes(with_ingress: bool) -> Router<AppContext> {
 }
 
 /// The routes of the ingress's own listener (`HTTP_INGRESS_BIND` / `HTTP_INGRESS_PORT`).
-pub fn ingress_routes() -> Router<AppContext> {
+pub(crate) fn ingress_routes() -> Router<AppContext> {
     Router::default().post("/events", post_events::<AppContext>)
 }
 

@@ -15,7 +15,7 @@ use crate::telemetry::metrics::{bucket_delta, cumulative_buckets, metrics, quant
 
 /// The figures of one summary line.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Events written per second since the previous line.
     pub rate: f64,
     pub written: u64,
@@ -28,7 +28,7 @@ pub struct Summary {
 }
 
 /// Produces a [`Summary`] per interval from the counters' movement since the previous one.
-pub struct Summarizer {
+pub(crate) struct Summarizer {
     ctx: Arc<AppContext>,
     last_at: Instant,
     last_written: u64,
@@ -36,7 +36,7 @@ pub struct Summarizer {
 }
 
 impl Summarizer {
-    pub fn new(ctx: Arc<AppContext>) -> Summarizer {
+    pub(crate) fn new(ctx: Arc<AppContext>) -> Summarizer {
         let last_written = ctx.state.events_written.load(Ordering::Relaxed);
         Summarizer {
             ctx,
@@ -47,7 +47,7 @@ impl Summarizer {
     }
 
     /// The figures since the previous call (or since `new`).
-    pub fn take(&mut self) -> Summary {
+    pub(crate) fn take(&mut self) -> Summary {
         let now = Instant::now();
         let written = self.ctx.state.events_written.load(Ordering::Relaxed);
         let buckets = cumulative_buckets(&metrics().latency.total);
@@ -66,7 +66,7 @@ impl Summarizer {
     }
 
     /// Logs a line every `interval` until shutdown; returns at once when `interval` is 0.
-    pub fn run(mut self, interval: Duration, shutdown: Shutdown) {
+    pub(crate) fn run(mut self, interval: Duration, shutdown: Shutdown) {
         if interval.is_zero() {
             return;
         }

@@ -22,9 +22,9 @@ use serde_json::{Map, Value as Json};
 use crate::config::{parse_duration, Config};
 
 /// Default key of the HTTP ingress stream (`HTTP_STREAM`).
-pub const DEFAULT_HTTP_STREAM: &str = "freeswitch:telephony:http-events";
+pub(crate) const DEFAULT_HTTP_STREAM: &str = "freeswitch:telephony:http-events";
 /// Default key of the outbox stream (`OUTBOX_STREAM`).
-pub const DEFAULT_OUTBOX_STREAM: &str = "freeswitch:telephony:outbox-events";
+pub(crate) const DEFAULT_OUTBOX_STREAM: &str = "freeswitch:telephony:outbox-events";
 
 /// How long one `XREAD` blocks: also how soon a signal is noticed.
 const BLOCK: Duration = Duration::from_millis(250);
@@ -65,7 +65,7 @@ fn parse_since(text: &str) -> Result<Duration, String> {
 
 /// One followed stream: its key, the name shown on each line, and the last id read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Followed {
+pub(crate) struct Followed {
     pub key: String,
     pub label: String,
     pub last_id: String,
@@ -106,7 +106,7 @@ impl Entry {
 }
 
 /// `(milliseconds, sequence)` of an entry id, for ordering and for the time shown.
-pub fn parse_id(id: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
@@ -130,13 +130,13 @@ fn header(headers: &Map<String, Json>, name: &str) -> Option<String> {
 
 /// What `--call` and `--event` keep.
 #[derive(Debug, Clone, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     pub call: Option<String>,
     pub events: Vec<String>,
 }
 
 impl Filter {
-    pub fn from_args(args: &TailArgs) -> Filter {
+    pub(crate) fn from_args(args: &TailArgs) -> Filter {
         Filter {
             call: args.call.as_ref().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()),
             events: args.events.iter().map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect(),
@@ -146,7 +146,7 @@ impl Filter {
     /// Whether the entry passes: its call is `--call` (by the `unique_id` field, `Unique-ID`,
     /// `Channel-Call-UUID` or `Job-UUID`, any case), and its name is one of `--event` (or
     /// `CUSTOM::<subclass>` is).
-    pub fn keeps(&self, entry: &Entry, headers: &Map<String, Json>) -> bool {
+    pub(crate) fn keeps(&self, entry: &Entry, headers: &Map<String, Json>) -> bool {
         if let Some(call) = &self.call {
             let ids = [
                 entry.field("unique_id").map(str::to_owned),
@@ -193,7 +193,7 @@ fn call_id(entry: &Entry, headers: &Map<String, Json>) -> String {
 }
 
 /// The few headers that matter for an event, as `(label, value)`, in the order shown.
-pub fn details(name: &str, headers: &Map<String, Json>) -> Vec<(&'static str, String)> {
+pub(crate) fn details(name: &str, headers: &Map<String, Json>) -> Vec<(&'static str, String)> {
     let wanted: &[(&'static str, &str)] = match name {
         "DTMF" => &[("digit", "DTMF-Digit")],
         "BACKGROUND_JOB" => &[("job", "Job-Command"), ("arg", "Job-Command-Arg")],
@@ -242,7 +242,7 @@ fn shown(value: &str) -> String {
 /// One readable line: time from the entry id (UTC), stream, event name, call, details.
 ///
 /// `2026-12-01T07:36:48.123Z events CHANNEL_HANGUP 5f0c... caller=1000 caller_name="Alice Smith" dest=5000 cause=NORMAL_CLEARING`
-pub fn format_line(entry: &Entry, headers: &Map<String, Json>) -> String {
+pub(crate) fn format_line(entry: &Entry, headers: &Map<String, Json>) -> String {
     let time = parse_id(&entry.id)
         .map(|(ms, _)| crate::ops::health::report::rfc3339((ms as i64).saturating_mul(1000)))
         .unwrap_or_else(|| entry.id.clone());
@@ -260,7 +260,7 @@ pub fn format_line(entry: &Entry, headers: &Map<String, Json>) -> String {
 /// The entry as stored, as one line of JSON: `{"stream":KEY,"id":ID,"fields":{...}}`, fields
 /// in stored order; the `event` field is embedded as the JSON it holds, byte for byte (as a
 /// string when it is not JSON).
-pub fn format_json(entry: &Entry) -> String {
+pub(crate) fn format_json(entry: &Entry) -> String {
     let string = |s: &str| serde_json::to_string(s).expect("a string serializes");
     let mut out = format!("{{\"stream\":{},\"id\":{},\"fields\":{{", string(&entry.key), string(&entry.id));
     for (i, (name, value)) in entry.fields.iter().enumerate() {

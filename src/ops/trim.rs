@@ -25,9 +25,9 @@ use crate::telemetry::logging::RateLimit;
 use crate::telemetry::metrics::metrics;
 
 /// Entries one `XTRIM` call may remove.
-pub const TRIM_LIMIT: u64 = 10_000;
+pub(crate) const TRIM_LIMIT: u64 = 10_000;
 /// Calls per stream per pass at most (a backlog is worked off over several passes).
-pub const MAX_CALLS_PER_PASS: u32 = 10;
+pub(crate) const MAX_CALLS_PER_PASS: u32 = 10;
 
 static TRIM_WARN: RateLimit = RateLimit::new(Duration::from_secs(60));
 
@@ -56,7 +56,7 @@ pub fn targets(config: &Config) -> Vec<TrimTarget> {
 }
 
 /// The `MINID` threshold: entries with IDs below `<ms>-0` are older than `expire`.
-pub fn min_id(redis_now_ms: u64, expire: Duration) -> String {
+pub(crate) fn min_id(redis_now_ms: u64, expire: Duration) -> String {
     format!("{}-0", redis_now_ms.saturating_sub(expire.as_millis().min(u64::MAX as u128) as u64))
 }
 

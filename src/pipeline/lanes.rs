@@ -50,7 +50,7 @@ pub enum Submitted {
 
 /// A lane's writer, as a source sees it: it may write an event at once, on the caller's
 /// thread, if its lane is idle.
-pub trait WriteNow: Send + Sync {
+pub(crate) trait WriteNow: Send + Sync {
     /// Writes `envelope` now and settles it, when nothing older of the lane is queued or being
     /// written and the writer is healthy; hands it back otherwise (it then goes on the lane).
     /// (Handed back by value: boxing it would cost an allocation each time a lane is busy.)
@@ -76,7 +76,7 @@ struct Tiers {
 }
 
 /// One writer's queue: channel first, overflow behind it.
-pub struct Lane {
+pub(crate) struct Lane {
     index: usize,
     tx: Sender<Envelope>,
     rx: Receiver<Envelope>,
@@ -164,7 +164,7 @@ impl Lane {
         }
     }
 
-    pub fn index(&self) -> usize {
+    pub(crate) fn index(&self) -> usize {
         self.index
     }
 
@@ -244,25 +244,25 @@ impl Lane {
     }
 
     /// The lane's writes are failing (or succeed again): see "disk first" in [`Lane::submit`].
-    pub fn set_writes_failing(&self, failing: bool) {
+    pub(crate) fn set_writes_failing(&self, failing: bool) {
         if self.writes_failing.load(Ordering::Relaxed) != failing {
             self.writes_failing.store(failing, Ordering::Release);
         }
     }
 
     /// Events waiting in memory in this lane.
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         let tiers = self.tiers.lock();
         self.rx.len() + tiers.overflow.len() + tiers.after_spool.len()
     }
 
-    pub fn overflow_depth(&self) -> usize {
+    pub(crate) fn overflow_depth(&self) -> usize {
         let tiers = self.tiers.lock();
         tiers.overflow.len() + tiers.after_spool.len()
     }
 
     /// Redis acknowledged everything up to this spool position.
-    pub fn commit(&self, pos: SpoolPos) -> std::io::Result<()> {
+    pub(crate) fn commit(&self, pos: SpoolPos) -> std::io::Result<()> {
         match self.tiers.lock().spool.as_mut() {
             Some(spool) => spool.commit(pos),
             None => Ok(()),
@@ -277,7 +277,7 @@ impl Lane {
     /// Events of a source that keeps its own ([`Source::keeps_its_events`]) never move to the
     /// spool: those held and those queued are handed back to their source first, whatever
     /// happens next.
-    pub fn spill(&self, mut held: Vec<Envelope>) -> Result<usize, (Vec<Envelope>, SpoolError)> {
+    pub(crate) fn spill(&self, mut held: Vec<Envelope>) -> Result<usize, (Vec<Envelope>, SpoolError)> {
         let mut tiers = self.tiers.lock();
         hand_back(&mut held);
         {
@@ -378,7 +378,7 @@ impl Lane {
     }
 
     /// Syncs the spool to disk (shutdown).
-    pub fn sync_spool(&self) -> std::io::Result<()> {
+    pub(crate) fn sync_spool(&self) -> std::io::Result<()> {
         match self.tiers.lock().spool.as_mut() {
             Some(spool) => spool.sync(),
             None => Ok(()),
@@ -386,7 +386,7 @@ impl Lane {
     }
 
     /// Nothing of this lane is waiting anywhere: not in the channel, the overflow or the spool.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         let tiers = self.tiers.lock();
         self.rx.is_empty() && tiers.overflow.is_empty() && !tiers.spooling && tiers.after_spool.is_empty()
     }
@@ -394,7 +394,8 @@ impl Lane {
     /// Fills `out` with the next batch, oldest first, waiting up to `wait` for a first event
     /// ([`Lane::take_batch`], then [`Lane::wait_for_events`]). Returns `false` once the lane is
     /// closed and empty.
-    pub fn next_batch(&self, max: usize, wait: Duration, window: Duration, out: &mut Vec<Envelope>) -> bool {
+    #[cfg(test)]
+    pub(crate) fn next_batch(&self, max: usize, wait: Duration, window: Duration, out: &mut Vec<Envelope>) -> bool {
         let start = out.len();
         let open = self.take_batch(max, window, out);
         if out.len() > start || !open {
@@ -407,7 +408,7 @@ impl Lane {
     /// Fills `out` with whatever is waiting, oldest first, up to `max`, without waiting: taken
     /// until the lane is momentarily empty or `window` has passed. Returns `false` once the
     /// lane is closed and empty.
-    pub fn take_batch(&self, max: usize, window: Duration, out: &mut Vec<Envelope>) -> bool {
+    pub(crate) fn take_batch(&self, max: usize, window: Duration, out: &mut Vec<Envelope>) -> bool {
         let start = out.len();
         let started = Instant::now();
         while out.len() < max {
@@ -443,7 +444,7 @@ impl Lane {
 
     /// Waits up to `wait` for an event to arrive in the channel, without taking it (the
     /// writer takes events only while it holds its write lock, see `sink::writer`).
-    pub fn wait_for_events(&self, wait: Duration) {
+    pub(crate) fn wait_for_events(&self, wait: Duration) {
         if self.rx.is_empty() {
             self.doorbell.sleep_unless(wait, || !self.rx.is_empty());
         }
@@ -562,7 +563,7 @@ pub struct PipelineShape {
 impl PipelineShape {
     /// Splits `buffer_size` events and `max_bytes` bytes of memory over `lanes`: a channel of
     /// up to 4096 events each, the rest as overflow.
-    pub fn from_buffer(lanes: usize, buffer_size: usize, max_bytes: u64) -> PipelineShape {
+    pub(crate) fn from_buffer(lanes: usize, buffer_size: usize, max_bytes: u64) -> PipelineShape {
         let lanes = lanes.max(1);
         let per_lane = (buffer_size / lanes).max(2);
         let channel_capacity = (per_lane / 2).clamp(1, 4096);
@@ -578,18 +579,18 @@ impl Pipeline {
     }
 
     /// Lanes each backed by its spool (`spools.len()` must equal `shape.lanes`).
-    pub fn with_spools(shape: PipelineShape, spools: Vec<Option<LaneSpool>>) -> Arc<Pipeline> {
+    pub(crate) fn with_spools(shape: PipelineShape, spools: Vec<Option<LaneSpool>>) -> Arc<Pipeline> {
         assert_eq!(spools.len(), shape.lanes, "one spool slot per lane");
         let lanes = spools.into_iter().enumerate().map(|(i, spool)| Arc::new(Lane::new(i, shape, spool))).collect();
         Arc::new(Pipeline { lanes, writers: OnceLock::new() })
     }
 
-    pub fn lanes(&self) -> &[Arc<Lane>] {
+    pub(crate) fn lanes(&self) -> &[Arc<Lane>] {
         &self.lanes
     }
 
     /// The lane an ordering key maps to.
-    pub fn lane_for(&self, key: &str) -> usize {
+    pub(crate) fn lane_for(&self, key: &str) -> usize {
         lane_for(key, self.lanes.len())
     }
 
@@ -600,20 +601,20 @@ impl Pipeline {
 
     /// Puts an event on its lane; when the lane's memory is full, waits for room until
     /// `wait_until` (if any) before spooling it.
-    pub fn submit_by(&self, envelope: Envelope, wait_until: Option<Instant>) -> Submitted {
+    pub(crate) fn submit_by(&self, envelope: Envelope, wait_until: Option<Instant>) -> Submitted {
         let lane = self.lane_for(&envelope.ordering_key);
         self.lanes[lane].submit(envelope, wait_until)
     }
 
     /// Lets sources offer events to the lanes' writers (`writers[i]` writes lane `i`).
-    pub fn attach_writers(&self, writers: Vec<Arc<dyn WriteNow>>) {
+    pub(crate) fn attach_writers(&self, writers: Vec<Arc<dyn WriteNow>>) {
         assert_eq!(writers.len(), self.lanes.len(), "one writer per lane");
         let _ = self.writers.set(writers);
     }
 
     /// For a source with nothing else to do right now: the lane's writer writes the event at
     /// once if the lane is idle; otherwise it goes on the lane as with [`Pipeline::submit_by`].
-    pub fn write_or_submit(&self, envelope: Envelope, wait_until: Option<Instant>) -> Submitted {
+    pub(crate) fn write_or_submit(&self, envelope: Envelope, wait_until: Option<Instant>) -> Submitted {
         let lane = self.lane_for(&envelope.ordering_key);
         let envelope = match self.writers.get() {
             Some(writers) => match writers[lane].write_now(envelope) {
@@ -628,7 +629,7 @@ impl Pipeline {
     /// Writes every lane's buffered spool records out: sources call it after each read, so
     /// what a read brought in is either in memory or in the spool files; spooled events that
     /// wait for an acknowledgement are synced to disk and acknowledged.
-    pub fn flush_spools(&self) {
+    pub(crate) fn flush_spools(&self) {
         for lane in &self.lanes {
             lane.flush_spool();
         }
@@ -646,7 +647,7 @@ impl Pipeline {
     /// Whether `bytes` more of events can be taken now without dropping any: the spool has room
     /// for them and can write, or memory has room (a source that must accept all or nothing
     /// asks first).
-    pub fn has_room(&self, bytes: u64) -> bool {
+    pub(crate) fn has_room(&self, bytes: u64) -> bool {
         let max_memory: u64 = self.lanes.iter().map(|l| l.max_bytes as u64).sum();
         if self.memory_bytes().saturating_add(bytes) <= max_memory {
             return true;
@@ -657,7 +658,7 @@ impl Pipeline {
     }
 
     /// Bytes of the events waiting in memory across all lanes.
-    pub fn memory_bytes(&self) -> u64 {
+    pub(crate) fn memory_bytes(&self) -> u64 {
         self.lanes.iter().map(|l| l.bytes.load(Ordering::Relaxed) as u64).sum()
     }
 

@@ -2,8 +2,9 @@
 //! channel, memory overflow, durable [`spool`]) and the choice of lane ([`routing`]). The acknowledgements that tell a source what became
 //! of its events are the ground's ([`crate::ack`]).
 
-pub mod lanes;
-pub mod routing;
+pub(crate) mod lanes;
+pub(crate) mod routing;
 pub mod spool;
 
-pub use lanes::{Lane, Pipeline, PipelineShape, Submitted, WriteNow};
+pub use lanes::Submitted;
+pub(crate) use lanes::{Lane, Pipeline, PipelineShape, WriteNow};

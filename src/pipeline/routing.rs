@@ -3,7 +3,7 @@
 
 /// FNV-1a over the ordering key, reduced to a lane. Events without a key share lane 0, which
 /// keeps their relative order too.
-pub fn lane_for(key: &str, lanes: usize) -> usize {
+pub(crate) fn lane_for(key: &str, lanes: usize) -> usize {
     if key.is_empty() || lanes <= 1 {
         return 0;
     }

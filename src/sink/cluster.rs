@@ -27,7 +27,7 @@ use crate::sink::redis::{classify, Entry, EntryOutcome, RedisSink, Unanswered, W
 pub const SLOTS: u16 = 16384;
 
 /// CRC16-CCITT (XMODEM), the checksum Redis Cluster hashes keys with.
-pub fn crc16(data: &[u8]) -> u16 {
+pub(crate) fn crc16(data: &[u8]) -> u16 {
     let mut crc: u16 = 0;
     for &byte in data {
         crc ^= u16::from(byte) << 8;
@@ -63,7 +63,7 @@ pub struct SlotMap {
 
 impl SlotMap {
     /// The index into [`SlotMap::nodes`] of the primary serving `slot`.
-    pub fn node_of(&self, slot: u16) -> Option<usize> {
+    pub(crate) fn node_of(&self, slot: u16) -> Option<usize> {
         let i = self.ranges.partition_point(|(_, last, _)| *last < slot);
         self.ranges.get(i).filter(|(first, _, _)| *first <= slot).map(|(_, _, node)| *node)
     }
@@ -106,7 +106,7 @@ impl SlotMap {
 
     /// Reads the map from the first node that answers: `known` first (the primaries of the
     /// map in use), then the seeds of `REDIS_CLUSTER_NODES`.
-    pub fn fetch(config: &RedisConfig, known: &[String], timeout: Duration) -> RedisResult<SlotMap> {
+    pub(crate) fn fetch(config: &RedisConfig, known: &[String], timeout: Duration) -> RedisResult<SlotMap> {
         let RedisTopology::Cluster { seeds } = &config.topology else {
             return Err(unreachable("not a cluster (REDIS_CLUSTER_NODES is unset)".into()));
         };
@@ -128,7 +128,7 @@ impl SlotMap {
 }
 
 /// A writer's connections to the primaries of a cluster.
-pub struct ClusterSink {
+pub(crate) struct ClusterSink {
     config: RedisConfig,
     map: SlotMap,
     /// Parallel to `map.nodes`: the connection to that primary, made when first needed.
@@ -150,7 +150,7 @@ pub struct ClusterSink {
 
 impl ClusterSink {
     /// Reads the slot map (nodes are connected as batches need them).
-    pub fn connect(config: &RedisConfig) -> Result<ClusterSink, WriteError> {
+    pub(crate) fn connect(config: &RedisConfig) -> Result<ClusterSink, WriteError> {
         let map = SlotMap::fetch(config, &[], config.write_timeout).map_err(classify)?;
         Ok(ClusterSink {
             config: config.clone(),
@@ -168,7 +168,7 @@ impl ClusterSink {
 
     /// See [`RedisSink::take_unanswered`]: of every node, those whose connection was dropped
     /// included.
-    pub fn take_unanswered(&mut self) -> Vec<Unanswered> {
+    pub(crate) fn take_unanswered(&mut self) -> Vec<Unanswered> {
         let mut all = std::mem::take(&mut self.unanswered);
         all.extend(self.sinks.iter_mut().flatten().filter_map(RedisSink::take_unanswered));
         all
@@ -177,7 +177,7 @@ impl ClusterSink {
     /// See [`RedisSink::retire`]: each on the primary that serves its stream now.
     /// A failure marks the map for reading again (a slot that moved answers `MOVED` or `ASK`
     /// until then), as a failed write does.
-    pub fn retire(&mut self, unanswered: &[Unanswered]) -> Result<(), WriteError> {
+    pub(crate) fn retire(&mut self, unanswered: &[Unanswered]) -> Result<(), WriteError> {
         if self.stale {
             self.refresh()?;
         }
@@ -195,23 +195,23 @@ impl ClusterSink {
     }
 
     /// See [`RedisSink::set_fence`].
-    pub fn set_fence(&mut self, fence: Option<(&str, u64)>) {
+    pub(crate) fn set_fence(&mut self, fence: Option<(&str, u64)>) {
         self.fence = fence.map(|(g, e)| (g.to_owned(), e));
         for sink in self.sinks.iter_mut().flatten() {
             sink.set_fence(fence);
         }
     }
 
-    pub fn location(&self) -> String {
+    pub(crate) fn location(&self) -> String {
         format!("cluster with {} primaries ({})", self.map.nodes.len(), self.map.nodes.join(", "))
     }
 
     /// The first connected node's server name and version.
-    pub fn server(&self) -> Option<&str> {
+    pub(crate) fn server(&self) -> Option<&str> {
         self.sinks.iter().flatten().next().map(RedisSink::server)
     }
 
-    pub fn set_reply_timeout(&mut self, timeout: Duration) -> Result<(), WriteError> {
+    pub(crate) fn set_reply_timeout(&mut self, timeout: Duration) -> Result<(), WriteError> {
         self.reply_timeout = timeout;
         for sink in self.sinks.iter_mut().flatten() {
             sink.set_reply_timeout(timeout)?;
@@ -219,7 +219,7 @@ impl ClusterSink {
         Ok(())
     }
 
-    pub fn set_dedup_keys_ttl(&mut self, ttl: Duration) {
+    pub(crate) fn set_dedup_keys_ttl(&mut self, ttl: Duration) {
         self.keys_ttl = Some(ttl);
         for sink in self.sinks.iter_mut().flatten() {
             sink.set_dedup_keys_ttl(ttl);
@@ -277,7 +277,7 @@ impl ClusterSink {
     /// Writes a batch: each primary gets its entries in one request. Outcomes are parallel to
     /// `entries`; a node that failed leaves its entries [`EntryOutcome::Pending`] (the error
     /// itself is returned when no node took anything).
-    pub fn write(&mut self, entries: &[Entry], maybe_written: bool) -> Result<Vec<EntryOutcome>, WriteError> {
+    pub(crate) fn write(&mut self, entries: &[Entry], maybe_written: bool) -> Result<Vec<EntryOutcome>, WriteError> {
         if self.stale {
             self.refresh()?;
         }

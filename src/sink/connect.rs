@@ -14,18 +14,22 @@ use crate::config::RedisConfig;
 
 /// A failure that is not Redis's own reply (no primary found, not a primary): reported like
 /// a lost connection, so the writer re-discovers and retries.
-pub fn unreachable(text: String) -> RedisError {
+pub(crate) fn unreachable(text: String) -> RedisError {
     RedisError::from(std::io::Error::other(text))
 }
 
 /// Opens a connection to `node` (`None`: the URL's own host) with the URL's credentials and
 /// database, TLS as configured, and `timeout` for connect, read and write.
-pub fn connect_node(config: &RedisConfig, node: Option<&(String, u16)>, timeout: Duration) -> RedisResult<Connection> {
+pub(crate) fn connect_node(
+    config: &RedisConfig,
+    node: Option<&(String, u16)>,
+    timeout: Duration,
+) -> RedisResult<Connection> {
     connect_with(config, node, None, timeout)
 }
 
 /// [`connect_node`], with other credentials (`Some`: a sentinel's, no database).
-pub fn connect_with(
+pub(crate) fn connect_with(
     config: &RedisConfig,
     node: Option<&(String, u16)>,
     auth: Option<RedisConnectionInfo>,

@@ -18,7 +18,7 @@ use crate::sink::entry::EventField;
 use crate::sink::redis::Entry;
 
 /// The most dead letters kept; past it new ones are dropped (counted).
-pub const MAX_DEAD_LETTERS: u64 = 100_000;
+pub(crate) const MAX_DEAD_LETTERS: u64 = 100_000;
 
 /// One refused event, with everything needed to write it again.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub struct Summary {
 
 impl DeadLetter {
     /// Rebuilds the entry to write it again (same idempotency key).
-    pub fn to_entry(&self) -> Result<Entry, String> {
+    pub(crate) fn to_entry(&self) -> Result<Entry, String> {
         const NAMES: &[&str] = &["event", "event_name", "unique_id", "core_uuid", "event_sequence"];
         let mut fields = self
             .fields

@@ -12,7 +12,7 @@ use redis::Connection;
 /// The warnings for one server (empty: it keeps what it is given). `Err` only when Redis
 /// could not be asked at all (a connection error); a refused `CONFIG GET` (ACL, renamed
 /// command) is a warning that says the settings could not be checked.
-pub fn check(conn: &mut Connection, wait_replicas: u32) -> redis::RedisResult<Vec<String>> {
+pub(crate) fn check(conn: &mut Connection, wait_replicas: u32) -> redis::RedisResult<Vec<String>> {
     let mut out = settings_warnings(conn)?;
     if wait_replicas > 0 {
         let info: String = redis::cmd("INFO").arg("replication").query(conn)?;
@@ -45,7 +45,7 @@ fn settings_warnings(conn: &mut Connection) -> redis::RedisResult<Vec<String>> {
 }
 
 /// The warnings for these `CONFIG GET` values.
-pub fn warnings(settings: &HashMap<String, String>) -> Vec<String> {
+pub(crate) fn warnings(settings: &HashMap<String, String>) -> Vec<String> {
     let get = |name: &str| settings.get(name).map(|v| v.trim().to_owned());
     let mut out = Vec::new();
     match get("maxmemory-policy") {

@@ -36,7 +36,7 @@ impl EventField {
     /// digits: a plain event's JSON is ~6% longer than the event (quotes and commas outweigh
     /// percent-decoding; with this hint none of the 1,009 captured events is moved, with the
     /// bare length 34 would be), a JSON event's about as long.
-    pub fn size_hint(&self) -> usize {
+    pub(crate) fn size_hint(&self) -> usize {
         match self {
             EventField::Json(json) => json.len(),
             EventField::Event { format: BodyFormat::EslPlain, body, .. } => body.len() + body.len() / 16,
@@ -45,7 +45,7 @@ impl EventField {
     }
 
     /// Appends the JSON to `out`; on error `out` is left as it was.
-    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), EventError> {
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) -> Result<(), EventError> {
         match self {
             EventField::Json(json) => out.extend_from_slice(json),
             EventField::Event { format, body, lossy } => {
@@ -58,14 +58,14 @@ impl EventField {
     }
 
     /// The JSON, as its own buffer (a dead letter, a test).
-    pub fn to_json(&self) -> Result<Vec<u8>, EventError> {
+    pub(crate) fn to_json(&self) -> Result<Vec<u8>, EventError> {
         let mut out = Vec::with_capacity(self.size_hint() + 256);
         self.write_json(&mut out)?;
         Ok(out)
     }
 
     /// Whether writing the JSON replaced bytes that were not UTF-8.
-    pub fn was_lossy(&self) -> bool {
+    pub(crate) fn was_lossy(&self) -> bool {
         matches!(self, EventField::Event { lossy, .. } if lossy.get())
     }
 }

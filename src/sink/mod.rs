@@ -9,12 +9,12 @@
 //! [`permissions`] checks that the Redis user may do all of it.
 
 pub mod cluster;
-pub mod connect;
+pub(crate) mod connect;
 pub mod dlq;
-pub mod durability;
+pub(crate) mod durability;
 pub mod entry;
-pub mod permissions;
+pub(crate) mod permissions;
 pub mod redis;
 pub mod resp;
-pub mod target;
-pub mod writer;
+pub(crate) mod target;
+pub(crate) mod writer;

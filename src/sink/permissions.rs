@@ -15,7 +15,7 @@ use crate::sink::redis::{dedup_key, dedup_keys_key, trip_key, IDEMPOTENT_SCRIPT}
 
 /// The commands beyond the write path that the configured topology needs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TopologyCommands {
+pub(crate) struct TopologyCommands {
     /// `WAIT` (`REDIS_WAIT_REPLICAS` > 0).
     pub wait: bool,
     /// `ROLE` (Sentinel: the primary is checked with it).
@@ -25,7 +25,7 @@ pub struct TopologyCommands {
 }
 
 impl TopologyCommands {
-    pub fn of(config: &RedisConfig) -> TopologyCommands {
+    pub(crate) fn of(config: &RedisConfig) -> TopologyCommands {
         TopologyCommands {
             wait: config.wait_replicas > 0,
             role: matches!(config.topology, RedisTopology::Sentinel { .. }),
@@ -36,7 +36,7 @@ impl TopologyCommands {
 
 /// A command the user may not run, and on which key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Missing {
+pub(crate) struct Missing {
     pub command: &'static str,
     pub key: Option<String>,
     /// What Redis said.
@@ -45,7 +45,7 @@ pub struct Missing {
 
 impl Missing {
     /// The ACL rule that would grant it (for the log line and `/health`).
-    pub fn grant(&self) -> String {
+    pub(crate) fn grant(&self) -> String {
         match &self.key {
             Some(key) => format!("+{} ~{}", self.command.to_ascii_lowercase(), key_pattern(key)),
             None => format!("+{}", self.command.to_ascii_lowercase()),
@@ -159,7 +159,11 @@ fn script_sha() -> String {
 
 /// Runs every probe; returns what the user may not do (empty: everything is allowed).
 /// `Err` when Redis could not be asked at all (a connection error).
-pub fn check(conn: &mut Connection, streams: &[&str], topology: TopologyCommands) -> redis::RedisResult<Vec<Missing>> {
+pub(crate) fn check(
+    conn: &mut Connection,
+    streams: &[&str],
+    topology: TopologyCommands,
+) -> redis::RedisResult<Vec<Missing>> {
     let mut missing = Vec::new();
     for p in probes(streams, topology) {
         let mut cmd = redis::cmd(p.command);

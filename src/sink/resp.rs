@@ -42,7 +42,7 @@ impl Resp {
     /// bytes and set afterwards, so the value is written once, where it is sent from (moved by
     /// a few bytes only when its length has another number of digits than the hint). When
     /// `write` fails, the buffer is as it was.
-    pub fn arg_with<R, E>(
+    pub(crate) fn arg_with<R, E>(
         &mut self,
         size_hint: usize,
         write: impl FnOnce(&mut Vec<u8>) -> Result<R, E>,
@@ -78,7 +78,7 @@ impl Resp {
     }
 
     /// One integer argument, as its decimal text.
-    pub fn int(&mut self, value: i64) -> &mut Resp {
+    pub(crate) fn int(&mut self, value: i64) -> &mut Resp {
         let mut text = itoa::Buffer::new();
         self.arg(text.format(value).as_bytes())
     }

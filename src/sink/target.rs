@@ -20,7 +20,7 @@ use crate::sink::redis::{classify, Entry, EntryOutcome, RedisSink, Unanswered, W
 
 /// The primary's address and a connection to it: the URL's server, or the primary the
 /// sentinels name, checked with `ROLE`. (Not for Cluster, which has one primary per slot.)
-pub fn primary_connection(config: &RedisConfig) -> RedisResult<(String, Connection)> {
+pub(crate) fn primary_connection(config: &RedisConfig) -> RedisResult<(String, Connection)> {
     primary_connection_with(config, config.write_timeout)
 }
 
@@ -37,7 +37,7 @@ fn primary_connection_with(config: &RedisConfig, timeout: Duration) -> RedisResu
 
 /// A connection to the primary holding `key` (the one server, the primary the sentinels
 /// name, or the owner of its slot in a cluster), with `timeout` for connect, read and write.
-pub fn connect_primary_for(config: &RedisConfig, key: &str, timeout: Duration) -> RedisResult<Connection> {
+pub(crate) fn connect_primary_for(config: &RedisConfig, key: &str, timeout: Duration) -> RedisResult<Connection> {
     match &config.topology {
         RedisTopology::Cluster { .. } => {
             let primary = primaries_for(config, &[key.to_owned()], &[], timeout)?.remove(0);
@@ -50,7 +50,7 @@ pub fn connect_primary_for(config: &RedisConfig, key: &str, timeout: Duration) -
 }
 
 /// `host:port` of a URL, for logs (no credentials).
-pub fn url_address(url: &str) -> String {
+pub(crate) fn url_address(url: &str) -> String {
     match url.into_connection_info().map(|i| i.addr().clone()) {
         Ok(ConnectionAddr::Tcp(host, port)) | Ok(ConnectionAddr::TcpTls { host, port, .. }) => format!("{host}:{port}"),
         Ok(ConnectionAddr::Unix(path)) => path.display().to_string(),
@@ -112,7 +112,7 @@ fn primary_named_by(
 /// The primaries that hold `streams`, each with the streams it holds: one for a single
 /// server or Sentinel, the owner of each stream's slot for a cluster (whose map is asked of
 /// the `known` nodes first, then of the seeds).
-pub fn primaries_for(
+pub(crate) fn primaries_for(
     config: &RedisConfig,
     streams: &[String],
     known: &[String],
@@ -146,7 +146,7 @@ pub fn primaries_for(
 
 /// One primary node and the streams it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Primary {
+pub(crate) struct Primary {
     /// `host:port`.
     pub address: String,
     pub streams: Vec<String>,
@@ -155,20 +155,20 @@ pub struct Primary {
 /// Connections to the primaries that hold some streams, for the health monitor and the
 /// trimmer: found again at every round (a failover or a resharding moves them), each
 /// connection kept while its node stays a primary of those streams and answers.
-pub struct PrimaryConnections {
+pub(crate) struct PrimaryConnections {
     config: RedisConfig,
     timeout: Duration,
     conns: Vec<(String, Connection)>,
 }
 
 impl PrimaryConnections {
-    pub fn new(config: RedisConfig, timeout: Duration) -> PrimaryConnections {
+    pub(crate) fn new(config: RedisConfig, timeout: Duration) -> PrimaryConnections {
         PrimaryConnections { config, timeout, conns: Vec::new() }
     }
 
     /// The primaries holding `streams` now (connections to nodes that no longer are one are
     /// closed).
-    pub fn resolve(&mut self, streams: &[String]) -> RedisResult<Vec<Primary>> {
+    pub(crate) fn resolve(&mut self, streams: &[String]) -> RedisResult<Vec<Primary>> {
         let primaries = match &self.config.topology {
             RedisTopology::Sentinel { .. } => {
                 // Asked every round, so a failover is seen even while the old primary answers;
@@ -185,12 +185,12 @@ impl PrimaryConnections {
         Ok(primaries)
     }
 
-    pub fn config(&self) -> &RedisConfig {
+    pub(crate) fn config(&self) -> &RedisConfig {
         &self.config
     }
 
     /// The connection to `address` (made now when there is none: `true`).
-    pub fn get(&mut self, address: &str) -> RedisResult<(&mut Connection, bool)> {
+    pub(crate) fn get(&mut self, address: &str) -> RedisResult<(&mut Connection, bool)> {
         if let Some(i) = self.conns.iter().position(|(a, _)| a == address) {
             return Ok((&mut self.conns[i].1, false));
         }
@@ -206,13 +206,13 @@ impl PrimaryConnections {
     }
 
     /// Drops the connection to `address` after a failure (or every one: `None`).
-    pub fn forget(&mut self, address: Option<&str>) {
+    pub(crate) fn forget(&mut self, address: Option<&str>) {
         self.conns.retain(|(a, _)| address.is_some_and(|x| x != a));
     }
 }
 
 /// What a writer writes through: one connection to the primary, or one per cluster primary.
-pub enum Sink {
+pub(crate) enum Sink {
     Primary { address: String, sink: RedisSink },
     Cluster(ClusterSink),
 }
@@ -220,7 +220,7 @@ pub enum Sink {
 impl Sink {
     /// Connects as the topology says (for a cluster: reads the slot map; nodes are connected
     /// as batches need them).
-    pub fn connect(config: &RedisConfig) -> Result<Sink, WriteError> {
+    pub(crate) fn connect(config: &RedisConfig) -> Result<Sink, WriteError> {
         match &config.topology {
             RedisTopology::Cluster { .. } => Ok(Sink::Cluster(ClusterSink::connect(config)?)),
             _ => {
@@ -231,7 +231,7 @@ impl Sink {
     }
 
     /// Where this sink writes, for the log.
-    pub fn location(&self) -> String {
+    pub(crate) fn location(&self) -> String {
         match self {
             Sink::Primary { address, .. } => address.clone(),
             Sink::Cluster(c) => c.location(),
@@ -239,7 +239,7 @@ impl Sink {
     }
 
     /// The server's name and version (of the first connected node, for a cluster).
-    pub fn server(&self) -> Option<&str> {
+    pub(crate) fn server(&self) -> Option<&str> {
         match self {
             Sink::Primary { sink, .. } => Some(sink.server()),
             Sink::Cluster(c) => c.server(),
@@ -247,7 +247,7 @@ impl Sink {
     }
 
     /// See [`RedisSink::write`]; a cluster sends each node its part of the batch.
-    pub fn write(&mut self, entries: &[Entry], maybe_written: bool) -> Result<Vec<EntryOutcome>, WriteError> {
+    pub(crate) fn write(&mut self, entries: &[Entry], maybe_written: bool) -> Result<Vec<EntryOutcome>, WriteError> {
         match self {
             Sink::Primary { sink, .. } => sink.write(entries, maybe_written),
             Sink::Cluster(c) => c.write(entries, maybe_written),
@@ -255,7 +255,7 @@ impl Sink {
     }
 
     /// See [`RedisSink::set_reply_timeout`].
-    pub fn set_reply_timeout(&mut self, timeout: Duration) -> Result<(), WriteError> {
+    pub(crate) fn set_reply_timeout(&mut self, timeout: Duration) -> Result<(), WriteError> {
         match self {
             Sink::Primary { sink, .. } => sink.set_reply_timeout(timeout),
             Sink::Cluster(c) => c.set_reply_timeout(timeout),
@@ -263,7 +263,7 @@ impl Sink {
     }
 
     /// See [`RedisSink::take_unanswered`] (of every node, for a cluster).
-    pub fn take_unanswered(&mut self) -> Vec<Unanswered> {
+    pub(crate) fn take_unanswered(&mut self) -> Vec<Unanswered> {
         match self {
             Sink::Primary { sink, .. } => sink.take_unanswered().into_iter().collect(),
             Sink::Cluster(c) => c.take_unanswered(),
@@ -271,7 +271,7 @@ impl Sink {
     }
 
     /// See [`RedisSink::retire`] (each stream on its primary, for a cluster).
-    pub fn retire(&mut self, unanswered: &[Unanswered]) -> Result<(), WriteError> {
+    pub(crate) fn retire(&mut self, unanswered: &[Unanswered]) -> Result<(), WriteError> {
         match self {
             Sink::Primary { sink, .. } => sink.retire(unanswered),
             Sink::Cluster(c) => c.retire(unanswered),
@@ -279,7 +279,7 @@ impl Sink {
     }
 
     /// See [`RedisSink::set_fence`].
-    pub fn set_fence(&mut self, fence: Option<(&str, u64)>) {
+    pub(crate) fn set_fence(&mut self, fence: Option<(&str, u64)>) {
         match self {
             Sink::Primary { sink, .. } => sink.set_fence(fence),
             Sink::Cluster(c) => c.set_fence(fence),
@@ -287,7 +287,7 @@ impl Sink {
     }
 
     /// See [`RedisSink::set_dedup_keys_ttl`].
-    pub fn set_dedup_keys_ttl(&mut self, ttl: Duration) {
+    pub(crate) fn set_dedup_keys_ttl(&mut self, ttl: Duration) {
         match self {
             Sink::Primary { sink, .. } => sink.set_dedup_keys_ttl(ttl),
             Sink::Cluster(c) => c.set_dedup_keys_ttl(ttl),

@@ -57,7 +57,7 @@ static DUPLICATE_INFO: RateLimit = RateLimit::new(Duration::from_secs(60));
 
 /// A hot-standby pair's write fence as the writer reads it (the pair's own type is
 /// `crate::ha::Fence`): whether ESL events may be written now, and with which lease epoch.
-pub trait WriteFence: Send + Sync {
+pub(crate) trait WriteFence: Send + Sync {
     /// `HA_GROUP`: names the streams' fence keys.
     fn group(&self) -> &str;
     /// The epoch writes carry now, if this agent may write the switch's events.
@@ -75,7 +75,7 @@ enum Fenced {
 
 /// One lane's writer: the lane, and the writer state behind the lock that makes its holder
 /// the lane's only writer.
-pub struct LaneWriter {
+pub(crate) struct LaneWriter {
     lane: Arc<Lane>,
     config: Arc<Config>,
     core: Mutex<Writer>,
@@ -105,12 +105,12 @@ struct Writer {
 
 impl LaneWriter {
     /// The same writer, fencing the switch's events with the pair's lease.
-    pub fn with_fence(self, fence: Arc<dyn WriteFence>) -> LaneWriter {
+    pub(crate) fn with_fence(self, fence: Arc<dyn WriteFence>) -> LaneWriter {
         self.core.lock().fence = Some(fence);
         self
     }
 
-    pub fn new(
+    pub(crate) fn new(
         lane: Arc<Lane>,
         config: Arc<Config>,
         state: Arc<AgentState>,
@@ -135,7 +135,7 @@ impl LaneWriter {
 
     /// The writer's thread: runs until the lane is closed and drained (or the drain deadline
     /// passes).
-    pub fn run(&self) {
+    pub(crate) fn run(&self) {
         let lane = self.lane.index();
         let _span = info_span!("writer", lane).entered();
         let max = self.config.writer.batch_size;
@@ -580,7 +580,7 @@ impl WrittenCounters {
 }
 
 /// Event names as a bounded label set: FreeSWITCH's own names pass, anything else is `other`.
-pub fn event_label(name: &str) -> &str {
+pub(crate) fn event_label(name: &str) -> &str {
     const KNOWN: &[&str] = &[
         "CHANNEL_CREATE",
         "CHANNEL_DESTROY",
@@ -632,7 +632,7 @@ pub fn event_label(name: &str) -> &str {
 }
 
 /// Capped exponential backoff: `base * 2^attempt`, never above `max`.
-pub fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
+pub(crate) fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
     base.saturating_mul(1u32 << attempt.min(16)).min(max)
 }
 

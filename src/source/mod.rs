@@ -9,8 +9,8 @@
 //! Either way, an event with no room anywhere is counted and logged as dropped here, with its
 //! source, and its acknowledgement says so.
 
-pub mod esl;
-pub mod http;
+pub(crate) mod esl;
+pub(crate) mod http;
 pub mod outbox;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,7 +78,7 @@ impl Intake {
 
     /// Puts one event on its lane; never waits longer than `offer.wait_until`. Returns whether
     /// the event was kept (written, in memory or spooled); a dropped one is counted here.
-    pub fn offer(&self, envelope: Envelope, offer: Offer) -> bool {
+    pub(crate) fn offer(&self, envelope: Envelope, offer: Offer) -> bool {
         self.state.add_accepted();
         let submitted = match offer.write_now {
             true => self.pipeline.write_or_submit(envelope, offer.wait_until),
@@ -141,7 +141,7 @@ impl Intake {
 /// name unique to this process and a counter. The key is assigned before the event enters the
 /// pipeline, so every retry (and the spool) carries the same one. (A producer's blind re-send
 /// of such an event is a new event: it can be written twice.)
-pub struct KeyAssigner {
+pub(crate) struct KeyAssigner {
     producer: String,
     next: AtomicU64,
 }
@@ -153,12 +153,12 @@ impl Default for KeyAssigner {
 }
 
 impl KeyAssigner {
-    pub fn new() -> KeyAssigner {
+    pub(crate) fn new() -> KeyAssigner {
         KeyAssigner { producer: format!("eslstream-{}-{:x}", std::process::id(), now_us()), next: AtomicU64::new(1) }
     }
 
     /// A fresh key.
-    pub fn next(&self) -> IdempotencyKey {
+    pub(crate) fn next(&self) -> IdempotencyKey {
         IdempotencyKey { producer: self.producer.clone(), id: EventId::Seq(self.next.fetch_add(1, Ordering::Relaxed)) }
     }
 }

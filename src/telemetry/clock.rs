@@ -7,6 +7,6 @@ pub fn now_us() -> i64 {
 }
 
 /// Seconds between two microsecond timestamps, never negative (clocks may disagree slightly).
-pub fn seconds_between(from_us: i64, to_us: i64) -> f64 {
+pub(crate) fn seconds_between(from_us: i64, to_us: i64) -> f64 {
     (to_us - from_us).max(0) as f64 / 1e6
 }

@@ -27,24 +27,24 @@ pub fn init(level: &str, format: LogFormat) {
 
 /// Colour text logs? Only on a terminal, and never when `NO_COLOR` is set to a non-empty value
 /// (<https://no-color.org>).
-pub fn use_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+pub(crate) fn use_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Lets one message through per interval and counts the ones held back.
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     interval: Duration,
     state: Mutex<(Option<Instant>, u64)>,
 }
 
 impl RateLimit {
-    pub const fn new(interval: Duration) -> RateLimit {
+    pub(crate) const fn new(interval: Duration) -> RateLimit {
         RateLimit { interval, state: Mutex::new((None, 0)) }
     }
 
     /// `Some(suppressed)` when a message may be logged now (with how many were held back since
     /// the last one), `None` when it should be skipped.
-    pub fn check(&self) -> Option<u64> {
+    pub(crate) fn check(&self) -> Option<u64> {
         let mut state = self.state.lock();
         let now = Instant::now();
         match state.0 {

@@ -24,10 +24,9 @@
 //! [`report`] what `/health` serves and where the latest one is kept, [`monitor`] the thread
 //! that takes a snapshot every interval.
 
-pub mod monitor;
-pub mod report;
-pub mod rules;
+pub(crate) mod monitor;
+pub(crate) mod report;
+pub(crate) mod rules;
 
-pub use monitor::HealthMonitor;
-pub use report::{HealthBoard, HealthReport};
-pub use rules::{Check, Status};
+pub(crate) use monitor::HealthMonitor;
+pub(crate) use report::HealthBoard;

@@ -97,7 +97,7 @@ impl RedisProbe {
 }
 
 /// The monitor thread's state between checks.
-pub struct HealthMonitor {
+pub(crate) struct HealthMonitor {
     ctx: Arc<AppContext>,
     limits: Limits,
     probe: RedisProbe,
@@ -113,7 +113,7 @@ pub struct HealthMonitor {
 }
 
 impl HealthMonitor {
-    pub fn new(ctx: Arc<AppContext>) -> HealthMonitor {
+    pub(crate) fn new(ctx: Arc<AppContext>) -> HealthMonitor {
         let config = &ctx.config;
         let timeout = config.redis.write_timeout.min(config.health_interval);
         let probe = RedisProbe {
@@ -143,7 +143,7 @@ impl HealthMonitor {
     }
 
     /// Checks now, then every `HEALTH_CHECK_INTERVAL` until shutdown.
-    pub fn run(mut self, shutdown: Shutdown) {
+    pub(crate) fn run(mut self, shutdown: Shutdown) {
         loop {
             self.check_once();
             if !shutdown.sleep(self.ctx.config.health_interval) {
@@ -153,7 +153,7 @@ impl HealthMonitor {
     }
 
     /// One round: gather, evaluate, publish, log a change of status.
-    pub fn check_once(&mut self) {
+    pub(crate) fn check_once(&mut self) {
         let ping = self.probe.ping();
         let snapshot = self.snapshot(ping);
         let checks = evaluate(&snapshot, &self.limits);

@@ -11,13 +11,13 @@ use crate::ops::health::rules::{Check, Status};
 
 /// The `/health` document: the reference's fields, then ours.
 #[derive(Debug, Clone, Serialize)]
-pub struct HealthReport {
+pub(crate) struct HealthReport {
     pub status: Status,
     pub data: HealthData,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct HealthData {
+pub(crate) struct HealthData {
     /// RFC 3339 time of the last HEARTBEAT (`null`: none yet).
     pub last_heartbeat: Option<String>,
     pub last_error: Option<String>,
@@ -49,7 +49,7 @@ pub struct HealthData {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct EslHealth {
+pub(crate) struct EslHealth {
     pub connected: bool,
     pub last_heartbeat: Option<String>,
     /// RFC 3339 time of the last byte read from the socket.
@@ -58,7 +58,7 @@ pub struct EslHealth {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct SourceHealth {
+pub(crate) struct SourceHealth {
     pub enabled: bool,
     pub received: u64,
     pub written: u64,
@@ -66,7 +66,7 @@ pub struct SourceHealth {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct RedisHealth {
+pub(crate) struct RedisHealth {
     /// The monitor's `PING` succeeded.
     pub connected: bool,
     pub ping_ms: Option<f64>,
@@ -80,20 +80,20 @@ pub struct RedisHealth {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct SpoolHealth {
+pub(crate) struct SpoolHealth {
     pub bytes: u64,
     pub events: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct DroppedHealth {
+pub(crate) struct DroppedHealth {
     pub total: u64,
     pub by_reason: BTreeMap<String, u64>,
 }
 
 impl HealthReport {
     /// What `/health` answers before the first check has completed.
-    pub fn starting() -> HealthReport {
+    pub(crate) fn starting() -> HealthReport {
         let check = Check::fail("startup", "the first health check has not completed yet".to_owned());
         HealthReport {
             status: Status::Unhealthy,
@@ -127,19 +127,19 @@ impl HealthReport {
         }
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.status == Status::Healthy
     }
 
     /// Failing checks as one line, for logs.
-    pub fn reasons(&self) -> String {
+    pub(crate) fn reasons(&self) -> String {
         let reasons: Vec<&str> = self.data.checks.iter().filter_map(|c| c.reason.as_deref()).collect();
         reasons.join("; ")
     }
 }
 
 /// Where the monitor publishes its latest report and `/health` reads it.
-pub struct HealthBoard {
+pub(crate) struct HealthBoard {
     latest: RwLock<Arc<HealthReport>>,
 }
 
@@ -150,22 +150,22 @@ impl Default for HealthBoard {
 }
 
 impl HealthBoard {
-    pub fn latest(&self) -> Arc<HealthReport> {
+    pub(crate) fn latest(&self) -> Arc<HealthReport> {
         self.latest.read().clone()
     }
 
-    pub fn publish(&self, report: HealthReport) {
+    pub(crate) fn publish(&self, report: HealthReport) {
         *self.latest.write() = Arc::new(report);
     }
 }
 
-pub fn timestamp(us: i64) -> Option<String> {
+pub(crate) fn timestamp(us: i64) -> Option<String> {
     (us > 0).then(|| rfc3339(us))
 }
 
 /// Formats microseconds since the Unix epoch as RFC 3339 UTC with milliseconds,
 /// e.g. `2024-01-15T10:00:00.000Z`.
-pub fn rfc3339(us: i64) -> String {
+pub(crate) fn rfc3339(us: i64) -> String {
     let ms = us.div_euclid(1000);
     let secs = ms.div_euclid(1000);
     let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

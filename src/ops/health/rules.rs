@@ -8,27 +8,27 @@ use crate::config::Config;
 use crate::source::outbox::{OutboxView, Role};
 
 /// FreeSWITCH sends a HEARTBEAT event every 20 s.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a connected socket may stay silent: 2.5 heartbeat intervals.
-pub const ESL_SILENCE_TOLERANCE: Duration = Duration::from_secs(50);
+pub(crate) const ESL_SILENCE_TOLERANCE: Duration = Duration::from_secs(50);
 /// The queue and the spool fail their checks at this fill level, before anything is dropped.
-pub const HIGH_WATER_PERCENT: u64 = 90;
+pub(crate) const HIGH_WATER_PERCENT: u64 = 90;
 /// The oldest outbox row may wait this long before the `outbox` check fails.
-pub const OUTBOX_MAX_AGE: Duration = Duration::from_secs(30);
+pub(crate) const OUTBOX_MAX_AGE: Duration = Duration::from_secs(30);
 /// A drop keeps the `drops` check failing for this long.
-pub const DROP_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DROP_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// The overall verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     Healthy,
     Degraded,
     Unhealthy,
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Healthy => "healthy",
             Status::Degraded => "degraded",
@@ -37,7 +37,7 @@ impl Status {
     }
 
     /// The value of the `eslstream_health_status` gauge.
-    pub fn gauge_value(self) -> i64 {
+    pub(crate) fn gauge_value(self) -> i64 {
         match self {
             Status::Healthy => 0,
             Status::Degraded => 1,
@@ -48,7 +48,7 @@ impl Status {
 
 /// What the monitor saw at one check: the whole input of the decision.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub esl_connected: bool,
     /// How long the socket has been connected, as far as the monitor knows.
     pub esl_connected_for: Duration,
@@ -78,7 +78,7 @@ pub struct Snapshot {
 
 /// The thresholds the checks compare against.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// `ESL_ENABLED`: without an event socket there is no `esl` check.
     pub esl_enabled: bool,
     pub esl_silence: Duration,
@@ -97,7 +97,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn from_config(config: &Config) -> Limits {
+    pub(crate) fn from_config(config: &Config) -> Limits {
         Limits {
             esl_enabled: config.esl.enabled,
             esl_silence: ESL_SILENCE_TOLERANCE,
@@ -113,7 +113,7 @@ impl Limits {
 
 /// One check's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Check {
+pub(crate) struct Check {
     pub name: &'static str,
     pub ok: bool,
     /// Why it failed (`None` when it holds).
@@ -121,11 +121,11 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn pass(name: &'static str) -> Check {
+    pub(crate) fn pass(name: &'static str) -> Check {
         Check { name, ok: true, reason: None }
     }
 
-    pub fn fail(name: &'static str, reason: String) -> Check {
+    pub(crate) fn fail(name: &'static str, reason: String) -> Check {
         Check { name, ok: false, reason: Some(reason) }
     }
 
@@ -135,7 +135,7 @@ impl Check {
 }
 
 /// Runs every check on a snapshot.
-pub fn evaluate(s: &Snapshot, l: &Limits) -> Vec<Check> {
+pub(crate) fn evaluate(s: &Snapshot, l: &Limits) -> Vec<Check> {
     let esl = l.esl_enabled.then(|| esl_check(s, l));
     let rest = [redis_check(s), permissions_check(s), queue_check(s, l), spool_check(s, l), drops_check(s, l)];
     let outbox = s.outbox.as_ref().map(outbox_check);
@@ -275,7 +275,7 @@ fn drops_check(s: &Snapshot, l: &Limits) -> Check {
 
 /// Failed checks in a row, per check that can escalate, and overall.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Streaks {
+pub(crate) struct Streaks {
     pub esl: u32,
     pub redis: u32,
     /// Checks in a row that were not healthy (reported as `recovery_attempts`).
@@ -284,7 +284,7 @@ pub struct Streaks {
 
 impl Streaks {
     /// Counts this round's results in.
-    pub fn update(&mut self, checks: &[Check]) {
+    pub(crate) fn update(&mut self, checks: &[Check]) {
         let bump = |n: u32, failed: bool| if failed { n.saturating_add(1) } else { 0 };
         self.esl = bump(self.esl, Check::failed(checks, "esl"));
         self.redis = bump(self.redis, Check::failed(checks, "redis"));
@@ -293,7 +293,7 @@ impl Streaks {
 }
 
 /// The verdict for this round's checks, given the streaks already updated with them.
-pub fn decide(checks: &[Check], streaks: &Streaks, limits: &Limits) -> Status {
+pub(crate) fn decide(checks: &[Check], streaks: &Streaks, limits: &Limits) -> Status {
     if checks.iter().all(|c| c.ok) {
         return Status::Healthy;
     }

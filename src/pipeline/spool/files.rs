@@ -46,7 +46,7 @@ pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 /// A copy of an I/O error that keeps its OS code (the drop reason depends on it).
-pub fn same_error(e: &io::Error) -> io::Error {
+pub(crate) fn same_error(e: &io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(code) => io::Error::from_raw_os_error(code),
         None => io::Error::new(e.kind(), e.to_string()),

@@ -28,10 +28,11 @@ mod files;
 mod open;
 pub mod record;
 
-pub use budget::{SpoolBudget, SpoolError};
-pub use files::same_error;
+pub use budget::SpoolBudget;
+pub(crate) use budget::SpoolError;
+pub(crate) use files::same_error;
 use files::{count_records, free_bytes, read_cursor, segment_path, verify_segment, write_cursor};
-pub use open::open_lanes;
+pub(crate) use open::open_lanes;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -46,15 +47,15 @@ use tracing::{error, info, warn};
 use crate::envelope::{Envelope, SpoolPos};
 
 /// A segment is closed and a new one started past this size.
-pub const SEGMENT_BYTES: u64 = 16 << 20;
+pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
 /// Appended records are written once this many bytes are buffered (or on [`LaneSpool::flush`]).
-pub const FLUSH_BYTES: usize = 256 * 1024;
+pub(crate) const FLUSH_BYTES: usize = 256 * 1024;
 /// Past this many buffered bytes that cannot be written, appends are refused.
 const MAX_PENDING: usize = 8 << 20;
 /// Segment ids start here so that segments can be put in front of the first one.
 const FIRST_SEGMENT: u64 = 1 << 32;
 /// While the spool cannot write, a write is tried again at most this often.
-pub const RETRY_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const RETRY_EVERY: Duration = Duration::from_millis(100);
 /// A full disk counts as writable again once this much is free.
 const RECOVERED_FREE_BYTES: u64 = 1 << 20;
 /// While the spool cannot write, the error is logged again this often.
@@ -78,7 +79,7 @@ pub struct Recovery {
 
 /// What a [`LaneSpool::rewind`] moved back, to undo it.
 #[derive(Debug, Clone, Copy)]
-pub struct Rewound {
+pub(crate) struct Rewound {
     read: SpoolPos,
     records: u64,
 }
@@ -180,16 +181,17 @@ impl LaneSpool {
 
     /// The events and jobs streams, for records of the previous format (which named them by
     /// number).
-    pub fn set_v1_streams(&mut self, streams: record::V1Streams) {
+    pub(crate) fn set_v1_streams(&mut self, streams: record::V1Streams) {
         self.v1_streams = streams;
     }
 
     /// Events appended and not yet read back.
-    pub fn unread(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn unread(&self) -> u64 {
         self.unread
     }
 
-    pub fn has_unread(&self) -> bool {
+    pub(crate) fn has_unread(&self) -> bool {
         self.unread > 0
     }
 
@@ -254,7 +256,7 @@ impl LaneSpool {
     /// for a full disk, look at the free space (at most every [`RETRY_EVERY`]) and end the
     /// failing state once there is room for a segment's worth of writes. Other errors end with
     /// the next write that succeeds.
-    pub fn probe_recovery(&mut self) {
+    pub(crate) fn probe_recovery(&mut self) {
         let Some(failing) = &mut self.failing else { return };
         if !self.pending.is_empty() || failing.last_try.elapsed() < RETRY_EVERY {
             return;
@@ -314,7 +316,7 @@ impl LaneSpool {
 
     /// Puts `envelopes` in front of everything unread, in their order. Only valid when no
     /// spooled record is in flight (call [`LaneSpool::rewind`] first).
-    pub fn prepend(&mut self, envelopes: &[Envelope]) -> Result<(), SpoolError> {
+    pub(crate) fn prepend(&mut self, envelopes: &[Envelope]) -> Result<(), SpoolError> {
         if envelopes.is_empty() {
             return Ok(());
         }
@@ -446,7 +448,7 @@ impl LaneSpool {
 
     /// Sends the read position back to the committed one: records read but not acknowledged
     /// will be read again.
-    pub fn rewind(&mut self) -> Rewound {
+    pub(crate) fn rewind(&mut self) -> Rewound {
         let mark = Rewound { read: self.read, records: 0 };
         if self.read == self.committed {
             return mark;
@@ -469,7 +471,7 @@ impl LaneSpool {
     }
 
     /// Undoes a [`LaneSpool::rewind`]: the records it made unread are in flight again.
-    pub fn undo_rewind(&mut self, rewound: Rewound) {
+    pub(crate) fn undo_rewind(&mut self, rewound: Rewound) {
         self.unread -= rewound.records.min(self.unread);
         self.budget.events.fetch_sub(rewound.records, Ordering::Relaxed);
         self.read = rewound.read;
@@ -478,7 +480,7 @@ impl LaneSpool {
 
     /// Whether `bytes` more fit in the budget now (another lane may take the room before they
     /// are written, so a write can still find it full).
-    pub fn check_room(&self, bytes: u64) -> Result<(), SpoolError> {
+    pub(crate) fn check_room(&self, bytes: u64) -> Result<(), SpoolError> {
         let (used, max) = (self.budget.used.load(Ordering::Relaxed), self.budget.max_bytes);
         match used.checked_add(bytes) {
             Some(total) if total <= max => Ok(()),

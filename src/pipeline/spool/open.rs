@@ -11,7 +11,7 @@ use super::{record, LaneSpool, SpoolBudget};
 /// Opens one spool per lane under `dir`. If the spool was written with a different number of
 /// lanes (`WRITER_WORKERS` changed), every unread event is re-partitioned onto the new lanes
 /// first, in order, so each call's events stay on one lane and in order.
-pub fn open_lanes(
+pub(crate) fn open_lanes(
     dir: &Path,
     lanes: usize,
     budget: Arc<SpoolBudget>,

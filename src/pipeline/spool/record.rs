@@ -9,9 +9,9 @@ use bytes::Bytes;
 use crate::envelope::{BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget};
 
 /// Bytes before the payload.
-pub const HEADER_LEN: usize = 8;
+pub(crate) const HEADER_LEN: usize = 8;
 /// The largest payload accepted back from disk (an event is at most 16 MiB plus its fields).
-pub const MAX_PAYLOAD: usize = 17 << 20;
+pub(crate) const MAX_PAYLOAD: usize = 17 << 20;
 /// Version 2: the source-neutral envelope (any stream key, string or numeric ids). Version 1
 /// records (ESL events and its two streams, before the general envelope) are still read.
 const VERSION: u8 = 2;
@@ -65,7 +65,7 @@ pub fn encode(envelope: &Envelope, out: &mut Vec<u8>) {
 }
 
 /// Bytes `envelope` takes as a record.
-pub fn encoded_len(envelope: &Envelope) -> u64 {
+pub(crate) fn encoded_len(envelope: &Envelope) -> u64 {
     let strings = [envelope.stream.key.as_str(), envelope.stream.label, &envelope.name, &envelope.ordering_key];
     let id = match &envelope.key.id {
         EventId::Seq(_) => 8,

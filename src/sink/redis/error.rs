@@ -54,7 +54,7 @@ fn names_topology_error(text: &str) -> bool {
 }
 
 /// A failed request as a [`WriteError`].
-pub fn classify(e: RedisError) -> WriteError {
+pub(crate) fn classify(e: RedisError) -> WriteError {
     let text = e.to_string();
     if e.is_io_error()
         || e.is_timeout()

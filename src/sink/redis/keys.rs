@@ -8,21 +8,21 @@ pub const DEDUP_GENERATION_BITS: u32 = 20;
 /// 2^20 sequences of one Core-UUID (older bitmaps are deleted).
 pub const DEDUP_KEEP_GENERATIONS: u64 = 3;
 /// How long a dedup bitmap is kept after its last write.
-pub const DEDUP_TTL_SECS: u64 = 24 * 3600;
+pub(crate) const DEDUP_TTL_SECS: u64 = 24 * 3600;
 /// How long a string id is remembered (the HTTP ingress's `HTTP_INGRESS_IDEMPOTENCY_TTL`
 /// default).
 pub const DEDUP_KEYS_TTL_SECS: u64 = 24 * 3600;
 /// String ids remembered per producer and stream at most (the oldest go first).
-pub const DEDUP_KEYS_MAX: u64 = 1_000_000;
+pub(crate) const DEDUP_KEYS_MAX: u64 = 1_000_000;
 /// How long a retired connection's mark is kept: longer than TCP keeps re-sending what a
 /// closed connection had sent (about 15 minutes at Linux's defaults).
-pub const RETIRED_TTL_SECS: u64 = 3600;
+pub(crate) const RETIRED_TTL_SECS: u64 = 3600;
 
 /// The prefix of every key kept beside a stream, in the stream's Redis Cluster slot: the
 /// stream key itself when it has a hash tag (`{...}` with something inside: dedup keys that
 /// start with it hash alike), else the stream key wrapped in braces. (A key with a stray `}`
 /// and no tag cannot be wrapped into its own slot; give such a key a tag for Redis Cluster.)
-pub fn slot_tag(stream_key: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn slot_tag(stream_key: &str) -> std::borrow::Cow<'_, str> {
     let has_tag = stream_key.find('{').and_then(|open| stream_key[open + 1..].find('}')).is_some_and(|len| len > 0);
     if has_tag {
         std::borrow::Cow::Borrowed(stream_key)
@@ -33,19 +33,19 @@ pub fn slot_tag(stream_key: &str) -> std::borrow::Cow<'_, str> {
 
 /// The fence of a hot-standby pair on one stream (the highest lease epoch that wrote to it),
 /// kept beside the stream.
-pub fn fence_key(stream_key: &str, group: &str) -> String {
+pub(crate) fn fence_key(stream_key: &str, group: &str) -> String {
     format!("{}:ha-fence:{group}", slot_tag(stream_key))
 }
 
 /// A connection's tripwire on one stream, which its fast-path transactions `WATCH` (see
 /// [`TRANSACTION_GUARD`]).
-pub fn trip_key(stream_key: &str, token: &str) -> String {
+pub(crate) fn trip_key(stream_key: &str, token: &str) -> String {
     format!("{}:trip:{token}", slot_tag(stream_key))
 }
 
 /// The mark of a connection the writer gave up on, on one stream: a transaction of that
 /// connection arriving after it is set does nothing (see [`TRANSACTION_GUARD`]).
-pub fn retired_key(stream_key: &str, token: &str) -> String {
+pub(crate) fn retired_key(stream_key: &str, token: &str) -> String {
     format!("{}:retired:{token}", slot_tag(stream_key))
 }
 
@@ -72,12 +72,12 @@ pub fn dedup_keys_key(stream_key: &str, producer: &str) -> String {
 
 /// A hot-standby pair's lease and its epoch counter (`<agent id> <epoch>` and the last epoch
 /// granted), in the group's own slot.
-pub fn lease_keys(group: &str) -> (String, String) {
+pub(crate) fn lease_keys(group: &str) -> (String, String) {
     (format!("eslstream:ha:{{{group}}}:lease"), format!("eslstream:ha:{{{group}}}:epoch"))
 }
 
 /// The tripwire a pair's takeover uses while it raises the fence of one stream.
-pub fn takeover_trip_key(stream_key: &str, group: &str) -> String {
+pub(crate) fn takeover_trip_key(stream_key: &str, group: &str) -> String {
     format!("{}:ha-trip:{group}:takeover", slot_tag(stream_key))
 }
 

@@ -49,17 +49,17 @@ use crate::envelope::EventId;
 use crate::sink::resp::Resp;
 use crate::telemetry::metrics::metrics;
 
+pub(crate) use error::classify;
 use error::server_error;
-pub use error::{classify, WriteError};
+pub use error::WriteError;
 use keys::connection_token;
-pub use keys::{
-    dedup_key, dedup_keys_key, fence_key, retired_key, slot_tag, trip_key, DEDUP_GENERATION_BITS,
-    DEDUP_KEEP_GENERATIONS, DEDUP_KEYS_MAX, DEDUP_KEYS_TTL_SECS, DEDUP_TTL_SECS, RETIRED_TTL_SECS,
-};
+pub use keys::{dedup_key, dedup_keys_key, DEDUP_GENERATION_BITS, DEDUP_KEEP_GENERATIONS, DEDUP_KEYS_TTL_SECS};
+pub(crate) use keys::{trip_key, DEDUP_KEYS_MAX, DEDUP_TTL_SECS};
 pub use request::Entry;
 use request::{Failure, Undecodable};
-pub use script::IDEMPOTENT_SCRIPT;
-pub use transaction::{Unanswered, DEDUP_TRIM_EVERY, FENCE_CHECK, TRANSACTION_GUARD};
+pub(crate) use script::IDEMPOTENT_SCRIPT;
+pub use transaction::DEDUP_TRIM_EVERY;
+pub(crate) use transaction::{Unanswered, FENCE_CHECK, TRANSACTION_GUARD};
 
 /// The fate of one entry of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +173,7 @@ impl RedisSink {
 
     /// How long the next writes wait for their reply (a system call only when it changes);
     /// with `WAIT`, the replicas get at most as long again.
-    pub fn set_reply_timeout(&mut self, timeout: Duration) -> Result<(), WriteError> {
+    pub(crate) fn set_reply_timeout(&mut self, timeout: Duration) -> Result<(), WriteError> {
         if timeout != self.reply_timeout {
             let socket = if self.wait_replicas > 0 { timeout + self.wait_for(timeout) } else { timeout };
             self.conn.set_read_timeout(Some(socket)).map_err(classify)?;
@@ -258,7 +258,7 @@ impl RedisSink {
     }
 
     /// How long string ids are remembered (`HTTP_INGRESS_IDEMPOTENCY_TTL`), at least a second.
-    pub fn set_dedup_keys_ttl(&mut self, ttl: Duration) {
+    pub(crate) fn set_dedup_keys_ttl(&mut self, ttl: Duration) {
         self.keys_ttl_secs = ttl.as_secs().max(1);
     }
 

@@ -85,7 +85,7 @@ impl Entry {
     /// Makes this (used) entry the one for a new event, reusing its buffers: the contract's
     /// fields, `event` then the index fields (`event_name`, `unique_id` = the ordering key,
     /// `core_uuid` = the producer, `event_sequence` = the id), or `event` alone.
-    pub fn refill(
+    pub(crate) fn refill(
         &mut self,
         format: EntryFormat,
         stream: (&str, u64),

@@ -13,7 +13,7 @@ use super::request::{DedupGroups, DedupMark, Failure, Undecodable};
 use super::{Entry, EntryOutcome, RedisSink, WriteError};
 
 /// The checking path's Lua script.
-pub const IDEMPOTENT_SCRIPT: &str = include_str!("idempotent.lua");
+pub(crate) const IDEMPOTENT_SCRIPT: &str = include_str!("idempotent.lua");
 
 impl RedisSink {
     /// The checking path: one script call that skips entries whose key was already written.

@@ -33,7 +33,7 @@ use super::{Entry, EntryOutcome, RedisSink, WriteError};
 /// `SETBIT`, `EXPIRE` (and, for pairs, `GET`/`SET` on the fences), which the agent's ACL rule
 /// grants already. (One small call per batch: the keys of a transaction share a slot in a
 /// cluster anyway.)
-pub const TRANSACTION_GUARD: &str = "local function trip() redis.call('SETBIT', KEYS[1], 0, 1) \
+pub(crate) const TRANSACTION_GUARD: &str = "local function trip() redis.call('SETBIT', KEYS[1], 0, 1) \
 redis.call('EXPIRE', KEYS[1], 60) end \
 if redis.call('BITFIELD', KEYS[2], 'GET', 'u1', 0)[1] == 1 then trip() return 2 end \
 if #KEYS < 3 then return 1 end \
@@ -49,7 +49,7 @@ return 1";
 /// A hot-standby pair's fence check at takeover (see `crate::ha`). KEYS: the stream's
 /// fence, a tripwire; ARGV: the lease epoch, the fence's TTL. A fence newer than the epoch
 /// sets the tripwire; otherwise the fence is raised to the epoch.
-pub const FENCE_CHECK: &str = "local seen = tonumber(redis.call('GET', KEYS[1]) or '0') \
+pub(crate) const FENCE_CHECK: &str = "local seen = tonumber(redis.call('GET', KEYS[1]) or '0') \
 local epoch = tonumber(ARGV[1]) \
 if seen > epoch then redis.call('SET', KEYS[2], ARGV[1], 'EX', 60) return 0 end \
 if seen < epoch then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end \

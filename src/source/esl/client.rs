@@ -39,7 +39,7 @@ const WRITE_NOW_AFTER_QUIET: Duration = Duration::from_micros(250);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: io::Error },
     #[error("FreeSWITCH rejected the ESL password (-ERR invalid); check ESL_PASSWORD")]
@@ -65,7 +65,7 @@ pub enum SessionError {
 }
 
 /// The ESL client; [`EslClient::run`] owns the reconnect loop.
-pub struct EslClient {
+pub(crate) struct EslClient {
     config: EslConfig,
     /// `READER_MAX_LATENCY`: events older than this when parsed are logged.
     max_latency: Duration,
@@ -85,7 +85,7 @@ static FILTER_DEBUG: RateLimit = RateLimit::new(Duration::from_secs(60));
 static SLOW_WARN: RateLimit = RateLimit::new(Duration::from_secs(10));
 
 impl EslClient {
-    pub fn new(
+    pub(crate) fn new(
         config: EslConfig,
         max_latency: Duration,
         router: Router,
@@ -108,12 +108,12 @@ impl EslClient {
 
     /// The same reader as one agent of a hot-standby pair: events go through the pair's gate
     /// (written when active, kept for replay when standby).
-    pub fn with_gate(self, gate: Arc<dyn Gate>) -> EslClient {
+    pub(crate) fn with_gate(self, gate: Arc<dyn Gate>) -> EslClient {
         EslClient { gate: Some(gate), ..self }
     }
 
     /// Connects and reads until shutdown, reconnecting after every failure.
-    pub fn run(self) {
+    pub(crate) fn run(self) {
         let _span = info_span!("esl", host = %self.config.host, port = self.config.port).entered();
         let mut delay = self.config.reconnect_delay;
         let mut connections = 0u64;

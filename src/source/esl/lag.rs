@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How far behind the switch the reader lets itself fall before it spools instead of waiting.
-pub const MAX_LAG: Duration = Duration::from_millis(250);
+pub(crate) const MAX_LAG: Duration = Duration::from_millis(250);
 
 /// The reader's lag behind one switch connection.
 #[derive(Debug)]
-pub struct Lag {
+pub(crate) struct Lag {
     /// The smallest age seen since the connection was made, in microseconds.
     min_age_us: AtomicI64,
 }
@@ -33,13 +33,13 @@ impl Default for Lag {
 
 impl Lag {
     /// A new connection: the clocks' offset is learnt again.
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.min_age_us.store(i64::MAX, Ordering::Relaxed);
     }
 
     /// Until when the reader may wait for room for an event stamped `timestamp_us` and parsed
     /// at `parsed_at_us` (wall clock) = `now`; `None` when it is already [`MAX_LAG`] late.
-    pub fn wait_until(&self, timestamp_us: i64, parsed_at_us: i64, now: Instant) -> Option<Instant> {
+    pub(crate) fn wait_until(&self, timestamp_us: i64, parsed_at_us: i64, now: Instant) -> Option<Instant> {
         let age = parsed_at_us.saturating_sub(timestamp_us);
         let min = self.min_age_us.fetch_min(age, Ordering::Relaxed).min(age);
         let lag = age.saturating_sub(min);

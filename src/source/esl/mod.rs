@@ -3,6 +3,6 @@
 //! pair's gate may stand in front of its intake ([`crate::ha`]). The format itself (framing, decoding, encoding) is
 //! [`crate::esl`]'s, shared with the writer and the simulator.
 
-pub mod client;
-pub mod lag;
-pub mod routes;
+pub(crate) mod client;
+pub(crate) mod lag;
+pub(crate) mod routes;

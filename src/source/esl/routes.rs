@@ -9,7 +9,7 @@ use crate::esl::event::EventMeta;
 /// A set of event names as configured: `ALL`, plain names, `CUSTOM` (every subclass) and
 /// `CUSTOM::<subclass>`.
 #[derive(Debug, Clone, Default)]
-pub struct EventSet {
+pub(crate) struct EventSet {
     all: bool,
     any_custom: bool,
     names: Vec<String>,
@@ -17,7 +17,7 @@ pub struct EventSet {
 }
 
 impl EventSet {
-    pub fn new(list: &[String]) -> EventSet {
+    pub(crate) fn new(list: &[String]) -> EventSet {
         let mut set = EventSet::default();
         for item in list {
             match item.as_str() {
@@ -33,7 +33,7 @@ impl EventSet {
     }
 
     /// Whether an event with this name (and subclass, for CUSTOM) is in the set.
-    pub fn contains(&self, name: &str, subclass: &str) -> bool {
+    pub(crate) fn contains(&self, name: &str, subclass: &str) -> bool {
         if self.all {
             return true;
         }
@@ -47,7 +47,7 @@ impl EventSet {
 
 /// Routes events to streams and builds the subscription command.
 #[derive(Debug, Clone)]
-pub struct Router {
+pub(crate) struct Router {
     publish: EventSet,
     push: EventSet,
     subscription: String,
@@ -57,7 +57,12 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(publish: &[String], push: &[String], events: Arc<StreamTarget>, jobs: Arc<StreamTarget>) -> Router {
+    pub(crate) fn new(
+        publish: &[String],
+        push: &[String],
+        events: Arc<StreamTarget>,
+        jobs: Arc<StreamTarget>,
+    ) -> Router {
         Router {
             publish: EventSet::new(publish),
             push: EventSet::new(push),
@@ -68,7 +73,7 @@ impl Router {
     }
 
     /// The stream an event belongs to, or `None` when it is not written.
-    pub fn route(&self, meta: &EventMeta) -> Option<&Arc<StreamTarget>> {
+    pub(crate) fn route(&self, meta: &EventMeta) -> Option<&Arc<StreamTarget>> {
         let is_job = self.publish.contains(&meta.name, &meta.subclass)
             && (meta.name != "BACKGROUND_JOB" || meta.calling_function == "api_exec");
         if is_job {
@@ -81,7 +86,7 @@ impl Router {
     }
 
     /// The event names to put after `event plain` (without the command word).
-    pub fn subscription(&self) -> &str {
+    pub(crate) fn subscription(&self) -> &str {
         &self.subscription
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 /// One event of a request.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BodyEvent {
+pub(crate) struct BodyEvent {
     /// The object as sent, compact: the `event` field.
     pub compact: Vec<u8>,
     pub fields: Map<String, Value>,
@@ -17,7 +17,7 @@ pub struct BodyEvent {
 
 /// How the events were sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyKind {
+pub(crate) enum BodyKind {
     /// `application/json`.
     Json,
     /// `application/x-ndjson`.
@@ -26,7 +26,7 @@ pub enum BodyKind {
 
 impl BodyKind {
     /// The kind a `Content-Type` names (parameters such as `charset` ignored).
-    pub fn from_content_type(value: &str) -> Option<BodyKind> {
+    pub(crate) fn from_content_type(value: &str) -> Option<BodyKind> {
         match value.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
             "application/json" => Some(BodyKind::Json),
             "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Some(BodyKind::NdJson),
@@ -37,7 +37,7 @@ impl BodyKind {
 
 /// Why a body was refused: which event (when one is to blame) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BodyError {
+pub(crate) struct BodyError {
     pub index: Option<usize>,
     pub message: String,
 }
@@ -55,14 +55,14 @@ impl BodyError {
 /// The events of a body, in order; `batch` is whether the request was a batch (an array or
 /// NDJSON), which decides how an `Idempotency-Key` header is applied.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Parsed {
+pub(crate) struct Parsed {
     pub events: Vec<BodyEvent>,
     pub batch: bool,
 }
 
 /// Parses a body of `kind`; at most `max_events` events, each with every `required` field
 /// present and non-empty.
-pub fn parse(kind: BodyKind, body: &[u8], max_events: usize, required: &[String]) -> Result<Parsed, BodyError> {
+pub(crate) fn parse(kind: BodyKind, body: &[u8], max_events: usize, required: &[String]) -> Result<Parsed, BodyError> {
     let (raws, batch) = match kind {
         BodyKind::Json => match body.iter().find(|b| !b.is_ascii_whitespace()) {
             Some(b'[') => {
@@ -127,7 +127,7 @@ fn non_empty(v: &Value) -> bool {
 }
 
 /// A field as text, when it is a string, a number or a boolean.
-pub fn scalar_text(v: &Value) -> Option<String> {
+pub(crate) fn scalar_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

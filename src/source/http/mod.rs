@@ -22,7 +22,7 @@
 //!    once, and a retry with the same ids is safe); no room in memory or spool: `503` at once,
 //!    nothing accepted.
 
-pub mod body;
+pub(crate) mod body;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +56,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_AFTER_SECS: &str = "1";
 
 /// The ingress: its configuration and where its events go.
-pub struct HttpIngress {
+pub(crate) struct HttpIngress {
     config: HttpIngressConfig,
     intake: Arc<Intake>,
     stream: Arc<StreamTarget>,
@@ -64,7 +64,7 @@ pub struct HttpIngress {
 }
 
 impl HttpIngress {
-    pub fn new(config: HttpIngressConfig, intake: Arc<Intake>) -> Arc<HttpIngress> {
+    pub(crate) fn new(config: HttpIngressConfig, intake: Arc<Intake>) -> Arc<HttpIngress> {
         let stream = config.stream_target();
         Arc::new(HttpIngress { config, intake, stream, keys: KeyAssigner::new() })
     }
@@ -158,7 +158,7 @@ impl HttpIngress {
 
     /// Answers one `POST /events`: `202` once every event is durable, else why not. The
     /// producer it was for is in the reply's extensions ([`ProducerLabel`]).
-    pub async fn handle(&self, req: Request<Body>) -> Reply {
+    pub(crate) async fn handle(&self, req: Request<Body>) -> Reply {
         match self.try_handle(req).await {
             Ok(reply) => reply,
             Err(refusal) => {
@@ -290,7 +290,7 @@ impl HttpIngress {
 
 /// The producer a reply was for (for the request metrics).
 #[derive(Clone, Debug)]
-pub struct ProducerLabel(pub String);
+pub(crate) struct ProducerLabel(pub String);
 
 /// A request not accepted: its status, why, which event (if one), and who sent it.
 #[derive(Debug)]
@@ -348,7 +348,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 /// The TLS configuration of the ingress listener from its PEM files (`HTTP_INGRESS_TLS_CERT`,
 /// `HTTP_INGRESS_TLS_KEY`); the error names the file and what is wrong with it.
-pub fn tls_config(cert: &str, key: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+pub(crate) fn tls_config(cert: &str, key: &str) -> Result<Arc<rustls::ServerConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -369,12 +369,12 @@ pub fn tls_config(cert: &str, key: &str) -> Result<Arc<rustls::ServerConfig>, St
 /// What the state of a server that serves `POST /events` gives it: the ingress, when it is on.
 /// (The admin server's state, and the ingress's own listener's, both implement it; the HTTP
 /// server itself knows no route.)
-pub trait IngressState: Send + Sync + 'static {
+pub(crate) trait IngressState: Send + Sync + 'static {
     fn ingress(&self) -> Option<&HttpIngress>;
 }
 
 /// `POST /events` on a server whose state is `S`: hand the route to its [`crate::http::Router`].
-pub fn post_events<S: IngressState>(ctx: Arc<S>, req: Request<Body>, _params: Params) -> HandlerFuture {
+pub(crate) fn post_events<S: IngressState>(ctx: Arc<S>, req: Request<Body>, _params: Params) -> HandlerFuture {
     Box::pin(async move {
         let started = std::time::Instant::now();
         let Some(ingress) = ctx.ingress() else {

@@ -36,7 +36,7 @@ enum TlsPolicy {
 
 /// A parsed `OUTBOX_DATABASE_URL`.
 #[derive(Clone)]
-pub struct ConnectTarget {
+pub(crate) struct ConnectTarget {
     config: tokio_postgres::Config,
     tls: TlsPolicy,
     root_cert: Option<PathBuf>,
@@ -55,7 +55,7 @@ impl std::fmt::Debug for ConnectTarget {
 
 impl ConnectTarget {
     /// Reads a `postgres://` / `postgresql://` URL or a `key=value ...` string.
-    pub fn parse(url: &str) -> Result<ConnectTarget, String> {
+    pub(crate) fn parse(url: &str) -> Result<ConnectTarget, String> {
         let (rest, mode, root_cert) = split_tls_params(url);
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| format!("{e}"))?;
         let (ssl_mode, tls) = match mode.as_deref().unwrap_or("prefer") {
@@ -86,13 +86,14 @@ impl ConnectTarget {
         Ok(ConnectTarget { config, tls, root_cert: root_cert.map(PathBuf::from) })
     }
 
-    /// The database named in the URL (for the default producer), when it names one.
-    pub fn dbname(&self) -> Option<&str> {
+    /// The database named in the URL, when it names one (the tests check the parse).
+    #[cfg(test)]
+    pub(crate) fn dbname(&self) -> Option<&str> {
         self.config.get_dbname()
     }
 
     /// Connects, and starts driving the connection on the current runtime.
-    pub async fn connect(&self) -> Result<Session, String> {
+    pub(crate) async fn connect(&self) -> Result<Session, String> {
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
         let (client, mut connection) = self.config.connect(tls).await.map_err(|e| describe(&e))?;
         let wake = Arc::new(Notify::new());
@@ -155,7 +156,7 @@ impl ConnectTarget {
 
 /// A driver error in words, with its cause (the driver's `Display` alone often says only
 /// "db error"), for the relay's log lines and `/health`.
-pub fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => match std::error::Error::source(e) {
@@ -234,7 +235,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// One connection to PostgreSQL: the client, and what its driving task reports.
-pub struct Session {
+pub(crate) struct Session {
     pub client: Client,
     wake: Arc<Notify>,
     closed: Arc<Mutex<Option<String>>>,
@@ -242,12 +243,12 @@ pub struct Session {
 
 impl Session {
     /// Waits until a notification arrives (or the connection ends), or `timeout` passes.
-    pub async fn wait(&self, timeout: Duration) {
+    pub(crate) async fn wait(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
     }
 
     /// Why the connection ended, once it has.
-    pub fn closed(&self) -> Option<String> {
+    pub(crate) fn closed(&self) -> Option<String> {
         self.closed.lock().clone()
     }
 }

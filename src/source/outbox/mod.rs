@@ -16,10 +16,10 @@
 //! the rows simply stay in the table.
 
 pub mod cli;
-pub mod connect;
-pub mod relay;
-pub mod row;
-pub mod schema;
+pub(crate) mod connect;
+pub(crate) mod relay;
+pub(crate) mod row;
+pub(crate) mod schema;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -33,7 +33,7 @@ use crate::source::Intake;
 
 /// Checks what the outbox owns of its configuration: the URL's form (libpq's) and the table
 /// name. A [`ConfigError`], as for any bad value (exit 2).
-pub fn check_config(config: &OutboxConfig) -> Result<(), ConfigError> {
+pub(crate) fn check_config(config: &OutboxConfig) -> Result<(), ConfigError> {
     if let Err(e) = connect::ConnectTarget::parse(&config.database_url) {
         return Err(ConfigError {
             variable: "OUTBOX_DATABASE_URL".into(),
@@ -55,7 +55,7 @@ pub fn check_config(config: &OutboxConfig) -> Result<(), ConfigError> {
 /// The relay's role as `/health` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum Role {
+pub(crate) enum Role {
     /// Not connected to PostgreSQL (yet, or since a failure).
     #[default]
     Connecting,
@@ -71,7 +71,7 @@ pub enum Role {
 
 /// What `/health` shows of the outbox (`data.outbox`).
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct OutboxView {
+pub(crate) struct OutboxView {
     pub table: String,
     pub role: Role,
     pub connected: bool,
@@ -88,10 +88,10 @@ pub struct OutboxView {
 
 /// The relay's live state, shared with the health monitor.
 #[derive(Default)]
-pub struct OutboxStatus(Mutex<OutboxView>);
+pub(crate) struct OutboxStatus(Mutex<OutboxView>);
 
 impl OutboxStatus {
-    pub fn view(&self) -> OutboxView {
+    pub(crate) fn view(&self) -> OutboxView {
         self.0.lock().clone()
     }
 
@@ -101,7 +101,7 @@ impl OutboxStatus {
 }
 
 /// The running relay thread.
-pub struct OutboxSource {
+pub(crate) struct OutboxSource {
     pub status: Arc<OutboxStatus>,
     thread: Option<JoinHandle<()>>,
 }
@@ -110,7 +110,7 @@ impl OutboxSource {
     /// Checks the table once when the database answers within `startup_check` (a wrong table
     /// is an error the caller reports and exits 2 for), then starts the relay on its own
     /// thread.
-    pub fn start(
+    pub(crate) fn start(
         config: OutboxConfig,
         intake: Arc<Intake>,
         shutdown: Shutdown,
@@ -131,7 +131,7 @@ impl OutboxSource {
     }
 
     /// Waits for the relay to finish its batch and stop (after the agent's shutdown trigger).
-    pub fn join(&mut self) {
+    pub(crate) fn join(&mut self) {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -172,7 +172,7 @@ struct TableInfo {
 }
 
 /// The relay of one outbox table.
-pub struct Relay {
+pub(crate) struct Relay {
     config: OutboxConfig,
     target: ConnectTarget,
     table: TableName,
@@ -188,7 +188,7 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(
+    pub(crate) fn new(
         config: OutboxConfig,
         intake: Arc<Intake>,
         status: Arc<OutboxStatus>,
@@ -204,7 +204,7 @@ impl Relay {
     /// Connects once and checks the table, when the database answers within `wait`: a
     /// missing or wrong table fails the start. A database that does not answer is not an
     /// error: the relay keeps trying and `/health` says so.
-    pub async fn check_at_start(&self, wait: Duration) -> Result<(), StartError> {
+    pub(crate) async fn check_at_start(&self, wait: Duration) -> Result<(), StartError> {
         let attempt = async {
             let session = self.target.connect().await?;
             schema::check(&session.client, &self.table, self.config.keep).await.map_err(|e| describe(&e))
@@ -224,7 +224,7 @@ impl Relay {
     }
 
     /// Connects, relays, reconnects with backoff, until the agent stops.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
         let mut sessions = 0u64;
         let mut last_problem: Option<String> = None;

@@ -12,7 +12,7 @@ use crate::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Sou
 
 /// A row as the relay's query returns it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OutboxRow {
+pub(crate) struct OutboxRow {
     pub id: i64,
     /// Empty: `OUTBOX_STREAM`.
     pub stream: String,
@@ -28,11 +28,12 @@ pub struct OutboxRow {
 }
 
 /// The columns [`OutboxRow::from_row`] reads, in order (`{t}`: the table).
-pub const SELECT_COLUMNS: &str = "id, coalesce(stream, ''), event_name, coalesce(ordering_key, ''), payload::text, \
+pub(crate) const SELECT_COLUMNS: &str =
+    "id, coalesce(stream, ''), event_name, coalesce(ordering_key, ''), payload::text, \
      (extract(epoch from created_at) * 1000000)::int8, extract(epoch from clock_timestamp() - created_at)::float8";
 
 impl OutboxRow {
-    pub fn from_row(row: &tokio_postgres::Row) -> Result<OutboxRow, tokio_postgres::Error> {
+    pub(crate) fn from_row(row: &tokio_postgres::Row) -> Result<OutboxRow, tokio_postgres::Error> {
         Ok(OutboxRow {
             id: row.try_get(0)?,
             stream: row.try_get(1)?,
@@ -46,7 +47,7 @@ impl OutboxRow {
 }
 
 /// Turns rows into envelopes, reusing one [`StreamTarget`] per stream name.
-pub struct RowEncoder {
+pub(crate) struct RowEncoder {
     producer: String,
     default_stream: Arc<StreamTarget>,
     streams: HashMap<String, Arc<StreamTarget>>,
@@ -56,17 +57,17 @@ pub struct RowEncoder {
 const MAX_STREAMS: usize = 1024;
 
 impl RowEncoder {
-    pub fn new(producer: String, default_stream: Arc<StreamTarget>) -> RowEncoder {
+    pub(crate) fn new(producer: String, default_stream: Arc<StreamTarget>) -> RowEncoder {
         RowEncoder { producer, default_stream, streams: HashMap::new() }
     }
 
-    pub fn producer(&self) -> &str {
+    pub(crate) fn producer(&self) -> &str {
         &self.producer
     }
 
     /// The row's envelope: always written through the checking path (an earlier relay, this
     /// one before a crash or another agent, may have written it).
-    pub fn envelope(&mut self, row: &OutboxRow) -> Envelope {
+    pub(crate) fn envelope(&mut self, row: &OutboxRow) -> Envelope {
         let stream = if row.stream.is_empty() || row.stream == self.default_stream.key {
             self.default_stream.clone()
         } else {
@@ -93,7 +94,7 @@ impl RowEncoder {
 
 /// Valid JSON without the whitespace between tokens (PostgreSQL's `jsonb` output puts a space
 /// after every `:` and `,`); strings are copied byte for byte.
-pub fn compact_json(json: &str) -> Vec<u8> {
+pub(crate) fn compact_json(json: &str) -> Vec<u8> {
     let bytes = json.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

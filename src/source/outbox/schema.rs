@@ -12,20 +12,20 @@
 use std::fmt;
 
 /// The channel the trigger notifies; the payload is the table's `schema.name`.
-pub const CHANNEL: &str = "eslstream_outbox";
+pub(crate) const CHANNEL: &str = "eslstream_outbox";
 /// The trigger function's (and trigger's) name.
-pub const NOTIFY_FUNCTION: &str = "eslstream_outbox_notify";
+pub(crate) const NOTIFY_FUNCTION: &str = "eslstream_outbox_notify";
 
 /// `table` or `schema.table`: plain identifiers only (letters, digits, `_`; at most 63 bytes
 /// each; not starting with a digit), so they can be quoted safely into SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableName {
+pub(crate) struct TableName {
     pub schema: Option<String>,
     pub name: String,
 }
 
 impl TableName {
-    pub fn parse(text: &str) -> Option<TableName> {
+    pub(crate) fn parse(text: &str) -> Option<TableName> {
         let ident = |s: &str| {
             !s.is_empty()
                 && s.len() <= 63
@@ -43,7 +43,7 @@ impl TableName {
     }
 
     /// The table as SQL: `"schema"."name"` or `"name"`.
-    pub fn sql(&self) -> String {
+    pub(crate) fn sql(&self) -> String {
         match &self.schema {
             Some(schema) => format!("\"{schema}\".\"{}\"", self.name),
             None => format!("\"{}\"", self.name),
@@ -77,7 +77,7 @@ impl fmt::Display for TableName {
 
 /// The SQL of `eslstream outbox init`: idempotent (safe to run again), in one transaction.
 /// With `keep`, also the index the relay reads unpublished rows by.
-pub fn init_sql(table: &TableName, keep: bool) -> String {
+pub(crate) fn init_sql(table: &TableName, keep: bool) -> String {
     let t = table.sql();
     let f = table.function_sql();
     let schema_guard = match &table.schema {
@@ -133,7 +133,7 @@ const COLUMNS: &[(&str, &str)] = &[
 
 /// What the relay learns of a table that passed the check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableInfo {
+pub(crate) struct TableInfo {
     /// `schema.name`, resolved by the server's `search_path`.
     pub resolved: String,
     /// The table's oid (to find the transactions writing to it in `pg_locks`).
@@ -156,10 +156,10 @@ impl fmt::Display for SchemaProblems {
 impl std::error::Error for SchemaProblems {}
 
 /// What the check found.
-pub type CheckResult = Result<TableInfo, SchemaProblems>;
+pub(crate) type CheckResult = Result<TableInfo, SchemaProblems>;
 
 /// Checks that `table` exists with the columns and the trigger the relay needs.
-pub async fn check(
+pub(crate) async fn check(
     client: &tokio_postgres::Client,
     table: &TableName,
     keep: bool,

@@ -12,10 +12,10 @@ use prometheus::{
 
 mod groups;
 
-pub use groups::*;
+pub(crate) use groups::*;
 
 /// Latency buckets in seconds: 50 µs … 10 s.
-pub const LATENCY_BUCKETS: &[f64] = &[
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     10.0,
 ];
@@ -113,7 +113,7 @@ pub fn metrics() -> &'static Metrics {
 
 /// A histogram's cumulative bucket counts, `(upper bound, observations at or below it)`,
 /// ending with the `+Inf` bucket (the total count).
-pub fn cumulative_buckets(histogram: &Histogram) -> Vec<(f64, u64)> {
+pub(crate) fn cumulative_buckets(histogram: &Histogram) -> Vec<(f64, u64)> {
     use prometheus::core::Collector;
     let mut out = Vec::new();
     for family in histogram.collect() {
@@ -151,7 +151,7 @@ pub fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
 }
 
 /// Subtracts an earlier reading of the same histogram's buckets (for a quantile over an interval).
-pub fn bucket_delta(now: &[(f64, u64)], before: &[(f64, u64)]) -> Vec<(f64, u64)> {
+pub(crate) fn bucket_delta(now: &[(f64, u64)], before: &[(f64, u64)]) -> Vec<(f64, u64)> {
     now.iter()
         .enumerate()
         .map(|(i, &(bound, count))| (bound, count.saturating_sub(before.get(i).map_or(0, |b| b.1))))
@@ -159,7 +159,7 @@ pub fn bucket_delta(now: &[(f64, u64)], before: &[(f64, u64)]) -> Vec<(f64, u64)
 }
 
 /// Dropped events since start summed per reason, from `eslstream_events_dropped_total`.
-pub fn dropped_by_reason() -> std::collections::BTreeMap<String, u64> {
+pub(crate) fn dropped_by_reason() -> std::collections::BTreeMap<String, u64> {
     use prometheus::core::Collector;
     let mut out = std::collections::BTreeMap::new();
     for family in metrics().events.dropped.collect() {
@@ -173,7 +173,7 @@ pub fn dropped_by_reason() -> std::collections::BTreeMap<String, u64> {
 }
 
 /// The registry in Prometheus text format.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     let mut out = Vec::new();
     TextEncoder::new().encode(&metrics().registry.gather(), &mut out).expect("text encoding to a Vec");
     String::from_utf8(out).expect("Prometheus text is UTF-8")
