@@ -13,3 +13,6 @@ pub mod encode;
 pub mod event;
 pub mod frame;
 pub mod json;
+
+#[cfg(test)]
+mod props;

@@ -4,10 +4,10 @@
 //! frames wait for more bytes.
 
 use bytes::BytesMut;
-use eslstream::esl::encode::{encode_json, encode_plain, event_frame, HeaderValue};
-use eslstream::esl::event::{decode, DecodedValue, EventFormat};
-use eslstream::esl::frame::{Frame, FrameDecoder, FrameError, MAX_CONTENT_LENGTH, MAX_RESERVE};
-use eslstream::esl::json::{event_json, write_event_json};
+use crate::esl::encode::{encode_json, encode_plain, event_frame, HeaderValue};
+use crate::esl::event::{decode, DecodedValue, EventFormat};
+use crate::esl::frame::{Frame, FrameDecoder, FrameError, MAX_CONTENT_LENGTH, MAX_RESERVE};
+use crate::esl::json::{event_json, write_event_json};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -234,7 +234,7 @@ proptest! {
     #[test]
     fn truncated_frames_wait_for_more(ev in event(), cut in any::<Index>()) {
         let mut stream = Vec::new();
-        eslstream::esl::encode::auth_request(&mut stream);
+        crate::esl::encode::auth_request(&mut stream);
         let first = stream.len();
         let format = if ev.json { EventFormat::Json } else { EventFormat::Plain };
         event_frame(format.content_type(), &encode(&ev), &mut stream);
@@ -347,7 +347,7 @@ fn check_garbage(bytes: &[u8], cuts: &[Index]) -> Result<(), TestCaseError> {
                 Ok(Some(frame)) => {
                     for format in [EventFormat::Plain, EventFormat::Json] {
                         let _ = decode(format, frame.body());
-                        let _ = eslstream::esl::event::scan_meta(format, frame.body());
+                        let _ = crate::esl::event::scan_meta(format, frame.body());
                         out.clear();
                         if event_json(format, frame.body(), &mut out).is_ok() {
                             prop_assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
