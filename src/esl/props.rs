@@ -3,11 +3,11 @@
 //! mutated real frames never panic and never make memory grow without bound; truncated
 //! frames wait for more bytes.
 
-use bytes::BytesMut;
 use crate::esl::encode::{encode_json, encode_plain, event_frame, HeaderValue};
 use crate::esl::event::{decode, DecodedValue, EventFormat};
 use crate::esl::frame::{Frame, FrameDecoder, FrameError, MAX_CONTENT_LENGTH, MAX_RESERVE};
 use crate::esl::json::{event_json, write_event_json};
+use bytes::BytesMut;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
