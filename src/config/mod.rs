@@ -57,7 +57,7 @@ pub enum LogFormat {
 }
 
 /// Where and how to reach the event socket.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EslConfig {
     /// `ESL_ENABLED`: read the event socket at all (off for HTTP-only or outbox-only agents).
     pub enabled: bool,
@@ -73,8 +73,19 @@ pub struct EslConfig {
     pub connect_timeout: Duration,
 }
 
+impl fmt::Debug for EslConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EslConfig")
+            .field("enabled", &self.enabled)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("password", &"********")
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where and how to reach Redis.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     /// A `redis://` or `rediss://` URL (built from `REDIS_REMOTE_*` when `REDIS_URL` is unset).
     /// With Sentinel or Cluster its credentials, database and scheme apply to every node.
@@ -90,6 +101,23 @@ pub struct RedisConfig {
     pub wait_replicas: u32,
     /// `REDIS_WAIT_TIMEOUT`: how long a batch waits for those replicas.
     pub wait_timeout: Duration,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let topology = match &self.topology {
+            RedisTopology::Standalone => "standalone".to_owned(),
+            RedisTopology::Sentinel { sentinels, master, .. } => {
+                format!("sentinel {master} via {}", sentinels.join(","))
+            }
+            RedisTopology::Cluster { seeds } => format!("cluster via {}", seeds.join(",")),
+        };
+        f.debug_struct("RedisConfig")
+            .field("url", &mask_url(&self.url))
+            .field("topology", &topology)
+            .field("wait_replicas", &self.wait_replicas)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the Redis that holds the streams is found.
@@ -189,7 +217,7 @@ impl fmt::Debug for IngressToken {
 }
 
 /// The HTTP ingress source (`HTTP_INGRESS=true`): `POST /events`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpIngressConfig {
     pub enabled: bool,
     /// Its own listener (`HTTP_INGRESS_BIND` / `HTTP_INGRESS_PORT`); `None`: the admin one.
@@ -211,6 +239,18 @@ pub struct HttpIngressConfig {
     pub idempotency_ttl: Duration,
     pub ack_timeout: Duration,
     pub max_connections: usize,
+}
+
+impl fmt::Debug for HttpIngressConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpIngressConfig")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("tokens", &self.tokens)
+            .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "********"))
+            .field("stream_key", &self.stream_key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpIngressConfig {
@@ -278,8 +318,9 @@ pub struct LatencyThresholds {
     pub total: Duration,
 }
 
-/// The whole, validated configuration.
-#[derive(Debug, Clone)]
+/// The whole, validated configuration. Its `Debug` is the effective values as `check-config`
+/// shows them (secrets masked); so are the sections' that hold a secret.
+#[derive(Clone)]
 pub struct Config {
     pub esl: EslConfig,
     pub redis: RedisConfig,
@@ -308,6 +349,12 @@ pub struct Config {
     pub ignored: Vec<(String, String)>,
     /// Each variable read, as `check-config` shows it (secrets masked).
     shown: BTreeMap<&'static str, String>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.shown.iter()).finish()
+    }
 }
 
 impl Config {
@@ -368,6 +415,18 @@ mod tests {
         assert!(c.describe().contains("OUTBOX_DATABASE_URL=postgres://u:********@db/app"));
         assert!(!format!("{:?}", c.outbox).contains("secret"));
         assert!(!format!("{c:?}").contains("u:secret"), "{c:?}");
+        let c = Config::from_vars(vars(&[
+            ("ESL_PASSWORD", "topsecret"),
+            ("REDIS_URL", "redis://:hunter2@h:1/0"),
+            ("HTTP_INGRESS_HMAC_SECRET", "hmac-secret"),
+            ("HTTP_TOKEN", "admin-token"),
+        ]))
+        .unwrap();
+        for shown in [format!("{c:?}"), format!("{:?} {:?} {:?}", c.esl, c.redis, c.http_ingress)] {
+            for secret in ["topsecret", "hunter2", "hmac-secret", "admin-token"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
         let bad = |pairs: &[(&str, &str)]| Config::from_vars(vars(pairs)).unwrap_err().variable;
         let url = ("OUTBOX_DATABASE_URL", "postgres://db/app");
         assert_eq!(bad(&[url, ("OUTBOX_BATCH_SIZE", "0")]), "OUTBOX_BATCH_SIZE");
