@@ -3,8 +3,14 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use eslstream::envelope::BodyFormat;
+use eslstream::esl::event::{scan_meta, EventFormat};
+use eslstream::esl::frame::FrameDecoder;
+use eslstream::esl::json::event_json;
+use eslstream::esl::json_scan::scan_json;
 use support::*;
 
 /// The ordering key (`Unique-ID`, else `Job-UUID`) and `Event-Sequence` of a captured frame,
@@ -86,6 +92,42 @@ fn replay_capture(name: &str, expected_events: u64) {
     let zoe = events.iter().find(|e| e.event.contains("Zo\u{eb} O'Brien")).expect("caller name decoded");
     let json: serde_json::Value = serde_json::from_str(&zoe.event).unwrap();
     assert_eq!(json["Caller-Caller-ID-Name"], "Zoë O'Brien & co: 100%");
+    // Every entry's `event` field, exactly: the switch's JSON bytes as they came where each
+    // key occurs once, else the object with the first occurrence of each key; a plain event
+    // decoded. Computed here from the capture, independently of the agent.
+    let mut expected: HashMap<(String, u64), String> = HashMap::new();
+    let mut verbatim = 0;
+    for frame in &frames_sent {
+        let (format, body) = frame_body(frame);
+        let mut out = Vec::new();
+        match format {
+            EventFormat::Json if scan_json(&body).unwrap().verbatim => {
+                out.extend_from_slice(&body);
+                verbatim += 1;
+            }
+            EventFormat::Json => {
+                event_json(BodyFormat::EslJson, &body, &mut out).unwrap();
+            }
+            EventFormat::Plain => {
+                event_json(BodyFormat::EslPlain, &body, &mut out).unwrap();
+            }
+        }
+        let meta = scan_meta(format, &body).unwrap();
+        expected.insert((meta.core_uuid, meta.sequence.parse().unwrap()), String::from_utf8(out).unwrap());
+    }
+    for e in events.iter().chain(&jobs) {
+        assert_eq!(e.event, expected[&(e.core_uuid.clone(), e.sequence)], "event {} {}", e.event_name, e.sequence);
+    }
+    if name.starts_with("json") {
+        assert!(verbatim * 10 > expected.len() * 8, "{verbatim} of {} written as they came", expected.len());
+    }
+}
+
+/// A frame's event format and body.
+fn frame_body(frame: &[u8]) -> (EventFormat, bytes::Bytes) {
+    let mut buf = bytes::BytesMut::from(frame);
+    let frame = FrameDecoder::default().decode(&mut buf).unwrap().expect("one whole frame");
+    (EventFormat::from_content_type(frame.content_type().unwrap()).unwrap(), frame.body().clone())
 }
 
 #[test]
@@ -241,4 +283,39 @@ fn silent_event_socket_is_probed_and_reconnected() {
     });
     assert_eq!(agent.stop(Duration::from_secs(10)), 0);
     assert!(agent.output().contains("api status"), "{}", agent.output());
+}
+
+/// Simulated calls whose variables hold a literal `%XX` (`%2B15551234`, as carriers escape a
+/// SIP user part): the JSON format carries them exactly; the plain format cannot (FreeSWITCH's
+/// `switch_url_encode` leaves an existing `%XX` as it is, so the agent decodes it).
+#[test]
+fn values_with_a_literal_percent_are_exact_in_json_and_decoded_in_plain() {
+    for (format, from_user, percent, tag) in [
+        ("json", "%2B15551234", "100%25 a%20b", "a;b c=d&e f%20g/ü€😀"),
+        ("plain", "+15551234", "100% a b", "a;b c=d&e f g/ü€😀"),
+    ] {
+        let redis = RedisServer::start();
+        let sim = Simulator::start(SimulateOptions { events: Some(3000), seed: 7, ..Default::default() }).unwrap();
+        let spool = tempfile::tempdir().unwrap();
+        let env = agent_env(sim.local_addr(), &redis.url(), spool.path(), free_port());
+        let mut agent = start_agent(&env, &[("ESL_EVENT_FORMAT", format), ("EVENTS_TO_PUSH", "ALL")]);
+        assert!(sim.wait_done(Duration::from_secs(60)), "simulator sent everything");
+        let sent = sim.stats().events_sent;
+        let mut conn = redis.connection();
+        wait_until(Duration::from_secs(60), "every event", || xlen(&mut conn, EVENTS) >= sent);
+        assert_eq!(agent.stop(Duration::from_secs(10)), 0);
+        let entries = read_stream(&mut conn, EVENTS);
+        assert_exactly_once_in_order(&entries, sent);
+        let with: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| serde_json::from_str::<serde_json::Value>(&e.event).expect("event is JSON"))
+            .filter(|v| v.get("variable_sip_from_user").is_some())
+            .collect();
+        assert!(with.len() > 10, "{format}: {} events with the variables", with.len());
+        for v in &with {
+            assert_eq!(v["variable_sip_from_user"], from_user, "{format}");
+            assert_eq!(v["variable_esl_percent"], percent, "{format}");
+            assert_eq!(v["variable_esl_tag"], tag, "{format}");
+        }
+    }
 }

@@ -322,7 +322,8 @@ fn handle(line: &str, conn: &Conn, shared: &Shared, rng: &mut Rng, out: &mut Vec
     match word.to_ascii_lowercase().as_str() {
         "exit" => return bye(out),
         "auth" => encode::command_reply("+OK accepted", &[], out),
-        "event" => {
+        // FreeSWITCH compares the first five letters: `events` subscribes too.
+        w if w.starts_with("event") => {
             // Hold the connection while subscribing so the reply goes out before any event.
             let mut guard = conn.lock();
             let words: Vec<&str> = rest.split_whitespace().collect();

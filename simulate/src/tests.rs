@@ -421,3 +421,15 @@ fn heartbeat_and_reschedule_are_sent() {
     assert_eq!(a.get("Event-Info"), Some("System Ready"));
     assert_eq!(b.get("Event-Name"), Some("RE_SCHEDULE"));
 }
+
+/// FreeSWITCH compares the first five letters of the command: `events json ...` subscribes,
+/// in JSON, like `event json ...`.
+#[test]
+fn events_is_event_too() {
+    let sim = Simulator::start(SimulateOptions { events: Some(50), ..options() }).unwrap();
+    let mut c = Client::login(&sim, "events json ALL");
+    c.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let frame = c.event().expect("an event");
+    assert_eq!(frame.header("Content-Type"), Some("text/event-json"));
+    assert!(frame.body.starts_with(b"{"));
+}

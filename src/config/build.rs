@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::esl::event::EventFormat;
+
 use super::read::{parse_bytes, parse_event_list, split_host_port, Reader};
 use super::vars::*;
 use super::*;
@@ -24,7 +26,13 @@ impl Config {
             health_check_timeout: r.positive_duration(&ESL_HEALTH_CHECK_TIMEOUT)?,
             silence_timeout: r.positive_duration(&ESL_SILENCE_TIMEOUT)?,
             connect_timeout: r.positive_duration(&ESL_CONNECT_TIMEOUT)?,
+            event_format: match r.string(&ESL_EVENT_FORMAT).to_ascii_lowercase().as_str() {
+                "json" => EventFormat::Json,
+                "plain" => EventFormat::Plain,
+                _ => return Err(r.error(&ESL_EVENT_FORMAT, "json or plain")),
+            },
         };
+        r.show(&ESL_EVENT_FORMAT, if esl.event_format == EventFormat::Json { "json" } else { "plain" });
         r.show(&ESL_PASSWORD, &esl.password);
         if esl.max_reconnect_delay < esl.reconnect_delay {
             return Err(r.error(&ESL_MAX_RECONNECT_DELAY, "a duration not below ESL_RECONNECT_DELAY"));

@@ -71,6 +71,8 @@ pub struct EslConfig {
     /// How long the socket may be silent before it is probed.
     pub silence_timeout: Duration,
     pub connect_timeout: Duration,
+    /// `ESL_EVENT_FORMAT`: what the reader subscribes in (`event json` or `event plain`).
+    pub event_format: crate::esl::event::EventFormat,
 }
 
 impl fmt::Debug for EslConfig {

@@ -68,6 +68,7 @@ declare! {
         ESL_HEALTH_CHECK_TIMEOUT = "3s", Plain, "Handshake timeout, and how long an `api status` probe of a silent socket may take.";
         ESL_SILENCE_TIMEOUT = "25s", Plain, "No byte for this long: probe the socket with `api status` (FreeSWITCH sends HEARTBEAT every 20s).";
         ESL_CONNECT_TIMEOUT = "3s", Plain, "TCP connect timeout.";
+        ESL_EVENT_FORMAT = "json", Plain, "The format the agent subscribes in. json: the switch's own JSON, every value exact, written to the stream as it came (an event with a repeated header name is rewritten, the first occurrence kept). plain: FreeSWITCH's plain format leaves an existing %XX in a value unencoded, so a value that holds a literal %2B or %20 arrives like an encoded + or space and is stored decoded: it cannot carry every value.";
     }
     "Redis" {
         REDIS_URL = "" ("built from REDIS_REMOTE_*"), Url, "redis://[user:password@]host:port/db, rediss:// for TLS. Overrides REDIS_REMOTE_ADDR, REDIS_REMOTE_PASSWORD and REDIS_REMOTE_DB.";

@@ -102,6 +102,8 @@ pub enum EventError {
     BodyLengthMismatch { declared: usize, actual: usize },
     #[error("JSON event is not a valid object of strings: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("JSON event is not valid JSON: {0}")]
+    InvalidJson(String),
 }
 
 /// A decoded header value.
@@ -549,7 +551,7 @@ const META_TIMESTAMP: usize = 6;
 const META_FUNCTION: usize = 7;
 
 #[inline]
-fn meta_index(name: &[u8]) -> Option<usize> {
+pub(crate) fn meta_index(name: &[u8]) -> Option<usize> {
     match name {
         b"Event-Name" => Some(META_NAME),
         b"Event-Subclass" => Some(META_SUBCLASS),
@@ -565,8 +567,8 @@ fn meta_index(name: &[u8]) -> Option<usize> {
 
 /// The first value of each index header, as found so far.
 #[derive(Default)]
-struct MetaFields {
-    values: [Option<String>; 8],
+pub(crate) struct MetaFields {
+    pub(crate) values: [Option<String>; 8],
 }
 
 impl MetaFields {
@@ -584,7 +586,7 @@ impl MetaFields {
             && (has(META_SUBCLASS) || self.values[META_NAME].as_deref() != Some("CUSTOM"))
     }
 
-    fn into_meta(self) -> EventMeta {
+    pub(crate) fn into_meta(self) -> EventMeta {
         let [name, subclass, unique_id, job_uuid, core_uuid, sequence, timestamp, function] = self.values;
         let name = name.unwrap_or_default();
         EventMeta {

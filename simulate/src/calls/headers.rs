@@ -94,6 +94,10 @@ impl Call {
             v.push(("variable_esl_note", "Grüße, 東京 & «quotes» 100% sure?".into()));
             v.push(("variable_esl_exported", "a=b&c=d e+f/g".into()));
             v.push(("variable_esl_tabs", "a\tb".into()));
+            // Values that hold a literal %XX (an escaped SIP user part, as carriers send):
+            // the plain format passes them through unencoded, so only JSON carries them exactly.
+            v.push(("variable_sip_from_user", "%2B15551234".into()));
+            v.push(("variable_esl_percent", "100%25 a%20b".into()));
         }
         if leg.answered_us > 0 {
             v.push(("variable_endpoint_disposition", "ANSWER".into()));

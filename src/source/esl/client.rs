@@ -17,9 +17,10 @@ use bytes::BytesMut;
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::config::EslConfig;
-use crate::envelope::{now_us, Envelope, EventId, IdempotencyKey, Source};
+use crate::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source};
 use crate::esl::event::{scan_meta, EventFormat, EventMeta};
 use crate::esl::frame::{Frame, FrameDecoder, FrameError};
+use crate::esl::json_scan::scan_json;
 use crate::shutdown::Shutdown;
 use crate::source::esl::lag::Lag;
 use crate::source::esl::routes::Router;
@@ -197,7 +198,11 @@ impl EslClient {
         if !reply.starts_with("+OK") {
             return Err(SessionError::AuthRejected);
         }
-        let command = format!("event plain {}\n\n", self.router.subscription());
+        let word = match self.config.event_format {
+            EventFormat::Json => "json",
+            EventFormat::Plain => "plain",
+        };
+        let command = format!("event {word} {}\n\n", self.router.subscription());
         conn.send(&command)?;
         let reply = conn.command_reply(&self.shutdown, self.config.health_check_timeout)?;
         if !reply.starts_with("+OK") {
@@ -206,7 +211,7 @@ impl EslClient {
         *subscribed = true;
         self.state.esl_connected.store(true, Ordering::Release);
         metrics().esl.connected.set(1);
-        info!(subscription = %self.router.subscription(), "ESL connected and subscribed");
+        info!(format = word, subscription = %self.router.subscription(), "ESL connected and subscribed");
 
         let mut last_data = Instant::now();
         let mut waiting_since = last_data;
@@ -268,7 +273,22 @@ impl EslClient {
         self.intake.received(Source::Esl, 1);
         let parsed_at_us = now_us();
         let body = frame.body().clone();
-        let mut meta = match scan_meta(format, &body) {
+        // The switch's JSON is written as it came when it is valid and each key occurs once;
+        // otherwise the writer rewrites it (first occurrence kept) or decodes the plain text.
+        let (scanned, body_format) = match format {
+            EventFormat::Plain => (scan_meta(format, &body), BodyFormat::EslPlain),
+            EventFormat::Json => match scan_json(&body) {
+                Ok(scan) => {
+                    if scan.duplicate_keys {
+                        metrics().esl.duplicate_keys.inc();
+                    }
+                    let body_format = if scan.verbatim { BodyFormat::Json } else { BodyFormat::EslJson };
+                    (Ok(scan.meta), body_format)
+                }
+                Err(e) => (Err(e), BodyFormat::EslJson),
+            },
+        };
+        let mut meta = match scanned {
             Ok(meta) => meta,
             Err(e) => {
                 metrics().events.dropped.with_label_values(&["none", "malformed", "esl"]).inc();
@@ -301,7 +321,7 @@ impl EslClient {
         let envelope = Envelope {
             source: Source::Esl,
             stream: stream.clone(),
-            format: format.body_format(),
+            format: body_format,
             body,
             key: self.key_of(&mut meta),
             name: meta.name,

@@ -85,6 +85,8 @@ pub struct EslMetrics {
     pub reader_wait: prometheus::Counter,
     /// Events the reader wrote itself because their lane was idle (no hand-off to a writer).
     pub writes_now: IntCounter,
+    /// JSON events with a repeated header name: rewritten with the first occurrence kept.
+    pub duplicate_keys: IntCounter,
 }
 
 impl EslMetrics {
@@ -97,6 +99,11 @@ impl EslMetrics {
             ),
             connected: gauge(r, "eslstream_esl_connected", "1 while the event socket is connected and subscribed"),
             reconnections: counter(r, "eslstream_esl_reconnections_total", "Event socket connections re-made"),
+            duplicate_keys: counter(
+                r,
+                "eslstream_esl_duplicate_keys_total",
+                "JSON events with a repeated header name, rewritten with the first occurrence kept",
+            ),
             reader_wait: register(
                 r,
                 prometheus::Counter::new(

@@ -1,0 +1,594 @@
+//! The switch's JSON event (`event json`), checked in one pass: whether its bytes can be the
+//! entry's `event` field as they came, and the index fields the reader needs.
+//!
+//! `switch_event_serialize_json` writes compact JSON (`cJSON_PrintUnformatted`): every header
+//! under its name as sent, multi-value headers as arrays, the body under `_body`. That is the
+//! entry's `event` field already, except where a header name occurs twice (8.5% of a real
+//! load capture: `CODEC`'s `Channel-Write-Codec-Name`, `CHANNEL_HANGUP_COMPLETE`'s
+//! `Hangup-Cause`): the entry holds each name once, the first occurrence, as FreeSWITCH's own
+//! `switch_event_get_header` reads it. So [`scan_json`] validates the bytes (RFC 8259: UTF-8,
+//! string escapes, numbers, nesting up to [`MAX_DEPTH`]), notes a repeated key, and decodes
+//! only the index fields' values (unescaping only a value that has escapes). The reader then
+//! hands the bytes on to be written as they are ([`JsonScan::verbatim`]), or, with a repeated
+//! key or bytes that are not UTF-8, to be rewritten by [`super::json::event_json`].
+//!
+//! Hand-written rather than `serde_json` with an ignoring visitor: this is the reader's hot
+//! path, one pass with no allocation except for the index values, and it has to report
+//! duplicate keys, which a deserializer does not.
+
+use super::event::{EventError, EventMeta, MetaFields};
+use super::names::{hash_name, NameSet};
+
+/// Deepest nesting accepted (the event object is depth 1; FreeSWITCH's arrays make it 2).
+pub const MAX_DEPTH: usize = 64;
+
+/// What [`scan_json`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonScan {
+    pub meta: EventMeta,
+    /// The bytes are valid JSON, one object, each key once: they are the `event` field.
+    pub verbatim: bool,
+    /// A key occurs more than once (the event is rewritten, the first occurrence kept).
+    pub duplicate_keys: bool,
+}
+
+/// Validates a JSON event and reads its index fields; see the module documentation.
+/// Bytes that are not UTF-8 are not rejected here (a switch may pass Latin-1 through): they
+/// take the decoding path, which keeps them as U+FFFD.
+pub fn scan_json(body: &[u8]) -> Result<JsonScan, EventError> {
+    if std::str::from_utf8(body).is_err() {
+        let meta = super::event::scan_meta(super::event::EventFormat::Json, body)?;
+        return Ok(JsonScan { meta, verbatim: false, duplicate_keys: false });
+    }
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        let mut scanner = Scanner { b: body, i: 0, keys: &mut keys };
+        scanner.event().map_err(|at| EventError::InvalidJson(format!("at byte {at} of {}", body.len())))
+    })
+}
+
+thread_local! {
+    static KEYS: std::cell::RefCell<Keys> = std::cell::RefCell::new(Keys::default());
+}
+
+/// The keys of the event being scanned; unescaped copies of keys that had escapes.
+#[derive(Default)]
+struct Keys {
+    set: NameSet,
+    unescaped: Vec<u8>,
+}
+
+/// Marks a key location in [`Keys::unescaped`] rather than in the body.
+const UNESCAPED: u32 = 1 << 31;
+
+/// Bytes that end a run of plain string bytes: the quote, the backslash, control characters.
+static STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// A position at which the bytes stop being valid JSON.
+type At = usize;
+
+struct Scanner<'a, 'k> {
+    b: &'a [u8],
+    i: usize,
+    keys: &'k mut Keys,
+}
+
+/// A string's content: where it is (between the quotes) and whether it holds escapes.
+struct Str {
+    start: usize,
+    end: usize,
+    escaped: bool,
+}
+
+impl<'a> Scanner<'a, '_> {
+    fn event(&mut self) -> Result<JsonScan, At> {
+        self.keys.set.reset();
+        self.keys.unescaped.clear();
+        let mut fields = MetaFields::default();
+        let mut duplicate_keys = false;
+        self.ws();
+        self.expect(b'{')?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+        } else {
+            loop {
+                self.expect(b'"')?;
+                let key = self.string()?;
+                duplicate_keys |= !self.first_key(&key);
+                self.ws();
+                self.expect(b':')?;
+                self.ws();
+                if self.peek() == Some(b'"') {
+                    self.i += 1;
+                    let value = self.string()?;
+                    let index = if key.escaped { None } else { super::event::meta_index(&self.b[key.start..key.end]) };
+                    if let Some(i) = index {
+                        if fields.values[i].is_none() {
+                            fields.values[i] = Some(self.text(&value));
+                        }
+                    }
+                } else {
+                    self.value(2)?;
+                }
+                self.ws();
+                match self.next() {
+                    Some(b',') => self.ws(),
+                    Some(b'}') => break,
+                    _ => return Err(self.i.saturating_sub(1)),
+                }
+            }
+        }
+        self.ws();
+        if self.i != self.b.len() {
+            return Err(self.i);
+        }
+        Ok(JsonScan { meta: fields.into_meta(), verbatim: !duplicate_keys, duplicate_keys })
+    }
+
+    /// Records a key; whether it was not there already.
+    fn first_key(&mut self, key: &Str) -> bool {
+        let (start, len) = if key.escaped {
+            let start = self.keys.unescaped.len();
+            unescape_into(&self.b[key.start..key.end], &mut self.keys.unescaped);
+            ((start as u32) | UNESCAPED, (self.keys.unescaped.len() - start) as u32)
+        } else {
+            (key.start as u32, (key.end - key.start) as u32)
+        };
+        let (body, unescaped) = (self.b, &self.keys.unescaped);
+        let bytes = |start: u32, len: u32| -> &[u8] {
+            let (from, to) = ((start & !UNESCAPED) as usize, (start & !UNESCAPED) as usize + len as usize);
+            if start & UNESCAPED != 0 {
+                &unescaped[from..to]
+            } else {
+                &body[from..to]
+            }
+        };
+        let name = bytes(start, len);
+        let hash = hash_name(name);
+        self.keys.set.insert(hash, start, len, |s, l| bytes(s, l) == name)
+    }
+
+    /// A string value as text, unescaped when it has escapes.
+    fn text(&self, s: &Str) -> String {
+        let raw = &self.b[s.start..s.end];
+        if !s.escaped {
+            // The whole body was checked to be UTF-8 and a string ends at an ASCII quote.
+            return String::from_utf8_lossy(raw).into_owned();
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        unescape_into(raw, &mut out);
+        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn expect(&mut self, c: u8) -> Result<(), At> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.i)
+        }
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    /// The rest of a string whose opening quote was read; leaves the position after the
+    /// closing quote.
+    fn string(&mut self) -> Result<Str, At> {
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            while self.i < self.b.len() && !STRING_STOP[self.b[self.i] as usize] {
+                self.i += 1;
+            }
+            match self.next() {
+                Some(b'"') => return Ok(Str { start, end: self.i - 1, escaped }),
+                Some(b'\\') => {
+                    escaped = true;
+                    self.escape()?;
+                }
+                _ => return Err(self.i.saturating_sub(1)),
+            }
+        }
+    }
+
+    /// The escape after a backslash: one of `"\/bfnrt`, or `u` and four hex digits (a high
+    /// surrogate only with a low one after it).
+    fn escape(&mut self) -> Result<(), At> {
+        match self.next() {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(()),
+            Some(b'u') => {
+                let unit = self.hex4()?;
+                match unit {
+                    0xD800..=0xDBFF => {
+                        if self.b.get(self.i..self.i + 2) != Some(b"\\u") {
+                            return Err(self.i);
+                        }
+                        self.i += 2;
+                        match self.hex4()? {
+                            0xDC00..=0xDFFF => Ok(()),
+                            _ => Err(self.i - 4),
+                        }
+                    }
+                    0xDC00..=0xDFFF => Err(self.i - 4),
+                    _ => Ok(()),
+                }
+            }
+            _ => Err(self.i.saturating_sub(1)),
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u16, At> {
+        let digits = self.b.get(self.i..self.i + 4).ok_or(self.i)?;
+        let mut unit = 0u16;
+        for &d in digits {
+            unit = unit << 4 | super::event::hex_val(d).ok_or(self.i)? as u16;
+        }
+        self.i += 4;
+        Ok(unit)
+    }
+
+    /// Any JSON value at nesting `depth`.
+    fn value(&mut self, depth: usize) -> Result<(), At> {
+        if depth > MAX_DEPTH {
+            return Err(self.i);
+        }
+        match self.peek() {
+            Some(b'"') => {
+                self.i += 1;
+                self.string().map(drop)
+            }
+            Some(b'[') => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    self.value(depth + 1)?;
+                    self.ws();
+                    match self.next() {
+                        Some(b',') => {}
+                        Some(b']') => return Ok(()),
+                        _ => return Err(self.i.saturating_sub(1)),
+                    }
+                }
+            }
+            Some(b'{') => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    self.expect(b'"')?;
+                    self.string()?;
+                    self.ws();
+                    self.expect(b':')?;
+                    self.ws();
+                    self.value(depth + 1)?;
+                    self.ws();
+                    match self.next() {
+                        Some(b',') => {}
+                        Some(b'}') => return Ok(()),
+                        _ => return Err(self.i.saturating_sub(1)),
+                    }
+                }
+            }
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(self.i),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), At> {
+        if self.b.get(self.i..self.i + word.len()) == Some(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.i)
+        }
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    fn number(&mut self) -> Result<(), At> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.next() {
+            Some(b'0') => {}
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(self.i.saturating_sub(1)),
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            self.some_digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            self.some_digits()?;
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> Result<(), At> {
+        match self.peek() {
+            Some(b'0'..=b'9') => {
+                self.digits();
+                Ok(())
+            }
+            _ => Err(self.i),
+        }
+    }
+}
+
+/// Appends the text of a validated string's content (between its quotes) to `out`.
+fn unescape_into(raw: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < raw.len() {
+        let c = raw[i];
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let e = raw[i + 1];
+        i += 2;
+        let simple = match e {
+            b'b' => Some(0x08),
+            b'f' => Some(0x0C),
+            b'n' => Some(b'\n'),
+            b'r' => Some(b'\r'),
+            b't' => Some(b'\t'),
+            b'u' => None,
+            other => Some(other),
+        };
+        if let Some(byte) = simple {
+            out.push(byte);
+            continue;
+        }
+        let hex = |at: usize| {
+            raw[at..at + 4].iter().fold(0u32, |u, &d| u << 4 | super::event::hex_val(d).unwrap_or(0) as u32)
+        };
+        let mut unit = hex(i);
+        i += 4;
+        if (0xD800..0xDC00).contains(&unit) && raw.get(i) == Some(&b'\\') {
+            let low = hex(i + 2);
+            unit = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
+            i += 6;
+        }
+        let ch = char::from_u32(unit).unwrap_or('\u{FFFD}');
+        out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::esl::event::{scan_meta, EventFormat};
+    use crate::esl::frame::FrameDecoder;
+    use proptest::prelude::*;
+
+    /// The keys of a JSON object in order, duplicates kept (serde_json's `Value` keeps one).
+    fn keys_of(text: &str) -> Option<Vec<String>> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<serde_json::Value>()?;
+                    keys.push(key);
+                }
+                Ok(keys)
+            }
+        }
+        use serde::Deserializer;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let keys = de.deserialize_map(Keys).ok()?;
+        de.end().ok()?;
+        Some(keys)
+    }
+
+    fn unique(keys: &[String]) -> bool {
+        keys.iter().collect::<std::collections::HashSet<_>>().len() == keys.len()
+    }
+
+    /// Every event of the real JSON capture: written as it came unless a key repeats (then
+    /// rewritten), index fields as the full decoder reads them.
+    #[test]
+    fn the_real_capture_is_written_as_it_came_except_events_with_a_repeated_key() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/esl-captures/json.esl");
+        let mut buf = bytes::BytesMut::from(&std::fs::read(path).expect("the JSON capture is in the repository")[..]);
+        let mut decoder = FrameDecoder::default();
+        let (mut events, mut repeated) = (0, 0);
+        while let Some(frame) = decoder.decode(&mut buf).expect("the capture frames") {
+            if frame.content_type() != Some("text/event-json") {
+                continue;
+            }
+            let body = frame.body();
+            let scan = scan_json(body).expect("FreeSWITCH's JSON is valid");
+            let keys = keys_of(std::str::from_utf8(body).unwrap()).expect("serde_json reads it too");
+            assert_eq!(scan.verbatim, unique(&keys), "{}", String::from_utf8_lossy(body));
+            assert_eq!(scan.duplicate_keys, !unique(&keys));
+            assert_eq!(scan.meta, scan_meta(EventFormat::Json, body).unwrap());
+            events += 1;
+            repeated += scan.duplicate_keys as usize;
+        }
+        assert!(events > 900, "{events} JSON events");
+        assert!(repeated > 0 && repeated * 5 < events, "{repeated} of {events} with a repeated key");
+    }
+
+    #[test]
+    fn escapes_arrays_bodies_and_repeats() {
+        let ok = |s: &str| scan_json(s.as_bytes()).unwrap();
+        let s = ok(
+            r#"{"Event-Name":"CUSTOM","Event-Subclass":"a\u002Fb","Unique-ID":"u\"1","A":["x","y"],"_body":"l1\nl2"}"#,
+        );
+        assert!(s.verbatim && !s.duplicate_keys);
+        assert_eq!(
+            (s.meta.name.as_str(), s.meta.subclass.as_str(), s.meta.unique_id.as_str()),
+            ("CUSTOM", "a/b", "u\"1")
+        );
+        let s = ok(r#"{"Event-Name":"CODEC","Channel-Write-Codec-Name":"PCMU","Channel-Write-Codec-Name":"PCMA"}"#);
+        assert!(!s.verbatim && s.duplicate_keys);
+        // A key spelled with an escape is the same key.
+        assert!(ok(r#"{"A":"1","\u0041":"2"}"#).duplicate_keys);
+        assert!(!ok(r#"{"A":"1","\u0042":"2"}"#).duplicate_keys);
+        // First occurrence wins, as switch_event_get_header reads it.
+        assert_eq!(ok(r#"{"Event-Name":"A","Event-Name":"B"}"#).meta.name, "A");
+        assert_eq!(ok(r#" { "Event-Name" : "X" , "n" : -1.5e+3 , "o" : { "p" : [ true , null ] } } "#).meta.name, "X");
+        assert_eq!(
+            ok("{\"Event-Name\":\"Gr\u{fc}\u{df}e \u{1F4DE}\",\"s\":\"\\ud83d\\udcde\"}").meta.name,
+            "Gr\u{fc}\u{df}e \u{1F4DE}"
+        );
+        assert!(ok("{}").verbatim);
+        // Not UTF-8: not rejected (a switch may pass Latin-1 through), rewritten instead.
+        let latin = scan_json(b"{\"Event-Name\":\"Gr\xfc\xdfe\"}").unwrap();
+        assert!(!latin.verbatim);
+        assert_eq!(latin.meta.name, "Gr\u{fffd}\u{fffd}e");
+    }
+
+    #[test]
+    fn invalid_json_is_an_error() {
+        for bad in [
+            "",
+            "[]",
+            "\"s\"",
+            "{",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":\"b\",}",
+            "{\"a\":\"b\"} x",
+            "{\"a\":\"b\nc\"}",
+            "{\"a\":\"\\x\"}",
+            "{\"a\":\"\\ud800\"}",
+            "{\"a\":\"\\udc00\"}",
+            "{\"a\":\"\\ud800\\u0041\"}",
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":tru}",
+            "{\"a\":[1,]}",
+            "{a:1}",
+        ] {
+            assert!(scan_json(bad.as_bytes()).is_err(), "{bad:?} accepted");
+            assert!(keys_of(bad).is_none(), "serde_json accepts {bad:?}");
+        }
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(scan_json(deep.as_bytes()).is_err(), "nested too deep");
+        let ok = format!("{{\"a\":{}{}}}", "[".repeat(MAX_DEPTH - 2), "]".repeat(MAX_DEPTH - 2));
+        assert!(scan_json(ok.as_bytes()).is_ok());
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(16 << 20));
+        assert!(scan_json(big.as_bytes()).unwrap().verbatim);
+    }
+
+    /// Objects whose keys may repeat and whose values hold escapes, non-ASCII, arrays.
+    fn object() -> impl Strategy<Value = Vec<(String, serde_json::Value)>> {
+        let key = prop_oneof![
+            Just("Event-Name".to_owned()),
+            Just("Unique-ID".to_owned()),
+            Just("Event-Sequence".to_owned()),
+            "[A-Za-z_-]{1,8}",
+            "\\PC{0,6}",
+        ];
+        let leaf = prop_oneof![
+            "\\PC{0,12}".prop_map(serde_json::Value::from),
+            any::<String>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+        ];
+        let value = leaf
+            .prop_recursive(3, 16, 4, |inner| prop::collection::vec(inner, 0..4).prop_map(serde_json::Value::Array));
+        prop::collection::vec((key, value), 0..12)
+    }
+
+    fn write(pairs: &[(String, serde_json::Value)]) -> String {
+        let fields: Vec<String> =
+            pairs.iter().map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), v)).collect();
+        format!("{{{}}}", fields.join(","))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn valid_objects_are_accepted_and_repeats_found(pairs in object()) {
+            let text = write(&pairs);
+            let scan = scan_json(text.as_bytes()).unwrap();
+            let keys: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
+            prop_assert_eq!(scan.verbatim, unique(&keys));
+            prop_assert_eq!(scan.duplicate_keys, !unique(&keys));
+            // The serde scan agrees where it reads the event (it wants index fields as strings).
+            if let Ok(meta) = scan_meta(EventFormat::Json, text.as_bytes()) {
+                prop_assert_eq!(&scan.meta, &meta);
+            }
+            // The first string value of Event-Name is the name.
+            if let Some(serde_json::Value::String(name)) = pairs.iter().find(|(k, _)| k == "Event-Name").map(|(_, v)| v) {
+                prop_assert_eq!(&scan.meta.name, name);
+            }
+        }
+
+        #[test]
+        fn damaged_json_is_accepted_exactly_when_serde_json_accepts_it(
+            pairs in object(),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            how in 0..3u8,
+        ) {
+            let mut bytes = write(&pairs).into_bytes();
+            match how {
+                0 => bytes.truncate(cut.index(bytes.len() + 1)),
+                1 => { let i = flip.index(bytes.len()); bytes[i] = byte; }
+                _ => { let i = flip.index(bytes.len() + 1); bytes.insert(i, byte); }
+            }
+            let ours = scan_json(&bytes);
+            // Not UTF-8: the decoding path decides; whatever it says, it is not a panic.
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                prop_assert_eq!(ours.is_ok(), keys_of(text).is_some(), "{:?}", text);
+            }
+        }
+    }
+}
