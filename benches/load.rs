@@ -252,11 +252,15 @@ fn parse_count(text: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Traffic {
     Sim(EventSize),
-    Capture,
+    /// The plain capture (`capture`) or the JSON one (`capture-json`).
+    Capture {
+        json: bool,
+    },
 }
 
-/// The capture replayed by `--size capture`.
+/// The captures replayed by `--size capture` and `--size capture-json`.
 const CAPTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/esl-captures/plain.esl");
+const CAPTURE_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/esl-captures/json.esl");
 
 impl Traffic {
     fn parse(name: &str) -> Result<Traffic, String> {
@@ -266,8 +270,9 @@ impl Traffic {
             "medium" => Traffic::Sim(EventSize::Medium),
             "large" => Traffic::Sim(EventSize::Large),
             "xl" => Traffic::Sim(EventSize::Xl),
-            "capture" => Traffic::Capture,
-            s => return Err(format!("unknown size {s:?} (small, avg, medium, large, xl, capture)")),
+            "capture" => Traffic::Capture { json: false },
+            "capture-json" => Traffic::Capture { json: true },
+            s => return Err(format!("unknown size {s:?} (small, avg, medium, large, xl, capture, capture-json)")),
         })
     }
 
@@ -278,7 +283,8 @@ impl Traffic {
             Traffic::Sim(EventSize::Medium) => "medium",
             Traffic::Sim(EventSize::Large) => "large",
             Traffic::Sim(EventSize::Xl) => "xl",
-            Traffic::Capture => "capture",
+            Traffic::Capture { json: false } => "capture",
+            Traffic::Capture { json: true } => "capture-json",
         }
     }
 
@@ -286,8 +292,9 @@ impl Traffic {
     fn simulate_options(self) -> Result<SimulateOptions, String> {
         Ok(match self {
             Traffic::Sim(size) => SimulateOptions { event_size: size, ..SimulateOptions::default() },
-            Traffic::Capture => {
-                let bytes = std::fs::read(CAPTURE).map_err(|e| format!("cannot read {CAPTURE}: {e}"))?;
+            Traffic::Capture { json } => {
+                let path = if json { CAPTURE_JSON } else { CAPTURE };
+                let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
                 SimulateOptions { replay: event_frames(&bytes), replay_loop: true, ..SimulateOptions::default() }
             }
         })

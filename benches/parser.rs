@@ -5,6 +5,9 @@
 //! in batches of `XADD`s: each event's JSON made in its own buffer and then copied into the
 //! request (`json_then_copy`, as before), or written straight into the request (`in_place`).
 //!
+//! On `json.esl`, `scan_json` (the reader's single pass in `ESL_EVENT_FORMAT=json`, after which
+//! the writer copies the bytes) runs beside `scan_meta_serde` (the serde scan it replaced).
+//!
 //! `cargo bench --bench parser` (about two minutes) or `-- --quick`.
 
 use std::hint::black_box;
@@ -18,6 +21,7 @@ use eslstream::esl::encode::{encode_plain, event_frame, HeaderValue};
 use eslstream::esl::event::{scan_meta, EventFormat};
 use eslstream::esl::frame::FrameDecoder;
 use eslstream::esl::json::event_json;
+use eslstream::esl::json_scan::scan_json;
 use eslstream::sink::entry::EventField;
 use eslstream::sink::redis::Entry;
 use eslstream::sink::resp::Resp;
@@ -95,6 +99,25 @@ fn captures(c: &mut Criterion) {
                     }
                 })
             });
+            if file == "json.esl" {
+                // The reader's one pass in ESL_EVENT_FORMAT=json (then the writer copies the
+                // bytes), against what json mode cost before: serde's scan of the index fields
+                // plus the writer's decode-and-rewrite (`event_json` above).
+                group.bench_function("scan_json", |b| {
+                    b.iter(|| {
+                        for (_, body) in &events {
+                            black_box(scan_json(body).expect("valid event"));
+                        }
+                    })
+                });
+                group.bench_function("scan_meta_serde", |b| {
+                    b.iter(|| {
+                        for (format, body) in &events {
+                            black_box(scan_meta(*format, body).expect("valid event"));
+                        }
+                    })
+                });
+            }
             group.finish();
         }
     }

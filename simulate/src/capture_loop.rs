@@ -1,4 +1,5 @@
-//! Real traffic on a loop: the event frames of a capture, sent over and over as the traffic.
+//! Real traffic on a loop: the event frames of a capture (plain or JSON), sent over and over
+//! as the traffic.
 //!
 //! Each pass is a FreeSWITCH "process" of its own: every frame of the pass gets the pass's
 //! `Core-UUID` (a new UUID, same length as the recorded one), so the (Core-UUID,
@@ -42,8 +43,8 @@ impl CaptureLoop {
             .map(|bytes| {
                 let (name, subclass) = frame_event_name(bytes);
                 LoopFrame {
-                    core_uuid: header_value(bytes, b"\nCore-UUID: ").filter(|&(_, len)| len == 36).map(|(at, _)| at),
-                    timestamp: header_value(bytes, b"\nEvent-Date-Timestamp: "),
+                    core_uuid: header_value(bytes, "Core-UUID").filter(|&(_, len)| len == 36).map(|(at, _)| at),
+                    timestamp: header_value(bytes, "Event-Date-Timestamp"),
                     bytes: bytes.clone(),
                     name,
                     subclass,
@@ -84,11 +85,17 @@ impl CaptureLoop {
     }
 }
 
-/// Offset and length of the value of the first header line starting with `prefix` (which
-/// begins with the newline before the name), up to the end of its line.
-fn header_value(frame: &[u8], prefix: &[u8]) -> Option<(usize, usize)> {
-    let at = find(frame, prefix)? + prefix.len();
-    let len = frame[at..].iter().position(|&b| b == b'\n')?;
+/// Offset and length of the first value of header `name`: a plain `Name: value` line (to the
+/// end of its line) or a JSON `"Name":"value"` (to its closing quote; the values patched here
+/// hold no escapes).
+fn header_value(frame: &[u8], name: &str) -> Option<(usize, usize)> {
+    let (prefix, end) = if find(frame, b"text/event-json").is_some() {
+        (format!("\"{name}\":\""), b'"')
+    } else {
+        (format!("\n{name}: "), b'\n')
+    };
+    let at = find(frame, prefix.as_bytes())? + prefix.len();
+    let len = frame[at..].iter().position(|&b| b == end)?;
     Some((at, len))
 }
 
@@ -128,5 +135,28 @@ mod tests {
         }
         assert_eq!(lp.passes(), 2);
         assert!(CaptureLoop::new(&[], 1).is_none());
+    }
+
+    #[test]
+    fn a_json_capture_loops_too() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/esl-captures/json.esl");
+        let frames = event_frames(&std::fs::read(path).expect("the JSON capture is in the repository"));
+        assert_eq!(frames.len(), 1012);
+        let mut lp = CaptureLoop::new(&frames, 7).unwrap();
+        let now = 1_800_000_000_123_456;
+        let mut uuids = std::collections::HashSet::new();
+        for _pass in 0..2 {
+            for original in &frames {
+                let sent = lp.next_frame(now);
+                assert_eq!(sent.bytes.len(), original.len(), "patched in place");
+                let body = &sent.bytes[find(&sent.bytes, b"\n\n").unwrap() + 2..];
+                let v: serde_json::Value = serde_json::from_slice(body).expect("still JSON");
+                let uuid = v["Core-UUID"].as_str().unwrap().to_owned();
+                assert_ne!(uuid, "c76fa84c-21b9-496c-ab66-57208cf171a5");
+                uuids.insert(uuid);
+                assert_eq!(v["Event-Date-Timestamp"], now.to_string());
+            }
+        }
+        assert_eq!(uuids.len(), 2, "one Core-UUID per pass");
     }
 }

@@ -144,8 +144,9 @@ fn options_from(args: &SimulateArgs) -> Result<SimulateOptions, String> {
             return Err(format!("--replay {}: no event frames found", path.display()));
         }
         opts.replay_loop = args.replay_loop;
-        if opts.replay_loop && !opts.replay.iter().all(|f| find(f, b"text/event-plain").is_some()) {
-            return Err(format!("--replay-loop {}: only plain captures can be looped", path.display()));
+        let event = |f: &Vec<u8>| find(f, b"text/event-plain").is_some() || find(f, b"text/event-json").is_some();
+        if opts.replay_loop && !opts.replay.iter().all(event) {
+            return Err(format!("--replay-loop {}: only plain and JSON captures can be looped", path.display()));
         }
         if !opts.replay_loop
             && opts.events.is_none()
@@ -287,7 +288,7 @@ mod tests {
             options_from(&parse(&["simulate", "--drop-after", "100", "--drop-mid-frame", "--rate", "0"])).unwrap();
         assert_eq!(opts.fault, Some(Fault { after_events: 100, mid_frame: true, repeat: false }));
         assert_eq!(opts.rate, Some(f64::INFINITY));
-        // A capture on a loop: its frames, no implied `--events 0`; plain captures only.
+        // A capture on a loop: its frames, no implied `--events 0`; plain and JSON captures only.
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/esl-captures/");
         let plain = format!("{dir}plain.esl");
         let opts = options_from(&parse(&["simulate", "--replay", &plain, "--replay-loop", "--rate", "2k"])).unwrap();
@@ -298,8 +299,11 @@ mod tests {
         assert!(!once.replay_loop);
         assert_eq!(once.events, Some(0), "replayed once, nothing generated");
         let json = format!("{dir}json.esl");
-        let err = options_from(&parse(&["simulate", "--replay", &json, "--replay-loop"])).unwrap_err();
-        assert!(err.contains("only plain captures"), "{err}");
+        let looped = options_from(&parse(&["simulate", "--replay", &json, "--replay-loop"])).unwrap();
+        assert!(looped.replay_loop && looped.replay.len() == 1012, "a JSON capture loops too");
+        let xml = format!("{dir}xml.esl");
+        let err = options_from(&parse(&["simulate", "--replay", &xml, "--replay-loop"])).unwrap_err();
+        assert!(err.contains("only plain and JSON captures"), "{err}");
         assert!(cmd.clone().try_get_matches_from(["simulate", "--replay-loop"]).is_err(), "needs --replay");
     }
 }

@@ -457,7 +457,7 @@ fn push_decoded(d: u8, out: &mut Vec<u8>, non_ascii: &mut bool) {
 
 /// SSE2 (always there on x86_64): which of sixteen bytes need work inside a JSON string.
 #[cfg(target_arch = "x86_64")]
-mod simd {
+pub(super) mod simd {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
@@ -466,7 +466,7 @@ mod simd {
     /// control byte, and with `percent` a `%`), and whether any byte is not ASCII (the caller
     /// then checks the result is UTF-8).
     #[inline(always)]
-    pub(super) fn attention16(bytes: &[u8], i: usize, percent: bool) -> (u32, bool) {
+    pub(in crate::esl) fn attention16(bytes: &[u8], i: usize, percent: bool) -> (u32, bool) {
         assert!(i + 16 <= bytes.len());
         // SAFETY: the 16 bytes read are in bounds (asserted); SSE2 is part of x86_64.
         unsafe {

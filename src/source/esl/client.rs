@@ -275,6 +275,7 @@ impl EslClient {
         let body = frame.body().clone();
         // The switch's JSON is written as it came when it is valid and each key occurs once;
         // otherwise the writer rewrites it (first occurrence kept) or decodes the plain text.
+        let mut body = body;
         let (scanned, body_format) = match format {
             EventFormat::Plain => (scan_meta(format, &body), BodyFormat::EslPlain),
             EventFormat::Json => match scan_json(&body) {
@@ -282,7 +283,14 @@ impl EslClient {
                     if scan.duplicate_keys {
                         metrics().esl.duplicate_keys.inc();
                     }
-                    let body_format = if scan.verbatim { BodyFormat::Json } else { BodyFormat::EslJson };
+                    let body_format = match scan.rewritten {
+                        Some(rewritten) => {
+                            body = bytes::Bytes::from(rewritten);
+                            BodyFormat::Json
+                        }
+                        None if scan.verbatim => BodyFormat::Json,
+                        None => BodyFormat::EslJson,
+                    };
                     (Ok(scan.meta), body_format)
                 }
                 Err(e) => (Err(e), BodyFormat::EslJson),
