@@ -52,14 +52,14 @@ pub struct JsonScan {
 /// Bytes that are not UTF-8 are not rejected here (a switch may pass Latin-1 through): they
 /// take the decoding path, which keeps them as U+FFFD.
 pub fn scan_json(body: &[u8]) -> Result<JsonScan, EventError> {
-    if std::str::from_utf8(body).is_err() {
-        let meta = super::event::scan_meta(super::event::EventFormat::Json, body)?;
-        return Ok(JsonScan { meta, verbatim: false, duplicate_keys: false, rewritten: None });
-    }
     KEYS.with(|keys| {
         let mut keys = keys.borrow_mut();
         if let Some(scan) = scan_compact(body, &mut keys) {
             return Ok(scan);
+        }
+        if std::str::from_utf8(body).is_err() {
+            let meta = super::event::scan_meta(super::event::EventFormat::Json, body)?;
+            return Ok(JsonScan { meta, verbatim: false, duplicate_keys: false, rewritten: None });
         }
         let mut scanner = Scanner { b: body, i: 0, keys: &mut keys };
         scanner.event().map_err(|at| EventError::InvalidJson(format!("at byte {at} of {}", body.len())))
@@ -71,7 +71,12 @@ pub fn scan_json(body: &[u8]) -> Result<JsonScan, EventError> {
 /// every string (found with `memchr`, SIMD), and only the one or two bytes between strings
 /// are left to check. `None` for anything else, valid or not: the general scanner decides.
 fn scan_compact(b: &[u8], keys: &mut Keys) -> Option<JsonScan> {
-    if b.first() != Some(&b'{') || !quote_positions(b, &mut keys.quotes) || !keys.quotes.len().is_multiple_of(2) {
+    if b.first() != Some(&b'{') {
+        return None;
+    }
+    let non_ascii = quote_positions(b, &mut keys.quotes)?;
+    // ASCII is UTF-8; only an event with other bytes is checked again, whole.
+    if !keys.quotes.len().is_multiple_of(2) || (non_ascii && std::str::from_utf8(b).is_err()) {
         return None;
     }
     let (q, seen, pairs) = (&keys.quotes, &mut keys.seen, &mut keys.pairs);
@@ -164,18 +169,21 @@ fn scan_compact(b: &[u8], keys: &mut Keys) -> Option<JsonScan> {
     Some(JsonScan { meta: fields.into_meta(), verbatim: !duplicate_keys, duplicate_keys, rewritten })
 }
 
-/// Fills `out` with the offset of every `"` in `b`; false (and `out` unfinished) when `b` holds
-/// a backslash or a control byte. Sixteen bytes at a time with SSE2: a mask of quotes, and one
-/// of what sends the event to the general scanner.
-fn quote_positions(b: &[u8], out: &mut Vec<usize>) -> bool {
+/// Fills `out` with the offset of every `"` in `b` and says whether `b` has a byte that is
+/// not ASCII; `None` (and `out` unfinished) when `b` holds a backslash or a control byte.
+/// Sixteen bytes at a time with SSE2: a mask of quotes, one of what sends the event to the
+/// general scanner, and one of bytes above 0x7F.
+fn quote_positions(b: &[u8], out: &mut Vec<usize>) -> Option<bool> {
     out.clear();
     let mut i = 0;
+    let mut non_ascii = 0u32;
     #[cfg(target_arch = "x86_64")]
     while i + 16 <= b.len() {
-        let (quotes, stop) = simd::quotes16(b, i);
+        let (quotes, stop, high) = simd::quotes16(b, i);
         if stop != 0 {
-            return false;
+            return None;
         }
+        non_ascii |= high;
         let mut m = quotes;
         while m != 0 {
             out.push(i + m.trailing_zeros() as usize);
@@ -186,11 +194,12 @@ fn quote_positions(b: &[u8], out: &mut Vec<usize>) -> bool {
     for (at, &c) in b.iter().enumerate().skip(i) {
         match c {
             b'"' => out.push(at),
-            b'\\' | 0..=0x1F => return false,
+            b'\\' | 0..=0x1F => return None,
+            0x80.. => non_ascii = 1,
             _ => {}
         }
     }
-    true
+    Some(non_ascii != 0)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -199,9 +208,10 @@ mod simd {
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
 
-    /// For `b[i..i + 16]`: a bit per quote, and a bit per backslash or control byte.
+    /// For `b[i..i + 16]`: a bit per quote, a bit per backslash or control byte, and a bit per
+    /// byte above 0x7F.
     #[inline(always)]
-    pub(super) fn quotes16(b: &[u8], i: usize) -> (u32, u32) {
+    pub(super) fn quotes16(b: &[u8], i: usize) -> (u32, u32, u32) {
         assert!(i + 16 <= b.len());
         // SAFETY: the 16 bytes read are in bounds (asserted); SSE2 is part of x86_64.
         unsafe {
@@ -210,7 +220,8 @@ mod simd {
             let quote = _mm_cmpeq_epi8(x, byte(b'"'));
             let backslash = _mm_cmpeq_epi8(x, byte(b'\\'));
             let control = _mm_cmpeq_epi8(_mm_max_epu8(x, byte(0x1F)), byte(0x1F));
-            (_mm_movemask_epi8(quote) as u32, _mm_movemask_epi8(_mm_or_si128(backslash, control)) as u32)
+            let stop = _mm_or_si128(backslash, control);
+            (_mm_movemask_epi8(quote) as u32, _mm_movemask_epi8(stop) as u32, _mm_movemask_epi8(x) as u32)
         }
     }
 }
