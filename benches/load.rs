@@ -41,7 +41,8 @@
 //! saturation run with its own ceiling (entries of its size). `capture` replays the real
 //! FreeSWITCH capture `tests/data/esl-captures/plain.esl` on a loop, every pass with a new
 //! `Core-UUID` (so idempotency keeps every copy) and the time of sending in
-//! `Event-Date-Timestamp`; `avg` (~2.5 KB), `medium` (~4.7 KB, a dozen more percent-encoded
+//! `Event-Date-Timestamp`; `capture-json` does the same with `json.esl` (the agent's default
+//! `ESL_EVENT_FORMAT=json` path: the switch's JSON written as it came); `avg` (~2.5 KB), `medium` (~4.7 KB, a dozen more percent-encoded
 //! variables), `large` (~6 KB) and `xl` (~10 KB) are the simulator's calls.
 //!
 //! The agent runs with `EVENTS_TO_PUSH=ALL`, `EVENTS_TO_PUBLISH=BACKGROUND_JOB` (an empty value
