@@ -1,6 +1,6 @@
 //! Every variable of the contract, declared once: its name, its default, how `check-config`
 //! shows it (secrets masked) and what it means. The reading code names these declarations; the
-//! README's table and `.env.example` are generated from them (`tests/docs.rs` keeps both in
+//! README's table and `.env.example` are generated from them (`tests/ops.rs` keeps both in
 //! step).
 
 /// How a variable's value may be shown (`check-config`, logs).
