@@ -44,9 +44,11 @@ impl Subscription {
                 self.subclasses.push((*word).to_owned());
                 continue;
             }
+            if let Some(format) = Format::from_word(word) {
+                self.format = format;
+                continue;
+            }
             match word.to_ascii_uppercase().as_str() {
-                "PLAIN" => self.format = Format::Plain,
-                "JSON" => self.format = Format::Json,
                 "XML" => return Err("-ERR xml format is not supported by the simulator".into()),
                 "ALL" => self.all = true,
                 "CUSTOM" => {
@@ -56,10 +58,7 @@ impl Subscription {
                 name => self.names.push(name.to_owned()),
             }
         }
-        Ok(match self.format {
-            Format::Plain => "plain",
-            Format::Json => "json",
-        })
+        Ok(self.format.word())
     }
 
     /// FreeSWITCH's rule: `ALL` gets everything; a CUSTOM event with a subclass only goes to a

@@ -11,13 +11,8 @@ use std::rc::Rc;
 
 use eslstream::esl::encode;
 
-/// The wire format a listener asked for with `event plain|json ...`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Format {
-    #[default]
-    Plain,
-    Json,
-}
+/// The wire format a listener asked for with `event plain|json ...`: the agent's own.
+pub use eslstream::esl::event::EventFormat as Format;
 
 /// A header value.
 #[derive(Debug, Clone)]

@@ -26,13 +26,10 @@ impl Config {
             health_check_timeout: r.positive_duration(&ESL_HEALTH_CHECK_TIMEOUT)?,
             silence_timeout: r.positive_duration(&ESL_SILENCE_TIMEOUT)?,
             connect_timeout: r.positive_duration(&ESL_CONNECT_TIMEOUT)?,
-            event_format: match r.string(&ESL_EVENT_FORMAT).to_ascii_lowercase().as_str() {
-                "json" => EventFormat::Json,
-                "plain" => EventFormat::Plain,
-                _ => return Err(r.error(&ESL_EVENT_FORMAT, "json or plain")),
-            },
+            event_format: EventFormat::from_word(&r.string(&ESL_EVENT_FORMAT))
+                .ok_or_else(|| r.error(&ESL_EVENT_FORMAT, "json or plain"))?,
         };
-        r.show(&ESL_EVENT_FORMAT, if esl.event_format == EventFormat::Json { "json" } else { "plain" });
+        r.show(&ESL_EVENT_FORMAT, esl.event_format.word());
         r.show(&ESL_PASSWORD, &esl.password);
         if esl.max_reconnect_delay < esl.reconnect_delay {
             return Err(r.error(&ESL_MAX_RECONNECT_DELAY, "a duration not below ESL_RECONNECT_DELAY"));

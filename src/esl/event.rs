@@ -49,8 +49,10 @@ pub struct EventMeta {
 }
 
 /// The wire format of an event body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EventFormat {
+    /// FreeSWITCH's own default for `event` without a format word.
+    #[default]
     Plain,
     Json,
 }
@@ -72,6 +74,20 @@ impl EventFormat {
             EventFormat::Plain => BodyFormat::EslPlain,
             EventFormat::Json => BodyFormat::EslJson,
         }
+    }
+
+    /// The word of the `event` command that subscribes in this format (and the value of
+    /// `ESL_EVENT_FORMAT` that chooses it).
+    pub fn word(self) -> &'static str {
+        match self {
+            EventFormat::Plain => "plain",
+            EventFormat::Json => "json",
+        }
+    }
+
+    /// The format a word names, in any case.
+    pub fn from_word(word: &str) -> Option<EventFormat> {
+        [EventFormat::Plain, EventFormat::Json].into_iter().find(|f| word.trim().eq_ignore_ascii_case(f.word()))
     }
 
     /// The frame `Content-Type` that carries this format.

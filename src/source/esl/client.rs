@@ -198,10 +198,7 @@ impl EslClient {
         if !reply.starts_with("+OK") {
             return Err(SessionError::AuthRejected);
         }
-        let word = match self.config.event_format {
-            EventFormat::Json => "json",
-            EventFormat::Plain => "plain",
-        };
+        let word = self.config.event_format.word();
         let command = format!("event {word} {}\n\n", self.router.subscription());
         conn.send(&command)?;
         let reply = conn.command_reply(&self.shutdown, self.config.health_check_timeout)?;
@@ -272,10 +269,9 @@ impl EslClient {
         };
         self.intake.received(Source::Esl, 1);
         let parsed_at_us = now_us();
-        let body = frame.body().clone();
         // The switch's JSON is written as it came when it is valid and each key occurs once;
         // otherwise the writer rewrites it (first occurrence kept) or decodes the plain text.
-        let mut body = body;
+        let mut body = frame.body().clone();
         let (scanned, body_format) = match format {
             EventFormat::Plain => (scan_meta(format, &body), BodyFormat::EslPlain),
             EventFormat::Json => match scan_json(&body) {
