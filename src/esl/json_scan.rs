@@ -68,8 +68,8 @@ pub fn scan_json(body: &[u8]) -> Result<JsonScan, EventError> {
 
 /// The fast path, for JSON as cJSON prints it unformatted: no whitespace, no control byte, no
 /// escape, and values that are strings or arrays of strings. Then the quotes alone delimit
-/// every string (found with `memchr`, SIMD), and only the one or two bytes between strings
-/// are left to check. `None` for anything else, valid or not: the general scanner decides.
+/// every string (found sixteen bytes at a time, [`quote_positions`]), and only the one or two
+/// bytes between strings are left to check. `None` for anything else, valid or not: the general scanner decides.
 fn scan_compact(b: &[u8], keys: &mut Keys) -> Option<JsonScan> {
     if b.first() != Some(&b'{') {
         return None;
