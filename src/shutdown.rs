@@ -5,7 +5,7 @@
 //! [`Shutdown::sleep`], async tasks await [`Shutdown::wait`]. A second, later stage,
 //! [`Shutdown::force`], tells writers that the drain deadline has passed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ use tokio::sync::watch;
 
 struct Inner {
     triggered: AtomicBool,
+    /// When it was triggered (wall clock, µs; 0 before).
+    triggered_at_us: AtomicI64,
     forced: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
@@ -38,6 +40,7 @@ impl Shutdown {
         Shutdown {
             inner: Arc::new(Inner {
                 triggered: AtomicBool::new(false),
+                triggered_at_us: AtomicI64::new(0),
                 forced: AtomicBool::new(false),
                 lock: Mutex::new(()),
                 wake: Condvar::new(),
@@ -49,6 +52,7 @@ impl Shutdown {
     /// Starts the shutdown: sources stop reading, writers drain.
     pub fn trigger(&self) {
         if !self.inner.triggered.swap(true, Ordering::AcqRel) {
+            self.inner.triggered_at_us.store(crate::telemetry::clock::now_us(), Ordering::Release);
             self.inner.watch.send_replace(true);
         }
         let _guard = self.inner.lock.lock();
@@ -63,6 +67,11 @@ impl Shutdown {
 
     pub(crate) fn is_triggered(&self) -> bool {
         self.inner.triggered.load(Ordering::Acquire)
+    }
+
+    /// When the shutdown was triggered (wall clock, µs), if it was.
+    pub(crate) fn triggered_at_us(&self) -> Option<i64> {
+        Some(self.inner.triggered_at_us.load(Ordering::Acquire)).filter(|at| *at > 0)
     }
 
     pub(crate) fn is_forced(&self) -> bool {

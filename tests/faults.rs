@@ -1,9 +1,10 @@
 //! Failure tests that count: each sends N events at a steady rate from a fake event socket
-//! while something breaks (Redis killed, paused, out of memory, its connection cut; the agent
-//! SIGKILLed, also in the middle of an outage; the event socket cut mid-frame; the spool full,
-//! corrupt, or on a disk that fills up; a Redis user that may not write), then reads the
-//! stream back and asserts exactly N entries (or N minus the counted drops), no duplicate
-//! `(core_uuid, event_sequence)`, and per-call order.
+//! while something breaks (Redis killed, paused, out of memory once or on and off, its
+//! connection cut; the agent SIGKILLed, also in the middle of an outage, or stopped while
+//! behind the switch; the event socket cut mid-frame; the spool full, corrupt, or on a disk
+//! that fills up; a Redis user that may not write), then reads the stream back and asserts
+//! exactly N entries (or N minus the counted drops), no duplicate `(core_uuid,
+//! event_sequence)`, and per-call order.
 
 mod support;
 
@@ -462,4 +463,67 @@ fn the_readme_minimal_acl_rule_is_enough() {
     assert_eq!(agent.stop(Duration::from_secs(15)), 0);
     assert!(!agent.output().contains("may not run"), "{}", agent.output());
     assert_exactly_once_in_order(&read_stream(&mut conn, EVENTS), sent);
+}
+
+#[test]
+fn an_agent_behind_the_switch_when_stopped_writes_everything_sent_before_the_stop() {
+    let redis = RedisServer::start();
+    let sim = simulator(None);
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = start_agent(&agent_env(sim.local_addr(), &redis.url(), spool.path(), port), &[]);
+    wait_sent(&sim, N / 10);
+    // Paused, the agent falls behind: the switch's events wait unread in its socket.
+    signal(agent.pid(), libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(500));
+    let sent_before_the_stop = sim.stats().events_sent;
+    agent.term();
+    signal(agent.pid(), libc::SIGCONT);
+    assert_eq!(agent.wait_timeout(Duration::from_secs(30)), Some(0), "{}", agent.output());
+    let entries = read_stream(&mut redis.connection(), EVENTS);
+    assert_exactly_once_in_order(&entries, entries.len() as u64);
+    let written: std::collections::HashSet<u64> = entries.iter().map(|e| e.sequence).collect();
+    let unread: Vec<u64> = (1..=sent_before_the_stop).filter(|s| !written.contains(s)).collect();
+    assert!(
+        unread.is_empty(),
+        "{} events sent before the stop not written, first {:?}",
+        unread.len(),
+        &unread[..unread.len().min(5)]
+    );
+    assert!(
+        agent.output().contains("stopping: read every event the switch made before the stop"),
+        "{}",
+        agent.output()
+    );
+}
+
+/// Redis refusing writes (out of memory) for a few hundred milliseconds at a time, again and
+/// again, with a short `WRITER_RETRY_TTL`: batches move to the spool while part of it is
+/// acknowledged, events go in front of it, and it is read back, many times over. (A spill
+/// once made the spool read acknowledged records again, written twice, and lose count of
+/// the rest, which then stayed unread.)
+#[test]
+fn redis_out_of_memory_on_and_off_while_batches_spill() {
+    let redis = RedisServer::start();
+    let sim =
+        Simulator::start(SimulateOptions { rate: Some(6_000.0), events: Some(60_000), ..Default::default() }).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = spool_env(&sim, &redis, spool.path(), port);
+    let mut agent = start_agent(&env, &[("WRITER_RETRY_TTL", "150ms")]);
+    wait_sent(&sim, 3000);
+    let mut round = 0u64;
+    while !sim.wait_done(Duration::from_millis(1)) {
+        let info = redis.cli(&["INFO", "memory"]);
+        let used: u64 =
+            info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap();
+        redis.set_maxmemory(used + (1 << 18));
+        std::thread::sleep(Duration::from_millis(300 + (round * 137) % 500));
+        redis.set_maxmemory(0);
+        std::thread::sleep(Duration::from_millis(100 + (round * 71) % 300));
+        round += 1;
+    }
+    let spills = metric_sum(port, "eslstream_spills_total", "");
+    assert!(spills >= 10.0, "{spills} spills");
+    finish(&mut agent, &sim, || redis.connection());
 }

@@ -18,11 +18,13 @@ struct Member {
     port: u16,
     spool: tempfile::TempDir,
     agent: Option<Agent>,
+    /// Earlier runs of this member, kept so that a failure prints their output too.
+    earlier: Vec<Agent>,
 }
 
 impl Member {
     fn new(id: &'static str) -> Member {
-        Member { id, port: free_port(), spool: tempfile::tempdir().unwrap(), agent: None }
+        Member { id, port: free_port(), spool: tempfile::tempdir().unwrap(), agent: None, earlier: Vec::new() }
     }
 
     fn env(&self, sim: &Simulator, redis: &RedisServer) -> Vec<(String, String)> {
@@ -42,7 +44,9 @@ impl Member {
 
     /// Starts the agent and waits until it reads the switch in the expected role.
     fn start(&mut self, sim: &Simulator, redis: &RedisServer, role: &str) {
-        self.agent = Some(start_agent(&self.env(sim, redis), &[]));
+        if let Some(earlier) = self.agent.replace(start_agent(&self.env(sim, redis), &[])) {
+            self.earlier.push(earlier);
+        }
         let port = self.port;
         wait_until(Duration::from_secs(40), &format!("{} to be {role} and connected", self.id), || {
             health_json(port).is_some_and(|h| h["data"]["ha"]["role"] == role && h["data"]["esl"]["connected"] == true)
@@ -194,6 +198,10 @@ fn a_rolling_upgrade_twice_loses_nothing() {
         active.agent.as_ref().unwrap().term();
         takeovers.push(wait_active(standby, stopped));
         assert_eq!(active.stop(), 0);
+        // Behind the switch or not, it read what was made before the stop: B did not have it
+        // all (B subscribed just now).
+        let out = active.agent.as_ref().unwrap().output();
+        assert!(out.contains("stopping: read"), "{out}");
         active.start(&sim, &redis, "standby");
     }
     eprintln!("rolling upgrade: takeovers after SIGTERM of the active: {takeovers:?}");

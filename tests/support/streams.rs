@@ -107,5 +107,29 @@ pub fn assert_exactly_once(entries: &[StreamEntry], expected: u64) {
         }
     }
     assert!(dups.is_empty(), "{} duplicate entries, first {:?}", dups.len(), &dups[..dups.len().min(5)]);
-    assert_eq!(entries.len() as u64, expected, "entries in Redis");
+    assert_eq!(entries.len() as u64, expected, "entries in Redis; {}", missing_sequences(entries));
+}
+
+/// The gaps in each switch's event sequences (the simulator numbers every event it sends),
+/// so that a count short of what was sent says which events are missing.
+pub fn missing_sequences(entries: &[StreamEntry]) -> String {
+    let mut by_core: HashMap<&str, Vec<u64>> = HashMap::new();
+    for e in entries {
+        by_core.entry(&e.core_uuid).or_default().push(e.sequence);
+    }
+    let mut out = Vec::new();
+    for (core, mut seqs) in by_core {
+        seqs.sort_unstable();
+        let gaps: Vec<String> = seqs
+            .windows(2)
+            .filter(|w| w[1] > w[0] + 1)
+            .map(|w| format!("{}..={} ({})", w[0] + 1, w[1] - 1, w[1] - w[0] - 1))
+            .collect();
+        let (first, last) = (seqs.first().copied().unwrap_or(0), seqs.last().copied().unwrap_or(0));
+        out.push(format!(
+            "switch {core}: sequences {first}..={last}, missing {}",
+            if gaps.is_empty() { "none".to_owned() } else { gaps.join(", ") }
+        ));
+    }
+    out.join("; ")
 }

@@ -15,6 +15,21 @@ pub(super) fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
 }
 
+/// Where a segment's unread records begin, when its first ones were acknowledged before
+/// events were put in front of it ([`super::LaneSpool::prepend`]): a checksummed position,
+/// like the cursor.
+pub(super) fn start_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.start"))
+}
+
+/// Removes a segment's start file, if it has one.
+pub(super) fn remove_start(dir: &Path, id: u64) -> io::Result<()> {
+    match std::fs::remove_file(start_path(dir, id)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn read_cursor(file: &File) -> io::Result<Option<SpoolPos>> {
     let mut buf = [0u8; 20];
     match file.read_exact_at(&mut buf, 0) {

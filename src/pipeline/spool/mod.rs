@@ -2,7 +2,9 @@
 //! which takes over when Redis is unreachable or slower than the input.
 //!
 //! Layout: `SPOOL_DIR/lane-<n>/<segment id>.seg` plus a `cursor` file holding the committed
-//! read position (everything before it was acknowledged by Redis). Appended records collect in
+//! read position (everything before it was acknowledged by Redis), and a `<segment id>.start`
+//! beside a segment whose first records were acknowledged before events were put in front of
+//! it (a spill, [`LaneSpool::prepend`]): reading comes back to it there, not at its start. Appended records collect in
 //! a small buffer that [`LaneSpool::flush`] writes with one `write`: the reader flushes after
 //! each socket read, reading back flushes first, and the buffer is flushed whenever it passes
 //! [`FLUSH_BYTES`]. Once flushed, an event survives a SIGKILL of the agent (the kernel holds
@@ -31,7 +33,9 @@ pub mod record;
 pub use budget::SpoolBudget;
 pub(crate) use budget::SpoolError;
 pub(crate) use files::same_error;
-use files::{count_records, free_bytes, read_cursor, segment_path, verify_segment, write_cursor};
+use files::{
+    count_records, free_bytes, read_cursor, remove_start, segment_path, start_path, verify_segment, write_cursor,
+};
 pub(crate) use open::open_lanes;
 
 use std::collections::BTreeMap;
@@ -89,6 +93,9 @@ pub struct LaneSpool {
     dir: PathBuf,
     /// Segment id → length in bytes.
     segments: BTreeMap<u64, u64>,
+    /// Segment id → where its unread records begin, for the segments whose first records were
+    /// acknowledged before events were put in front of them (persisted as `<id>.start`).
+    starts: BTreeMap<u64, u64>,
     tail: Option<(u64, File)>,
     read: SpoolPos,
     reader: Option<(u64, BufReader<File>)>,
@@ -117,31 +124,53 @@ impl LaneSpool {
     /// Opens (or creates) the spool in `dir`, verifying and repairing what is there.
     pub fn open(dir: &Path, budget: Arc<SpoolBudget>) -> io::Result<(LaneSpool, Recovery)> {
         fs::create_dir_all(dir)?;
-        let mut ids: Vec<u64> = Vec::new();
+        let (mut ids, mut start_ids): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
         for entry in fs::read_dir(dir)? {
             let name = entry?.file_name();
             let name = name.to_string_lossy();
             if let Some(id) = name.strip_suffix(".seg").and_then(|n| n.parse().ok()) {
                 ids.push(id);
+            } else if let Some(id) = name.strip_suffix(".start").and_then(|n| n.parse().ok()) {
+                start_ids.push(id);
             }
         }
         ids.sort_unstable();
         let cursor = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("cursor"))?;
         let first = ids.first().copied().unwrap_or(FIRST_SEGMENT);
-        let committed = match read_cursor(&cursor)? {
+        let mut starts = BTreeMap::new();
+        for id in start_ids {
+            let path = start_path(dir, id);
+            if ids.binary_search(&id).is_err() {
+                // Its segment was deleted before it (a crash in between).
+                remove_start(dir, id)?;
+            } else if let Ok(file) = File::open(&path) {
+                match read_cursor(&file)? {
+                    Some(pos) if pos.segment == id => {
+                        starts.insert(id, pos.offset);
+                    }
+                    // Corrupt: the segment is read from its beginning, its first records as
+                    // replayed (maybe written, so checked).
+                    _ => warn!(file = %path.display(), "spool segment start is unreadable; reading the segment whole"),
+                }
+            }
+        }
+        let mut committed = match read_cursor(&cursor)? {
             Some(pos) if pos.segment >= first => pos,
             // The cursor's segment was drained and deleted: start at the next one.
             Some(_) | None => SpoolPos { segment: first, offset: 0 },
         };
+        committed.offset = committed.offset.max(starts.get(&committed.segment).copied().unwrap_or(0));
         let mut recovery = Recovery::default();
         let mut segments = BTreeMap::new();
         for id in ids {
             let path = segment_path(dir, id);
             if id < committed.segment {
                 fs::remove_file(&path)?;
+                remove_start(dir, id)?;
+                starts.remove(&id);
                 continue;
             }
-            let from = if id == committed.segment { committed.offset } else { 0 };
+            let from = if id == committed.segment { committed.offset } else { starts.get(&id).copied().unwrap_or(0) };
             let (len, records, truncated) = verify_segment(&path, from)?;
             if truncated > 0 {
                 warn!(segment = %path.display(), kept_bytes = len, truncated_bytes = truncated, "spool segment had a torn or corrupt tail; truncated");
@@ -161,6 +190,7 @@ impl LaneSpool {
         let spool = LaneSpool {
             dir: dir.to_owned(),
             segments,
+            starts,
             tail: None,
             read: committed,
             reader: None,
@@ -340,7 +370,18 @@ impl LaneSpool {
             let _ = fs::remove_file(segment_path(&self.dir, id));
             return Err(e.into());
         }
+        // The records of the committed segment before the cursor are in Redis: once the new
+        // segment is read, reading comes back to that segment where the cursor is now.
+        let resume = self.committed;
+        if resume.offset > self.start_of(resume.segment) && self.segments.contains_key(&resume.segment) {
+            let path = start_path(&self.dir, resume.segment);
+            let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+            write_cursor(&file, resume)?;
+            file.sync_data()?;
+            self.starts.insert(resume.segment, resume.offset);
+        }
         self.segments.insert(id, len);
+        self.dir_dirty = true;
         self.unread += envelopes.len() as u64;
         self.budget.events.fetch_add(envelopes.len() as u64, Ordering::Relaxed);
         self.read = SpoolPos { segment: id, offset: 0 };
@@ -373,7 +414,7 @@ impl LaneSpool {
                 // The read segment is gone (deleted after being fully committed): go to the next.
                 match self.segments.range(self.read.segment..).next() {
                     Some((&next, _)) => {
-                        self.read = SpoolPos { segment: next, offset: 0 };
+                        self.read = SpoolPos { segment: next, offset: self.start_of(next) };
                         self.reader = None;
                         continue;
                     }
@@ -383,7 +424,7 @@ impl LaneSpool {
             if self.read.offset >= len {
                 match self.segments.range(self.read.segment + 1..).next() {
                     Some((&next, _)) => {
-                        self.read = SpoolPos { segment: next, offset: 0 };
+                        self.read = SpoolPos { segment: next, offset: self.start_of(next) };
                         self.reader = None;
                         continue;
                     }
@@ -446,6 +487,11 @@ impl LaneSpool {
         }
     }
 
+    /// Where segment `id`'s unread records begin when reading comes to it.
+    fn start_of(&self, id: u64) -> u64 {
+        self.starts.get(&id).copied().unwrap_or(0)
+    }
+
     /// Sends the read position back to the committed one: records read but not acknowledged
     /// will be read again.
     pub(crate) fn rewind(&mut self) -> Rewound {
@@ -457,7 +503,7 @@ impl LaneSpool {
         let mut pos = self.committed;
         // Count records between committed and read to restore the unread count.
         for (&id, &len) in self.segments.range(self.committed.segment..=self.read.segment) {
-            let from = if id == self.committed.segment { self.committed.offset } else { 0 };
+            let from = if id == self.committed.segment { self.committed.offset } else { self.start_of(id) };
             let to = if id == self.read.segment { self.read.offset } else { len };
             back += count_records(&segment_path(&self.dir, id), from, to).unwrap_or(0);
             pos = SpoolPos { segment: id, offset: to };
@@ -519,6 +565,9 @@ impl LaneSpool {
             }
             let len = self.segments.remove(&id).unwrap_or(0);
             fs::remove_file(segment_path(&self.dir, id))?;
+            if self.starts.remove(&id).is_some() {
+                remove_start(&self.dir, id)?;
+            }
             self.budget.used.fetch_sub(len, Ordering::Relaxed);
         }
         Ok(())

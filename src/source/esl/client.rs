@@ -183,6 +183,8 @@ impl EslClient {
             buf: BytesMut::with_capacity(READ_CHUNK),
             decoder: FrameDecoder::new(),
             quiet: Duration::ZERO,
+            frames: 0,
+            newest_stamp_us: None,
         };
 
         let first = conn.read_frame(&self.shutdown, self.config.health_check_timeout)?;
@@ -213,19 +215,27 @@ impl EslClient {
         let mut last_data = Instant::now();
         let mut waiting_since = last_data;
         let mut probe_sent: Option<Instant> = None;
-        while !self.shutdown.is_triggered() {
-            match conn.fill()? {
-                0 => {}
-                _ => {
-                    last_data = Instant::now();
-                    conn.quiet = last_data - waiting_since;
-                    probe_sent = None;
-                    self.state.last_esl_read_us.store(now_us(), Ordering::Relaxed);
-                    let handled = self.handle_buffered(&mut conn);
-                    self.intake.flush();
-                    handled?;
-                    waiting_since = Instant::now();
+        let mut stopping: Option<CatchUp> = None;
+        loop {
+            if stopping.is_none() && self.shutdown.is_triggered() {
+                stopping = Some(CatchUp::begin(&self.shutdown, &conn)?);
+            }
+            let read = conn.fill()?;
+            if read > 0 {
+                last_data = Instant::now();
+                conn.quiet = last_data - waiting_since;
+                probe_sent = None;
+                self.state.last_esl_read_us.store(now_us(), Ordering::Relaxed);
+                let handled = self.handle_buffered(&mut conn);
+                self.intake.flush();
+                handled?;
+                waiting_since = Instant::now();
+            }
+            if let Some(stop) = &stopping {
+                if stop.finished(read, &conn, &self.lag) {
+                    break;
                 }
+                continue;
             }
             let silent = last_data.elapsed();
             match probe_sent {
@@ -250,12 +260,16 @@ impl EslClient {
             // The last whole frame of what arrived after a quiet spell: the reader would only
             // wait for the socket next, so it may write the event itself if its lane is idle.
             let idle = conn.buf.is_empty() && conn.quiet >= WRITE_NOW_AFTER_QUIET;
-            self.handle(frame, idle)?;
+            if let Some(stamp) = self.handle(frame, idle)? {
+                conn.newest_stamp_us = conn.newest_stamp_us.max(Some(stamp));
+            }
+            conn.frames += 1;
         }
         Ok(())
     }
 
-    fn handle(&self, frame: Frame, idle: bool) -> Result<(), SessionError> {
+    /// Handles one frame; returns the event's `Event-Date-Timestamp`, if it is a stamped event.
+    fn handle(&self, frame: Frame, idle: bool) -> Result<Option<i64>, SessionError> {
         let content_type = frame.content_type().unwrap_or("");
         let format = match EventFormat::from_content_type(content_type) {
             Some(format) => format,
@@ -263,7 +277,7 @@ impl EslClient {
                 return match content_type {
                     "text/disconnect-notice" => Err(SessionError::DisconnectNotice(body_text(&frame))),
                     "text/rude-rejection" => Err(SessionError::RudeRejection(body_text(&frame))),
-                    _ => Ok(()), // api/response, command/reply, log/data: nothing to store
+                    _ => Ok(None), // api/response, command/reply, log/data: nothing to store
                 };
             }
         };
@@ -298,7 +312,7 @@ impl EslClient {
                 metrics().events.dropped.with_label_values(&["none", "malformed", "esl"]).inc();
                 self.state.add_dropped(Source::Esl, 1);
                 error!(error = %e, bytes = body.len(), "malformed event dropped");
-                return Ok(());
+                return Ok(None);
             }
         };
         if let Some(ts) = meta.timestamp_us {
@@ -318,8 +332,9 @@ impl EslClient {
             if FILTER_DEBUG.check().is_some() {
                 debug!(event = %meta.name, "event not in EVENTS_TO_PUBLISH/EVENTS_TO_PUSH; not written");
             }
-            return Ok(());
+            return Ok(meta.timestamp_us);
         };
+        let stamp = meta.timestamp_us;
         // Memory full: wait for room while the switch is less than MAX_LAG behind, then spool.
         let wait_until = meta.timestamp_us.and_then(|ts| self.lag.wait_until(ts, parsed_at_us, Instant::now()));
         let envelope = Envelope {
@@ -343,7 +358,7 @@ impl EslClient {
                 self.intake.offer(envelope, offer);
             }
         }
-        Ok(())
+        Ok(stamp)
     }
 }
 
@@ -367,6 +382,63 @@ struct Connection<'a> {
     decoder: FrameDecoder,
     /// How long the reader waited for the data of the latest read.
     quiet: Duration,
+    /// Frames read, and the newest `Event-Date-Timestamp` among them.
+    frames: u64,
+    newest_stamp_us: Option<i64>,
+}
+
+/// The reader after a stop was asked for: it reads on until it has read every event the
+/// switch made before the stop, so none of them is left unread in the socket when it closes.
+///
+/// FreeSWITCH sends every event to every listener, so in a hot-standby pair the standby holds
+/// everything made since it subscribed; what it cannot hold is what the switch made before
+/// that and the active has not read yet. A rolling upgrade restarts the standby, then stops the
+/// active at once: an active a few hundred milliseconds behind the switch (a busy host) would
+/// leave those events unread, and nobody would write them. An event made after the stop ends
+/// the catch-up (its stamp, by the connection's clock offset, [`Lag::made_at`]), or a quiet
+/// socket (nothing more queued for this listener), or [`CATCH_UP_LIMIT`].
+struct CatchUp {
+    at_us: i64,
+    started: Instant,
+    frames_before: u64,
+}
+
+/// A read that waits this long for nothing means the switch has nothing queued for us.
+const CATCH_UP_QUIET: Duration = Duration::from_millis(50);
+/// Read past the stop by this much of the switch's time, for stamps taken on different
+/// threads of the switch and queued slightly out of order.
+const CATCH_UP_MARGIN_US: i64 = 50_000;
+/// The longest a stop waits for the reader to catch up (normally it is within `MAX_LAG` of
+/// the switch: the reader spools rather than fall further behind).
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(2);
+
+impl CatchUp {
+    fn begin(shutdown: &Shutdown, conn: &Connection<'_>) -> Result<CatchUp, SessionError> {
+        conn.stream.set_read_timeout(Some(CATCH_UP_QUIET))?;
+        let at_us = shutdown.triggered_at_us().unwrap_or_else(now_us);
+        Ok(CatchUp { at_us, started: Instant::now(), frames_before: conn.frames })
+    }
+
+    /// Whether the reader may stop now, after a read of `read` bytes; logs how it ended.
+    fn finished(&self, read: usize, conn: &Connection<'_>, lag: &Lag) -> bool {
+        let frames = conn.frames - self.frames_before;
+        let took = self.started.elapsed();
+        if read == 0 {
+            info!(frames, took = ?took, "stopping: read everything the switch had sent (the socket is quiet)");
+            return true;
+        }
+        let made_at = conn.newest_stamp_us.and_then(|stamp| lag.made_at(stamp));
+        if made_at.is_some_and(|made| made >= self.at_us + CATCH_UP_MARGIN_US) {
+            info!(frames, took = ?took, "stopping: read every event the switch made before the stop");
+            return true;
+        }
+        if took >= CATCH_UP_LIMIT {
+            let behind = made_at.map(|made| seconds_between(made, self.at_us));
+            warn!(frames, behind_seconds = behind, "stopping behind the switch: events it made before the stop and not read are lost unless a standby of the pair holds them");
+            return true;
+        }
+        false
+    }
 }
 
 impl Connection<'_> {

@@ -46,6 +46,14 @@ impl Lag {
         let left = MAX_LAG.as_micros() as i64 - lag;
         (left > 0).then(|| now + Duration::from_micros(left as u64))
     }
+
+    /// When an event stamped `timestamp_us` was made, on this host's wall clock, by this
+    /// connection's reckoning: its stamp plus the smallest age seen (the clocks' offset and the
+    /// quickest way from the switch to here). `None` before the first event.
+    pub(crate) fn made_at(&self, timestamp_us: i64) -> Option<i64> {
+        let min = self.min_age_us.load(Ordering::Relaxed);
+        (min != i64::MAX).then(|| timestamp_us.saturating_add(min))
+    }
 }
 
 #[cfg(test)]
@@ -67,6 +75,9 @@ mod tests {
         assert!(lag.wait_until(4_000_000, 8_500_000, now).is_some());
         assert!(lag.wait_until(5_000_000, 10_000_000, now).is_none());
         lag.reset();
+        assert_eq!(lag.made_at(6_000_000), None, "no offset learnt yet");
         assert!(lag.wait_until(5_000_000, 10_000_000, now).is_some());
+        // Offset 5 s: an event stamped 6 s was made at 11 s here.
+        assert_eq!(lag.made_at(6_000_000), Some(11_000_000));
     }
 }
