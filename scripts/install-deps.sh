@@ -7,7 +7,9 @@
 # the TLS test), PostgreSQL's server binaries (the outbox tests initdb and start their own
 # clusters as the packaged `postgres` user), and Valkey 8 (`valkey-server`, `valkey-cli`) from
 # Debian's backports beside Redis, for the suite's second run (scripts/test.sh): the backports
-# suite is added to apt's sources, on the same mirror the machine's Debian sources use.
+# suite is added to apt's sources, on the same mirror the machine's Debian sources use. Python 3
+# with venv and curl run scripts/api-check.sh (schemathesis itself comes from PyPI, pinned,
+# into a virtual environment under target/).
 # `scripts/install-deps.sh demo` installs only what scripts/demo.sh needs: redis-server and
 # redis-cli. Does nothing for what is already there.
 set -euo pipefail
@@ -26,6 +28,9 @@ case "${1:-tests}" in
     if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
       need+=(postgresql)
     fi
+    command -v curl >/dev/null || need+=(curl)
+    command -v python3 >/dev/null || need+=(python3)
+    python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
     ;;
   *) echo "usage: $0 [tests|demo]" >&2; exit 2 ;;
 esac

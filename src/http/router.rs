@@ -91,6 +91,12 @@ impl<S> Router<S> {
         self.route(Method::POST, pattern, handler)
     }
 
+    /// Every operation served: `(method, pattern)`, in the order the routes were added.
+    #[cfg(test)]
+    pub(crate) fn operations(&self) -> Vec<(Method, &'static str)> {
+        self.routes.iter().flat_map(|r| r.methods.iter().map(|(m, _)| (m.clone(), r.pattern))).collect()
+    }
+
     /// Answers one request; never fails.
     pub(crate) async fn handle(&self, ctx: Arc<S>, req: Request<Body>) -> Reply {
         let path = req.uri().path().to_owned();

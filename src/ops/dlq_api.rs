@@ -27,19 +27,20 @@ pub(crate) fn announce_access(config: &Config) {
 /// Most dead letters listed by one `GET /dlq` (`?limit=` lowers it).
 const LIST_LIMIT: usize = 1000;
 
-/// `GET /dlq[?limit=N]`
+/// `GET /dlq[?limit=N]`; a `limit` that is not a whole number is a 400.
 pub(crate) fn list(ctx: Arc<AppContext>, req: Request<Body>, _params: Params) -> HandlerFuture {
     Box::pin(async move {
         if let Err(reply) = authorize(ctx.config.http_token.as_deref(), &req) {
             return *reply;
         }
-        let limit = req
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(LIST_LIMIT)
-            .min(LIST_LIMIT);
+        let limit = match req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit="))) {
+            None => LIST_LIMIT,
+            // Digits only; past what a usize holds is as many as there are.
+            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                v.parse::<usize>().map_or(LIST_LIMIT, |n| n.min(LIST_LIMIT))
+            }
+            Some(_) => return error_reply(StatusCode::BAD_REQUEST, "limit must be a whole number, 0 or more"),
+        };
         let store = ctx.dead_letters.clone();
         match tokio::task::spawn_blocking(move || store.list(limit).map(|items| (store.len(), items))).await {
             Ok(Ok((count, items))) => json_reply(StatusCode::OK, &json!({ "count": count, "items": items })),

@@ -212,6 +212,18 @@ fn without_a_token_the_dead_letters_answer_loopback_only() {
         }
         let reply = routes(false).handle(ctx.clone(), request_from(Method::GET, "/dlq/none", "127.0.0.1:1")).await;
         assert_eq!(reply.status(), StatusCode::NOT_FOUND, "past the guard");
+        // `limit`: a whole number (one past what a usize holds is as many as there are).
+        for (query, status) in [
+            ("limit=0", StatusCode::OK),
+            ("limit=99999999999999999999999999", StatusCode::OK),
+            ("limit=-1", StatusCode::BAD_REQUEST),
+            ("limit=", StatusCode::BAD_REQUEST),
+            ("limit=1e3", StatusCode::BAD_REQUEST),
+        ] {
+            let path = format!("/dlq?{query}");
+            let reply = routes(false).handle(ctx.clone(), request_from(Method::GET, &path, "127.0.0.1:1")).await;
+            assert_eq!(reply.status(), status, "{query}");
+        }
 
         // /health and /metrics stay open to everyone.
         for path in ["/health", "/metrics"] {

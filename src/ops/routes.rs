@@ -73,3 +73,51 @@ fn refresh_gauges(ctx: &AppContext) {
         m.health.source_enabled.with_label_values(&[source.label()]).set(i64::from(ctx.config.reads(source)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The operations `openapi.yaml` describes: `(METHOD, /path)` for each method key under a
+    /// path of `paths:` (two spaces for a path, four for a method, as the document is laid out).
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc = include_str!("../../openapi.yaml");
+        let mut out = BTreeSet::new();
+        let (mut in_paths, mut path) = (false, None::<String>);
+        for line in doc.lines() {
+            if !line.starts_with(' ') {
+                in_paths = line == "paths:";
+                continue;
+            }
+            if !in_paths {
+                continue;
+            }
+            if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
+                path = Some(format!("/{p}"));
+            } else if let Some(method) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
+                if ["get", "post", "put", "patch", "delete", "head"].contains(&method) {
+                    out.insert((method.to_uppercase(), path.clone().expect("a method under a path")));
+                }
+            }
+        }
+        out
+    }
+
+    /// The document and the route table name the same operations: nothing served that is not
+    /// described, nothing described that is not served (the ingress's own listener serves a
+    /// subset).
+    #[test]
+    fn openapi_yaml_describes_exactly_the_operations_served() {
+        let served: BTreeSet<(String, String)> = routes(true)
+            .operations()
+            .into_iter()
+            .map(|(method, pattern)| (method.to_string(), pattern.to_owned()))
+            .collect();
+        assert_eq!(documented(), served);
+        for (method, pattern) in ingress_routes().operations() {
+            assert!(served.contains(&(method.to_string(), pattern.to_owned())), "{method} {pattern}");
+        }
+    }
+}

@@ -126,6 +126,26 @@ fn non_empty(v: &Value) -> bool {
     }
 }
 
+/// Refuses an event whose field of `names` (those the agent reads: its name, ordering key
+/// and id) holds an object or an array: it could name nothing, and an id silently ignored
+/// would let a retry write the event twice. `null` counts as absent.
+pub(crate) fn check_scalars(events: &[BodyEvent], names: &[&str]) -> Result<(), BodyError> {
+    for (index, event) in events.iter().enumerate() {
+        for name in names {
+            let kind = match event.fields.get(*name) {
+                Some(Value::Object(_)) => "an object",
+                Some(Value::Array(_)) => "an array",
+                _ => continue,
+            };
+            return Err(BodyError::at(
+                index,
+                format!("field {name:?} must be a string, a number or a boolean, not {kind}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A field as text, when it is a string, a number or a boolean.
 pub(crate) fn scalar_text(v: &Value) -> Option<String> {
     match v {
@@ -186,6 +206,15 @@ mod tests {
         let e = parse(BodyKind::NdJson, b"{\"a\":1}\n{\"a\":", 10, &[]).unwrap_err();
         assert_eq!(e.index, Some(1));
         let required = vec!["call_id".to_owned()];
+        let named = ["event_type", "call_id", "event_id"];
+        let ok = parse(BodyKind::Json, br#"[{"call_id":"c","event_id":7,"event_type":null}]"#, 10, &[]).unwrap();
+        assert!(check_scalars(&ok.events, &named).is_ok());
+        let bad = parse(BodyKind::Json, br#"[{"call_id":"c"},{"event_id":{"a":1}}]"#, 10, &[]).unwrap();
+        let e = check_scalars(&bad.events, &named).unwrap_err();
+        assert_eq!(
+            (e.index, e.message.as_str()),
+            (Some(1), r#"field "event_id" must be a string, a number or a boolean, not an object"#)
+        );
         let e = parse(BodyKind::Json, br#"[{"call_id":"c"},{"call_id":""}]"#, 10, &required).unwrap_err();
         assert_eq!((e.index, e.message.contains("call_id")), (Some(1), true));
         assert!(parse(BodyKind::Json, b"[]", 10, &[]).is_err());

@@ -41,7 +41,7 @@ use crate::ack::AckStatus;
 use crate::config::HttpIngressConfig;
 use crate::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget};
 use crate::http::{constant_time_eq, error_reply, json_reply, read_body, Body, HandlerFuture, Params, Reply};
-use crate::source::http::body::{parse, scalar_text, BodyEvent, BodyKind};
+use crate::source::http::body::{check_scalars, parse, scalar_text, BodyEvent, BodyKind};
 use crate::source::{Intake, KeyAssigner};
 use crate::telemetry::logging::RateLimit;
 use crate::telemetry::metrics::metrics;
@@ -249,6 +249,13 @@ impl HttpIngress {
             let status =
                 if e.message.contains("MAX_BATCH") { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
             Refusal { status, message: e.message, index: e.index, producer: String::new() }
+        })?;
+        let c = &self.config;
+        check_scalars(&parsed.events, &[&c.name_field, &c.order_field, &c.id_field]).map_err(|e| Refusal {
+            status: StatusCode::BAD_REQUEST,
+            message: e.message,
+            index: e.index,
+            producer: String::new(),
         })?;
         Ok(self.envelopes(producer, parsed.events, parsed.batch, idem))
     }
