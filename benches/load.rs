@@ -20,7 +20,9 @@
 //! requests at `--http-rate` requests/s (default 1,000) for `--seconds` on one keep-alive
 //! connection, latency from sending the request to reading its `202`; then batches of 100 as
 //! fast as two keep-alive connections go, `--http-events` in all (default 200,000), events/s
-//! from the first request to the last `202`; each checked against `XLEN`), `outbox` (the
+//! from the first request to the last `202`; each checked against `XLEN`), `http-hey` (the
+//! same ingress driven from outside by `hey`, 10 connections, singles at `--http-rate`, JSON
+//! and NDJSON batches of 100, Redis with `appendfsync everysec`; see [`hey`]), `outbox` (the
 //! PostgreSQL outbox: commit-to-readable latency at `--outbox-rate` rows/s, then rows/s relayed
 //! while four writers commit `--outbox-rows` as fast as they can; see [`outbox`]) and `cluster`
 //! (saturation against one server, then against a 3-primary Redis Cluster made with
@@ -73,6 +75,8 @@ use eslstream::http::client::http_get;
 use eslstream_simulate::{event_frames, EventSize, SimulateOptions, Simulator};
 use redis::Value;
 
+#[path = "load/hey.rs"]
+mod hey;
 #[path = "load/outbox.rs"]
 mod outbox;
 
@@ -114,7 +118,7 @@ fn main() {
     }
 }
 
-const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|http|outbox|cluster|ha|all, or a comma list] [--events N] \
+const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|http|http-hey|outbox|cluster|ha|all, or a comma list] [--events N] \
 [--rates 1000,10000,50000] [--seconds 20] [--size small|avg|medium|large|xl|capture, or a comma list] [--json target/load.json] [--env NAME=value]... [--agent PATH] \
 [--http-rate 1000] [--http-events 200000] [--outbox-rate 1000] [--outbox-rows 200000]";
 
@@ -137,6 +141,8 @@ struct Opts {
     http: bool,
     http_rate: u64,
     http_events: u64,
+    /// `--mode http-hey`: the HTTP ingress driven by `hey`, 10 connections ([`hey`]).
+    hey: bool,
     outbox: bool,
     outbox_rate: u64,
     outbox_rows: u64,
@@ -162,6 +168,7 @@ impl Opts {
             http: true,
             http_rate: 1_000,
             http_events: 200_000,
+            hey: false,
             outbox: false,
             outbox_rate: 1_000,
             outbox_rows: 200_000,
@@ -189,6 +196,7 @@ impl Opts {
                             "saturation" => o.saturation = true,
                             "rates" => o.rates_mode = true,
                             "http" => o.http = true,
+                            "http-hey" => o.hey = true,
                             "outbox" => o.outbox = true,
                             "cluster" => o.cluster = true,
                             "ha" => o.ha = true,
@@ -381,6 +389,10 @@ fn run(opts: &Opts) -> Result<(), String> {
         true => Some(outbox::run_outbox(&fresh_redis()?, opts)?),
         false => None,
     };
+    let hey = match opts.hey {
+        true => Some(hey::run_hey(opts)?),
+        false => None,
+    };
     if !results.is_empty() {
         println!("{}", markdown(&results, &ceilings));
     }
@@ -399,6 +411,9 @@ fn run(opts: &Opts) -> Result<(), String> {
     if let Some(o) = &outbox {
         println!("{}", o.markdown());
     }
+    if let Some(h) = &hey {
+        println!("{}", h.markdown());
+    }
     let json = serde_json::json!({
         "machine": machine(),
         "agent_env": opts.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
@@ -411,6 +426,7 @@ fn run(opts: &Opts) -> Result<(), String> {
         "ha_vs_plain_saturation": ha_ratio,
         "http": http.as_ref().map(HttpResult::json),
         "outbox": outbox.as_ref().map(outbox::OutboxResult::json),
+        "http_hey": hey.as_ref().map(hey::HeyResult::json),
     });
     if let Some(dir) = opts.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

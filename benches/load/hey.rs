@@ -1,0 +1,211 @@
+//! The load harness's `http-hey` mode: the HTTP ingress driven from outside by `hey` (Debian's
+//! package `hey`), 10 keep-alive connections, against a Redis with AOF on and `appendfsync
+//! everysec`, as producers run it. Phases, `--seconds` each:
+//!
+//! - `GET /health` at `--http-rate` requests/s: what the tool, the loopback and the agent's
+//!   HTTP server cost on their own, the floor every other figure stands on (same run);
+//! - single events at `--http-rate` requests/s (`hey -q`: per connection, so rate / 10 each);
+//! - JSON arrays of 100 events, as fast as the 10 connections go;
+//! - NDJSON bodies of 100 events, as fast as they go.
+//!
+//! hey sends one body over and over, so the events carry no id (the agent gives each its own:
+//! every one is written, none is a duplicate); single events share one `call_id` (one lane),
+//! batches spread over 500. Per phase: requests/s, events/s, p50/p99/p99.9/max of the answer
+//! time (from hey's per-request CSV), every answer a 202, and the agent's CPU per 1,000 events
+//! (`/proc`). At the end `XLEN` must equal the events answered with 202.
+
+use super::*;
+
+/// One phase as hey saw it and the agent spent on it.
+#[derive(Debug, Clone)]
+pub struct HeyPhase {
+    name: String,
+    requests: u64,
+    events: u64,
+    seconds: f64,
+    latency: Summary,
+    not_202: u64,
+    agent_cpu_ms_per_1k: Option<f64>,
+}
+
+/// What the mode measured.
+#[derive(Debug, Clone)]
+pub struct HeyResult {
+    rate: u64,
+    phases: Vec<HeyPhase>,
+    in_redis: u64,
+    answered_events: u64,
+}
+
+impl HeyResult {
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "HTTP ingress driven by hey, 10 connections, Redis with appendfsync everysec; singles at {}/s\n\n\
+             | phase | requests | requests/s | events/s | p50 ms | p99 ms | p99.9 ms | max ms | not 202 | agent CPU ms/1k events |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            self.rate
+        );
+        for p in &self.phases {
+            let cpu = p.agent_cpu_ms_per_1k.map_or("-".to_owned(), |c| format!("{c:.1}"));
+            let eps = if p.events > 0 { format!("{:.0}", p.events as f64 / p.seconds) } else { "-".into() };
+            s.push_str(&format!(
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
+                p.name,
+                p.requests,
+                p.requests as f64 / p.seconds,
+                eps,
+                ms(p.latency.p50),
+                ms(p.latency.p99),
+                ms(p.latency.p999),
+                ms(p.latency.max),
+                p.not_202,
+                cpu
+            ));
+        }
+        s.push_str(&format!(
+            "\nIn Redis: {} entries for {} events answered 202.\n",
+            self.in_redis, self.answered_events
+        ));
+        s
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rate": self.rate,
+            "in_redis": self.in_redis,
+            "answered_events": self.answered_events,
+            "phases": self.phases.iter().map(|p| serde_json::json!({
+                "name": p.name, "requests": p.requests, "events": p.events, "seconds": p.seconds,
+                "p50_us": p.latency.p50, "p99_us": p.latency.p99, "p999_us": p.latency.p999,
+                "max_us": p.latency.max, "not_202": p.not_202, "agent_cpu_ms_per_1k": p.agent_cpu_ms_per_1k,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// A CRM-like event of about 600 bytes without an id (see the module's doc).
+fn event(i: u64) -> String {
+    http_event(i).replacen(&format!(r#""event_id":"load-{i}","#), "", 1)
+}
+
+/// One hey run: `(requests, latency, not 202, seconds)` from its per-request CSV.
+fn hey(args: &[&str], url: &str, seconds: u64) -> Result<(u64, Summary, u64, f64), String> {
+    let tool = find_on_path("hey").ok_or("hey not found on PATH (apt-get install hey)")?;
+    let out = Command::new(tool)
+        .args(["-z", &format!("{seconds}s"), "-c", "10", "-o", "csv"])
+        .args(args)
+        .arg(url)
+        .output()
+        .map_err(|e| format!("cannot run hey: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("hey failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    // response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
+    let (mut hist, mut n, mut bad, mut last) = (Histogram::new(), 0u64, 0u64, 0f64);
+    for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+        let cols: Vec<&str> = line.split(',').collect();
+        let (Some(time), Some(status), Some(offset)) = (cols.first(), cols.get(6), cols.get(7)) else { continue };
+        let Ok(time) = time.parse::<f64>() else { continue };
+        hist.record((time * 1e6) as u64);
+        n += 1;
+        if *status != "202" && *status != "200" {
+            bad += 1;
+        }
+        last = last.max(offset.parse::<f64>().unwrap_or(0.0) + time);
+    }
+    if n == 0 {
+        return Err("hey answered nothing".into());
+    }
+    Ok((n, hist.summary(), bad, last.max(f64::EPSILON)))
+}
+
+pub fn run_hey(opts: &Opts) -> Result<HeyResult, String> {
+    let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "everysec"], free_port)?;
+    eprintln!("load: redis-server {} on 127.0.0.1:{} (appendfsync everysec)", redis.version, redis.port);
+    let port = free_port()?;
+    let mut env = vec![
+        ("ESL_ENABLED", "false".to_owned()),
+        ("HTTP_INGRESS", "true".into()),
+        ("HTTP_INGRESS_TOKENS", format!("load:{HTTP_TOKEN}")),
+        ("REDIS_URL", redis.url()),
+        ("HEALTH_BIND", "127.0.0.1".into()),
+        ("HEALTH_PORT", port.to_string()),
+        ("HTTP_MAX_LEN", "0".into()),
+        ("LOG_LEVEL", "warn".into()),
+        ("METRICS_PRINT_INTERVAL", "0".into()),
+    ];
+    env.extend(opts.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let agent = AgentProcess::start(&opts.agent, &env)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline || !agent.is_running() {
+            return Err(format!("the agent did not start:\n{}", agent.output()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let write = |name: &str, body: String| -> Result<String, String> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).map_err(|e| e.to_string())?;
+        Ok(path.to_str().ok_or("non-UTF-8 temp dir")?.to_owned())
+    };
+    let single = write("single.json", event(0))?;
+    let array = write("batch.json", format!("[{}]", (0..100).map(event).collect::<Vec<_>>().join(",")))?;
+    let ndjson = write("batch.ndjson", (0..100).map(|i| event(i) + "\n").collect())?;
+    let auth = format!("Authorization: Bearer {HTTP_TOKEN}");
+    let per_connection = format!("{}", (opts.http_rate as f64 / 10.0).max(1.0));
+    let events_url = format!("http://127.0.0.1:{port}/events");
+    let health_url = format!("http://127.0.0.1:{port}/health");
+    let plans: [(&str, Vec<&str>, &str, u64); 4] = [
+        ("GET /health (the floor)", vec!["-q", &per_connection], &health_url, 0),
+        (
+            "single events",
+            vec!["-q", &per_connection, "-m", "POST", "-T", "application/json", "-H", &auth, "-D", &single],
+            &events_url,
+            1,
+        ),
+        (
+            "JSON arrays of 100",
+            vec!["-m", "POST", "-T", "application/json", "-H", &auth, "-D", &array],
+            &events_url,
+            100,
+        ),
+        (
+            "NDJSON, 100 lines",
+            vec!["-m", "POST", "-T", "application/x-ndjson", "-H", &auth, "-D", &ndjson],
+            &events_url,
+            100,
+        ),
+    ];
+    let ticks_per_sec = clock_ticks_per_sec();
+    let mut phases = Vec::new();
+    let mut answered_events = 0;
+    for (name, args, url, per_request) in plans {
+        eprintln!("load: hey: {name} for {}s", opts.seconds);
+        let before = cpu_ticks(agent.pid());
+        let (requests, latency, not_202, seconds) = hey(&args, url, opts.seconds)?;
+        let after = cpu_ticks(agent.pid());
+        let events = (requests - not_202) * per_request;
+        answered_events += events;
+        let cpu = before.zip(after).filter(|_| events > 0).map(|(b, a)| {
+            let ms = (a - b) as f64 / ticks_per_sec * 1000.0;
+            ms * 1000.0 / events as f64
+        });
+        phases.push(HeyPhase {
+            name: name.to_owned(),
+            requests,
+            events,
+            seconds,
+            latency,
+            not_202,
+            agent_cpu_ms_per_1k: cpu,
+        });
+    }
+    let mut con = redis.connection()?;
+    let in_redis: u64 = redis::cmd("XLEN").arg(HTTP_STREAM).query(&mut con).map_err(|e| format!("XLEN: {e}"))?;
+    drop(agent);
+    if in_redis != answered_events {
+        eprintln!("load: LOSS OR DUPLICATES: {in_redis} entries in Redis for {answered_events} events answered 202");
+    }
+    Ok(HeyResult { rate: opts.http_rate, phases, in_redis, answered_events })
+}
