@@ -1428,7 +1428,9 @@ fn http_event(i: u64) -> String {
     )
 }
 
-fn run_http(redis: &RedisServer, opts: &Opts) -> Result<HttpResult, String> {
+/// The agent with only the HTTP ingress on (token `load:HTTP_TOKEN`), writing to `redis`,
+/// serving on a free port; returns once it accepts connections.
+fn start_ingress_agent(redis: &RedisServer, opts: &Opts) -> Result<(AgentProcess, u16), String> {
     let port = free_port()?;
     let mut env = vec![
         ("ESL_ENABLED", "false".to_owned()),
@@ -1451,6 +1453,11 @@ fn run_http(redis: &RedisServer, opts: &Opts) -> Result<HttpResult, String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok((agent, port))
+}
+
+fn run_http(redis: &RedisServer, opts: &Opts) -> Result<HttpResult, String> {
+    let (agent, port) = start_ingress_agent(redis, opts)?;
     let event_bytes = http_event(0).len();
     // Single events, paced, one keep-alive connection.
     let mut conn = HttpConn::open(port)?;

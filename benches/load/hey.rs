@@ -122,27 +122,7 @@ fn hey(args: &[&str], url: &str, seconds: u64) -> Result<(u64, Summary, u64, f64
 pub fn run_hey(opts: &Opts) -> Result<HeyResult, String> {
     let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "everysec"], free_port)?;
     eprintln!("load: redis-server {} on 127.0.0.1:{} (appendfsync everysec)", redis.version, redis.port);
-    let port = free_port()?;
-    let mut env = vec![
-        ("ESL_ENABLED", "false".to_owned()),
-        ("HTTP_INGRESS", "true".into()),
-        ("HTTP_INGRESS_TOKENS", format!("load:{HTTP_TOKEN}")),
-        ("REDIS_URL", redis.url()),
-        ("HEALTH_BIND", "127.0.0.1".into()),
-        ("HEALTH_PORT", port.to_string()),
-        ("HTTP_MAX_LEN", "0".into()),
-        ("LOG_LEVEL", "warn".into()),
-        ("METRICS_PRINT_INTERVAL", "0".into()),
-    ];
-    env.extend(opts.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
-    let agent = AgentProcess::start(&opts.agent, &env)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline || !agent.is_running() {
-            return Err(format!("the agent did not start:\n{}", agent.output()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (agent, port) = start_ingress_agent(&redis, opts)?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let write = |name: &str, body: String| -> Result<String, String> {
         let path = dir.path().join(name);
