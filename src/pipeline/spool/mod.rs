@@ -4,7 +4,8 @@
 //! Layout: `SPOOL_DIR/lane-<n>/<segment id>.seg` plus a `cursor` file holding the committed
 //! read position (everything before it was acknowledged by Redis), and a `<segment id>.start`
 //! beside a segment whose first records were acknowledged before events were put in front of
-//! it (a spill, [`LaneSpool::prepend`]): reading comes back to it there, not at its start. Appended records collect in
+//! it (a spill, [`LaneSpool::prepend`]): reading comes back to it there, not at its start.
+//! Appended records collect in
 //! a small buffer that [`LaneSpool::flush`] writes with one `write`: the reader flushes after
 //! each socket read, reading back flushes first, and the buffer is flushed whenever it passes
 //! [`FLUSH_BYTES`]. Once flushed, an event survives a SIGKILL of the agent (the kernel holds
@@ -355,6 +356,21 @@ impl LaneSpool {
         for e in envelopes {
             record::encode(e, &mut self.scratch);
         }
+        // The records of the committed segment before the cursor are in Redis: once the new
+        // segment is read, reading comes back to that segment where the cursor is now. Written
+        // first: it holds whether or not the new segment then gets written.
+        let resume = self.committed;
+        if resume.offset > self.start_of(resume.segment) && self.segments.contains_key(&resume.segment) {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(start_path(&self.dir, resume.segment))?;
+            write_cursor(&file, resume)?;
+            file.sync_data()?;
+            self.starts.insert(resume.segment, resume.offset);
+            self.dir_dirty = true;
+        }
         let len = self.scratch.len() as u64;
         self.reserve(len)?;
         let first = self.segments.keys().next().copied().unwrap_or(FIRST_SEGMENT).min(self.read.segment);
@@ -369,16 +385,6 @@ impl LaneSpool {
             // A segment never listed must not be found at the next start.
             let _ = fs::remove_file(segment_path(&self.dir, id));
             return Err(e.into());
-        }
-        // The records of the committed segment before the cursor are in Redis: once the new
-        // segment is read, reading comes back to that segment where the cursor is now.
-        let resume = self.committed;
-        if resume.offset > self.start_of(resume.segment) && self.segments.contains_key(&resume.segment) {
-            let path = start_path(&self.dir, resume.segment);
-            let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-            write_cursor(&file, resume)?;
-            file.sync_data()?;
-            self.starts.insert(resume.segment, resume.offset);
         }
         self.segments.insert(id, len);
         self.dir_dirty = true;

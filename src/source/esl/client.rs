@@ -220,6 +220,7 @@ impl EslClient {
             if stopping.is_none() && self.shutdown.is_triggered() {
                 stopping = Some(CatchUp::begin(&self.shutdown, &conn)?);
             }
+            let waited = Instant::now();
             let read = conn.fill()?;
             if read > 0 {
                 last_data = Instant::now();
@@ -232,7 +233,10 @@ impl EslClient {
                 waiting_since = Instant::now();
             }
             if let Some(stop) = &stopping {
-                if stop.finished(read, &conn, &self.lag) {
+                // Quiet: a read that waited its whole timeout for nothing (not one cut short by
+                // a signal, and not the time spent handling what came).
+                let quiet = read == 0 && waited.elapsed() >= CATCH_UP_QUIET;
+                if stop.finished(quiet, &conn, &self.lag) {
                     break;
                 }
                 continue;
@@ -403,8 +407,10 @@ struct CatchUp {
     frames_before: u64,
 }
 
-/// A read that waits this long for nothing means the switch has nothing queued for us.
-const CATCH_UP_QUIET: Duration = Duration::from_millis(50);
+/// A read that waits this long for nothing means the switch has nothing queued for us (it
+/// writes a listener's queue out as fast as the socket takes it; a busy host can still hold
+/// it up for tens of milliseconds).
+const CATCH_UP_QUIET: Duration = Duration::from_millis(200);
 /// Read past the stop by this much of the switch's time, for stamps taken on different
 /// threads of the switch and queued slightly out of order.
 const CATCH_UP_MARGIN_US: i64 = 50_000;
@@ -419,15 +425,17 @@ impl CatchUp {
         Ok(CatchUp { at_us, started: Instant::now(), frames_before: conn.frames })
     }
 
-    /// Whether the reader may stop now, after a read of `read` bytes; logs how it ended.
-    fn finished(&self, read: usize, conn: &Connection<'_>, lag: &Lag) -> bool {
+    /// Whether the reader may stop now (`quiet`: the last read waited for nothing); logs how
+    /// it ended.
+    fn finished(&self, quiet: bool, conn: &Connection<'_>, lag: &Lag) -> bool {
         let frames = conn.frames - self.frames_before;
         let took = self.started.elapsed();
-        if read == 0 {
-            info!(frames, took = ?took, "stopping: read everything the switch had sent (the socket is quiet)");
+        let made_at = conn.newest_stamp_us.and_then(|stamp| lag.made_at(stamp));
+        if quiet {
+            let newest_before_stop = made_at.map(|made| seconds_between(made, self.at_us));
+            info!(frames, took = ?took, newest_before_stop_seconds = newest_before_stop, "stopping: read everything the switch had sent (the socket is quiet)");
             return true;
         }
-        let made_at = conn.newest_stamp_us.and_then(|stamp| lag.made_at(stamp));
         if made_at.is_some_and(|made| made >= self.at_us + CATCH_UP_MARGIN_US) {
             info!(frames, took = ?took, "stopping: read every event the switch made before the stop");
             return true;
