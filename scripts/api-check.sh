@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Holds the agent to its HTTP contract, openapi.yaml: schemathesis (from PyPI, pinned, in a
-# virtual environment under target/) runs every operation against a live agent, built by
-# `cargo test` beforehand, with a real Redis (appendfsync everysec), the simulator as its
+# virtual environment under target/) runs every operation against a live agent (the debug
+# build), with a real Redis (appendfsync everysec), the simulator as its
 # switch (so the agent is healthy), the HTTP ingress on and both tokens set, and two dead
 # letters in the store for the /dlq/{id} operations. Every check: no 5xx, every answer as the
 # document says (status, headers, body schema, content type), bad input and missing or wrong
-# credentials refused, valid input accepted. Called by scripts/test.sh; run alone after a
-# `cargo test --no-run`. REDIS_SERVER_BIN/REDIS_CLI_BIN choose the server, as for the suite.
+# credentials refused, valid input accepted. Called by scripts/test.sh; runs alone too.
+# REDIS_SERVER_BIN/REDIS_CLI_BIN choose the server, as for the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -14,6 +14,9 @@ redis_server=${REDIS_SERVER_BIN:-redis-server}
 redis_cli=${REDIS_CLI_BIN:-redis-cli}
 examples=${API_CHECK_EXAMPLES:-300}
 schemathesis_version=4.32.5
+
+# The agent and the simulator, as `cargo test` left them (built again only if it did not).
+cargo build --locked --workspace --bins --quiet
 
 venv="$root/target/api-check-venv"
 if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$schemathesis_version"; then
