@@ -171,12 +171,18 @@ fn value_json(v: &Value) -> serde_json::Value {
     }
 }
 
+/// Where a stream of `len` bytes is split: `cuts` (any order) between its two ends, sorted.
+fn cut_points(len: usize, cuts: &[Index]) -> Vec<usize> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c.index(len + 1)).collect();
+    points.push(0);
+    points.push(len);
+    points.sort_unstable();
+    points
+}
+
 /// Feeds `stream` split at `cuts` (positions, any order); every frame, and what is left.
 fn feed(stream: &[u8], cuts: &[Index]) -> Result<(Vec<Frame>, BytesMut), FrameError> {
-    let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
-    points.push(0);
-    points.push(stream.len());
-    points.sort_unstable();
+    let points = cut_points(stream.len(), cuts);
     let mut dec = FrameDecoder::new();
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();
@@ -333,10 +339,7 @@ proptest! {
 /// also goes through the event decoders and the entry JSON without panicking, and any JSON
 /// produced is valid.
 fn check_garbage(bytes: &[u8], cuts: &[Index]) -> Result<(), TestCaseError> {
-    let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
-    points.push(0);
-    points.push(bytes.len());
-    points.sort_unstable();
+    let points = cut_points(bytes.len(), cuts);
     let mut dec = FrameDecoder::new();
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
