@@ -237,6 +237,74 @@ fn idempotency_key_header_names_events_without_an_id() {
     assert_eq!(ids.len(), 4);
 }
 
+/// Events without an id get a key of the agent's own and take the fast path (no checking
+/// script): while Redis stops answering again and again for longer than the write timeout
+/// (each write's fate unknown, its retry checked), every event posted by four producers at once
+/// is answered 202 and stored exactly once, in call order.
+#[test]
+fn events_without_an_id_are_written_once_while_redis_stalls() {
+    const THREADS: u64 = 4;
+    const PER_THREAD: u64 = 600;
+    let redis = RedisServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = start(&redis.url(), spool.path(), port, &[]);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let chaos = {
+        let (pid, done) = (redis.pid().expect("redis is running"), done.clone());
+        std::thread::spawn(move || {
+            let mut stalls = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) && stalls < 3 {
+                std::thread::sleep(Duration::from_millis(400));
+                signal(pid, libc::SIGSTOP);
+                std::thread::sleep(Duration::from_millis(1500)); // past REDIS_REMOTE_WRITE_TIMEOUT=1s
+                signal(pid, libc::SIGCONT);
+                stalls += 1;
+            }
+            stalls
+        })
+    };
+    let producers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let event = |seq: u64| json!({"event_type": "order.paid", "call_id": format!("t{t}-{}", seq % 5), "seq": seq, "from": t});
+                let mut seq = 0;
+                while seq < PER_THREAD {
+                    let (answer, sent) = if seq % 50 < 40 {
+                        (post(port, "application/json", "", event(seq).to_string().as_bytes()), 1)
+                    } else {
+                        let batch: Vec<Value> = (seq..seq + 10).map(event).collect();
+                        (post(port, "application/json", "", &serde_json::to_vec(&batch).unwrap()), 10)
+                    };
+                    assert_eq!(answer.status, 202, "{}", answer.body);
+                    assert_eq!(answer.json()["accepted"], sent, "{}", answer.body);
+                    seq += sent;
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().expect("a producer failed");
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    assert!(chaos.join().unwrap() >= 1, "Redis stalled while events were posted");
+    assert_eq!(agent.stop(Duration::from_secs(20)), 0);
+    let reply: Vec<(String, Vec<(String, String)>)> =
+        ::redis::cmd("XRANGE").arg(STREAM).arg("-").arg("+").query(&mut redis.connection()).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (_, fields) in &reply {
+        let f: HashMap<&str, &str> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let e: Value = serde_json::from_str(f["event"]).unwrap();
+        let (from, seq, call) = (e["from"].as_u64().unwrap(), e["seq"].as_u64().unwrap(), f["unique_id"].to_owned());
+        assert!(seen.insert((from, seq)), "producer {from} event {seq} stored twice");
+        if let Some(prev) = last.insert(call.clone(), seq) {
+            assert!(prev < seq, "{call}: {seq} after {prev}");
+        }
+    }
+    assert_eq!(reply.len() as u64, THREADS * PER_THREAD, "every event once");
+}
+
 #[test]
 fn webhook_signatures_right_wrong_and_missing() {
     let redis = RedisServer::start();

@@ -140,16 +140,18 @@ impl HttpIngress {
                 let field = |name: &str| e.fields.get(name).and_then(scalar_text);
                 let id = field(&c.id_field)
                     .or_else(|| idem.map(|key| if batch { format!("{key}:{index}") } else { key.to_owned() }));
-                let key = match id {
-                    Some(id) => IdempotencyKey { producer: producer.to_owned(), id: EventId::Key(id) },
-                    None => self.keys.next(),
+                // Its producer may have sent an event with an id before: the checking path. A
+                // key the agent assigned is new: the fast path, as the switch's events take it
+                // (a retry after an ambiguous failure is marked and checks).
+                let (key, maybe_written) = match id {
+                    Some(id) => (IdempotencyKey { producer: producer.to_owned(), id: EventId::Key(id) }, true),
+                    None => (self.keys.next(), false),
                 };
                 Envelope {
                     name: field(&c.name_field).unwrap_or_default(),
                     ordering_key: field(&c.order_field).unwrap_or_default(),
                     parsed_at_us: now,
-                    // Its producer may have sent it before: always the checking path.
-                    maybe_written: true,
+                    maybe_written,
                     ..Envelope::new(Source::Http, self.stream.clone(), BodyFormat::Json, Bytes::from(e.compact), key)
                 }
             })
@@ -198,9 +200,11 @@ impl HttpIngress {
                 Refusal::unavailable("no room in memory or in the spool now; nothing was accepted").by(&producer)
             );
         }
+        // Events whose key the agent assigned (numeric: a producer's ids are strings).
+        let assigned: Vec<bool> = envelopes.iter().map(|e| matches!(e.key.id, EventId::Seq(_))).collect();
         let receiver = self.intake.submit_acked(envelopes);
         match receiver.wait(self.config.ack_timeout).await {
-            Some(statuses) => self.answer(&producer, &statuses).map_err(|r| r.by(&producer)),
+            Some(statuses) => self.answer(&producer, &statuses, &assigned).map_err(|r| r.by(&producer)),
             None => {
                 let message = format!(
                     "the events were not durable within HTTP_INGRESS_ACK_TIMEOUT={:?}; they will still be written once: retry with the same ids",
@@ -260,10 +264,15 @@ impl HttpIngress {
         Ok(self.envelopes(producer, parsed.events, parsed.batch, idem))
     }
 
-    /// `202` when every event is durable, else the first that is not.
-    fn answer(&self, producer: &str, statuses: &[AckStatus]) -> Result<Reply, Refusal> {
+    /// `202` when every event is durable, else the first that is not. `assigned` marks the
+    /// events whose key the agent assigned: one of those found already written was written by
+    /// the agent's own earlier attempt at this request (its answer lost to a timeout), so it is
+    /// reported written (entry id unknown), not as a duplicate the producer never sent.
+    fn answer(&self, producer: &str, statuses: &[AckStatus], assigned: &[bool]) -> Result<Reply, Refusal> {
         let n = statuses.len();
-        let duplicates = statuses.iter().filter(|s| **s == AckStatus::Duplicate).count();
+        let duplicate =
+            |i: usize, s: &AckStatus| *s == AckStatus::Duplicate && !assigned.get(i).copied().unwrap_or(false);
+        let duplicates = statuses.iter().enumerate().filter(|(i, s)| duplicate(*i, s)).count();
         if let Some((index, bad)) = statuses.iter().enumerate().find(|(_, s)| !s.is_durable()) {
             let (status, message) = match bad {
                 AckStatus::Dropped(reason) => {
@@ -282,8 +291,10 @@ impl HttpIngress {
         m.ingress.events.with_label_values(&[producer, "duplicate"]).inc_by(duplicates as u64);
         let results: Vec<_> = statuses
             .iter()
-            .map(|s| match s {
+            .enumerate()
+            .map(|(i, s)| match s {
                 AckStatus::Written(id) => json!({"status": "written", "id": id}),
+                AckStatus::Duplicate if !duplicate(i, s) => json!({"status": "written", "id": null}),
                 AckStatus::Duplicate => json!({"status": "duplicate", "id": null}),
                 _ => json!({"status": "spooled", "id": null}),
             })
