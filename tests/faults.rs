@@ -116,6 +116,48 @@ fn redis_stalls_while_the_reader_writes_events_itself() {
     finish(&mut agent, &sim, || redis.connection());
 }
 
+/// At a low rate the reader writes each event itself. Its connection is cut, answers held back,
+/// Redis stopped and killed, over and over: what was not acknowledged goes to the writer's
+/// retries (marked as maybe written) ahead of anything newer, and every event arrives exactly
+/// once, in order; afterwards the reader writes events itself again.
+#[test]
+fn the_readers_own_writes_survive_cuts_stalls_and_a_kill() {
+    let mut redis = RedisServer::start();
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", redis.port()).parse().unwrap());
+    let sim =
+        Simulator::start(SimulateOptions { rate: Some(800.0), events: Some(8000), ..Default::default() }).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = start_agent(&agent_env(sim.local_addr(), &proxy.redis_url(), spool.path(), port), &[]);
+    let writes_now = || metric_sum(port, "eslstream_writes_now_total", "");
+    wait_until(Duration::from_secs(30), "the reader writing events itself", || writes_now() >= 200.0);
+    for round in 0..8 {
+        std::thread::sleep(Duration::from_millis(250));
+        match round % 4 {
+            0 => proxy.cut_all(),
+            1 => {
+                proxy.set_blocked(true); // answers held back past the 100 ms reply timeout
+                std::thread::sleep(Duration::from_millis(300));
+                proxy.set_blocked(false);
+            }
+            2 => {
+                redis.pause();
+                std::thread::sleep(Duration::from_millis(300));
+                redis.resume();
+            }
+            _ => {
+                redis.kill();
+                std::thread::sleep(Duration::from_millis(200));
+                redis.restart();
+            }
+        }
+    }
+    let before = writes_now();
+    wait_until(Duration::from_secs(30), "the reader writing events itself again", || writes_now() >= before + 100.0);
+    assert!(metric_sum(port, "eslstream_write_retries_total", "") >= 4.0, "the failed writes were retried");
+    finish(&mut agent, &sim, || redis.connection());
+}
+
 #[test]
 fn redis_out_of_memory_until_the_limit_is_raised() {
     let redis = RedisServer::start();
