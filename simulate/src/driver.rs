@@ -1,6 +1,7 @@
 //! The driver thread: decides what event goes out next (a retried event, an injected frame or
 //! background job, a heartbeat, the next call event), paces it, encodes it once per format and
-//! writes it to every subscribed connection whose filter matches. Fault injection (dropping a
+//! queues it for every subscribed connection whose filter matches (each connection's queue is
+//! written out as its socket takes it, see `server::ConnOut`). Fault injection (dropping a
 //! connection after N events, optionally mid-frame) happens here, because only the driver knows
 //! frame boundaries.
 
@@ -11,13 +12,17 @@ use std::time::{Duration, Instant};
 
 use super::calls::{self, Traffic, TrafficConfig};
 use super::capture_loop::CaptureLoop;
-use super::server::{Conn, Subscription};
+use super::server::{Conn, PushError, Subscription};
 use super::wire::{Encoder, Format, SimEvent};
 use super::{Fault, Injected, RawFrame, Shared};
 use eslstream::envelope::now_us;
 
 /// How long the driver sleeps at most before re-checking for work.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Bytes an unpaced run lets a listener have queued before it waits for the socket.
+const UNPACED_QUEUE: usize = 1 << 20;
+/// How long it sleeps at most while a listener has events queued that its socket did not take.
+const BACKLOG_WAIT: Duration = Duration::from_millis(1);
 
 /// How traffic is paced.
 #[derive(Debug, Clone, Copy)]
@@ -26,7 +31,7 @@ enum Pacing {
     RealTime,
     /// A fixed number of events per second (`--rate`).
     Rate(f64),
-    /// As fast as the clients read.
+    /// As fast as the clients read (the slowest of them: a benchmark, not a switch).
     Unpaced,
 }
 
@@ -114,7 +119,7 @@ impl Driver {
         while !self.shared.shutdown.load(Ordering::SeqCst) {
             self.step();
         }
-        self.flush_all();
+        let _ = self.flush_all();
     }
 
     /// One turn of the loop: send one thing, or wait a little.
@@ -166,9 +171,11 @@ impl Driver {
         }
     }
 
-    /// Flushes, then waits for `wait` or until something changes.
+    /// Writes what the listeners' sockets take, then waits for `wait` or until something
+    /// changes (at most a millisecond while a listener still has events queued).
     fn idle(&mut self, wait: Duration) {
-        self.flush_all();
+        let backlog = self.flush_all();
+        let wait = if backlog { wait.min(BACKLOG_WAIT) } else { wait };
         if self.targets.is_empty() && self.idle_since.is_none() {
             self.idle_since = Some(Instant::now());
         }
@@ -324,10 +331,21 @@ impl Driver {
         match conn.push(frame) {
             Ok(()) => {
                 self.fault_countdown = self.fault_countdown.saturating_sub(1);
+                // Unpaced traffic goes as fast as the clients read: a full queue waits for
+                // the socket instead of growing (paced traffic does not wait, as a switch).
+                if matches!(self.pacing, Pacing::Unpaced) && conn.pending() >= UNPACED_QUEUE {
+                    if let Err(e) = conn.write_all_queued() {
+                        self.shared.log(format_args!("connection {}: write failed: {e}", target.conn.id));
+                    }
+                }
                 Ok(())
             }
-            Err(e) => {
-                self.shared.log(format_args!("connection {}: write failed: {e}", target.conn.id));
+            Err(PushError::Full) => Err(()),
+            Err(PushError::Closed) => {
+                self.shared.log(format_args!(
+                    "connection {}: closed (a write failed, or too many events lost to a full queue)",
+                    target.conn.id
+                ));
                 Err(())
             }
         }
@@ -356,7 +374,9 @@ impl Driver {
         }
     }
 
-    fn flush_all(&mut self) {
+    /// Writes what each listener's socket takes now; whether any still has events queued.
+    fn flush_all(&mut self) -> bool {
+        let mut backlog = false;
         for target in &self.targets {
             let mut conn = target.conn.lock();
             if let Err(e) = conn.flush() {
@@ -364,6 +384,8 @@ impl Driver {
                     self.shared.log(format_args!("connection {}: write failed: {e}", target.conn.id));
                 }
             }
+            backlog |= conn.pending() > 0;
         }
+        backlog
     }
 }

@@ -11,6 +11,9 @@
 //! Delivery model: events are generated only while at least one client is subscribed, so
 //! nothing generated is lost between connections; an event cut by an injected fault is sent
 //! again, whole, on the next connection. `Event-Sequence` comes from one counter per process.
+//! As in FreeSWITCH's `mod_event_socket`, each client has its own queue (at most 100,000
+//! events; past 500 events lost to a full queue it is disconnected), so a client that stops
+//! reading holds no other up; unpaced runs go as fast as the slowest client reads.
 
 pub mod calls;
 mod capture_loop;
@@ -112,7 +115,8 @@ pub struct Fault {
 /// A snapshot of what the simulator has done.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SimStats {
-    /// Events written whole to at least one client (traffic, replayed frames, background jobs).
+    /// Events queued whole for at least one client (traffic, replayed frames, background
+    /// jobs); each client's queue is written out as its socket takes it.
     pub events_sent: u64,
     /// Generated traffic events sent (what `events` counts).
     pub traffic_sent: u64,

@@ -6,8 +6,10 @@
 //! A misbehaving client never takes the simulator down: bad input is logged and that one
 //! connection is closed.
 
+use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -21,7 +23,8 @@ use eslstream::esl::encode;
 const MAX_COMMAND: usize = 1 << 20;
 /// Bytes buffered per connection before the driver writes them out.
 const FLUSH_AT: usize = 256 << 10;
-/// A client that does not read for this long is disconnected.
+/// A write that waits (a command reply, an unpaced run, an injected cut) gives up on a client
+/// that reads nothing for this long, and disconnects it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a listener subscribed to, with FreeSWITCH's matching rules.
@@ -81,13 +84,42 @@ pub struct Conn {
     out: Mutex<ConnOut>,
 }
 
-/// The write side of a connection, behind the connection's lock.
+/// Events a listener may have queued, as FreeSWITCH's `mod_event_socket` (`MAX_QUEUE_LEN`).
+const MAX_QUEUE_LEN: usize = 100_000;
+/// Bytes a listener may have queued (the simulator's own bound: 100,000 large events would
+/// be a gigabyte).
+const MAX_QUEUE_BYTES: usize = 256 << 20;
+/// Events a listener may lose to a full queue before FreeSWITCH disconnects it (`MAX_MISSED`).
+const MAX_MISSED: u32 = 500;
+
+/// The write side of a connection, behind the connection's lock: the listener's queue of
+/// frames not yet written. As in FreeSWITCH, each listener has its own queue, so one that
+/// stops reading never holds the others up: the driver writes what the socket takes without
+/// waiting ([`ConnOut::flush`]), and a full queue loses events (counted; past
+/// [`MAX_MISSED`] the listener is disconnected). Command replies are written at once, in
+/// order after what is queued.
 pub struct ConnOut {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Bytes at the front of `buf` already written.
+    head: usize,
+    /// Bytes ever queued, and where each queued event frame ends in that count.
+    queued: u64,
+    ends: VecDeque<u64>,
     dead: bool,
-    /// Events written on this connection (for fault injection).
+    /// Events given to this connection (for fault injection).
     pub events: u64,
+    /// Events lost to a full queue since the last one queued.
+    lost: u32,
+}
+
+/// Why an event did not go on a listener's queue.
+#[derive(Debug)]
+pub enum PushError {
+    /// The connection is closed.
+    Closed,
+    /// Its queue is full: this listener loses the event (`Lost N events!` in FreeSWITCH).
+    Full,
 }
 
 impl Conn {
@@ -95,62 +127,130 @@ impl Conn {
         self.out.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes `bytes` (after anything buffered) and flushes.
+    /// Writes `bytes` after anything queued, waiting until all of it is written.
     pub fn send_now(&self, bytes: &[u8]) -> io::Result<()> {
         let mut out = self.lock();
         out.buf.extend_from_slice(bytes);
-        out.flush()
+        out.queued += bytes.len() as u64;
+        out.write_all_queued()
     }
 
     /// Closes both directions; the command thread then sees EOF and cleans up.
     pub fn kill(&self) {
-        let mut out = self.lock();
-        out.dead = true;
-        let _ = out.stream.shutdown(Shutdown::Both);
+        self.lock().close();
     }
 }
 
 impl ConnOut {
+    fn new(stream: TcpStream) -> ConnOut {
+        ConnOut { stream, buf: Vec::new(), head: 0, queued: 0, ends: VecDeque::new(), dead: false, events: 0, lost: 0 }
+    }
+
     pub fn is_dead(&self) -> bool {
         self.dead
     }
 
-    /// Buffers a whole frame, writing out when the buffer is large.
-    pub fn push(&mut self, frame: &[u8]) -> io::Result<()> {
+    fn close(&mut self) {
+        self.dead = true;
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.head
+    }
+
+    /// Queues a whole event frame, writing out what the socket takes once the queue is large.
+    pub fn push(&mut self, frame: &[u8]) -> Result<(), PushError> {
         if self.dead {
-            return Err(io::ErrorKind::NotConnected.into());
+            return Err(PushError::Closed);
         }
+        let written = self.queued - self.pending() as u64;
+        while self.ends.front().is_some_and(|end| *end <= written) {
+            self.ends.pop_front();
+        }
+        if self.ends.len() >= MAX_QUEUE_LEN || self.pending() + frame.len() > MAX_QUEUE_BYTES {
+            self.lost += 1;
+            if self.lost > MAX_MISSED {
+                self.close();
+                return Err(PushError::Closed);
+            }
+            return Err(PushError::Full);
+        }
+        self.lost = 0;
         self.buf.extend_from_slice(frame);
+        self.queued += frame.len() as u64;
+        self.ends.push_back(self.queued);
         self.events += 1;
-        if self.buf.len() >= FLUSH_AT {
-            self.flush()?;
+        if self.pending() >= FLUSH_AT {
+            self.flush().map_err(|_| PushError::Closed)?;
         }
         Ok(())
     }
 
+    /// Writes what the socket takes now, without waiting; the rest stays queued.
     pub fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
         if self.dead {
             self.buf.clear();
+            self.head = 0;
             return Err(io::ErrorKind::NotConnected.into());
         }
-        let result = self.stream.write_all(&self.buf);
+        while self.pending() > 0 {
+            let rest = &self.buf[self.head..];
+            // SAFETY: `rest` is valid for its length; MSG_DONTWAIT makes this one call never
+            // wait, without making the socket non-blocking for the command thread's reads.
+            let n = unsafe {
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                self.head += n as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => break,
+                io::ErrorKind::Interrupted => continue,
+                _ => {
+                    self.close();
+                    return Err(e);
+                }
+            }
+        }
+        if self.pending() == 0 {
+            self.buf.clear();
+            self.head = 0;
+        } else if self.head >= FLUSH_AT && self.head * 2 >= self.buf.len() {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued, waiting (up to the socket's write timeout) as needed.
+    pub fn write_all_queued(&mut self) -> io::Result<()> {
+        if self.dead {
+            return Err(io::ErrorKind::NotConnected.into());
+        }
+        let result = self.stream.write_all(&self.buf[self.head..]);
         self.buf.clear();
+        self.head = 0;
         if result.is_err() {
-            self.dead = true;
-            let _ = self.stream.shutdown(Shutdown::Both);
+            self.close();
         }
         result
     }
 
-    /// Fault injection: writes what is buffered plus `partial` (part of a frame), then closes.
+    /// Fault injection: writes what is queued plus `partial` (part of a frame), then closes.
     pub fn cut(&mut self, partial: &[u8]) {
         self.buf.extend_from_slice(partial);
-        let _ = self.flush();
-        self.dead = true;
-        let _ = self.stream.shutdown(Shutdown::Both);
+        self.queued += partial.len() as u64;
+        let _ = self.write_all_queued();
+        self.close();
     }
 }
 
@@ -178,11 +278,7 @@ fn spawn_connection(stream: TcpStream, shared: &Arc<Shared>) {
         return;
     };
     let id = shared.counters.total_connections.fetch_add(1, Ordering::SeqCst) + 1;
-    let conn = Arc::new(Conn {
-        id,
-        peer,
-        out: Mutex::new(ConnOut { stream: write_half, buf: Vec::new(), dead: false, events: 0 }),
-    });
+    let conn = Arc::new(Conn { id, peer, out: Mutex::new(ConnOut::new(write_half)) });
     shared.add_conn(conn.clone());
     let shared = shared.clone();
     let spawned = std::thread::Builder::new().name(format!("sim-conn-{id}")).spawn({
@@ -331,8 +427,9 @@ fn handle(line: &str, conn: &Conn, shared: &Shared, rng: &mut Rng, out: &mut Vec
                 Err(reply) => encode::command_reply(&reply, &[], out),
             }
             guard.buf.extend_from_slice(out);
+            guard.queued += out.len() as u64;
             out.clear();
-            if guard.flush().is_err() {
+            if guard.write_all_queued().is_err() {
                 return false;
             }
         }

@@ -433,3 +433,30 @@ fn events_is_event_too() {
     assert_eq!(frame.header("Content-Type"), Some("text/event-json"));
     assert!(frame.body.starts_with(b"{"));
 }
+
+/// As in FreeSWITCH, each listener has its own queue: one that stops reading does not hold up
+/// the others, and gets every event once it reads again. (Paced: an unpaced run goes as fast
+/// as the slowest client reads.)
+#[test]
+fn a_listener_that_stops_reading_holds_no_one_else_up() {
+    const N: usize = 20_000; // tens of megabytes: far more than a socket's buffers
+    let paced = SimulateOptions { rate: Some(20_000.0), events: Some(N as u64), min_listeners: 2, ..options() };
+    let sim = Simulator::start(paced).unwrap();
+    let mut stalled = Client::login(&sim, "event plain ALL");
+    let mut reader = Client::login(&sim, "event plain ALL");
+    let start = std::time::Instant::now();
+    let count = |c: &mut Client| {
+        let mut seqs = HashSet::new();
+        while seqs.len() < N {
+            let frame = c.event().expect("every event");
+            let event = parse_plain(&frame.body);
+            if event.get("Event-Name") != Some("HEARTBEAT") {
+                seqs.insert(event.get("Event-Sequence").unwrap().to_owned());
+            }
+        }
+        seqs.len()
+    };
+    assert_eq!(count(&mut reader), N);
+    assert!(start.elapsed() < Duration::from_secs(20), "the reader waited for the stalled listener");
+    assert_eq!(count(&mut stalled), N, "the stalled listener's queue kept its events");
+}
