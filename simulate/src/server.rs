@@ -165,17 +165,26 @@ impl ConnOut {
         if self.dead {
             return Err(PushError::Closed);
         }
-        let written = self.queued - self.pending() as u64;
-        while self.ends.front().is_some_and(|end| *end <= written) {
-            self.ends.pop_front();
-        }
-        if self.ends.len() >= MAX_QUEUE_LEN || self.pending() + frame.len() > MAX_QUEUE_BYTES {
-            self.lost += 1;
-            if self.lost > MAX_MISSED {
-                self.close();
+        let full = |out: &mut ConnOut| {
+            let written = out.queued - out.pending() as u64;
+            while out.ends.front().is_some_and(|end| *end <= written) {
+                out.ends.pop_front();
+            }
+            out.ends.len() >= MAX_QUEUE_LEN || out.pending() + frame.len() > MAX_QUEUE_BYTES
+        };
+        // Full: first see whether the socket takes some of it now.
+        if full(self) {
+            if self.flush().is_err() {
                 return Err(PushError::Closed);
             }
-            return Err(PushError::Full);
+            if full(self) {
+                self.lost += 1;
+                if self.lost > MAX_MISSED {
+                    self.close();
+                    return Err(PushError::Closed);
+                }
+                return Err(PushError::Full);
+            }
         }
         self.lost = 0;
         self.buf.extend_from_slice(frame);
