@@ -289,20 +289,18 @@ fn events_without_an_id_are_written_once_while_redis_stalls() {
     done.store(true, std::sync::atomic::Ordering::Release);
     assert!(chaos.join().unwrap() >= 1, "Redis stalled while events were posted");
     assert_eq!(agent.stop(Duration::from_secs(20)), 0);
-    let reply: Vec<(String, Vec<(String, String)>)> =
-        ::redis::cmd("XRANGE").arg(STREAM).arg("-").arg("+").query(&mut redis.connection()).unwrap();
+    let entries = read_stream(&mut redis.connection(), STREAM);
     let mut seen = std::collections::HashSet::new();
-    let mut last: HashMap<String, u64> = HashMap::new();
-    for (_, fields) in &reply {
-        let f: HashMap<&str, &str> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let e: Value = serde_json::from_str(f["event"]).unwrap();
-        let (from, seq, call) = (e["from"].as_u64().unwrap(), e["seq"].as_u64().unwrap(), f["unique_id"].to_owned());
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for entry in &entries {
+        let e: Value = serde_json::from_str(&entry.event).unwrap();
+        let (from, seq, call) = (e["from"].as_u64().unwrap(), e["seq"].as_u64().unwrap(), entry.unique_id.as_str());
         assert!(seen.insert((from, seq)), "producer {from} event {seq} stored twice");
-        if let Some(prev) = last.insert(call.clone(), seq) {
+        if let Some(prev) = last.insert(call, seq) {
             assert!(prev < seq, "{call}: {seq} after {prev}");
         }
     }
-    assert_eq!(reply.len() as u64, THREADS * PER_THREAD, "every event once");
+    assert_eq!(entries.len() as u64, THREADS * PER_THREAD, "every event once");
 }
 
 #[test]
