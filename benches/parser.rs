@@ -6,7 +6,8 @@
 //! request (`json_then_copy`, as before), or written straight into the request (`in_place`).
 //!
 //! On `json.esl`, `scan_json` (the reader's single pass in `ESL_EVENT_FORMAT=json`, after which
-//! the writer copies the bytes) runs beside `scan_meta_serde` (the serde scan it replaced).
+//! the writer copies the bytes) runs beside `scan_meta_serde` (the serde scan it replaced), and
+//! `scan_json+event_field` is the reader's scan and the writer's work on the field together.
 //!
 //! `cargo bench --bench parser` (about two minutes) or `-- --quick`.
 
@@ -107,6 +108,26 @@ fn captures(c: &mut Criterion) {
                     b.iter(|| {
                         for (_, body) in &events {
                             black_box(scan_json(body).expect("valid event"));
+                        }
+                    })
+                });
+                // The agent's whole work on a JSON event's `event` field: the reader's scan,
+                // then the writer's: a copy of the bytes as they came (or as the reader
+                // rewrote them), or the decoding rewrite for bytes that are not UTF-8.
+                let mut field = Vec::with_capacity(64 * 1024);
+                group.bench_function("scan_json+event_field", |b| {
+                    b.iter(|| {
+                        for (_, body) in &events {
+                            let scan = scan_json(body).expect("valid event");
+                            field.clear();
+                            match (&scan.rewritten, scan.verbatim) {
+                                (Some(rewritten), _) => field.extend_from_slice(rewritten),
+                                (None, true) => field.extend_from_slice(body),
+                                (None, false) => {
+                                    event_json(EventFormat::Json, body, &mut field).expect("valid event");
+                                }
+                            }
+                            black_box(&field);
                         }
                     })
                 });

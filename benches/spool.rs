@@ -17,7 +17,7 @@ fn envelope(seq: u64) -> Envelope {
     let stream = StreamTarget::new("freeswitch:telephony:events", 0, "events");
     Envelope {
         name: "CHANNEL_STATE".into(),
-        ordering_key: format!("call-{}", seq % 100),
+        ordering_key: format!("call-{}", seq % 100).into(),
         timestamp_us: Some(1),
         parsed_at_us: 1,
         ..Envelope::new(Source::Esl, stream, BodyFormat::EslPlain, Bytes::from(body), key)

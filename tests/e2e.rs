@@ -113,7 +113,7 @@ fn replay_capture(name: &str, expected_events: u64) {
             }
         }
         let meta = scan_meta(format, &body).unwrap();
-        expected.insert((meta.core_uuid, meta.sequence.parse().unwrap()), String::from_utf8(out).unwrap());
+        expected.insert((meta.core_uuid.to_string(), meta.sequence.parse().unwrap()), String::from_utf8(out).unwrap());
     }
     for e in events.iter().chain(&jobs) {
         assert_eq!(e.event, expected[&(e.core_uuid.clone(), e.sequence)], "event {} {}", e.event_name, e.sequence);

@@ -26,26 +26,40 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::envelope::BodyFormat;
+use crate::envelope::{BodyFormat, Text};
 
 /// The fields of an event the ESL source needs without decoding the whole body: to route it,
 /// order it, deduplicate it and time it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMeta {
     /// `Event-Name`, percent-decoded (`CUSTOM` for custom events).
-    pub name: String,
+    pub name: Text,
     /// `Event-Subclass` for CUSTOM events, else empty.
-    pub subclass: String,
+    pub subclass: Text,
     /// `Unique-ID`, else `Job-UUID`, else empty: the per-call ordering key.
-    pub unique_id: String,
+    pub unique_id: Text,
     /// `Core-UUID` of the FreeSWITCH process.
-    pub core_uuid: String,
+    pub core_uuid: Text,
     /// `Event-Sequence` as sent (decimal digits), empty when absent.
-    pub sequence: String,
+    pub sequence: Text,
     /// `Event-Date-Timestamp`: microseconds since the Unix epoch, when present.
     pub timestamp_us: Option<i64>,
     /// `Event-Calling-Function` (decides whether a BACKGROUND_JOB is a job).
-    pub calling_function: String,
+    pub calling_function: Text,
+}
+
+impl Default for EventMeta {
+    fn default() -> EventMeta {
+        EventMeta {
+            name: Text::new(),
+            subclass: Text::new(),
+            unique_id: Text::new(),
+            core_uuid: Text::new(),
+            sequence: Text::new(),
+            timestamp_us: None,
+            calling_function: Text::new(),
+        }
+    }
 }
 
 /// The wire format of an event body.
@@ -584,7 +598,7 @@ pub(crate) fn meta_index(name: &[u8]) -> Option<usize> {
 /// The first value of each index header, as found so far.
 #[derive(Default)]
 pub(crate) struct MetaFields {
-    pub(crate) values: [Option<String>; 8],
+    pub(crate) values: [Option<Text>; 8],
 }
 
 impl MetaFields {
@@ -604,15 +618,15 @@ impl MetaFields {
 
     pub(crate) fn into_meta(self) -> EventMeta {
         let [name, subclass, unique_id, job_uuid, core_uuid, sequence, timestamp, function] = self.values;
-        let name = name.unwrap_or_default();
+        let name = name.unwrap_or_else(Text::new);
         EventMeta {
-            subclass: if name == "CUSTOM" { subclass.unwrap_or_default() } else { String::new() },
+            subclass: if name == "CUSTOM" { subclass.unwrap_or_else(Text::new) } else { Text::new() },
             name,
-            unique_id: unique_id.or(job_uuid).unwrap_or_default(),
-            core_uuid: core_uuid.unwrap_or_default(),
-            sequence: sequence.unwrap_or_default(),
+            unique_id: unique_id.or(job_uuid).unwrap_or_else(Text::new),
+            core_uuid: core_uuid.unwrap_or_else(Text::new),
+            sequence: sequence.unwrap_or_else(Text::new),
             timestamp_us: timestamp.and_then(|t| t.trim().parse().ok()),
-            calling_function: function.unwrap_or_default(),
+            calling_function: function.unwrap_or_else(Text::new),
         }
     }
 }
@@ -635,7 +649,7 @@ fn scan_meta_plain(body: &[u8]) -> Result<EventMeta, EventError> {
     while let Some((name, value)) = scanner.next_header()? {
         if let Some(i) = meta_index(name) {
             if fields.values[i].is_none() {
-                fields.values[i] = Some(decode_value(value, &mut lossy).into_owned());
+                fields.values[i] = Some(Text::from(decode_value(value, &mut lossy)));
                 if fields.complete() {
                     break;
                 }
@@ -661,7 +675,7 @@ impl<'de> Visitor<'de> for MetaVisitor {
                 Some(i) => {
                     let JsonValue(value) = map.next_value()?;
                     if let (None, DecodedValue::One(v)) = (&fields.values[i], value) {
-                        fields.values[i] = Some(v.into_owned());
+                        fields.values[i] = Some(Text::from(v));
                     }
                 }
                 None => {

@@ -11,7 +11,7 @@
 //! the lane was idle ([`WriteNow`]). Whoever holds the lock is the only one writing the lane,
 //! so an event written at once can never pass an older one.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -495,7 +495,7 @@ impl Writer {
             EntryOutcome::Undecodable(reason) => return self.drop_event(envelope, "undecodable", &reason),
             EntryOutcome::Pending => unreachable!("pending entries are retried, not settled"),
         };
-        self.written.get(envelope.stream.label, envelope.source, &envelope.name).inc();
+        self.written.inc(envelope.stream.label, envelope.source, &envelope.name);
         self.state.add_written(envelope.source);
         let writer = seconds_between(envelope.parsed_at_us, acked_at);
         metrics().latency.writer.observe(writer);
@@ -557,7 +557,9 @@ impl Writer {
 /// `eslstream_events_written_total` by stream, source and event name, each looked up once (a
 /// label lookup hashes every label and takes a lock: once per event otherwise).
 #[derive(Default)]
-struct WrittenCounters(HashMap<String, Vec<(CounterSlot, IntCounter)>>);
+/// Looked up once per event written: keyed with rustc's Fx hash, not the default SipHash
+/// (names are the switch's own, and this map is bounded, so flooding it costs nothing).
+struct WrittenCounters(FxHashMap<String, Vec<(CounterSlot, IntCounter)>>);
 
 /// The stream label and source a counter of one event name is for.
 type CounterSlot = (&'static str, Source);
@@ -566,16 +568,17 @@ impl WrittenCounters {
     /// Names seen past this many are looked up each time (names come off the wire).
     const MAX_NAMES: usize = 256;
 
-    fn get(&mut self, stream: &'static str, source: Source, name: &str) -> IntCounter {
+    fn inc(&mut self, stream: &'static str, source: Source, name: &str) {
         let slot = (stream, source);
         if let Some((_, counter)) = self.0.get(name).and_then(|c| c.iter().find(|(s, _)| *s == slot)) {
-            return counter.clone();
+            counter.inc();
+            return;
         }
         let counter = metrics().events.written.with_label_values(&[stream, event_label(name), source.label()]);
+        counter.inc();
         if self.0.len() < Self::MAX_NAMES || self.0.contains_key(name) {
-            self.0.entry(name.to_owned()).or_default().push((slot, counter.clone()));
+            self.0.entry(name.to_owned()).or_default().push((slot, counter));
         }
-        counter
     }
 }
 

@@ -159,7 +159,10 @@ impl KeyAssigner {
 
     /// A fresh key.
     pub(crate) fn next(&self) -> IdempotencyKey {
-        IdempotencyKey { producer: self.producer.clone(), id: EventId::Seq(self.next.fetch_add(1, Ordering::Relaxed)) }
+        IdempotencyKey {
+            producer: self.producer.as_str().into(),
+            id: EventId::Seq(self.next.fetch_add(1, Ordering::Relaxed)),
+        }
     }
 }
 

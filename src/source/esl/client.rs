@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::config::EslConfig;
-use crate::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source};
+use crate::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source, Text};
 use crate::esl::event::{scan_meta, EventFormat, EventMeta};
 use crate::esl::frame::{Frame, FrameDecoder, FrameError};
 use crate::esl::json_scan::scan_json;
@@ -371,9 +371,10 @@ impl EslClient {
     /// its sequence is not a decimal number, which the dedup bitmaps cannot index).
     fn key_of(&self, meta: &mut EventMeta) -> IdempotencyKey {
         match meta.sequence.parse::<u64>() {
-            Ok(sequence) if !meta.core_uuid.is_empty() => {
-                IdempotencyKey { producer: std::mem::take(&mut meta.core_uuid), id: EventId::Seq(sequence) }
-            }
+            Ok(sequence) if !meta.core_uuid.is_empty() => IdempotencyKey {
+                producer: std::mem::replace(&mut meta.core_uuid, Text::new()),
+                id: EventId::Seq(sequence),
+            },
             _ => self.keys.next(),
         }
     }

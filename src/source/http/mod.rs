@@ -39,7 +39,7 @@ use tracing::warn;
 
 use crate::ack::AckStatus;
 use crate::config::HttpIngressConfig;
-use crate::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget};
+use crate::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget, Text};
 use crate::http::{constant_time_eq, error_reply, json_reply, read_body, Body, HandlerFuture, Params, Reply};
 use crate::source::http::body::{check_scalars, parse, scalar_text, BodyEvent, BodyKind};
 use crate::source::{Intake, KeyAssigner};
@@ -144,12 +144,12 @@ impl HttpIngress {
                 // key the agent assigned is new: the fast path, as the switch's events take it
                 // (a retry after an ambiguous failure is marked and checks).
                 let (key, maybe_written) = match id {
-                    Some(id) => (IdempotencyKey { producer: producer.to_owned(), id: EventId::Key(id) }, true),
+                    Some(id) => (IdempotencyKey { producer: producer.into(), id: EventId::Key(id) }, true),
                     None => (self.keys.next(), false),
                 };
                 Envelope {
-                    name: field(&c.name_field).unwrap_or_default(),
-                    ordering_key: field(&c.order_field).unwrap_or_default(),
+                    name: field(&c.name_field).map_or_else(Text::new, Text::from),
+                    ordering_key: field(&c.order_field).map_or_else(Text::new, Text::from),
                     parsed_at_us: now,
                     maybe_written,
                     ..Envelope::new(Source::Http, self.stream.clone(), BodyFormat::Json, Bytes::from(e.compact), key)

@@ -80,10 +80,10 @@ impl RowEncoder {
                 .or_insert_with(|| StreamTarget::new(&row.stream, max_len, "outbox"))
                 .clone()
         };
-        let key = IdempotencyKey { producer: self.producer.clone(), id: EventId::Seq(row.id as u64) };
+        let key = IdempotencyKey { producer: self.producer.as_str().into(), id: EventId::Seq(row.id as u64) };
         Envelope {
-            name: row.event_name.clone(),
-            ordering_key: row.ordering_key.clone(),
+            name: row.event_name.as_str().into(),
+            ordering_key: row.ordering_key.as_str().into(),
             timestamp_us: Some(row.created_at_us),
             parsed_at_us: now_us(),
             maybe_written: true,
@@ -209,7 +209,7 @@ mod tests {
             let row = OutboxRow { id, stream: stream.clone(), event_name: name.clone(), ordering_key: key.clone(), payload, created_at_us: 0, age_at_fetch: 0.0 };
             let e = enc.envelope(&row);
             prop_assert_eq!(&e.stream.key, if stream.is_empty() { "default" } else { stream.as_str() });
-            prop_assert_eq!((&e.name, &e.ordering_key), (&name, &key));
+            prop_assert_eq!((e.name.as_str(), e.ordering_key.as_str()), (name.as_str(), key.as_str()));
             prop_assert_eq!(e.key.id, EventId::Seq(id as u64));
             prop_assert_eq!(serde_json::from_slice::<serde_json::Value>(&e.body).unwrap(), v);
         }
