@@ -855,11 +855,29 @@ mod tests {
         format!("{{{}}}", fields.join(","))
     }
 
+    /// Objects as cJSON prints them (strings and arrays of strings) whose strings are dense in
+    /// what JSON escapes (quotes, backslashes, control bytes) and in non-ASCII, as the switch's
+    /// SDP and multi-line variables are.
+    fn cjson_object() -> impl Strategy<Value = Vec<(String, serde_json::Value)>> {
+        let key = prop_oneof![
+            Just("Event-Name".to_owned()),
+            Just("Unique-ID".to_owned()),
+            "[A-Za-z_-]{1,8}",
+            "[a\\\\\"/\\n\\x01\u{e9}]{1,4}",
+        ];
+        let text = prop_oneof!["[a\\\\\"/\\r\\n\\t\\x01\u{e9}\u{1F4DE}]{0,40}", any::<String>()];
+        let value = prop_oneof![
+            text.clone().prop_map(serde_json::Value::from),
+            prop::collection::vec(text, 0..4).prop_map(|v| v.into_iter().map(serde_json::Value::from).collect()),
+        ];
+        prop::collection::vec((key, value), 0..12)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
 
         #[test]
-        fn valid_objects_are_accepted_and_repeats_found(pairs in object()) {
+        fn valid_objects_are_accepted_and_repeats_found(pairs in prop_oneof![object(), cjson_object()]) {
             let text = write(&pairs);
             let scan = scan_json(text.as_bytes()).unwrap();
             let keys: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
@@ -881,7 +899,7 @@ mod tests {
 
         #[test]
         fn damaged_json_is_accepted_exactly_when_serde_json_accepts_it(
-            pairs in object(),
+            pairs in prop_oneof![object(), cjson_object()],
             cut in any::<prop::sample::Index>(),
             flip in any::<prop::sample::Index>(),
             byte in any::<u8>(),
