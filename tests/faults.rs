@@ -548,7 +548,7 @@ fn an_agent_behind_the_switch_when_stopped_writes_everything_sent_before_the_sto
 fn redis_out_of_memory_on_and_off_while_batches_spill() {
     let redis = RedisServer::start();
     let sim =
-        Simulator::start(SimulateOptions { rate: Some(6_000.0), events: Some(60_000), ..Default::default() }).unwrap();
+        Simulator::start(SimulateOptions { rate: Some(6_000.0), events: Some(90_000), ..Default::default() }).unwrap();
     let spool = tempfile::tempdir().unwrap();
     let port = free_port();
     let env = spool_env(&sim, &redis, spool.path(), port);
@@ -565,7 +565,11 @@ fn redis_out_of_memory_on_and_off_while_batches_spill() {
         std::thread::sleep(Duration::from_millis(100 + (round * 71) % 300));
         round += 1;
     }
+    // That the scenario happened, not what it proves (that is `finish`'s exact count): how
+    // many rounds end in spills depends on how busy the host is. Alone, 19 rounds gave 32 to
+    // 52 spills; beside the rest of this file on two cores, 12 rounds once gave 7.
     let spills = metric_sum(port, "eslstream_spills_total", "");
-    assert!(spills >= 10.0, "{spills} spills");
+    eprintln!("{spills} spills in {round} rounds");
+    assert!(spills >= 5.0, "{spills} spills in {round} rounds");
     finish(&mut agent, &sim, || redis.connection());
 }
