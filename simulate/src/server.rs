@@ -130,8 +130,7 @@ impl Conn {
     /// Writes `bytes` after anything queued, waiting until all of it is written.
     pub fn send_now(&self, bytes: &[u8]) -> io::Result<()> {
         let mut out = self.lock();
-        out.buf.extend_from_slice(bytes);
-        out.queued += bytes.len() as u64;
+        out.enqueue(bytes);
         out.write_all_queued()
     }
 
@@ -153,6 +152,12 @@ impl ConnOut {
     fn close(&mut self) {
         self.dead = true;
         let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Puts `bytes` at the end of the queue (kept in step with the count of bytes ever queued).
+    fn enqueue(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.queued += bytes.len() as u64;
     }
 
     /// Bytes queued and not yet written.
@@ -187,8 +192,7 @@ impl ConnOut {
             }
         }
         self.lost = 0;
-        self.buf.extend_from_slice(frame);
-        self.queued += frame.len() as u64;
+        self.enqueue(frame);
         self.ends.push_back(self.queued);
         self.events += 1;
         if self.pending() >= FLUSH_AT {
@@ -256,8 +260,7 @@ impl ConnOut {
 
     /// Fault injection: writes what is queued plus `partial` (part of a frame), then closes.
     pub fn cut(&mut self, partial: &[u8]) {
-        self.buf.extend_from_slice(partial);
-        self.queued += partial.len() as u64;
+        self.enqueue(partial);
         let _ = self.write_all_queued();
         self.close();
     }
@@ -435,8 +438,7 @@ fn handle(line: &str, conn: &Conn, shared: &Shared, rng: &mut Rng, out: &mut Vec
                 Ok(format) => encode::command_reply(&format!("+OK event listener enabled {format}"), &[], out),
                 Err(reply) => encode::command_reply(&reply, &[], out),
             }
-            guard.buf.extend_from_slice(out);
-            guard.queued += out.len() as u64;
+            guard.enqueue(out);
             out.clear();
             if guard.write_all_queued().is_err() {
                 return false;

@@ -246,7 +246,8 @@ struct Keys {
     quotes: Vec<usize>,
     /// The compact path's keys so far.
     seen: SeenKeys,
-    /// The compact path's key/value pairs: where each starts and ends, whether its key is new.
+    /// The event's key/value pairs (both scanners): where each starts and ends, whether its key
+    /// is new; a repeated key's rewrite copies the new ones ([`first_pairs`]).
     pairs: Vec<(usize, usize, bool)>,
 }
 
@@ -356,7 +357,7 @@ impl<'a> Scanner<'a, '_> {
                     let index = if key.escaped { None } else { super::event::meta_index(&self.b[key.start..key.end]) };
                     if let Some(i) = index {
                         if fields.values[i].is_none() {
-                            fields.values[i] = Some(Text::from(self.text(&value)));
+                            fields.values[i] = Some(self.text(&value));
                         }
                     }
                 } else {
@@ -403,15 +404,15 @@ impl<'a> Scanner<'a, '_> {
     }
 
     /// A string value as text, unescaped when it has escapes.
-    fn text(&self, s: &Str) -> String {
+    fn text(&self, s: &Str) -> Text {
         let raw = &self.b[s.start..s.end];
         if !s.escaped {
             // The whole body was checked to be UTF-8 and a string ends at an ASCII quote.
-            return std::str::from_utf8(raw).map_or_else(|_| String::from_utf8_lossy(raw).into_owned(), str::to_owned);
+            return Text::from(String::from_utf8_lossy(raw));
         }
         let mut out = Vec::with_capacity(raw.len());
         unescape_into(raw, &mut out);
-        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        Text::from(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
     fn peek(&self) -> Option<u8> {

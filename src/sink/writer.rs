@@ -11,13 +11,13 @@
 //! the lane was idle ([`WriteNow`]). Whoever holds the lock is the only one writing the lane,
 //! so an event written at once can never pass an older one.
 
-use rustc_hash::FxHashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prometheus::IntCounter;
+use rustc_hash::FxHashMap;
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::ack::AckStatus;
@@ -555,10 +555,10 @@ impl Writer {
 }
 
 /// `eslstream_events_written_total` by stream, source and event name, each looked up once (a
-/// label lookup hashes every label and takes a lock: once per event otherwise).
+/// label lookup hashes every label and takes a lock: once per event otherwise). Keyed with
+/// rustc's Fx hash, not the default SipHash: it is looked up for every event written, and it is
+/// bounded ([`WrittenCounters::MAX_NAMES`]), so flooding it with names costs nothing.
 #[derive(Default)]
-/// Looked up once per event written: keyed with rustc's Fx hash, not the default SipHash
-/// (names are the switch's own, and this map is bounded, so flooding it costs nothing).
 struct WrittenCounters(FxHashMap<String, Vec<(CounterSlot, IntCounter)>>);
 
 /// The stream label and source a counter of one event name is for.

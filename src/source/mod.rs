@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tracing::error;
 
 use crate::ack::{AckBatch, AckReceiver, AckStatus};
-use crate::envelope::{now_us, Envelope, EventId, IdempotencyKey, Source};
+use crate::envelope::{now_us, Envelope, EventId, IdempotencyKey, Source, Text};
 use crate::pipeline::{Pipeline, Submitted};
 use crate::state::AgentState;
 use crate::telemetry::logging::RateLimit;
@@ -142,7 +142,7 @@ impl Intake {
 /// pipeline, so every retry (and the spool) carries the same one. (A producer's blind re-send
 /// of such an event is a new event: it can be written twice.)
 pub(crate) struct KeyAssigner {
-    producer: String,
+    producer: Text,
     next: AtomicU64,
 }
 
@@ -154,15 +154,15 @@ impl Default for KeyAssigner {
 
 impl KeyAssigner {
     pub(crate) fn new() -> KeyAssigner {
-        KeyAssigner { producer: format!("eslstream-{}-{:x}", std::process::id(), now_us()), next: AtomicU64::new(1) }
+        KeyAssigner {
+            producer: format!("eslstream-{}-{:x}", std::process::id(), now_us()).into(),
+            next: AtomicU64::new(1),
+        }
     }
 
     /// A fresh key.
     pub(crate) fn next(&self) -> IdempotencyKey {
-        IdempotencyKey {
-            producer: self.producer.as_str().into(),
-            id: EventId::Seq(self.next.fetch_add(1, Ordering::Relaxed)),
-        }
+        IdempotencyKey { producer: self.producer.clone(), id: EventId::Seq(self.next.fetch_add(1, Ordering::Relaxed)) }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget};
+use crate::envelope::{now_us, BodyFormat, Envelope, EventId, IdempotencyKey, Source, StreamTarget, Text};
 
 /// A row as the relay's query returns it.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,7 +48,7 @@ impl OutboxRow {
 
 /// Turns rows into envelopes, reusing one [`StreamTarget`] per stream name.
 pub(crate) struct RowEncoder {
-    producer: String,
+    producer: Text,
     default_stream: Arc<StreamTarget>,
     streams: HashMap<String, Arc<StreamTarget>>,
 }
@@ -58,7 +58,7 @@ const MAX_STREAMS: usize = 1024;
 
 impl RowEncoder {
     pub(crate) fn new(producer: String, default_stream: Arc<StreamTarget>) -> RowEncoder {
-        RowEncoder { producer, default_stream, streams: HashMap::new() }
+        RowEncoder { producer: producer.into(), default_stream, streams: HashMap::new() }
     }
 
     pub(crate) fn producer(&self) -> &str {
@@ -80,7 +80,7 @@ impl RowEncoder {
                 .or_insert_with(|| StreamTarget::new(&row.stream, max_len, "outbox"))
                 .clone()
         };
-        let key = IdempotencyKey { producer: self.producer.as_str().into(), id: EventId::Seq(row.id as u64) };
+        let key = IdempotencyKey { producer: self.producer.clone(), id: EventId::Seq(row.id as u64) };
         Envelope {
             name: row.event_name.as_str().into(),
             ordering_key: row.ordering_key.as_str().into(),
