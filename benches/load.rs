@@ -73,8 +73,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use eslstream::http::client::http_get;
 use eslstream_simulate::{event_frames, EventSize, SimulateOptions, Simulator};
+use floor::FloorMode;
 use redis::Value;
 
+#[path = "load/floor.rs"]
+mod floor;
 #[path = "load/hey.rs"]
 mod hey;
 #[path = "load/outbox.rs"]
@@ -105,7 +108,11 @@ const WARMUP: Duration = Duration::from_secs(1);
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let opts = match Opts::parse(std::env::args().skip(1)) {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.next_if(|a| a == floor::FORWARDER_ARG).is_some() {
+        floor::forward(&args.next().unwrap_or_default());
+    }
+    let opts = match Opts::parse(args) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("load: {e}\n{USAGE}");
@@ -120,7 +127,7 @@ fn main() {
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--mode saturation|rates|http|http-hey|outbox|cluster|ha|all, or a comma list] [--events N] \
 [--rates 1000,10000,50000] [--seconds 20] [--size small|avg|medium|large|xl|capture, or a comma list] [--json target/load.json] [--env NAME=value]... [--agent PATH] \
-[--http-rate 1000] [--http-events 200000] [--outbox-rate 1000] [--outbox-rows 200000]";
+[--http-rate 1000] [--http-events 200000] [--outbox-rate 1000] [--outbox-rows 200000] [--floor sync|lazy]";
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -138,6 +145,11 @@ struct Opts {
     env: Vec<(String, String)>,
     /// Another agent binary to run (to compare two builds on the same machine).
     agent: PathBuf,
+    /// `--floor`: each saturation and rate run is followed by the same run of the floor
+    /// ([`floor`]), a forwarder that does nothing but forward.
+    floor: Option<FloorMode>,
+    /// What the current run drives: the agent, or the floor.
+    forwarder: Forwarder,
     http: bool,
     http_rate: u64,
     http_events: u64,
@@ -165,6 +177,8 @@ impl Opts {
             json: PathBuf::from("target/load.json"),
             env: Vec::new(),
             agent: PathBuf::from(env!("CARGO_BIN_EXE_eslstream")),
+            floor: None,
+            forwarder: Forwarder::Agent,
             http: true,
             http_rate: 1_000,
             http_events: 200_000,
@@ -222,6 +236,7 @@ impl Opts {
                     o.env.push((k.to_owned(), v.to_owned()));
                 }
                 "--agent" => o.agent = PathBuf::from(value()?),
+                "--floor" => o.floor = Some(FloorMode::parse(&value()?)?),
                 "--http-rate" => o.http_rate = parse_count(&value()?)?,
                 "--http-events" => o.http_events = parse_count(&value()?)?,
                 "--outbox-rate" => o.outbox_rate = parse_count(&value()?)?.max(1),
@@ -237,6 +252,24 @@ impl Opts {
             return Err("--events, --rates and --seconds must be positive".into());
         }
         Ok(o)
+    }
+}
+
+/// What a run forwards the simulator's events with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forwarder {
+    /// The agent (`--agent`, by default the one this build made).
+    Agent,
+    /// This binary as the floor ([`floor`]).
+    Floor(FloorMode),
+}
+
+impl Forwarder {
+    fn name(self) -> &'static str {
+        match self {
+            Forwarder::Agent => "eslstream",
+            Forwarder::Floor(mode) => mode.label(),
+        }
     }
 }
 
@@ -339,18 +372,28 @@ fn run(opts: &Opts) -> Result<(), String> {
     }
     for &size in &opts.sizes {
         let opts = &Opts { size, ..opts.clone() };
+        let floor = opts.floor.map(|mode| Opts { forwarder: Forwarder::Floor(mode), ..opts.clone() });
         if opts.saturation {
             let mut r = run_standalone(opts, None, &mut version)?;
             // The ceiling for entries of this run's size, measured in the same process.
             let c = ceiling_for(&fresh_redis()?, r.avg_event_bytes)?;
             r.ceiling_ratio = Some(r.events_per_sec / c.requests_per_sec);
             r.ceiling_per_sec = Some(c.requests_per_sec);
-            ceilings.push(c);
             results.push(r);
+            if let Some(floor) = &floor {
+                let mut f = run_standalone(floor, None, &mut version)?;
+                f.ceiling_ratio = Some(f.events_per_sec / c.requests_per_sec);
+                f.ceiling_per_sec = Some(c.requests_per_sec);
+                results.push(f);
+            }
+            ceilings.push(c);
         }
         if opts.rates_mode {
             for &rate in &opts.rates {
                 results.push(run_standalone(opts, Some(rate), &mut version)?);
+                if let Some(floor) = &floor {
+                    results.push(run_standalone(floor, Some(rate), &mut version)?);
+                }
             }
         }
     }
@@ -452,6 +495,8 @@ fn run(opts: &Opts) -> Result<(), String> {
 #[derive(Debug, Clone)]
 struct RunResult {
     mode: &'static str,
+    /// What forwarded the events: `eslstream` or the floor.
+    forwarder: Forwarder,
     /// `standalone` or `cluster`.
     topology: &'static str,
     size: Traffic,
@@ -489,6 +534,10 @@ impl RunResult {
             None if self.mode.contains("HA_GROUP") => "saturation, HA_GROUP".into(),
             None => "saturation".into(),
         };
+        let run = match self.forwarder {
+            Forwarder::Agent => run,
+            floor => format!("{run}, {}", floor.name()),
+        };
         match self.topology {
             "cluster" => format!("cluster {run}"),
             _ => run,
@@ -498,6 +547,7 @@ impl RunResult {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "mode": self.mode,
+            "forwarder": self.forwarder.name(),
             "topology": self.topology,
             "size": self.size.name(),
             "rate": self.rate,
@@ -577,7 +627,13 @@ fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunRes
     ];
     env.extend(target.env.iter().cloned());
     env.extend(opts.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
-    let agent = AgentProcess::start(&opts.agent, &env)?;
+    let agent = match opts.forwarder {
+        Forwarder::Agent => AgentProcess::start(&opts.agent, &env)?,
+        Forwarder::Floor(mode) => {
+            let me = std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?;
+            AgentProcess::start_with(&me, &[floor::FORWARDER_ARG, mode.name()], &env)?
+        }
+    };
     let pid = agent.pid();
     let started = Instant::now();
     let others = [redis.child.id(), std::process::id()];
@@ -595,7 +651,11 @@ fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunRes
         let stats = sim.stats();
         let in_redis = xlen_both(&mut con)?;
         // Counted drops, read once everything is sent and Redis is short of it.
-        if stats.done && in_redis < stats.events_sent && last_progress.1.elapsed() > Duration::from_millis(500) {
+        if opts.forwarder == Forwarder::Agent
+            && stats.done
+            && in_redis < stats.events_sent
+            && last_progress.1.elapsed() > Duration::from_millis(500)
+        {
             dropped = dropped_events(admin_port).unwrap_or(dropped);
         }
         if !windowed && stats.traffic_sent >= warmup_events {
@@ -655,10 +715,14 @@ fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunRes
     };
     let redis_cpu_pct = pct(others_start[0], others_end[0]);
     let harness_cpu_pct = pct(others_start[1], others_end[1]);
-    let dropped = dropped_events(admin_port).unwrap_or_else(|e| {
-        eprintln!("load: {label}: cannot read the agent's drop count: {e}");
-        dropped
-    });
+    // The floor counts no drops: whatever it did not write is missing.
+    let dropped = match opts.forwarder {
+        Forwarder::Agent => dropped_events(admin_port).unwrap_or_else(|e| {
+            eprintln!("load: {label}: cannot read the agent's drop count: {e}");
+            dropped
+        }),
+        Forwarder::Floor(_) => 0,
+    };
     drop(agent);
     reader.stop();
     let span_ms = id_span_ms(&mut con)?.max(1);
@@ -674,6 +738,7 @@ fn run_one(target: &Target<'_>, opts: &Opts, rate: Option<u64>) -> Result<RunRes
     }
     Ok(RunResult {
         mode: if rate.is_some() { "rates" } else { "saturation" },
+        forwarder: opts.forwarder,
         topology: target.topology,
         size: opts.size,
         rate,
@@ -1261,11 +1326,17 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn start(program: &Path, env: &[(&str, String)]) -> Result<AgentProcess, String> {
+        AgentProcess::start_with(program, &[], env)
+    }
+
+    /// `program` with `args` (the floor is this binary with its own arguments).
+    fn start_with(program: &Path, args: &[&str], env: &[(&str, String)]) -> Result<AgentProcess, String> {
         let dir = tempfile::Builder::new().prefix("eslstream-load-agent-").tempdir().map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.path().join("output.log")).map_err(|e| e.to_string())?;
         let spool = dir.path().join("spool");
         let mut cmd = Command::new(program);
-        cmd.current_dir(dir.path())
+        cmd.args(args)
+            .current_dir(dir.path())
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("SPOOL_DIR", &spool)
@@ -1610,6 +1681,21 @@ fn markdown(results: &[RunResult], ceilings: &[Ceiling]) -> String {
             r.cpu_pct,
             r.redis_cpu_pct,
             r.harness_cpu_pct,
+        ));
+    }
+    for f in results.iter().filter(|r| r.forwarder != Forwarder::Agent) {
+        let same = |r: &&RunResult| r.forwarder == Forwarder::Agent && r.size == f.size && r.rate == f.rate;
+        let Some(a) = results.iter().find(same) else { continue };
+        let per_redis = |r: &RunResult| if r.redis_cpu_pct > 0.0 { r.cpu_pct / r.redis_cpu_pct } else { 0.0 };
+        s.push_str(&format!(
+            "\n{}: the agent's CPU per event {:.1}x the {}'s; CPU over Redis's: agent {:.2}, floor {:.2}; p99 {} ms against {} ms\n",
+            a.label(),
+            a.cpu_ms_per_1k / f.cpu_ms_per_1k.max(f64::MIN_POSITIVE),
+            f.forwarder.name(),
+            per_redis(a),
+            per_redis(f),
+            ms(a.latency.p99),
+            ms(f.latency.p99),
         ));
     }
     for c in ceilings {
