@@ -168,6 +168,63 @@ fn redis_down_answers_202_spooled_and_a_sigkill_after_202_loses_nothing() {
 }
 
 #[test]
+fn a_spool_directory_deleted_under_the_agent_loses_only_what_it_counts() {
+    let mut redis = RedisServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = start(&redis.url(), spool.path(), port, &[]);
+    redis.kill();
+    let spooled = |from: u64| {
+        let batch: Vec<Value> = (from..from + 200).map(event).collect();
+        let answer = post(port, "application/json", "", serde_json::to_vec(&batch).unwrap().as_slice());
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        let body = answer.json();
+        assert!(body["results"].as_array().unwrap().iter().all(|r| r["status"] == "spooled"), "{body}");
+    };
+    spooled(0);
+    // An operator clears the spool by hand while Redis is down, then more events come. The
+    // agent puts back the segments it holds open (those it appends to); the events the writers
+    // moved there after their retries ran out were in closed files: those are gone, counted.
+    std::fs::remove_dir_all(spool.path()).unwrap();
+    spooled(200);
+    let names: Vec<_> = std::fs::read_dir(spool.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(names.iter().any(|n| n.to_string_lossy().starts_with("lane-")), "recreated: {names:?}");
+    assert!(spool.path().join("lanes").exists(), "the lane count is written again");
+    assert!(agent.output().contains("spool files were deleted while the agent ran"), "{}", agent.output());
+    let lost = metric_sum(port, "eslstream_events_dropped_total", r#"reason="spool_lost""#) as u64;
+    let health = || -> Value { serde_json::from_str(&http(port, "/health").expect("health").1).unwrap() };
+    // The health document is refreshed every few seconds.
+    wait_until(Duration::from_secs(15), "health counts the lost events", || {
+        health()["data"]["dropped"]["total"] == lost
+    });
+    let health = health();
+    if lost > 0 {
+        assert_eq!(health["data"]["dropped"]["by_reason"]["spool_lost"], lost, "{health}");
+        assert_eq!(health["status"], "degraded", "a drop fails the drops check: {health}");
+    }
+    // What was answered `spooled` after the deletion is on disk again: a SIGKILL loses none of
+    // it.
+    agent.kill();
+    redis.restart();
+    let port2 = free_port();
+    let mut agent = start(&redis.url(), spool.path(), port2, &[]);
+    wait_until(Duration::from_secs(30), "the spooled events written", || stored(&redis).len() as u64 >= 400 - lost);
+    assert_eq!(agent.stop(Duration::from_secs(15)), 0);
+    let entries = stored(&redis);
+    let written: std::collections::HashSet<u64> = entries.iter().map(|(_, seq, _)| *seq).collect();
+    assert!((200..400).all(|i| written.contains(&i)), "every event answered after the deletion is written");
+    let mut seen = std::collections::HashSet::new();
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for (id, seq, call) in &entries {
+        assert!(seen.insert(id.clone()), "{id} twice");
+        if let Some(prev) = last.insert(call, *seq) {
+            assert!(prev < *seq, "{call}: {seq} after {prev}");
+        }
+    }
+    assert_eq!(entries.len() as u64, 400 - lost, "400 events, {lost} of them counted as lost");
+}
+
+#[test]
 fn every_refusal_has_its_status_and_says_why() {
     let redis = RedisServer::start();
     let spool = tempfile::tempdir().unwrap();

@@ -32,6 +32,7 @@ use crate::telemetry::logging::RateLimit;
 use crate::telemetry::metrics::metrics;
 
 static FLUSH_WARN: RateLimit = RateLimit::new(Duration::from_secs(5));
+static READ_ERROR: RateLimit = RateLimit::new(Duration::from_secs(5));
 
 /// What happened to a submitted event.
 #[derive(Debug)]
@@ -329,6 +330,15 @@ impl Lane {
             return Err((held, e));
         }
         let rewound = spool.rewind();
+        let from_spool = held.iter().filter(|e| e.spool_pos.is_some()).count() as u64;
+        if rewound.records() != from_spool {
+            // Some of the batch's spooled events were in files deleted under the agent: they
+            // cannot be read again, so nothing leaves the writer.
+            spool.undo_rewind(rewound);
+            *overflow = queue.into();
+            let gone = std::io::Error::new(std::io::ErrorKind::NotFound, "spool files were deleted under the agent");
+            return Err((held, SpoolError::Io(gone)));
+        }
         let (mut moving, in_flight): (Vec<Envelope>, Vec<Envelope>) =
             held.into_iter().partition(|e| e.spool_pos.is_none());
         let from_memory = moving.len();
@@ -480,7 +490,9 @@ fn hand_back(events: &mut Vec<Envelope>) -> Vec<Envelope> {
 fn read_spool_into(spool: &mut LaneSpool, n: usize, out: &mut Vec<Envelope>, bytes: &AtomicUsize) {
     let before = out.len();
     if let Err(e) = spool.read_batch(n, out) {
-        tracing::error!(error = %e, "cannot read the spool; will retry");
+        if let Some(suppressed) = READ_ERROR.check() {
+            tracing::error!(error = %e, suppressed, "cannot read the spool; will retry");
+        }
     }
     let buffered: usize = out[before..].iter().filter(|e| e.spool_pos.is_none()).map(footprint).sum();
     bytes.fetch_add(buffered, Ordering::AcqRel);

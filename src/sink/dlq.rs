@@ -145,7 +145,17 @@ impl DeadLetters {
                 .collect(),
         };
         let tmp = self.dir.join(format!("{id}.tmp"));
-        fs::write(&tmp, serde_json::to_vec(&letter).map_err(io::Error::other)?)?;
+        let bytes = serde_json::to_vec(&letter).map_err(io::Error::other)?;
+        if let Err(e) = fs::write(&tmp, &bytes) {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            // The directory was deleted while the agent ran, and the letters in it with it.
+            fs::create_dir_all(&self.dir)?;
+            let lost = self.count.swap(0, Ordering::Relaxed);
+            tracing::warn!(dir = %self.dir.display(), lost, "the dead-letter directory was deleted while the agent ran; recreated it");
+            fs::write(&tmp, &bytes)?;
+        }
         fs::rename(&tmp, self.path(&id))?;
         self.count.fetch_add(1, Ordering::Relaxed);
         Ok(id)
@@ -153,7 +163,12 @@ impl DeadLetters {
 
     /// Up to `limit` dead letters, oldest first.
     pub fn list(&self, limit: usize) -> io::Result<Vec<Summary>> {
-        let mut ids: Vec<String> = fs::read_dir(&self.dir)?
+        let entries = match fs::read_dir(&self.dir) {
+            // Deleted while the agent ran: no letters (the next one recreates it).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            entries => entries?,
+        };
+        let mut ids: Vec<String> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_owned))
             .collect();

@@ -179,7 +179,8 @@ impl HealthMonitor {
         let esl_silent_for = (last_alive > 0).then(|| micros_ago(last_alive));
         let esl_error = self.ctx.state.last_error().and_then(|(_, e)| e.strip_prefix("ESL: ").map(str::to_owned));
 
-        let dropped_total = self.ctx.state.events_dropped.load(Ordering::Relaxed);
+        // Events lost with spool files deleted under the agent are drops too (of no known source).
+        let dropped_total = self.ctx.state.events_dropped.load(Ordering::Relaxed) + self.ctx.spool.lost();
         let dropped_recently = self.dropped_within_window(now, dropped_total);
 
         Snapshot {

@@ -17,6 +17,8 @@ pub struct SpoolBudget {
     /// Lanes whose spool cannot write now, and the latest such error.
     pub(super) failing_lanes: AtomicUsize,
     pub(super) fault: Mutex<Option<String>>,
+    /// Events lost because their spool files were deleted while the agent ran.
+    pub(super) lost: AtomicU64,
 }
 
 impl SpoolBudget {
@@ -27,6 +29,7 @@ impl SpoolBudget {
             events: AtomicU64::new(0),
             failing_lanes: AtomicUsize::new(0),
             fault: Mutex::new(None),
+            lost: AtomicU64::new(0),
         })
     }
 
@@ -46,6 +49,12 @@ impl SpoolBudget {
     /// Events spooled and not yet read back, across all lanes.
     pub fn events(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
+    }
+
+    /// Events lost since start because the spool files holding them were deleted while the
+    /// agent ran (also counted in `eslstream_events_dropped_total{reason="spool_lost"}`).
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 }
 

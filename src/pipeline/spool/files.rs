@@ -112,6 +112,29 @@ pub(super) fn verify_segment(path: &Path, from: u64) -> io::Result<(u64, u64, u6
     Ok((offset, records, total - offset))
 }
 
+/// Puts a segment whose file was deleted while the spool held it open back at `path`: its
+/// bytes are copied through the open handle (`/proc/self/fd`, which reaches a deleted file's
+/// data for as long as a handle is open) and synced.
+pub(super) fn restore_segment(open: &File, path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut from = File::open(format!("/proc/self/fd/{}", open.as_raw_fd()))?;
+    let mut to = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    io::copy(&mut from, &mut to)?;
+    to.sync_data()
+}
+
+/// How many whole records `pending` (records not yet written to their segment) holds.
+pub(super) fn buffered_records(mut pending: &[u8]) -> u64 {
+    let mut n = 0;
+    while let Some(head) = pending.get(..record::HEADER_LEN) {
+        let head: &[u8; record::HEADER_LEN] = head.try_into().expect("HEADER_LEN bytes");
+        let Ok((len, _)) = record::header(head) else { break };
+        pending = pending.get(record::HEADER_LEN + len..).unwrap_or(&[]);
+        n += 1;
+    }
+    n
+}
+
 pub(super) fn count_records(path: &Path, from: u64, to: u64) -> io::Result<u64> {
     let mut f = BufReader::new(File::open(path)?);
     f.seek(SeekFrom::Start(from))?;

@@ -22,6 +22,13 @@
 //! buffered when writing failed are still read back, from the buffer, in order, so the lane
 //! keeps serving Redis. The first write that succeeds ends the state, with one log line.
 //!
+//! Files deleted while the agent runs (by hand during an incident, or by a cleaner of temporary
+//! files) do not stop a lane: when a file the spool needs is not found, it puts back what it
+//! still holds open (the segment being appended to, with its buffered records, and the one
+//! being read), recreates the directory and the cursor, counts the unread events that were only
+//! in the deleted files as lost (`eslstream_events_dropped_total{reason="spool_lost"}`, one
+//! error line) and reads on ([`LaneSpool::recover_deleted`]).
+//!
 //! This file owns one lane's spool ([`LaneSpool`]); [`record`] the record format, `budget` the
 //! budget all lanes share and why an append is refused, `files` the segment files and the
 //! cursor, `open` the start-up (and the re-partition when `WRITER_WORKERS` changed).
@@ -35,7 +42,8 @@ pub use budget::SpoolBudget;
 pub(crate) use budget::SpoolError;
 pub(crate) use files::same_error;
 use files::{
-    count_records, free_bytes, read_cursor, remove_start, segment_path, start_path, verify_segment, write_cursor,
+    buffered_records, count_records, free_bytes, read_cursor, remove_start, restore_segment, segment_path, start_path,
+    verify_segment, write_cursor,
 };
 pub(crate) use open::open_lanes;
 
@@ -50,6 +58,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::envelope::{Envelope, SpoolPos};
+use crate::telemetry::metrics::metrics;
 
 /// A segment is closed and a new one started past this size.
 pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
@@ -89,6 +98,14 @@ pub(crate) struct Rewound {
     records: u64,
 }
 
+impl Rewound {
+    /// Records made unread again: those read since the last commit, unless some were in files
+    /// deleted under the agent.
+    pub(crate) fn records(&self) -> u64 {
+        self.records
+    }
+}
+
 /// One lane's spool.
 pub struct LaneSpool {
     dir: PathBuf,
@@ -119,6 +136,9 @@ pub struct LaneSpool {
     failing: Option<Failing>,
     /// This spool's lane, for its log lines.
     lane: String,
+    /// `SPOOL_DIR/lanes` and the number it holds ([`open_lanes`]), written again if the
+    /// directory is deleted under the agent: the next start must know how the spool is split.
+    lane_count: Option<(PathBuf, usize)>,
 }
 
 impl LaneSpool {
@@ -206,6 +226,7 @@ impl LaneSpool {
             dir_dirty: false,
             failing: None,
             lane: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            lane_count: None,
         };
         Ok((spool, recovery))
     }
@@ -214,6 +235,11 @@ impl LaneSpool {
     /// number).
     pub(crate) fn set_v1_streams(&mut self, streams: record::V1Streams) {
         self.v1_streams = streams;
+    }
+
+    /// The file recording how many lanes the spool is split into, and that number.
+    pub(crate) fn set_lane_count(&mut self, file: PathBuf, lanes: usize) {
+        self.lane_count = Some((file, lanes));
     }
 
     /// Events appended and not yet read back.
@@ -352,6 +378,9 @@ impl LaneSpool {
             return Ok(());
         }
         debug_assert_eq!(self.read, self.committed, "prepend with spooled records in flight");
+        if !self.dir.is_dir() {
+            self.recover_deleted()?;
+        }
         self.scratch.clear();
         for e in envelopes {
             record::encode(e, &mut self.scratch);
@@ -415,6 +444,7 @@ impl LaneSpool {
     }
 
     fn read_one(&mut self) -> io::Result<Option<Envelope>> {
+        let mut recovered = false;
         loop {
             let Some(&len) = self.segments.get(&self.read.segment) else {
                 // The read segment is gone (deleted after being fully committed): go to the next.
@@ -444,7 +474,17 @@ impl LaneSpool {
                 }
             }
             if self.reader.as_ref().map(|(id, _)| *id) != Some(self.read.segment) {
-                let mut f = File::open(segment_path(&self.dir, self.read.segment))?;
+                let mut f = match File::open(segment_path(&self.dir, self.read.segment)) {
+                    Ok(f) => f,
+                    // Deleted while the agent ran: once it is counted as lost (or put back),
+                    // reading goes on.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && !recovered => {
+                        recovered = true;
+                        self.recover_deleted()?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 f.seek(SeekFrom::Start(self.read.offset))?;
                 self.reader = Some((self.read.segment, BufReader::with_capacity(256 * 1024, f)));
             }
@@ -570,7 +610,10 @@ impl LaneSpool {
                 self.reader = None;
             }
             let len = self.segments.remove(&id).unwrap_or(0);
-            fs::remove_file(segment_path(&self.dir, id))?;
+            match fs::remove_file(segment_path(&self.dir, id)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             if self.starts.remove(&id).is_some() {
                 remove_start(&self.dir, id)?;
             }
@@ -583,6 +626,10 @@ impl LaneSpool {
     /// when a segment was created (for acknowledged events, and on shutdown). Earlier
     /// segments were synced when they were closed.
     pub fn sync(&mut self) -> io::Result<()> {
+        // What is acknowledged as spooled must be in a file that is still there.
+        if self.tail.as_ref().is_some_and(|(id, _)| !segment_path(&self.dir, *id).exists()) {
+            self.recover_deleted()?;
+        }
         self.flush()?;
         if let Some((_, f)) = &self.tail {
             f.sync_data()?;
@@ -608,6 +655,94 @@ impl LaneSpool {
         }
     }
 
+    /// A file the spool needs was not found: its directory, or files in it, were deleted while
+    /// the agent ran. Puts back on disk what the spool still holds open (the segment being
+    /// appended to, with its buffered records, and the segment being read), recreates the
+    /// directory and the cursor, and counts the unread events that were only in the deleted
+    /// files as lost, so the lane reads on rather than waiting for files that will not come
+    /// back. Events read and not yet acknowledged stay with the writer; their segment is put
+    /// back when it is the one being read.
+    fn recover_deleted(&mut self) -> io::Result<()> {
+        let directory_deleted = !self.dir.is_dir();
+        fs::create_dir_all(&self.dir)?;
+        if let Some((file, lanes)) = self.lane_count.as_ref().filter(|(file, _)| !file.exists()) {
+            fs::write(file, format!("{lanes}\n"))?;
+        }
+        let mut restored = 0;
+        if let Some(id) = self.tail.as_ref().map(|(id, _)| *id).filter(|&id| !segment_path(&self.dir, id).exists()) {
+            // Buffered records go to the old file first (its handle still writes), so they are
+            // put back with it; if that fails they stay buffered for the restored file.
+            let _ = self.flush();
+            let (_, old) = self.tail.take().expect("checked above");
+            restore_segment(&old, &segment_path(&self.dir, id))?;
+            self.tail = Some((id, OpenOptions::new().append(true).open(segment_path(&self.dir, id))?));
+            restored += 1;
+        }
+        if let Some((id, reader)) = &self.reader {
+            if !segment_path(&self.dir, *id).exists() {
+                restore_segment(reader.get_ref(), &segment_path(&self.dir, *id))?;
+                restored += 1;
+            }
+        }
+        if restored > 0 {
+            // Read on from the restored files (appends now go to the new tail, not the old).
+            self.reader = None;
+        }
+        for (&id, &offset) in &self.starts {
+            if segment_path(&self.dir, id).exists() && !start_path(&self.dir, id).exists() {
+                let file =
+                    OpenOptions::new().create(true).truncate(false).write(true).open(start_path(&self.dir, id))?;
+                write_cursor(&file, SpoolPos { segment: id, offset })?;
+                file.sync_data()?;
+            }
+        }
+        if !self.dir.join("cursor").exists() {
+            self.cursor =
+                OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.dir.join("cursor"))?;
+            write_cursor(&self.cursor, self.committed)?;
+            self.cursor.sync_data()?;
+        }
+        // What can still be read: the unread records of the segments still on disk, and those
+        // buffered. The rest of the unread records were only in deleted files.
+        let mut readable = buffered_records(&self.pending);
+        let mut gone = Vec::new();
+        for (&id, &len) in &self.segments {
+            let path = segment_path(&self.dir, id);
+            if !path.exists() {
+                gone.push(id);
+                continue;
+            }
+            let from = match id.cmp(&self.read.segment) {
+                std::cmp::Ordering::Less => continue, // read already (with the writer, or acknowledged)
+                std::cmp::Ordering::Equal => self.read.offset,
+                std::cmp::Ordering::Greater => self.start_of(id),
+            };
+            readable += count_records(&path, from, len)?;
+        }
+        for id in &gone {
+            let len = self.segments.remove(id).unwrap_or(0);
+            self.budget.used.fetch_sub(len, Ordering::Relaxed);
+            if self.starts.remove(id).is_some() {
+                remove_start(&self.dir, *id)?;
+            }
+        }
+        let lost = self.unread.saturating_sub(readable);
+        self.unread -= lost;
+        self.budget.events.fetch_sub(lost, Ordering::Relaxed);
+        if lost > 0 {
+            self.budget.lost.fetch_add(lost, Ordering::Relaxed);
+            metrics().events.dropped.with_label_values(&["unknown", "spool_lost", "unknown"]).inc_by(lost);
+        }
+        File::open(&self.dir)?.sync_all()?;
+        self.dir_dirty = false;
+        if lost > 0 {
+            error!(lane = %self.lane, directory_deleted, restored_segments = restored, deleted_segments = gone.len(), lost_events = lost, "spool files were deleted while the agent ran; put back what it still held open and reading on: events only in the deleted files are lost (counted as dropped, reason spool_lost)");
+        } else {
+            warn!(lane = %self.lane, directory_deleted, restored_segments = restored, deleted_segments = gone.len(), "spool files were deleted while the agent ran; put back what it still held open, nothing was lost");
+        }
+        Ok(())
+    }
+
     /// The segment to append `len` bytes to, starting a new one when the last is full.
     fn tail_for(&mut self, len: u64) -> io::Result<(u64, &mut File)> {
         let last = self.segments.iter().next_back().map(|(&id, &l)| (id, l));
@@ -615,6 +750,14 @@ impl LaneSpool {
             (Some((t, _)), Some((id, l))) => *t == id && l + len <= SEGMENT_BYTES.max(len),
             _ => false,
         };
+        if !reuse
+            && (!self.dir.is_dir() || self.tail.as_ref().is_some_and(|(t, _)| !segment_path(&self.dir, *t).exists()))
+        {
+            // The old tail is put back before it is closed, and the new one made in a
+            // directory that exists.
+            self.recover_deleted()?;
+            return self.tail_for(len);
+        }
         if !reuse {
             if let Some((_, f)) = self.tail.take() {
                 f.sync_data()?;

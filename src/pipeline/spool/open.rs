@@ -46,6 +46,7 @@ pub(crate) fn open_lanes(
             );
         }
         spool.set_v1_streams(v1_streams.clone());
+        spool.set_lane_count(count_file.clone(), lanes);
         spools.push(spool);
     }
     for old in old_dirs {

@@ -219,6 +219,107 @@ fn changing_the_lane_count_repartitions_in_order() {
     assert!(!dir.path().join("repartition-0").exists());
 }
 
+/// An event of about 1 MiB: fifteen fill a segment.
+fn big(call: &str, seq: u64) -> Envelope {
+    Envelope { body: Bytes::from(vec![b'x'; 1 << 20]), ..env(call, seq) }
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The directory deleted while the segment being appended to and the one being read are open:
+/// both are put back (the buffered records too), nothing is lost, order holds, and what is put
+/// back survives a restart.
+#[test]
+fn a_deleted_directory_is_put_back_from_the_open_segments() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("lane-0");
+    let budget = SpoolBudget::new(1 << 30);
+    let (mut s, _) = LaneSpool::open(&dir, budget.clone()).unwrap();
+    for i in 0..100 {
+        s.append(&env("a", i)).unwrap();
+    }
+    s.sync().unwrap();
+    let mut first = Vec::new();
+    s.read_batch(30, &mut first).unwrap();
+    s.commit(first[19].spool_pos.unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    for i in 100..150 {
+        s.append(&env("a", i)).unwrap();
+    }
+    s.sync().unwrap(); // finds the tail's file gone: puts it back first
+    assert_eq!(segment_files(&dir).len(), 1, "the segment is back on disk");
+    assert!(dir.join("cursor").exists());
+    assert_eq!(budget.lost(), 0);
+    let rest = read_all(&mut s);
+    assert_eq!(seqs(&rest), (30..150).collect::<Vec<_>>());
+    drop(s);
+    // A restart finds everything after the committed cursor: the 10 read but not acknowledged,
+    // and the rest.
+    let (mut s, r) = LaneSpool::open(&dir, SpoolBudget::new(1 << 30)).unwrap();
+    assert_eq!(r.records, 130);
+    assert_eq!(seqs(&read_all(&mut s)), (20..150).collect::<Vec<_>>());
+}
+
+/// A closed segment deleted before it was read: its events are counted as lost, exactly, and the
+/// lane reads on (it does not wait for a file that will not come back).
+#[test]
+fn a_deleted_closed_segment_is_counted_as_lost_and_reading_goes_on() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("lane-0");
+    let budget = SpoolBudget::new(1 << 30);
+    let (mut s, _) = LaneSpool::open(&dir, budget.clone()).unwrap();
+    for i in 0..20 {
+        s.append(&big("a", i)).unwrap();
+    }
+    s.sync().unwrap();
+    let files = segment_files(&dir);
+    assert_eq!(files.len(), 2, "two segments: {files:?}");
+    let (_, in_first, _) = super::files::verify_segment(&files[0], 0).unwrap();
+    std::fs::remove_file(&files[0]).unwrap();
+    let rest = read_all(&mut s);
+    assert_eq!(seqs(&rest), (in_first..20).collect::<Vec<_>>(), "the tail's events, in order");
+    assert_eq!(budget.lost(), in_first);
+    assert_eq!((s.unread(), budget.events()), (0, 0), "nothing left unread");
+    let on_disk: u64 = segment_files(&dir).iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    assert_eq!(budget.used(), on_disk, "the budget holds only what is on disk");
+    // The whole directory, with the reader in the middle of the only segment left: nothing lost.
+    for i in 20..25 {
+        s.append(&big("a", i)).unwrap();
+    }
+    let mut out = Vec::new();
+    s.read_batch(2, &mut out).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    s.append(&big("a", 25)).unwrap();
+    out.extend(read_all(&mut s));
+    assert_eq!(seqs(&out), (20..26).collect::<Vec<_>>());
+    assert_eq!(budget.lost(), in_first, "no more lost");
+}
+
+/// Events put in front after the directory was deleted (a spill) land in the recreated one.
+#[test]
+fn a_spill_after_the_directory_was_deleted_is_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("lane-0");
+    let (mut s, _) = LaneSpool::open(&dir, SpoolBudget::new(1 << 30)).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let older: Vec<Envelope> = (0..5).map(|i| env("a", i)).collect();
+    s.prepend(&older).unwrap();
+    s.append(&env("a", 5)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let (mut s, r) = LaneSpool::open(&dir, SpoolBudget::new(1 << 30)).unwrap();
+    assert_eq!(r.records, 6);
+    assert_eq!(seqs(&read_all(&mut s)), (0..6).collect::<Vec<_>>());
+}
+
 /// What a lane does to its spool, in any order: append, read a batch, acknowledge part of what
 /// is in flight, spill (what is in flight is read again, behind new events put in front), and
 /// restart the agent.
