@@ -58,6 +58,16 @@ fn start(redis_url: &str, spool: &std::path::Path, port: u16, extra: &[(&str, &s
     agent
 }
 
+/// Posts the events `ids` in one batch while Redis is down: every one answered `spooled`.
+fn post_spooled(port: u16, ids: std::ops::Range<u64>) -> Vec<Value> {
+    let batch: Vec<Value> = ids.map(event).collect();
+    let answer = post(port, "application/json", "", serde_json::to_vec(&batch).unwrap().as_slice());
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let body = answer.json();
+    assert!(body["results"].as_array().unwrap().iter().all(|r| r["status"] == "spooled"), "{body}");
+    batch
+}
+
 /// `(event_id, seq, call_id)` of every entry, in stream order, from the `event` JSON.
 fn stored(redis: &RedisServer) -> Vec<(String, u64, String)> {
     let reply: Vec<(String, Vec<(String, String)>)> =
@@ -149,11 +159,7 @@ fn redis_down_answers_202_spooled_and_a_sigkill_after_202_loses_nothing() {
     let port = free_port();
     let mut agent = start(&redis.url(), spool.path(), port, &[]);
     redis.kill();
-    let batch: Vec<Value> = (0..200).map(event).collect();
-    let answer = post(port, "application/json", "", serde_json::to_vec(&batch).unwrap().as_slice());
-    assert_eq!(answer.status, 202, "{}", answer.body);
-    let body = answer.json();
-    assert!(body["results"].as_array().unwrap().iter().all(|r| r["status"] == "spooled"), "{body}");
+    let batch = post_spooled(port, 0..200);
     // Right after the 202: SIGKILL. What was acknowledged is on disk.
     agent.kill();
     redis.restart();
@@ -174,19 +180,12 @@ fn a_spool_directory_deleted_under_the_agent_loses_only_what_it_counts() {
     let port = free_port();
     let mut agent = start(&redis.url(), spool.path(), port, &[]);
     redis.kill();
-    let spooled = |from: u64| {
-        let batch: Vec<Value> = (from..from + 200).map(event).collect();
-        let answer = post(port, "application/json", "", serde_json::to_vec(&batch).unwrap().as_slice());
-        assert_eq!(answer.status, 202, "{}", answer.body);
-        let body = answer.json();
-        assert!(body["results"].as_array().unwrap().iter().all(|r| r["status"] == "spooled"), "{body}");
-    };
-    spooled(0);
+    post_spooled(port, 0..200);
     // An operator clears the spool by hand while Redis is down, then more events come. The
     // agent puts back the segments it holds open (those it appends to); the events the writers
     // moved there after their retries ran out were in closed files: those are gone, counted.
     std::fs::remove_dir_all(spool.path()).unwrap();
-    spooled(200);
+    post_spooled(port, 200..400);
     let names: Vec<_> = std::fs::read_dir(spool.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(names.iter().any(|n| n.to_string_lossy().starts_with("lane-")), "recreated: {names:?}");
     assert!(spool.path().join("lanes").exists(), "the lane count is written again");

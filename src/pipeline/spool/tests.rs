@@ -224,6 +224,19 @@ fn big(call: &str, seq: u64) -> Envelope {
     Envelope { body: Bytes::from(vec![b'x'; 1 << 20]), ..env(call, seq) }
 }
 
+/// A lane's spool in `<temporary directory>/lane-0` holding `make("a", 0..n)`, synced.
+fn spool_of(n: u64, make: fn(&str, u64) -> Envelope) -> (tempfile::TempDir, PathBuf, Arc<SpoolBudget>, LaneSpool) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("lane-0");
+    let budget = SpoolBudget::new(1 << 30);
+    let (mut s, _) = LaneSpool::open(&dir, budget.clone()).unwrap();
+    for i in 0..n {
+        s.append(&make("a", i)).unwrap();
+    }
+    s.sync().unwrap();
+    (root, dir, budget, s)
+}
+
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -239,14 +252,7 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
 /// back survives a restart.
 #[test]
 fn a_deleted_directory_is_put_back_from_the_open_segments() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("lane-0");
-    let budget = SpoolBudget::new(1 << 30);
-    let (mut s, _) = LaneSpool::open(&dir, budget.clone()).unwrap();
-    for i in 0..100 {
-        s.append(&env("a", i)).unwrap();
-    }
-    s.sync().unwrap();
+    let (_root, dir, budget, mut s) = spool_of(100, env);
     let mut first = Vec::new();
     s.read_batch(30, &mut first).unwrap();
     s.commit(first[19].spool_pos.unwrap()).unwrap();
@@ -272,14 +278,7 @@ fn a_deleted_directory_is_put_back_from_the_open_segments() {
 /// lane reads on (it does not wait for a file that will not come back).
 #[test]
 fn a_deleted_closed_segment_is_counted_as_lost_and_reading_goes_on() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("lane-0");
-    let budget = SpoolBudget::new(1 << 30);
-    let (mut s, _) = LaneSpool::open(&dir, budget.clone()).unwrap();
-    for i in 0..20 {
-        s.append(&big("a", i)).unwrap();
-    }
-    s.sync().unwrap();
+    let (_root, dir, budget, mut s) = spool_of(20, big);
     let files = segment_files(&dir);
     assert_eq!(files.len(), 2, "two segments: {files:?}");
     let (_, in_first, _) = super::files::verify_segment(&files[0], 0).unwrap();
