@@ -74,6 +74,10 @@ pub(crate) const RETRY_EVERY: Duration = Duration::from_millis(100);
 const RECOVERED_FREE_BYTES: u64 = 1 << 20;
 /// While the spool cannot write, the error is logged again this often.
 const REMIND_EVERY: Duration = Duration::from_secs(60);
+/// While events are being spooled, the spool looks this often whether the segment it appends
+/// to is still there: records written to a deleted file would not survive a SIGKILL (it is
+/// otherwise noticed only when a segment is opened, created or synced).
+const DELETION_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A spool that cannot write: since when, the error, when a write was last tried.
 #[derive(Debug)]
@@ -139,6 +143,8 @@ pub struct LaneSpool {
     /// `SPOOL_DIR/lanes` and the number it holds ([`open_lanes`]), written again if the
     /// directory is deleted under the agent: the next start must know how the spool is split.
     lane_count: Option<(PathBuf, usize)>,
+    /// When [`LaneSpool::flush`] last looked whether the tail's file is still there.
+    checked_at: Instant,
 }
 
 impl LaneSpool {
@@ -227,6 +233,7 @@ impl LaneSpool {
             failing: None,
             lane: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             lane_count: None,
+            checked_at: Instant::now(),
         };
         Ok((spool, recovery))
     }
@@ -337,6 +344,16 @@ impl LaneSpool {
     pub fn flush(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
+        }
+        if self.checked_at.elapsed() >= DELETION_CHECK_EVERY {
+            self.checked_at = Instant::now();
+            if self.tail.as_ref().is_some_and(|(id, _)| !segment_path(&self.dir, *id).exists()) {
+                // It writes the buffered records into the file it puts back.
+                self.recover_deleted()?;
+                if self.pending.is_empty() {
+                    return Ok(());
+                }
+            }
         }
         let (id, file) = self.tail.as_mut().expect("buffered records belong to the open tail segment");
         let flushed = self.segments.get_mut(id).expect("tail segment is listed");

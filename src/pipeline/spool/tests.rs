@@ -321,6 +321,24 @@ fn a_rewind_over_a_deleted_segment_says_so() {
     assert_eq!(seqs(&read_all(&mut s)), (17..20).collect::<Vec<_>>());
 }
 
+/// Spooling on after the directory was deleted (Redis down, nothing read, synced or created): the
+/// spool notices within a second, so what it flushes from then on survives a SIGKILL.
+#[test]
+fn a_deleted_directory_is_noticed_while_spooling() {
+    let (_root, dir, budget, mut s) = spool_of(10, env);
+    std::fs::remove_dir_all(&dir).unwrap();
+    s.checked_at -= DELETION_CHECK_EVERY; // a second later
+    for i in 10..15 {
+        s.append(&env("a", i)).unwrap();
+    }
+    s.flush().unwrap();
+    assert_eq!(segment_files(&dir).len(), 1, "the segment is back on disk");
+    std::mem::forget(s); // a SIGKILL: no flush, no sync on the way out
+    let (mut s, r) = LaneSpool::open(&dir, SpoolBudget::new(1 << 30)).unwrap();
+    assert_eq!((r.records, budget.lost()), (15, 0));
+    assert_eq!(seqs(&read_all(&mut s)), (0..15).collect::<Vec<_>>());
+}
+
 /// Events put in front after the directory was deleted (a spill) land in the recreated one.
 #[test]
 fn a_spill_after_the_directory_was_deleted_is_kept() {
