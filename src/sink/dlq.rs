@@ -269,6 +269,22 @@ mod tests {
         assert_eq!(store.len(), 1);
     }
 
+    /// The directory deleted while the agent runs: listing says there are none (not an error),
+    /// and the next dead letter recreates it and is counted alone.
+    #[test]
+    fn a_deleted_directory_is_recreated_by_the_next_letter() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("dlq");
+        let store = DeadLetters::open(&dir).unwrap();
+        store.add(&entry(), "DTMF", "u1", "WRONGTYPE").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(store.list(10).unwrap().is_empty());
+        let id = store.add(&entry(), "DTMF", "u2", "WRONGTYPE").unwrap();
+        assert_eq!(store.len(), 1);
+        let listed: Vec<_> = store.list(10).unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(listed, vec![id]);
+    }
+
     #[test]
     fn ids_cannot_escape_the_directory() {
         let dir = tempfile::tempdir().unwrap();

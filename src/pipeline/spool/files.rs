@@ -112,15 +112,49 @@ pub(super) fn verify_segment(path: &Path, from: u64) -> io::Result<(u64, u64, u6
     Ok((offset, records, total - offset))
 }
 
+/// Whether `path` no longer leads to the open `file` (deleted, or another file put there).
+pub(super) fn displaced(path: &Path, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(named), Ok(open)) => (named.dev(), named.ino()) != (open.dev(), open.ino()),
+        _ => true,
+    }
+}
+
 /// Puts a segment whose file was deleted while the spool held it open back at `path`: its
 /// bytes are copied through the open handle (`/proc/self/fd`, which reaches a deleted file's
 /// data for as long as a handle is open) and synced.
+/// The copy is made under another name and renamed into place, so `path` is never seen half
+/// written, and a file already there is never truncated.
 pub(super) fn restore_segment(open: &File, path: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut from = File::open(format!("/proc/self/fd/{}", open.as_raw_fd()))?;
-    let mut to = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    let copy = path.with_extension("restoring");
+    let mut to = OpenOptions::new().write(true).create(true).truncate(true).open(&copy)?;
     io::copy(&mut from, &mut to)?;
-    to.sync_data()
+    to.sync_data()?;
+    std::fs::rename(&copy, path)
+}
+
+/// The whole records of a segment file between `from` and `to`, and where they end: at `to`,
+/// or earlier when the file is shorter (or cut inside a record).
+pub(super) fn count_whole_records(path: &Path, from: u64, to: u64) -> io::Result<(u64, u64)> {
+    let mut f = BufReader::new(File::open(path)?);
+    let size = f.get_ref().metadata()?.len().min(to);
+    f.seek(SeekFrom::Start(from))?;
+    let (mut offset, mut n) = (from, 0);
+    while offset + record::HEADER_LEN as u64 <= size {
+        let mut head = [0u8; record::HEADER_LEN];
+        f.read_exact(&mut head)?;
+        let Ok((len, _)) = record::header(&head) else { break };
+        let end = offset + (record::HEADER_LEN + len) as u64;
+        if end > size {
+            break;
+        }
+        f.seek_relative(len as i64)?;
+        (offset, n) = (end, n + 1);
+    }
+    Ok((n, offset))
 }
 
 /// How many whole records `pending` (records not yet written to their segment) holds.

@@ -23,7 +23,8 @@
 //! keeps serving Redis. The first write that succeeds ends the state, with one log line.
 //!
 //! Files deleted while the agent runs (by hand during an incident, or by a cleaner of temporary
-//! files) do not stop a lane: when a file the spool needs is not found, it puts back what it
+//! files) do not stop a lane: when a file the spool needs is not found (or is shorter than
+//! what was written to it, or the tail's name leads to another file), it puts back what it
 //! still holds open (the segment being appended to, with its buffered records, and the one
 //! being read), recreates the directory and the cursor, counts the unread events that were only
 //! in the deleted files as lost (`eslstream_events_dropped_total{reason="spool_lost"}`, one
@@ -42,8 +43,8 @@ pub use budget::SpoolBudget;
 pub(crate) use budget::SpoolError;
 pub(crate) use files::same_error;
 use files::{
-    buffered_records, count_records, free_bytes, read_cursor, remove_start, restore_segment, segment_path, start_path,
-    verify_segment, write_cursor,
+    buffered_records, count_records, count_whole_records, displaced, free_bytes, read_cursor, remove_start,
+    restore_segment, segment_path, start_path, verify_segment, write_cursor,
 };
 pub(crate) use open::open_lanes;
 
@@ -159,6 +160,9 @@ impl LaneSpool {
                 ids.push(id);
             } else if let Some(id) = name.strip_suffix(".start").and_then(|n| n.parse().ok()) {
                 start_ids.push(id);
+            } else if name.ends_with(".restoring") {
+                // A segment being put back when the agent stopped: the segment is whole or gone.
+                fs::remove_file(dir.join(&*name))?;
             }
         }
         ids.sort_unstable();
@@ -345,15 +349,18 @@ impl LaneSpool {
         if self.pending.is_empty() {
             return Ok(());
         }
-        if self.checked_at.elapsed() >= DELETION_CHECK_EVERY {
-            self.checked_at = Instant::now();
-            if self.tail.as_ref().is_some_and(|(id, _)| !segment_path(&self.dir, *id).exists()) {
-                // It writes the buffered records into the file it puts back.
-                self.recover_deleted()?;
-                if self.pending.is_empty() {
-                    return Ok(());
-                }
-            }
+        if self.checked_at.elapsed() >= DELETION_CHECK_EVERY && self.tail_displaced() {
+            // It writes the buffered records into the file it puts back.
+            self.recover_deleted()?;
+        }
+        self.write_pending()
+    }
+
+    /// [`LaneSpool::flush`] without looking whether the tail's file is still there (what
+    /// [`LaneSpool::recover_deleted`] itself uses).
+    fn write_pending(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
         let (id, file) = self.tail.as_mut().expect("buffered records belong to the open tail segment");
         let flushed = self.segments.get_mut(id).expect("tail segment is listed");
@@ -490,27 +497,18 @@ impl LaneSpool {
                     },
                 }
             }
-            if self.reader.as_ref().map(|(id, _)| *id) != Some(self.read.segment) {
-                let mut f = match File::open(segment_path(&self.dir, self.read.segment)) {
-                    Ok(f) => f,
-                    // Deleted while the agent ran: once it is counted as lost (or put back),
-                    // reading goes on.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound && !recovered => {
-                        recovered = true;
-                        self.recover_deleted()?;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                f.seek(SeekFrom::Start(self.read.offset))?;
-                self.reader = Some((self.read.segment, BufReader::with_capacity(256 * 1024, f)));
-            }
-            let (_, reader) = self.reader.as_mut().expect("opened above");
-            let mut head = [0u8; record::HEADER_LEN];
-            reader.read_exact(&mut head)?;
-            let (plen, crc) = record::header(&head).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            let mut payload = vec![0u8; plen];
-            reader.read_exact(&mut payload)?;
+            let mut payload = Vec::new();
+            let (plen, crc) = match self.next_record(&mut payload) {
+                Ok(read) => read,
+                // The file was deleted, or cut short, under the agent: once what can be is put
+                // back and the rest counted lost, reading goes on.
+                Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof) && !recovered => {
+                    recovered = true;
+                    self.recover_deleted()?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             self.read.offset += (record::HEADER_LEN + plen) as u64;
             self.unread -= 1;
             self.budget.events.fetch_sub(1, Ordering::Relaxed);
@@ -526,6 +524,23 @@ impl LaneSpool {
                 }
             }
         }
+    }
+
+    /// Reads the record at the read position from its segment file (opened if it is not yet)
+    /// into `payload`; returns its length and checksum.
+    fn next_record(&mut self, payload: &mut Vec<u8>) -> io::Result<(usize, u32)> {
+        if self.reader.as_ref().map(|(id, _)| *id) != Some(self.read.segment) {
+            let mut f = File::open(segment_path(&self.dir, self.read.segment))?;
+            f.seek(SeekFrom::Start(self.read.offset))?;
+            self.reader = Some((self.read.segment, BufReader::with_capacity(256 * 1024, f)));
+        }
+        let (_, reader) = self.reader.as_mut().expect("opened above");
+        let mut head = [0u8; record::HEADER_LEN];
+        reader.read_exact(&mut head)?;
+        let (plen, crc) = record::header(&head).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        payload.resize(plen, 0);
+        reader.read_exact(payload)?;
+        Ok((plen, crc))
     }
 
     /// The first buffered record, out of the buffer (only when everything before it was read).
@@ -644,7 +659,7 @@ impl LaneSpool {
     /// segments were synced when they were closed.
     pub fn sync(&mut self) -> io::Result<()> {
         // What is acknowledged as spooled must be in a file that is still there.
-        if self.tail.as_ref().is_some_and(|(id, _)| !segment_path(&self.dir, *id).exists()) {
+        if self.tail_displaced() {
             self.recover_deleted()?;
         }
         self.flush()?;
@@ -672,6 +687,11 @@ impl LaneSpool {
         }
     }
 
+    /// The segment being appended to is no longer what its name leads to (deleted, or replaced).
+    fn tail_displaced(&self) -> bool {
+        self.tail.as_ref().is_some_and(|(id, file)| displaced(&segment_path(&self.dir, *id), file))
+    }
+
     /// A file the spool needs was not found: its directory, or files in it, were deleted while
     /// the agent ran. Puts back on disk what the spool still holds open (the segment being
     /// appended to, with its buffered records, and the segment being read), recreates the
@@ -680,31 +700,32 @@ impl LaneSpool {
     /// back. Events read and not yet acknowledged stay with the writer; their segment is put
     /// back when it is the one being read.
     fn recover_deleted(&mut self) -> io::Result<()> {
+        self.checked_at = Instant::now();
         let directory_deleted = !self.dir.is_dir();
         fs::create_dir_all(&self.dir)?;
         if let Some((file, lanes)) = self.lane_count.as_ref().filter(|(file, _)| !file.exists()) {
             fs::write(file, format!("{lanes}\n"))?;
         }
         let mut restored = 0;
-        if let Some(id) = self.tail.as_ref().map(|(id, _)| *id).filter(|&id| !segment_path(&self.dir, id).exists()) {
+        if let Some(id) = self.tail.as_ref().map(|(id, _)| *id).filter(|_| self.tail_displaced()) {
             // Buffered records go to the old file first (its handle still writes), so they are
             // put back with it; if that fails they stay buffered for the restored file.
-            let _ = self.flush();
+            let _ = self.write_pending();
             let (_, old) = self.tail.take().expect("checked above");
             restore_segment(&old, &segment_path(&self.dir, id))?;
             self.tail = Some((id, OpenOptions::new().append(true).open(segment_path(&self.dir, id))?));
             restored += 1;
         }
-        if let Some((id, reader)) = &self.reader {
-            if !segment_path(&self.dir, *id).exists() {
+        // The segment being read, unless it is the tail (whose handle has all of it).
+        let tail = self.tail.as_ref().map(|(id, _)| *id);
+        if let Some((id, reader)) = self.reader.as_ref().filter(|(id, _)| Some(*id) != tail) {
+            if displaced(&segment_path(&self.dir, *id), reader.get_ref()) {
                 restore_segment(reader.get_ref(), &segment_path(&self.dir, *id))?;
                 restored += 1;
             }
         }
-        if restored > 0 {
-            // Read on from the restored files (appends now go to the new tail, not the old).
-            self.reader = None;
-        }
+        // Read on from the files as they are now (appends go to the restored tail, not the old).
+        self.reader = None;
         for (&id, &offset) in &self.starts {
             if segment_path(&self.dir, id).exists() && !start_path(&self.dir, id).exists() {
                 let file =
@@ -723,6 +744,7 @@ impl LaneSpool {
         // buffered. The rest of the unread records were only in deleted files.
         let mut readable = buffered_records(&self.pending);
         let mut gone = Vec::new();
+        let mut cut = Vec::new();
         for (&id, &len) in &self.segments {
             let path = segment_path(&self.dir, id);
             if !path.exists() {
@@ -734,7 +756,17 @@ impl LaneSpool {
                 std::cmp::Ordering::Equal => self.read.offset,
                 std::cmp::Ordering::Greater => self.start_of(id),
             };
-            readable += count_records(&path, from, len)?;
+            // A file shorter than what was written to it (replaced under the agent): its whole
+            // records count, the rest is gone.
+            let (records, end) = count_whole_records(&path, from, len)?;
+            readable += records;
+            if end < len {
+                cut.push((id, len, end));
+            }
+        }
+        for (id, len, end) in cut {
+            self.segments.insert(id, end);
+            self.budget.used.fetch_sub(len - end, Ordering::Relaxed);
         }
         for id in &gone {
             let len = self.segments.remove(id).unwrap_or(0);
@@ -767,9 +799,7 @@ impl LaneSpool {
             (Some((t, _)), Some((id, l))) => *t == id && l + len <= SEGMENT_BYTES.max(len),
             _ => false,
         };
-        if !reuse
-            && (!self.dir.is_dir() || self.tail.as_ref().is_some_and(|(t, _)| !segment_path(&self.dir, *t).exists()))
-        {
+        if !reuse && (!self.dir.is_dir() || self.tail_displaced()) {
             // The old tail is put back before it is closed, and the new one made in a
             // directory that exists.
             self.recover_deleted()?;

@@ -339,6 +339,60 @@ fn a_deleted_directory_is_noticed_while_spooling() {
     assert_eq!(seqs(&read_all(&mut s)), (0..15).collect::<Vec<_>>());
 }
 
+/// Every way in to the recovery at once: records buffered, the once-a-second look due, and a
+/// sync. The segment is put back once, whole (a second, nested recovery used to copy the put
+/// back file onto itself and leave it empty).
+#[test]
+fn a_recovery_started_from_a_sync_with_the_look_due_puts_the_segment_back_whole() {
+    let (_root, dir, budget, mut s) = spool_of(10, env);
+    for i in 10..15 {
+        s.append(&env("a", i)).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    s.checked_at -= DELETION_CHECK_EVERY;
+    s.sync().unwrap();
+    std::mem::forget(s);
+    let (mut s, r) = LaneSpool::open(&dir, SpoolBudget::new(1 << 30)).unwrap();
+    assert_eq!((r.records, budget.lost()), (15, 0));
+    assert_eq!(seqs(&read_all(&mut s)), (0..15).collect::<Vec<_>>());
+}
+
+/// Replaces a segment file with its first `tenths` tenths (cut inside a record, as a careless
+/// copy or restore would leave it).
+fn cut_short(file: &Path, tenths: usize) {
+    let bytes = std::fs::read(file).unwrap();
+    std::fs::remove_file(file).unwrap();
+    std::fs::write(file, &bytes[..bytes.len() * tenths / 10]).unwrap();
+}
+
+/// The segment being appended to replaced by a shorter file: the spool's own handle has all of
+/// it, so it is put back whole and nothing is lost.
+#[test]
+fn a_tail_replaced_under_the_agent_is_put_back_whole() {
+    let (_root, dir, budget, mut s) = spool_of(10, env);
+    cut_short(&segment_files(&dir)[0], 6);
+    s.append(&env("a", 10)).unwrap();
+    assert_eq!(seqs(&read_all(&mut s)), (0..11).collect::<Vec<_>>());
+    assert_eq!(budget.lost(), 0);
+}
+
+/// A closed segment cut short under the agent, with no handle to put it back from: its whole
+/// records are read, the rest counted lost, and reading goes on to the next segment.
+#[test]
+fn a_closed_segment_cut_short_is_read_to_its_last_whole_record() {
+    let (_root, dir, budget, mut s) = spool_of(20, big);
+    let first = segment_files(&dir).remove(0);
+    let (_, in_first, _) = super::files::verify_segment(&first, 0).unwrap();
+    cut_short(&first, 6);
+    let got = seqs(&read_all(&mut s));
+    let kept = got.iter().take_while(|&&i| i < in_first).count() as u64;
+    assert!(kept > 0 && kept < in_first, "{got:?}");
+    let want: Vec<u64> = (0..kept).chain(in_first..20).collect();
+    assert_eq!(got, want, "the whole records of the cut segment, then the next segment");
+    assert_eq!(budget.lost(), in_first - kept);
+    assert_eq!((s.unread(), budget.events()), (0, 0));
+}
+
 /// Events put in front after the directory was deleted (a spill) land in the recreated one.
 #[test]
 fn a_spill_after_the_directory_was_deleted_is_kept() {
