@@ -349,9 +349,12 @@ impl LaneSpool {
         if self.pending.is_empty() {
             return Ok(());
         }
-        if self.checked_at.elapsed() >= DELETION_CHECK_EVERY && self.tail_displaced() {
-            // It writes the buffered records into the file it puts back.
-            self.recover_deleted()?;
+        if self.checked_at.elapsed() >= DELETION_CHECK_EVERY {
+            self.checked_at = Instant::now();
+            if self.tail_displaced() {
+                // It writes the buffered records into the file it puts back.
+                self.recover_deleted()?;
+            }
         }
         self.write_pending()
     }
