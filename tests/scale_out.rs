@@ -119,15 +119,20 @@ fn sentinel_primary_killed_mid_run_with_wait_replicas() {
     wait_replica_synced(&set.primary, &set.replica);
     let killed_at = Instant::now();
     set.primary.kill();
+    // What the replica holds once its primary is gone: every entry past it is the agent's, on
+    // the new primary (the agent may find the new primary before this test sees the promotion,
+    // so the count is taken here, not then).
+    let at_kill = xlen(&mut set.replica.connection(), EVENTS);
     let replica_port = set.replica.port();
     wait_until(Duration::from_secs(60), "the sentinels naming the replica", || {
         set.named_primary_port() == Some(replica_port)
     });
     let promoted = killed_at.elapsed();
+    // A connection made after the promotion (the sentinels disconnect the clients of the
+    // replica they promote).
     let mut new_primary = set.replica.connection();
-    let at_promotion = xlen(&mut new_primary, EVENTS);
     let resumed = time_until(killed_at, Duration::from_secs(60), "writes on the new primary", || {
-        xlen(&mut new_primary, EVENTS) > at_promotion
+        xlen(&mut new_primary, EVENTS) > at_kill
     });
     // Alone, the new primary confirms nothing: /health says so.
     let warned =
