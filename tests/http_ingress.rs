@@ -212,15 +212,8 @@ fn a_spool_directory_deleted_under_the_agent_loses_only_what_it_counts() {
     let entries = stored(&redis);
     let written: std::collections::HashSet<u64> = entries.iter().map(|(_, seq, _)| *seq).collect();
     assert!((200..400).all(|i| written.contains(&i)), "every event answered after the deletion is written");
-    let mut seen = std::collections::HashSet::new();
-    let mut last: HashMap<&str, u64> = HashMap::new();
-    for (id, seq, call) in &entries {
-        assert!(seen.insert(id.clone()), "{id} twice");
-        if let Some(prev) = last.insert(call, *seq) {
-            assert!(prev < *seq, "{call}: {seq} after {prev}");
-        }
-    }
-    assert_eq!(entries.len() as u64, 400 - lost, "400 events, {lost} of them counted as lost");
+    // 400 events, `lost` of them counted as lost: the rest once each, in call order.
+    assert_exactly_once_in_call_order(&entries, 400 - lost);
 }
 
 #[test]
