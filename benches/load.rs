@@ -22,7 +22,8 @@
 //! fast as two keep-alive connections go, `--http-events` in all (default 200,000), events/s
 //! from the first request to the last `202`; each checked against `XLEN`), `http-hey` (the
 //! same ingress driven from outside by `hey`, 10 connections, singles at `--http-rate`, JSON
-//! and NDJSON batches of 100, Redis with `appendfsync everysec`; see [`hey`]), `outbox` (the
+//! and NDJSON batches of 100, Redis with `appendfsync everysec`, singles alternated with the
+//! same load on a do-nothing HTTP forwarder, the HTTP floor; see [`hey`]), `outbox` (the
 //! PostgreSQL outbox: commit-to-readable latency at `--outbox-rate` rows/s, then rows/s relayed
 //! while four writers commit `--outbox-rows` as fast as they can; see [`outbox`]) and `cluster`
 //! (saturation against one server, then against a 3-primary Redis Cluster made with
@@ -80,6 +81,8 @@ use redis::Value;
 mod floor;
 #[path = "load/hey.rs"]
 mod hey;
+#[path = "load/http_floor.rs"]
+mod http_floor;
 #[path = "load/outbox.rs"]
 mod outbox;
 
@@ -111,6 +114,9 @@ fn main() {
     let mut args = std::env::args().skip(1).peekable();
     if args.next_if(|a| a == floor::FORWARDER_ARG).is_some() {
         floor::forward(&args.next().unwrap_or_default());
+    }
+    if args.next_if(|a| a == http_floor::HTTP_FORWARDER_ARG).is_some() {
+        http_floor::serve();
     }
     let opts = match Opts::parse(args) {
         Ok(o) => o,
@@ -1365,6 +1371,19 @@ impl AgentProcess {
     fn output(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("output.log")).unwrap_or_default()
     }
+
+    /// Returns once the process accepts connections on `port` (20 s at most); `what` names it
+    /// in the error.
+    fn wait_for_port(&self, port: u16, what: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline || !self.is_running() {
+                return Err(format!("{what} did not start:\n{}", self.output()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for AgentProcess {
@@ -1517,13 +1536,7 @@ fn start_ingress_agent(redis: &RedisServer, opts: &Opts) -> Result<(AgentProcess
     env.extend(opts.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let env: Vec<(&str, String)> = env;
     let agent = AgentProcess::start(&opts.agent, &env)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline || !agent.is_running() {
-            return Err(format!("the agent did not start:\n{}", agent.output()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    agent.wait_for_port(port, "the agent")?;
     Ok((agent, port))
 }
 
