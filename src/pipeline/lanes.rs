@@ -332,8 +332,8 @@ impl Lane {
         let rewound = spool.rewind();
         let from_spool = held.iter().filter(|e| e.spool_pos.is_some()).count() as u64;
         if rewound.records() != from_spool {
-            // Some of the batch's spooled events were in files deleted under the agent: they
-            // cannot be read again, so nothing leaves the writer.
+            // Some of the batch's spooled events were in files deleted (or cut short) under the
+            // agent: they cannot be read again, so nothing leaves the writer.
             spool.undo_rewind(rewound);
             *overflow = queue.into();
             let gone = std::io::Error::new(std::io::ErrorKind::NotFound, "spool files were deleted under the agent");

@@ -168,19 +168,3 @@ pub(super) fn buffered_records(mut pending: &[u8]) -> u64 {
     }
     n
 }
-
-pub(super) fn count_records(path: &Path, from: u64, to: u64) -> io::Result<u64> {
-    let mut f = BufReader::new(File::open(path)?);
-    f.seek(SeekFrom::Start(from))?;
-    let mut offset = from;
-    let mut n = 0;
-    while offset < to {
-        let mut head = [0u8; record::HEADER_LEN];
-        f.read_exact(&mut head)?;
-        let (len, _) = record::header(&head).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        f.seek_relative(len as i64)?;
-        offset += (record::HEADER_LEN + len) as u64;
-        n += 1;
-    }
-    Ok(n)
-}

@@ -43,8 +43,8 @@ pub use budget::SpoolBudget;
 pub(crate) use budget::SpoolError;
 pub(crate) use files::same_error;
 use files::{
-    buffered_records, count_records, count_whole_records, displaced, free_bytes, read_cursor, remove_start,
-    restore_segment, segment_path, start_path, verify_segment, write_cursor,
+    buffered_records, count_whole_records, displaced, free_bytes, read_cursor, remove_start, restore_segment,
+    segment_path, start_path, verify_segment, write_cursor,
 };
 pub(crate) use open::open_lanes;
 
@@ -582,11 +582,12 @@ impl LaneSpool {
         }
         let mut back = 0u64;
         let mut pos = self.committed;
-        // Count records between committed and read to restore the unread count.
+        // Count records between committed and read to restore the unread count (of a file
+        // deleted or cut short, what is still there: the spill guard compares the count).
         for (&id, &len) in self.segments.range(self.committed.segment..=self.read.segment) {
             let from = if id == self.committed.segment { self.committed.offset } else { self.start_of(id) };
             let to = if id == self.read.segment { self.read.offset } else { len };
-            back += count_records(&segment_path(&self.dir, id), from, to).unwrap_or(0);
+            back += count_whole_records(&segment_path(&self.dir, id), from, to).map_or(0, |(n, _)| n);
             pos = SpoolPos { segment: id, offset: to };
         }
         debug_assert_eq!(pos, self.read);

@@ -321,6 +321,26 @@ fn a_rewind_over_a_deleted_segment_says_so() {
     assert_eq!(seqs(&read_all(&mut s)), (17..20).collect::<Vec<_>>());
 }
 
+/// The same with the first segment cut short inside its last record: the rewind counts the whole
+/// records still there (not none), and that falls short of the batch too.
+#[test]
+fn a_rewind_over_a_segment_cut_short_counts_the_whole_records_left() {
+    let (_root, dir, _budget, mut s) = spool_of(20, big);
+    let mut batch = Vec::new();
+    s.read_batch(17, &mut batch).unwrap();
+    let first = batch[0].spool_pos.unwrap().segment;
+    let in_first = batch.iter().filter(|e| e.spool_pos.unwrap().segment == first).count() as u64;
+    assert!(in_first > 1 && in_first < 17, "{in_first} of 17 in the first segment");
+    let files = segment_files(&dir);
+    let len = std::fs::metadata(&files[0]).unwrap().len();
+    OpenOptions::new().write(true).open(&files[0]).unwrap().set_len(len - 1).unwrap();
+    let rewound = s.rewind();
+    assert_eq!(rewound.records(), 16, "every record but the one cut");
+    s.undo_rewind(rewound);
+    s.commit(batch[16].spool_pos.unwrap()).unwrap();
+    assert_eq!(seqs(&read_all(&mut s)), (17..20).collect::<Vec<_>>());
+}
+
 /// Spooling on after the directory was deleted (Redis down, nothing read, synced or created): the
 /// spool notices within a second, so what it flushes from then on survives a SIGKILL.
 #[test]
