@@ -279,9 +279,17 @@ fn alert_exprs(rules: &str) -> Vec<(String, String)> {
 fn dashboard_and_alert_metrics_are_exported_by_a_live_agent() {
     let dash = dashboard();
     let mut names = BTreeSet::new();
+    // Buckets a panel reads by their bound (`le="0.002"`): the histogram must have them.
+    let mut buckets = BTreeSet::new();
     for panel in panels(&dash) {
         for target in panel["targets"].as_array().into_iter().flatten() {
-            names.extend(selectors(target["expr"].as_str().expect("expr")).into_iter().map(|s| s.name));
+            for s in selectors(target["expr"].as_str().expect("expr")) {
+                if let Some((_, rest)) = s.matchers.split_once("le=\"") {
+                    let bound = rest.split('"').next().unwrap_or_default().to_owned();
+                    buckets.insert((s.name.clone(), bound));
+                }
+                names.insert(s.name);
+            }
         }
     }
     for var in dash["templating"]["list"].as_array().expect("variables") {
@@ -306,8 +314,16 @@ fn dashboard_and_alert_metrics_are_exported_by_a_live_agent() {
     assert!(dashboard_names >= 30, "the dashboard queries {dashboard_names} metrics: {names:?}");
 
     let mut live = support::metrics::LiveMetrics::start();
-    let (missing, _) = live.missing(&names, Duration::from_secs(20));
+    let (missing, scrape) = live.missing(&names, Duration::from_secs(20));
     assert!(missing.is_empty(), "queried by the dashboard or the alerts but not on /metrics: {missing:?}");
+    assert!(!buckets.is_empty(), "the dashboard reads the 2 ms bucket of the ingress's request time");
+    for (name, bound) in &buckets {
+        let bucket = format!("le=\"{bound}\"");
+        assert!(
+            scrape.lines().any(|l| l.starts_with(&format!("{name}{{")) && l.contains(&bucket)),
+            "the dashboard reads {name}{{{bucket}}}, which /metrics does not have"
+        );
+    }
     println!("{} metrics queried ({dashboard_names} by the dashboard), all exported: {names:?}", names.len());
     assert_eq!(live.agent.stop(Duration::from_secs(10)), 0);
 }
