@@ -347,4 +347,9 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         let firing = cases.len() - quiet;
         assert!(quiet >= 1 && firing >= 1, "{alert}: {firing} firing and {quiet} quiet cases in alerts_test.yml");
     }
+    // And the README's alert table says what each one means and what to do.
+    let readme = support::repo_file("README.md");
+    for (alert, _) in &alerts {
+        assert!(readme.contains(&format!("| `{alert}` (")), "{alert} is not in the README's alert table");
+    }
 }
