@@ -179,8 +179,8 @@ pub fn run_hey(opts: &Opts) -> Result<HeyResult, String> {
             100,
         ),
     ];
-    // Warm-up, not measured: the first seconds of writing are slower on both (a fresh stream, a
-    // fresh append-only file), and whichever ran first would pay for it.
+    // Warm-up, not measured: the first seconds of load are often slower (for the floor too: see
+    // docs/performance.md, "The HTTP floor"), and whichever ran first would pay for them alone.
     let (mut answered_events, mut floor_answered) = (0, 0);
     for (url, answered) in [(&events_url, &mut answered_events), (&floor_url, &mut floor_answered)] {
         let (requests, _, not_202, _) = hey(&singles, url, WARMUP.as_secs() * 2)?;
