@@ -74,14 +74,20 @@ pub fn forward(mode: &str) -> ! {
     std::process::exit(code)
 }
 
-fn var(name: &str) -> Result<String, String> {
+/// The variable `name` of the agent's environment the floor was started with.
+pub fn var(name: &str) -> Result<String, String> {
     std::env::var(name).map_err(|_| format!("{name} is not set"))
+}
+
+/// `host:port` of `REDIS_URL` (the harness's servers: `redis://host:port`, no user or TLS).
+pub fn redis_address() -> Result<String, String> {
+    let url = var("REDIS_URL")?;
+    Ok(url.strip_prefix("redis://").unwrap_or(&url).trim_end_matches('/').to_owned())
 }
 
 fn run(mode: FloorMode) -> Result<(), String> {
     let esl_addr = format!("{}:{}", var("ESL_HOST")?, var("ESL_PORT")?);
-    let url = var("REDIS_URL")?;
-    let redis_addr = url.strip_prefix("redis://").unwrap_or(&url).trim_end_matches('/').to_owned();
+    let redis_addr = redis_address()?;
     let key = var("STREAM_EVENTS")?;
     let mut redis = TcpStream::connect(&redis_addr).map_err(|e| format!("connect {redis_addr}: {e}"))?;
     let mut esl = TcpStream::connect(&esl_addr).map_err(|e| format!("connect {esl_addr}: {e}"))?;

@@ -20,6 +20,8 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
+use super::floor::{redis_address, var};
+
 /// The first argument that makes the harness's binary the HTTP floor instead of the harness.
 pub const HTTP_FORWARDER_ARG: &str = "--http-floor-forwarder";
 
@@ -32,14 +34,9 @@ pub fn serve() -> ! {
     std::process::exit(0)
 }
 
-fn var(name: &str) -> Result<String, String> {
-    std::env::var(name).map_err(|_| format!("{name} is not set"))
-}
-
 fn run() -> Result<(), String> {
     let port: u16 = var("HEALTH_PORT")?.parse().map_err(|e| format!("HEALTH_PORT: {e}"))?;
-    let url = var("REDIS_URL")?;
-    let redis_addr = url.strip_prefix("redis://").unwrap_or(&url).trim_end_matches('/').to_owned();
+    let redis_addr = redis_address()?;
     let key = var("STREAM_EVENTS")?;
     let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| format!("bind 127.0.0.1:{port}: {e}"))?;
     for client in listener.incoming() {
